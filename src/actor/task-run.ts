@@ -1,0 +1,254 @@
+/**
+ * Hosting one task actor for one delivery: rehydrate it from the message (first
+ * delivery) or from KV (any later one), provide its effects, run it to a settled or
+ * lost state, then settle the lease: ack a final outcome, NAK a retry with its backoff,
+ * leave a lost one alone.
+ *
+ * Every write is a compare-and-set on the last revision the actor saw: the revision is
+ * the fencing token, so an attempt that lost its lease cannot overwrite a newer one.
+ */
+import { Cause, Effect, Exit } from "effect";
+import { JetStreamApiError } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { createActor, fromPromise, type SnapshotFrom } from "xstate";
+import type { Logger } from "pino";
+import {
+  TerminalStatuses,
+  taskMachine,
+  type Execution,
+  type PersistRequest,
+  type TaskErrorInfo,
+  type TaskRecord,
+} from "../../machines/task.js";
+import { Fenced, NonRetryableError } from "../errors.js";
+import { decodeJson, encodeJson } from "../nats/codec.js";
+import type { Lease } from "../nats/lease.js";
+import { eventSubject, Headers } from "../nats/topology.js";
+import { decodeInput, encodeOutput, type TaskDefinition } from "../task.js";
+import type { FiberClock } from "./fiber-clock.js";
+
+export interface TaskHostDeps {
+  readonly nc: NatsConnection;
+  readonly tasks: KV;
+  readonly clock: FiberClock;
+  readonly workerId: string;
+  readonly log: Logger;
+  /** Largest payload the server takes; bigger outputs fail with `Serialization`. */
+  readonly maxPayload: number;
+  readonly now: () => number;
+}
+
+export type TaskRunOutcome = "completed" | "failed" | "retrying" | "cancelled" | "lost" | "skipped";
+
+const isWrongLastSequence = (e: unknown) => e instanceof JetStreamApiError && (e.code === 10071 || e.code === 10164);
+
+const errorInfo = (e: unknown): TaskErrorInfo => {
+  if (e instanceof NonRetryableError) return { _tag: "Execution", message: e.message, stack: e.stack, retryable: false };
+  if (e instanceof Error) return { _tag: "Execution", message: e.message, stack: e.stack, retryable: true };
+  return { _tag: "Execution", message: typeof e === "string" ? e : JSON.stringify(e) ?? String(e), retryable: true };
+};
+
+/** Minimal shape check of a work message; the full record is trusted only from KV. */
+const asRecord = (value: unknown): TaskRecord | undefined => {
+  if (typeof value !== "object" || value === null) return undefined;
+  const r = value as Record<string, unknown>;
+  return typeof r.id === "string" && typeof r.task === "string" && typeof r.status === "string" && typeof r.attempt === "number"
+    ? (value as TaskRecord)
+    : undefined;
+};
+
+const readRecord = async (tasks: KV, id: string): Promise<{ record: TaskRecord; revision: number } | undefined> => {
+  const entry = await tasks.get(id);
+  if (entry === null || entry.operation !== "PUT") return undefined;
+  const decoded = decodeJson(entry.value);
+  const record = decoded.ok ? asRecord(decoded.value) : undefined;
+  return record === undefined ? undefined : { record, revision: entry.revision };
+};
+
+/** Run one delivery to its end; never throws. */
+export const runDelivery = async (
+  lease: Lease,
+  definitions: ReadonlyMap<string, TaskDefinition>,
+  deps: TaskHostDeps,
+): Promise<TaskRunOutcome> => {
+  const { nc, tasks, log } = deps;
+  const decoded = decodeJson(lease.msg.data);
+  const fromMessage = decoded.ok ? asRecord(decoded.value) : undefined;
+  if (fromMessage === undefined) {
+    const reason = decoded.ok ? "not a task record" : decoded.error.message;
+    rejectMessage(lease, deps, reason);
+    return "skipped";
+  }
+  const taskLog = log.child({ taskId: fromMessage.id, task: fromMessage.task });
+  const definition = definitions.get(fromMessage.task);
+  if (definition === undefined) {
+    rejectMessage(lease, deps, `no handler for task "${fromMessage.task}" on this worker`);
+    return "skipped";
+  }
+
+  // The first delivery carries the QUEUED record and its revision: no read needed.
+  const headerRevision = Number(lease.msg.headers?.get(Headers.revision) ?? NaN);
+  let state: { record: TaskRecord; revision: number } | undefined =
+    lease.info.deliveryCount === 1 && Number.isInteger(headerRevision)
+      ? { record: fromMessage, revision: headerRevision }
+      : await readRecord(tasks, fromMessage.id).catch(() => undefined);
+  if (state === undefined) {
+    rejectMessage(lease, deps, `task ${fromMessage.id} has no record in KV`);
+    return "skipped";
+  }
+  if (TerminalStatuses.has(state.record.status)) {
+    taskLog.debug({ status: state.record.status }, "delivery of a settled task acknowledged");
+    lease.ack();
+    return "skipped";
+  }
+
+  const notify = lease.msg.headers?.get(Headers.notify) || undefined;
+  const attempt = state.record.attempt + 1;
+  const attemptLog = taskLog.child({ attempt, workerId: deps.workerId });
+  const heartbeat = setInterval(() => lease.working(), Math.max(250, Math.floor(definition.heartbeatTimeout / 3)));
+  heartbeat.unref();
+
+  const machine = taskMachine.provide({
+    actors: {
+      execute: fromPromise<Execution, { record: TaskRecord; deadlineAt?: number | undefined }>(({ input, signal }) =>
+        execute(definition, input.record, attempt, signal, lease, attemptLog, deps),
+      ),
+      persist: fromPromise<number, PersistRequest>(({ input }) => persist(input, notify, deps)),
+    },
+    delays: {
+      // The deadline is absolute; a rehydrated actor waits only for what is left.
+      deadline: ({ context }) => Math.max(0, (context.deadlineAt ?? deps.now()) - deps.now()),
+    },
+  });
+
+  const actor = createActor(machine, {
+    input: { record: state.record, revision: state.revision, policy: definition.policy },
+    clock: deps.clock,
+  });
+  const settled = new Promise<SnapshotFrom<typeof taskMachine>>((resolve) => {
+    actor.subscribe({
+      next: (snapshot) => {
+        if (snapshot.hasTag("settled") || snapshot.status === "done") resolve(snapshot);
+      },
+      error: (err) => {
+        attemptLog.error({ err }, "task actor failed");
+        resolve(actor.getSnapshot());
+      },
+    });
+  });
+  actor.start();
+  actor.send({ type: "START", attempt, workerId: deps.workerId, at: deps.now() });
+  const snapshot = await settled;
+  clearInterval(heartbeat);
+  actor.stop();
+
+  if (snapshot.hasTag("lost") || snapshot.value === "LOST") {
+    attemptLog.warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
+    const now = await readRecord(tasks, fromMessage.id).catch(() => undefined);
+    if (now !== undefined && TerminalStatuses.has(now.record.status)) lease.ack();
+    return "lost";
+  }
+  const record = snapshot.context.record;
+  switch (record.status) {
+    case "RETRYING": {
+      const base = Math.max(0, Date.parse(record.retryAt ?? "") - deps.now());
+      const jitter = definition.policy.retry.jitter;
+      const delay = base * (1 - jitter / 2 + Math.random() * jitter);
+      attemptLog.info({ error: record.error, delayMs: Math.round(delay) }, "attempt failed; retry scheduled");
+      lease.nak(delay);
+      return "retrying";
+    }
+    case "COMPLETED":
+      attemptLog.debug("task completed");
+      lease.ack();
+      return "completed";
+    case "CANCELLED":
+      lease.ack();
+      return "cancelled";
+    default:
+      attemptLog.info({ error: record.error }, "task failed");
+      lease.ack();
+      return "failed";
+  }
+};
+
+const execute = async (
+  definition: TaskDefinition,
+  record: TaskRecord,
+  attempt: number,
+  signal: AbortSignal,
+  lease: Lease,
+  log: Logger,
+  deps: TaskHostDeps,
+): Promise<Execution> => {
+  const input = decodeInput(definition, record.input);
+  if (Exit.isFailure(input)) {
+    const error = Cause.squash(input.cause) as Error;
+    return { ok: false, error: { _tag: "InvalidInput", message: error.message, retryable: false }, at: deps.now() };
+  }
+  try {
+    const ctx = { taskId: record.id, attempt, signal, log, heartbeat: () => lease.working() };
+    const returned = definition.handler(input.value, ctx);
+    let output: unknown;
+    if (Effect.isEffect(returned)) {
+      const exit = await Effect.runPromiseExit(returned as Effect.Effect<unknown, unknown>, { signal });
+      if (Exit.isFailure(exit)) return { ok: false, error: errorInfo(Cause.squash(exit.cause)), at: deps.now() };
+      output = exit.value;
+    } else {
+      output = await returned;
+    }
+    const encoded = encodeOutput(definition, output);
+    if (Exit.isFailure(encoded)) {
+      const error = Cause.squash(encoded.cause) as Error;
+      return { ok: false, error: { _tag: "Serialization", message: error.message, retryable: false }, at: deps.now() };
+    }
+    const size = encodeJson(encoded.value).length;
+    if (size > deps.maxPayload - 8_192) {
+      return {
+        ok: false,
+        error: { _tag: "Serialization", message: `output is ${size} bytes, over the server's payload limit`, retryable: false },
+        at: deps.now(),
+      };
+    }
+    return { ok: true, output: encoded.value, at: deps.now() };
+  } catch (e) {
+    return { ok: false, error: errorInfo(e), at: deps.now() };
+  }
+};
+
+/** CAS write, retried through a reconnect; a lost CAS whose write is ours counts as won. */
+const persist = async (request: PersistRequest, notify: string | undefined, deps: TaskHostDeps): Promise<number> => {
+  const { record } = request;
+  const payload = encodeJson(record);
+  let revision: number | undefined;
+  for (let i = 0; revision === undefined; i++) {
+    try {
+      revision = await deps.tasks.update(record.id, payload, request.revision);
+    } catch (e) {
+      if (isWrongLastSequence(e)) {
+        const now = i > 0 ? await readRecord(deps.tasks, record.id).catch(() => undefined) : undefined;
+        if (now !== undefined && now.record.status === record.status && now.record.attempt === record.attempt && now.record.workerId === record.workerId) {
+          revision = now.revision;
+          break;
+        }
+        throw new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${request.revision}` });
+      }
+      if (i >= 30 || deps.nc.isClosed()) throw e;
+      await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * 2 ** i)));
+    }
+  }
+  deps.nc.publish(eventSubject("task", record.id, request.event), payload);
+  if (notify !== undefined && TerminalStatuses.has(record.status)) deps.nc.publish(`${notify}.${record.id}`, payload);
+  return revision;
+};
+
+/** A message no worker can run: terminated once, recorded as an event, logged. */
+const rejectMessage = (lease: Lease, deps: TaskHostDeps, reason: string) => {
+  deps.log.warn({ subject: lease.msg.subject, reason, seq: lease.info.streamSequence }, "malformed work message terminated");
+  lease.term(reason.slice(0, 200));
+  deps.nc.publish(
+    eventSubject("worker", deps.workerId, "rejected"),
+    encodeJson({ subject: lease.msg.subject, streamSequence: lease.info.streamSequence, reason, at: new Date(deps.now()).toISOString() }),
+  );
+};

@@ -1,0 +1,43 @@
+/**
+ * Every NATS name Troupe uses, in one place. This is the contract the `nats` CLI sees;
+ * the README's "NATS layout" lists the same names.
+ */
+export const TASKS_STREAM = "TROUPE_TASKS";
+export const EVENTS_STREAM = "TROUPE_EVENTS";
+export const TASKS_BUCKET = "troupe-tasks";
+export const WORKFLOWS_BUCKET = "troupe-workflows";
+export const WORKERS_BUCKET = "troupe-workers";
+export const PAYLOADS_STORE = "troupe-payloads";
+
+export const DEFAULT_QUEUE = "default";
+
+/** `troupe.tasks.<queue>.<type>`: the work. A dotted type name spans several tokens. */
+export const taskSubject = (queue: string, type: string) => `troupe.tasks.${queue}.${type}`;
+export const TASKS_SUBJECTS = "troupe.tasks.>";
+
+export type ActorKind = "task" | "workflow" | "worker";
+/** `troupe.events.<kind>.<id>.<event>`: every transition, captured by TROUPE_EVENTS. */
+export const eventSubject = (kind: ActorKind, id: string, event: string) => `troupe.events.${kind}.${id}.${event}`;
+export const EVENTS_SUBJECTS = "troupe.events.>";
+
+/**
+ * `troupe-<queue>-<type>`: consumer names cannot hold dots, so each dot becomes `_`.
+ * Two names that map to the same consumer are refused when the consumer is ensured.
+ */
+export const consumerName = (queue: string, type: string) => `troupe-${queue}-${type.replaceAll(".", "_")}`;
+
+/** Where a client asks to hear about the end of the tasks it submitted. */
+export const notifyPrefix = (clientId: string) => `troupe.notify.${clientId}`;
+
+/** Message headers Troupe sets on work messages. */
+export const Headers = {
+  /** KV revision of the QUEUED record: the first attempt's fencing token, saving a read. */
+  revision: "Troupe-Revision",
+  /** Subject prefix on which the submitting client hears the terminal record. */
+  notify: "Troupe-Notify",
+} as const;
+
+const segment = /^[A-Za-z0-9_-]+$/;
+/** Task names: dot-separated segments of letters, digits, `_` and `-` (`math.add`). */
+export const isValidTaskName = (name: string) => name.length <= 200 && name.split(".").every((s) => segment.test(s));
+export const isValidQueueName = (name: string) => name.length <= 64 && segment.test(name);

@@ -1,0 +1,246 @@
+/**
+ * The client: `Troupe.connect` / `Troupe.dev`, `submit`, `get`, `run`, `worker`, `close`.
+ * Promises at the boundary, typed errors inside them.
+ */
+import { Cause, Effect, Exit } from "effect";
+import { headers as natsHeaders, nuid, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import type { Logger } from "pino";
+import { TerminalStatuses, type TaskRecord } from "../../machines/task.js";
+import { NatsFailure, Serialization, TaskNotFound } from "../errors.js";
+import { decodeJson, encodeJson } from "../nats/codec.js";
+import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
+import { eventSubject, Headers, notifyPrefix, taskSubject } from "../nats/topology.js";
+import { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
+import { rootLogger } from "../log.js";
+import { encodeInput, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
+import { Worker, type WorkerOptions } from "../worker/worker.js";
+import { TaskRun } from "./run.js";
+
+export interface TroupeOptions extends ConnectOptions {
+  /** A pino logger; one at `TROUPE_LOG_LEVEL` (default `info`) when unset. */
+  readonly logger?: Logger;
+}
+
+export interface DevOptions extends TroupeOptions, Pick<NatsServerOptions, "binary"> {
+  /** Where the embedded server keeps its store (default `.troupe/nats`). */
+  readonly storeDir?: string;
+}
+
+export interface SubmitOptions {
+  /** The task id (default: a fresh unique id). */
+  readonly id?: string;
+}
+
+interface Waiter {
+  readonly promise: Promise<TaskRecord>;
+  readonly resolve: (record: TaskRecord) => void;
+}
+
+export class Troupe {
+  private readonly clientId = nuid.next();
+  private readonly waiters = new Map<string, Waiter>();
+  private readonly workers = new Set<Worker>();
+  private notifySub: Subscription | undefined;
+  private closed = false;
+
+  private constructor(
+    readonly nats: NatsHandle,
+    readonly log: Logger,
+    private readonly server: NatsServer | undefined,
+  ) {
+    void this.watchReconnects();
+  }
+
+  /** Connect to a NATS server (or cluster) and make sure the Troupe layout exists. */
+  static async connect(options: TroupeOptions = {}): Promise<Troupe> {
+    const nc = await connectNats(options);
+    try {
+      return new Troupe(await openNats(nc, options), options.logger ?? rootLogger(), undefined);
+    } catch (e) {
+      await nc.close();
+      throw e;
+    }
+  }
+
+  /** Start an embedded `nats-server -js` (store under `.troupe/`) and connect to it; `close()` stops it. */
+  static async dev(options: DevOptions = {}): Promise<Troupe> {
+    const server = await NatsServer.start({
+      storeDir: options.storeDir ?? ".troupe/nats",
+      syncAlways: true,
+      ...(options.binary === undefined ? {} : { binary: options.binary }),
+    });
+    try {
+      const nc = await connectNats({ ...options, servers: server.url });
+      return new Troupe(await openNats(nc, options), options.logger ?? rootLogger(), server);
+    } catch (e) {
+      await server.stop();
+      throw e;
+    }
+  }
+
+  /** The NATS URL this client uses (the embedded server's under `dev`). */
+  get url(): string {
+    return this.server?.url ?? this.nats.nc.getServer();
+  }
+
+  get nc(): NatsConnection {
+    return this.nats.nc;
+  }
+
+  /**
+   * Validate the input against the task's schema, record the task QUEUED in KV, and
+   * enqueue it. Rejects with `InvalidInput` (nothing published) on bad input.
+   */
+  async submit<T extends TaskDefinition>(task: T, input: InputOf<T>, options: SubmitOptions = {}): Promise<TaskRun<OutputOf<T>>> {
+    const encoded = Effect.runSyncExit(encodeInput(task, input));
+    if (Exit.isFailure(encoded)) throw Cause.squash(encoded.cause);
+    const id = options.id ?? nuid.next();
+    const record: TaskRecord = {
+      id,
+      task: task.name,
+      queue: task.queue,
+      status: "QUEUED",
+      attempt: 0,
+      input: encoded.value,
+      createdAt: new Date().toISOString(),
+    };
+    const payload = encodeJson(record);
+    const max = this.nats.nc.info?.max_payload ?? 1024 * 1024;
+    if (payload.length > max - 4_096) {
+      throw new Serialization({ message: `input of task "${task.name}" is ${payload.length} bytes, over the server's payload limit (${max})` });
+    }
+    this.listen();
+    const waiter = this.waiterFor(id);
+    let revision: number;
+    try {
+      revision = await this.nats.tasks.create(id, payload);
+    } catch (e) {
+      this.waiters.delete(id);
+      throw new NatsFailure({ message: `cannot record task ${id}: ${(e as Error).message}`, cause: e });
+    }
+    const h = natsHeaders();
+    h.set(Headers.revision, String(revision));
+    h.set(Headers.notify, notifyPrefix(this.clientId));
+    try {
+      // The message id makes a retried publish a no-op inside the duplicate window.
+      await this.publishWithRetry(taskSubject(task.queue, task.name), payload, { msgID: id, headers: h });
+    } catch (e) {
+      const failed: TaskRecord = {
+        ...record,
+        status: "FAILED",
+        error: { _tag: "NatsFailure", message: `could not enqueue: ${(e as Error).message}`, retryable: false },
+        finishedAt: new Date().toISOString(),
+      };
+      await this.nats.tasks.update(id, encodeJson(failed), revision).catch(() => undefined);
+      this.waiters.delete(id);
+      throw new NatsFailure({ message: `cannot enqueue task ${id}: ${(e as Error).message}`, cause: e });
+    }
+    this.nats.nc.publish(eventSubject("task", id, "queued"), payload);
+    return new TaskRun<OutputOf<T>>(this, id, task, waiter.promise);
+  }
+
+  private async publishWithRetry(subject: string, payload: Uint8Array, opts: { msgID: string; headers: ReturnType<typeof natsHeaders> }) {
+    for (let i = 0; ; i++) {
+      try {
+        return await this.nats.js.publish(subject, payload, opts);
+      } catch (e) {
+        if (i >= 4 || this.nats.nc.isClosed()) throw e;
+        await new Promise((r) => setTimeout(r, 200 * 2 ** i));
+      }
+    }
+  }
+
+  /** The task's state record, or `undefined` when there is none. */
+  async get(id: string): Promise<TaskRecord | undefined> {
+    const entry = await this.nats.tasks.get(id);
+    if (entry === null || entry.operation !== "PUT") return undefined;
+    const decoded = decodeJson(entry.value);
+    if (!decoded.ok) throw decoded.error;
+    return decoded.value as TaskRecord;
+  }
+
+  /** A handle on an existing task, to await its result from any client. */
+  run<T extends TaskDefinition>(task: T, id: string): TaskRun<OutputOf<T>> {
+    return new TaskRun<OutputOf<T>>(this, id, task, this.settledRecord(id));
+  }
+
+  /** Start a worker for these tasks on this connection. */
+  async worker(options: WorkerOptions): Promise<Worker> {
+    const worker = await Worker.start(this.nats, options, this.log);
+    this.workers.add(worker);
+    return worker;
+  }
+
+  /** Stop this client's workers, drain the connection, and stop the embedded server if any. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([...this.workers].map((w) => w.stop()));
+    await this.nats.nc.drain().catch(() => undefined);
+    await this.server?.stop();
+  }
+
+  /** Resolves with the task's terminal record, however it ends. */
+  private async settledRecord(id: string): Promise<TaskRecord> {
+    this.listen();
+    const pending = this.waiters.get(id);
+    if (pending !== undefined) return pending.promise;
+    // Not ours: hear its events, then read KV in case it ended before we listened.
+    const waiter = this.waiterFor(id);
+    const sub = this.nats.nc.subscribe(eventSubject("task", id, "*"), {
+      callback: (_e, msg) => {
+        const decoded = decodeJson(msg.data);
+        if (decoded.ok && TerminalStatuses.has((decoded.value as TaskRecord).status)) this.settle(decoded.value as TaskRecord);
+      },
+    });
+    try {
+      await this.nats.nc.flush();
+      const now = await this.get(id);
+      if (now === undefined) {
+        this.waiters.delete(id);
+        throw new TaskNotFound({ id, message: `no task ${id}` });
+      }
+      if (TerminalStatuses.has(now.status)) this.settle(now);
+      return await waiter.promise;
+    } finally {
+      sub.unsubscribe();
+    }
+  }
+
+  private waiterFor(id: string): Waiter {
+    let resolve!: (record: TaskRecord) => void;
+    const promise = new Promise<TaskRecord>((r) => (resolve = r));
+    const waiter = { promise, resolve };
+    this.waiters.set(id, waiter);
+    return waiter;
+  }
+
+  private settle(record: TaskRecord): void {
+    const waiter = this.waiters.get(record.id);
+    if (waiter === undefined) return;
+    this.waiters.delete(record.id);
+    waiter.resolve(record);
+  }
+
+  /** One subscription for the terminal records of every task this client submitted. */
+  private listen(): void {
+    if (this.notifySub !== undefined) return;
+    this.notifySub = this.nats.nc.subscribe(`${notifyPrefix(this.clientId)}.*`, {
+      callback: (_e, msg) => {
+        const decoded = decodeJson(msg.data);
+        if (decoded.ok) this.settle(decoded.value as TaskRecord);
+      },
+    });
+  }
+
+  /** Notifications are plain publishes: after a reconnect, re-read what we wait for. */
+  private async watchReconnects(): Promise<void> {
+    for await (const status of this.nats.nc.status()) {
+      if (status.type !== "reconnect") continue;
+      for (const id of [...this.waiters.keys()]) {
+        const record = await this.get(id).catch(() => undefined);
+        if (record !== undefined && TerminalStatuses.has(record.status)) this.settle(record);
+      }
+    }
+  }
+}

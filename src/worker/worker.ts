@@ -1,0 +1,195 @@
+/**
+ * A worker: pulls the task types it registered, runs each delivery as a task actor,
+ * keeps its registry entry in `troupe-workers` fresh, and stops gracefully.
+ */
+import { hostname } from "node:os";
+import { nuid } from "@nats-io/transport-node";
+import { createActor, type Actor } from "xstate";
+import { workerMachine } from "../../machines/worker.js";
+import type { Logger } from "pino";
+import { InvalidDefinition } from "../errors.js";
+import { encodeJson } from "../nats/codec.js";
+import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connection.js";
+import { eventSubject } from "../nats/topology.js";
+import { runDelivery, type TaskHostDeps } from "../actor/task-run.js";
+import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
+import type { TaskDefinition } from "../task.js";
+import { PullLoop } from "./pull.js";
+
+export interface WorkerOptions {
+  /** The tasks this worker runs; it never receives other types. */
+  readonly tasks: ReadonlyArray<TaskDefinition>;
+  /** Tasks run at once (default 1). */
+  readonly concurrency?: number;
+  /** Worker id (default: a fresh unique id). */
+  readonly id?: string;
+  /** How long one pull request waits on the server (ms, default 5000). */
+  readonly pullExpires?: number;
+}
+
+export interface StopOptions {
+  /** How long running tasks may take to finish before the worker gives up on them (ms). */
+  readonly timeout?: number;
+}
+
+export interface WorkerStats {
+  readonly id: string;
+  readonly state: string;
+  readonly running: number;
+  readonly processed: number;
+  readonly failed: number;
+}
+
+export class Worker {
+  private readonly loop: PullLoop;
+  private readonly actor: Actor<typeof workerMachine>;
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private stopping: Promise<void> | undefined;
+  private readonly startedAt = new Date().toISOString();
+
+  private constructor(
+    readonly id: string,
+    private readonly nats: NatsHandle,
+    private readonly definitions: ReadonlyMap<string, TaskDefinition>,
+    consumers: ReadonlyArray<string>,
+    private readonly concurrency: number,
+    private readonly log: Logger,
+    clock: FiberClock,
+    pullExpires: number,
+  ) {
+    const deps: TaskHostDeps = {
+      nc: nats.nc,
+      tasks: nats.tasks,
+      clock,
+      workerId: id,
+      log,
+      maxPayload: nats.nc.info?.max_payload ?? 1024 * 1024,
+      now: Date.now,
+    };
+    this.actor = createActor(
+      workerMachine.provide({
+        actions: {
+          register: () => this.writeRegistry(),
+          beat: () => this.writeRegistry(),
+          deregister: () => {
+            void nats.workers.delete(id).catch(() => undefined);
+          },
+        },
+      }),
+      { input: { concurrency, heartbeatMs: Math.floor(WORKERS_TTL / 3) }, clock },
+    );
+    this.loop = new PullLoop(nats.nc, consumers, {
+      concurrency,
+      expires: pullExpires,
+      log,
+      onLease: (lease) => {
+        this.actor.send({ type: "TASK_STARTED" });
+        const run = runDelivery(lease, definitions, deps)
+          .catch((err) => {
+            log.error({ err }, "delivery failed unexpectedly");
+            return "failed" as const;
+          })
+          .then((outcome) => {
+            this.inFlight.delete(run);
+            this.actor.send({ type: "TASK_FINISHED", ok: outcome !== "failed" });
+            this.loop.release();
+          });
+        this.inFlight.add(run);
+      },
+    });
+  }
+
+  /** Ensure the consumers, register, and start pulling. */
+  static async start(nats: NatsHandle, options: WorkerOptions, log: Logger, clock: FiberClock = liveFiberClock()): Promise<Worker> {
+    const concurrency = options.concurrency ?? 1;
+    if (!Number.isInteger(concurrency) || concurrency < 1) {
+      throw new InvalidDefinition({ message: `worker concurrency must be an integer ≥ 1, got ${concurrency}` });
+    }
+    if (options.tasks.length === 0) throw new InvalidDefinition({ message: "a worker needs at least one task" });
+    const definitions = new Map<string, TaskDefinition>();
+    for (const task of options.tasks) {
+      const other = definitions.get(task.name);
+      if (other !== undefined && other !== task) {
+        throw new InvalidDefinition({ message: `two different definitions of task "${task.name}" given to one worker` });
+      }
+      definitions.set(task.name, task);
+    }
+    const consumers = await Promise.all(
+      [...definitions.values()].map((t) => ensureTaskConsumer(nats.jsm, t.queue, t.name, { ackWaitMs: t.heartbeatTimeout })),
+    );
+    const id = options.id ?? `w-${nuid.next()}`;
+    const worker = new Worker(
+      id,
+      nats,
+      definitions,
+      consumers,
+      concurrency,
+      log.child({ workerId: id }),
+      clock,
+      options.pullExpires ?? 5_000,
+    );
+    worker.run();
+    return worker;
+  }
+
+  private run(): void {
+    this.actor.start();
+    this.actor.send({ type: "STARTED" });
+    this.loop.start();
+    void (async () => {
+      for await (const status of this.nats.nc.status()) {
+        if (status.type === "disconnect") this.actor.send({ type: "DISCONNECTED" });
+        if (status.type === "reconnect") this.actor.send({ type: "RECONNECTED" });
+      }
+    })().catch(() => undefined);
+    this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency }, "worker started");
+  }
+
+  get stats(): WorkerStats {
+    const s = this.actor.getSnapshot();
+    return { id: this.id, state: String(s.value), running: s.context.running, processed: s.context.processed, failed: s.context.failed };
+  }
+
+  private writeRegistry(): void {
+    const s = this.actor.getSnapshot();
+    const entry = {
+      id: this.id,
+      state: String(s.value),
+      hostname: hostname(),
+      pid: process.pid,
+      tasks: [...this.definitions.values()].map((t) => ({ name: t.name, queue: t.queue })),
+      concurrency: this.concurrency,
+      running: s.context.running,
+      processed: s.context.processed,
+      failed: s.context.failed,
+      startedAt: this.startedAt,
+      heartbeatAt: new Date().toISOString(),
+    };
+    const payload = encodeJson(entry);
+    void this.nats.workers.put(this.id, payload).catch((err) => this.log.warn({ err }, "worker registry write failed"));
+    if (!this.nats.nc.isClosed()) this.nats.nc.publish(eventSubject("worker", this.id, "heartbeat"), payload);
+  }
+
+  /**
+   * Stop pulling, let running tasks finish (up to `timeout`), then leave the rest to be
+   * redelivered to other workers.
+   */
+  stop(options: StopOptions = {}): Promise<void> {
+    this.stopping ??= (async () => {
+      this.actor.send({ type: "STOP" });
+      const pulls = this.loop.stop();
+      const timeout = options.timeout ?? 30_000;
+      let timer: NodeJS.Timeout | undefined;
+      const drained = Promise.all(this.inFlight).then(() => true);
+      const expired = new Promise<false>((r) => (timer = setTimeout(() => r(false), timeout)));
+      const finished = await Promise.race([drained, expired]);
+      clearTimeout(timer);
+      if (!finished) this.log.warn({ running: this.inFlight.size }, "stop timeout: running tasks left to redelivery");
+      await pulls;
+      this.actor.send({ type: "DRAINED" });
+      this.actor.stop();
+      this.log.info(this.stats, "worker stopped");
+    })();
+    return this.stopping;
+  }
+}
