@@ -2,11 +2,12 @@
  * The task actor: one attempt's view of a task, from the moment a worker holds its
  * delivery (its lease) until the outcome is persisted.
  *
- * Pure: no I/O, no clock reads. Hosts `.provide()` the `execute` and `persist` actors
- * and the `emit` action; time comes in on events and actor outputs so that a snapshot
- * replays the same way anywhere. The same definition is what the visualizer draws.
+ * Pure: no I/O, no clock reads. Hosts `.provide()` the `persist`, `execute` and
+ * `interrupt` actions, which start Effect programs and answer with events (`SAVED`,
+ * `FENCED`, `EXECUTED`); time comes in on events so that a snapshot replays the same
+ * way anywhere. The same definition is what the visualizer draws.
  */
-import { assign, fromPromise, setup } from "xstate";
+import { assign, setup } from "xstate";
 
 export const TaskStatuses = ["QUEUED", "RUNNING", "RETRYING", "COMPLETED", "FAILED", "CANCELLED"] as const;
 export type TaskStatus = (typeof TaskStatuses)[number];
@@ -77,16 +78,15 @@ export type Execution =
   | { readonly ok: true; readonly output: unknown; readonly at: number }
   | { readonly ok: false; readonly error: TaskErrorInfo; readonly at: number };
 
-export interface PersistRequest {
-  readonly record: TaskRecord;
-  readonly revision: number;
-  /** The event name published once the write wins (`started`, `completed`, ...). */
-  readonly event: string;
-}
-
 export type TaskEvent =
   | { readonly type: "START"; readonly attempt: number; readonly workerId: string; readonly at: number }
-  | { readonly type: "CANCEL"; readonly reason: string; readonly at: number };
+  | { readonly type: "CANCEL"; readonly reason: string; readonly at: number }
+  /** The host's answer to `persist`: the write won, here is the new revision. */
+  | { readonly type: "SAVED"; readonly revision: number }
+  /** The host's answer to `persist`: the write lost its compare-and-set. */
+  | { readonly type: "FENCED"; readonly reason: string }
+  /** The host's answer to `execute`. */
+  | { readonly type: "EXECUTED"; readonly execution: Execution };
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -98,28 +98,20 @@ export const backoffDelay = (retry: RetryPolicy, attempt: number): number => {
   return Math.min(raw, retry.maxDelay);
 };
 
-const persisted = (status: TaskStatus, event: string) => ({
+/** A status whose record must be written (compare-and-set) before the lease is settled. */
+const persisted = (event: string) => ({
   initial: "saving" as const,
   states: {
     saving: {
-      invoke: {
-        src: "persist" as const,
-        input: ({ context }: { context: TaskContext }): PersistRequest => ({
-          record: context.record,
-          revision: context.revision,
-          event,
-        }),
-        onDone: { target: "saved" as const, actions: "adoptRevision" as const },
-        onError: { target: "#task.LOST" as const, actions: "recordLoss" as const },
+      entry: { type: "persist" as const, params: { event } },
+      on: {
+        SAVED: { target: "saved" as const, actions: "adoptRevision" as const },
+        FENCED: { target: "#task.LOST" as const, actions: "recordLoss" as const },
       },
     },
     saved: { type: "final" as const, tags: ["settled" as const] },
   },
-  meta: { status },
 });
-
-const describe = (e: unknown): string =>
-  e instanceof Error ? e.message : typeof e === "object" && e !== null && "message" in e ? String(e.message) : String(e);
 
 export const taskMachine = setup({
   types: {
@@ -128,17 +120,15 @@ export const taskMachine = setup({
     events: {} as TaskEvent,
     tags: {} as "settled" | "lost",
   },
-  actors: {
-    execute: fromPromise<Execution, { record: TaskRecord; deadlineAt?: number | undefined }>(async () => {
-      throw new Error("execute: provided by the host");
-    }),
-    persist: fromPromise<number, PersistRequest>(async () => {
-      throw new Error("persist: provided by the host");
-    }),
-  },
   actions: {
-    adoptRevision: assign({ revision: ({ event }) => (event as unknown as { output: number }).output }),
-    recordLoss: assign({ lostReason: ({ event }) => describe((event as unknown as { error: unknown }).error) }),
+    /** Host: write `context.record` against `context.revision`, publish the event, answer SAVED or FENCED. */
+    persist: (_, _params: { event: string }) => {},
+    /** Host: run the handler for `context.record`, answer EXECUTED. */
+    execute: () => {},
+    /** Host: abort the running handler (deadline, cancellation). */
+    interrupt: () => {},
+    adoptRevision: assign({ revision: ({ event }) => (event as Extract<TaskEvent, { type: "SAVED" }>).revision }),
+    recordLoss: assign({ lostReason: ({ event }) => (event as Extract<TaskEvent, { type: "FENCED" }>).reason }),
     markCancelled: assign(({ context, event }) => {
       const e = event as Extract<TaskEvent, { type: "CANCEL" }>;
       return {
@@ -152,14 +142,18 @@ export const taskMachine = setup({
     }),
   },
   guards: {
-    succeeded: ({ event }) => (event as unknown as { output: Execution }).output.ok,
+    succeeded: ({ event }) => (event as Extract<TaskEvent, { type: "EXECUTED" }>).execution.ok,
     canRetry: ({ context }) =>
       context.record.error?.retryable !== false && context.record.attempt < context.policy.retry.attempts,
     hasDeadline: ({ context }) => context.deadlineAt !== undefined,
   },
   delays: {
-    // What is left of the attempt; the host supplies one that reads its clock.
-    deadline: ({ context }) => Math.max(0, (context.deadlineAt ?? 0) - (Date.parse(context.record.startedAt ?? "") || 0)),
+    // What is left of the attempt. This default assumes the attempt just started; hosts
+    // provide one that reads their clock, so a rehydrated actor waits only for the rest.
+    deadline: ({ context }) =>
+      context.deadlineAt === undefined
+        ? Number.POSITIVE_INFINITY
+        : Math.max(0, context.deadlineAt - (Date.parse(context.record.startedAt ?? "") || 0)),
   },
 }).createMachine({
   id: "task",
@@ -191,32 +185,29 @@ export const taskMachine = setup({
       states: {
         // The RUNNING write is the claim: it wins only against the revision this lease saw.
         claiming: {
-          invoke: {
-            src: "persist",
-            input: ({ context }) => ({ record: context.record, revision: context.revision, event: "started" }),
-            onDone: { target: "executing", actions: "adoptRevision" },
-            onError: { target: "#task.LOST", actions: "recordLoss" },
+          entry: { type: "persist", params: { event: "started" } },
+          on: {
+            SAVED: { target: "executing", actions: "adoptRevision" },
+            FENCED: { target: "#task.LOST", actions: "recordLoss" },
           },
         },
         executing: {
-          invoke: {
-            src: "execute",
-            input: ({ context }) => ({ record: context.record, deadlineAt: context.deadlineAt }),
-            onDone: [
+          entry: "execute",
+          exit: "interrupt",
+          on: {
+            EXECUTED: [
               {
                 guard: "succeeded",
                 target: "#task.COMPLETED",
                 actions: assign(({ context, event }) => {
-                  const out = event.output as Extract<Execution, { ok: true }>;
-                  return {
-                    record: { ...context.record, status: "COMPLETED" as const, output: out.output, finishedAt: iso(out.at) },
-                  };
+                  const out = event.execution as Extract<Execution, { ok: true }>;
+                  return { record: { ...context.record, status: "COMPLETED" as const, output: out.output, finishedAt: iso(out.at) } };
                 }),
               },
               {
                 target: "failing",
                 actions: assign(({ context, event }) => {
-                  const out = event.output as Extract<Execution, { ok: false }>;
+                  const out = event.execution as Extract<Execution, { ok: false }>;
                   return { record: { ...context.record, error: out.error, finishedAt: iso(out.at) } };
                 }),
               },
@@ -262,10 +253,10 @@ export const taskMachine = setup({
       },
       on: { CANCEL: { target: "CANCELLED", actions: "markCancelled" } },
     },
-    RETRYING: persisted("RETRYING", "retrying"),
-    COMPLETED: persisted("COMPLETED", "completed"),
-    FAILED: persisted("FAILED", "failed"),
-    CANCELLED: persisted("CANCELLED", "cancelled"),
+    RETRYING: persisted("retrying"),
+    COMPLETED: persisted("completed"),
+    FAILED: persisted("failed"),
+    CANCELLED: persisted("cancelled"),
     /** This attempt no longer owns the task: a newer write won. Its outcome is discarded. */
     LOST: { type: "final", tags: ["lost"] },
   },

@@ -29,6 +29,7 @@ export const fiberClockFrom = (services: Context.Context<never>): FiberClock => 
   return {
     setTimeout(fn: (...args: unknown[]) => void, timeout: number) {
       const id = ++next;
+      if (!Number.isFinite(timeout)) return id; // a timer that never fires needs no fiber
       const fiber = run(
         Effect.andThen(
           Effect.sleep(Math.max(0, timeout)),

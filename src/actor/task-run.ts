@@ -8,29 +8,29 @@
  * the fencing token, so an attempt that lost its lease cannot overwrite a newer one.
  */
 import { Cause, Effect, Exit } from "effect";
-import { JetStreamApiError } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createActor, fromPromise, type SnapshotFrom } from "xstate";
+import { createActor, type AnyActorRef, type SnapshotFrom } from "xstate";
 import type { Logger } from "pino";
 import {
   TerminalStatuses,
   taskMachine,
   type Execution,
-  type PersistRequest,
   type TaskErrorInfo,
   type TaskRecord,
 } from "../../machines/task.js";
 import { Fenced, NonRetryableError } from "../errors.js";
 import { decodeJson, encodeJson } from "../nats/codec.js";
 import type { Lease } from "../nats/lease.js";
-import { eventSubject, Headers } from "../nats/topology.js";
+import { eventSubject, Headers, kvSubject, TASKS_BUCKET } from "../nats/topology.js";
+import { PublishRejected, WRONG_LAST_SEQUENCE, type AckedPublisher } from "../nats/publisher.js";
 import { decodeInput, encodeOutput, type TaskDefinition } from "../task.js";
 import type { FiberClock } from "./fiber-clock.js";
 
 export interface TaskHostDeps {
   readonly nc: NatsConnection;
   readonly tasks: KV;
+  readonly publisher: AckedPublisher;
   readonly clock: FiberClock;
   readonly workerId: string;
   readonly log: Logger;
@@ -41,7 +41,7 @@ export interface TaskHostDeps {
 
 export type TaskRunOutcome = "completed" | "failed" | "retrying" | "cancelled" | "lost" | "skipped";
 
-const isWrongLastSequence = (e: unknown) => e instanceof JetStreamApiError && (e.code === 10071 || e.code === 10164);
+const isWrongLastSequence = (e: unknown) => e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE;
 
 const errorInfo = (e: unknown): TaskErrorInfo => {
   if (e instanceof NonRetryableError) return { _tag: "Execution", message: e.message, stack: e.stack, retryable: false };
@@ -66,122 +66,192 @@ const readRecord = async (tasks: KV, id: string): Promise<{ record: TaskRecord; 
   return record === undefined ? undefined : { record, revision: entry.revision };
 };
 
-/** Run one delivery to its end; never throws. */
-export const runDelivery = async (
-  lease: Lease,
-  definitions: ReadonlyMap<string, TaskDefinition>,
-  deps: TaskHostDeps,
-): Promise<TaskRunOutcome> => {
-  const { nc, tasks, log } = deps;
-  const decoded = decodeJson(lease.msg.data);
-  const fromMessage = decoded.ok ? asRecord(decoded.value) : undefined;
-  if (fromMessage === undefined) {
-    const reason = decoded.ok ? "not a task record" : decoded.error.message;
-    rejectMessage(lease, deps, reason);
-    return "skipped";
-  }
-  const taskLog = log.child({ taskId: fromMessage.id, task: fromMessage.task });
-  const definition = definitions.get(fromMessage.task);
-  if (definition === undefined) {
-    rejectMessage(lease, deps, `no handler for task "${fromMessage.task}" on this worker`);
-    return "skipped";
-  }
+/** What one delivery's effects need beyond the actor's (serialisable) context. */
+interface Session {
+  readonly lease: Lease;
+  readonly definition: TaskDefinition;
+  readonly attempt: number;
+  readonly notify: string | undefined;
+  readonly log: Logger;
+  /** Aborts the running handler. */
+  readonly abort: AbortController;
+  /** The handler returned (nothing left to abort). */
+  finished: boolean;
+}
 
-  // The first delivery carries the QUEUED record and its revision: no read needed.
-  const headerRevision = Number(lease.msg.headers?.get(Headers.revision) ?? NaN);
-  let state: { record: TaskRecord; revision: number } | undefined =
-    lease.info.deliveryCount === 1 && Number.isInteger(headerRevision)
-      ? { record: fromMessage, revision: headerRevision }
-      : await readRecord(tasks, fromMessage.id).catch(() => undefined);
-  if (state === undefined) {
-    rejectMessage(lease, deps, `task ${fromMessage.id} has no record in KV`);
-    return "skipped";
-  }
-  if (TerminalStatuses.has(state.record.status)) {
-    taskLog.debug({ status: state.record.status }, "delivery of a settled task acknowledged");
-    lease.ack();
-    return "skipped";
-  }
-
-  const notify = lease.msg.headers?.get(Headers.notify) || undefined;
-  const attempt = state.record.attempt + 1;
-  const attemptLog = taskLog.child({ attempt, workerId: deps.workerId });
-  const heartbeat = setInterval(() => lease.working(), Math.max(250, Math.floor(definition.heartbeatTimeout / 3)));
-  heartbeat.unref();
-
-  const machine = taskMachine.provide({
-    actors: {
-      execute: fromPromise<Execution, { record: TaskRecord; deadlineAt?: number | undefined }>(({ input, signal }) =>
-        execute(definition, input.record, attempt, signal, lease, attemptLog, deps),
-      ),
-      persist: fromPromise<number, PersistRequest>(({ input }) => persist(input, notify, deps)),
-    },
-    delays: {
-      // The deadline is absolute; a rehydrated actor waits only for what is left.
-      deadline: ({ context }) => Math.max(0, (context.deadlineAt ?? deps.now()) - deps.now()),
-    },
-  });
-
-  const actor = createActor(machine, {
-    input: { record: state.record, revision: state.revision, policy: definition.policy },
-    clock: deps.clock,
-  });
-  const settled = new Promise<SnapshotFrom<typeof taskMachine>>((resolve) => {
-    actor.subscribe({
-      next: (snapshot) => {
-        if (snapshot.hasTag("settled") || snapshot.status === "done") resolve(snapshot);
-      },
-      error: (err) => {
-        attemptLog.error({ err }, "task actor failed");
-        resolve(actor.getSnapshot());
-      },
-    });
-  });
-  actor.start();
-  actor.send({ type: "START", attempt, workerId: deps.workerId, at: deps.now() });
-  const snapshot = await settled;
-  clearInterval(heartbeat);
-  actor.stop();
-
-  if (snapshot.hasTag("lost") || snapshot.value === "LOST") {
-    attemptLog.warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
-    const now = await readRecord(tasks, fromMessage.id).catch(() => undefined);
-    if (now !== undefined && TerminalStatuses.has(now.record.status)) lease.ack();
-    return "lost";
-  }
-  const record = snapshot.context.record;
-  switch (record.status) {
-    case "RETRYING": {
-      const base = Math.max(0, Date.parse(record.retryAt ?? "") - deps.now());
-      const jitter = definition.policy.retry.jitter;
-      const delay = base * (1 - jitter / 2 + Math.random() * jitter);
-      attemptLog.info({ error: record.error, delayMs: Math.round(delay) }, "attempt failed; retry scheduled");
-      lease.nak(delay);
-      return "retrying";
-    }
-    case "COMPLETED":
-      attemptLog.debug("task completed");
-      lease.ack();
-      return "completed";
-    case "CANCELLED":
-      lease.ack();
-      return "cancelled";
-    default:
-      attemptLog.info({ error: record.error }, "task failed");
-      lease.ack();
-      return "failed";
-  }
+/** Events from effects that finish after the actor stopped are dropped. */
+const answer = (self: AnyActorRef, event: { type: string } & Record<string, unknown>) => {
+  if (self.getSnapshot().status === "active") self.send(event);
 };
 
-const execute = async (
-  definition: TaskDefinition,
-  record: TaskRecord,
-  attempt: number,
-  signal: AbortSignal,
-  lease: Lease,
-  log: Logger,
-  deps: TaskHostDeps,
-): Promise<Execution> => {
+/**
+ * Runs deliveries as task actors. The machine is provided once per host: per-delivery
+ * effects find their lease and definition in `sessions` by task id, so the actor's
+ * context stays plain data.
+ */
+export class TaskHost {
+  private readonly sessions = new Map<string, Session>();
+  private readonly machine;
+
+  constructor(
+    private readonly definitions: ReadonlyMap<string, TaskDefinition>,
+    private readonly deps: TaskHostDeps,
+  ) {
+    const session = (id: string) => {
+      const s = this.sessions.get(id);
+      if (s === undefined) throw new Error(`no session for task ${id}`);
+      return s;
+    };
+    this.machine = taskMachine.provide({
+      actions: {
+        persist: ({ context, self }, params: { event: string }) => {
+          persist(context.record, context.revision, params.event, session(context.record.id).notify, deps).then(
+            (revision) => answer(self, { type: "SAVED", revision }),
+            (e: unknown) => answer(self, { type: "FENCED", reason: e instanceof Error ? e.message : String(e) }),
+          );
+        },
+        execute: ({ context, self }) => {
+          const s = session(context.record.id);
+          void execute(s, context.record, s.abort.signal, deps).then((execution) => {
+            s.finished = true;
+            answer(self, { type: "EXECUTED", execution });
+          });
+        },
+        interrupt: ({ context }) => {
+          const s = this.sessions.get(context.record.id);
+          if (s !== undefined && !s.finished) s.abort.abort();
+        },
+      },
+      delays: {
+        // The deadline is absolute; a rehydrated actor waits only for what is left.
+        deadline: ({ context }) =>
+          context.deadlineAt === undefined ? Number.POSITIVE_INFINITY : Math.max(0, context.deadlineAt - deps.now()),
+      },
+    });
+  }
+
+  /** Run one delivery to its end; never throws. */
+  async run(lease: Lease): Promise<TaskRunOutcome> {
+    const { deps } = this;
+    const { tasks, log } = deps;
+    const decoded = decodeJson(lease.msg.data);
+    const fromMessage = decoded.ok ? asRecord(decoded.value) : undefined;
+    if (fromMessage === undefined) {
+      rejectMessage(lease, deps, decoded.ok ? "not a task record" : decoded.error.message);
+      return "skipped";
+    }
+    const definition = this.definitions.get(fromMessage.task);
+    if (definition === undefined) {
+      rejectMessage(lease, deps, `no handler for task "${fromMessage.task}" on this worker`);
+      return "skipped";
+    }
+
+    // The first delivery carries the QUEUED record and its revision: no read needed.
+    const headerRevision = Number(lease.msg.headers?.get(Headers.revision) ?? NaN);
+    const state: { record: TaskRecord; revision: number } | undefined =
+      lease.info.deliveryCount === 1 && Number.isInteger(headerRevision)
+        ? { record: fromMessage, revision: headerRevision }
+        : await readRecord(tasks, fromMessage.id).catch(() => undefined);
+    if (state === undefined) {
+      rejectMessage(lease, deps, `task ${fromMessage.id} has no record in KV`);
+      return "skipped";
+    }
+    const id = state.record.id;
+    if (TerminalStatuses.has(state.record.status)) {
+      log.debug({ taskId: id, status: state.record.status }, "delivery of a settled task acknowledged");
+      lease.ack();
+      return "skipped";
+    }
+    if (this.sessions.has(id)) {
+      // A redelivery while this worker still runs the task (its lease lapsed): keep the one running.
+      log.warn({ taskId: id }, "duplicate delivery of a running task ignored");
+      return "skipped";
+    }
+
+    const attempt = state.record.attempt + 1;
+    const attemptLog = log.child({ taskId: id, task: definition.name, attempt });
+    this.sessions.set(id, {
+      lease,
+      definition,
+      attempt,
+      notify: lease.msg.headers?.get(Headers.notify) || undefined,
+      log: attemptLog,
+      abort: new AbortController(),
+      finished: false,
+    });
+    const heartbeat = setInterval(() => lease.working(), Math.max(250, Math.floor(definition.heartbeatTimeout / 3)));
+    heartbeat.unref();
+    try {
+      const snapshot = await this.settle(state, definition, attempt);
+      return await this.finish(snapshot, lease, definition, attemptLog);
+    } finally {
+      clearInterval(heartbeat);
+      this.sessions.delete(id);
+    }
+  }
+
+  private settle(state: { record: TaskRecord; revision: number }, definition: TaskDefinition, attempt: number) {
+    const actor = createActor(this.machine, {
+      input: { record: state.record, revision: state.revision, policy: definition.policy },
+      clock: this.deps.clock,
+    });
+    return new Promise<SnapshotFrom<typeof taskMachine>>((resolve) => {
+      actor.subscribe({
+        next: (snapshot) => {
+          if (snapshot.hasTag("settled") || snapshot.status === "done") {
+            actor.stop();
+            resolve(snapshot);
+          }
+        },
+        error: (err) => {
+          this.deps.log.error({ err, taskId: state.record.id }, "task actor failed");
+          resolve(actor.getSnapshot());
+        },
+      });
+      actor.start();
+      actor.send({ type: "START", attempt, workerId: this.deps.workerId, at: this.deps.now() });
+    });
+  }
+
+  private async finish(
+    snapshot: SnapshotFrom<typeof taskMachine>,
+    lease: Lease,
+    definition: TaskDefinition,
+    log: Logger,
+  ): Promise<TaskRunOutcome> {
+    const record = snapshot.context.record;
+    if (snapshot.hasTag("lost")) {
+      log.warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
+      const now = await readRecord(this.deps.tasks, record.id).catch(() => undefined);
+      if (now !== undefined && TerminalStatuses.has(now.record.status)) lease.ack();
+      return "lost";
+    }
+    switch (record.status) {
+      case "RETRYING": {
+        const base = Math.max(0, Date.parse(record.retryAt ?? "") - this.deps.now());
+        const jitter = definition.policy.retry.jitter;
+        const delay = base * (1 - jitter / 2 + Math.random() * jitter);
+        log.info({ error: record.error, delayMs: Math.round(delay) }, "attempt failed; retry scheduled");
+        lease.nak(delay);
+        return "retrying";
+      }
+      case "COMPLETED":
+        log.debug("task completed");
+        lease.ack();
+        return "completed";
+      case "CANCELLED":
+        lease.ack();
+        return "cancelled";
+      default:
+        log.info({ error: record.error }, "task failed");
+        lease.ack();
+        return "failed";
+    }
+  }
+}
+
+const execute = async (session: Session, record: TaskRecord, signal: AbortSignal, deps: TaskHostDeps): Promise<Execution> => {
+  const { definition, attempt, lease, log } = session;
   const input = decodeInput(definition, record.input);
   if (Exit.isFailure(input)) {
     const error = Cause.squash(input.cause) as Error;
@@ -218,13 +288,18 @@ const execute = async (
 };
 
 /** CAS write, retried through a reconnect; a lost CAS whose write is ours counts as won. */
-const persist = async (request: PersistRequest, notify: string | undefined, deps: TaskHostDeps): Promise<number> => {
-  const { record } = request;
+const persist = async (
+  record: TaskRecord,
+  expected: number,
+  event: string,
+  notify: string | undefined,
+  deps: TaskHostDeps,
+): Promise<number> => {
   const payload = encodeJson(record);
   let revision: number | undefined;
   for (let i = 0; revision === undefined; i++) {
     try {
-      revision = await deps.tasks.update(record.id, payload, request.revision);
+      revision = (await deps.publisher.publish(kvSubject(TASKS_BUCKET, record.id), payload, { lastSubjectSequence: expected })).seq;
     } catch (e) {
       if (isWrongLastSequence(e)) {
         const now = i > 0 ? await readRecord(deps.tasks, record.id).catch(() => undefined) : undefined;
@@ -232,13 +307,13 @@ const persist = async (request: PersistRequest, notify: string | undefined, deps
           revision = now.revision;
           break;
         }
-        throw new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${request.revision}` });
+        throw new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${expected}` });
       }
       if (i >= 30 || deps.nc.isClosed()) throw e;
       await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * 2 ** i)));
     }
   }
-  deps.nc.publish(eventSubject("task", record.id, request.event), payload);
+  deps.nc.publish(eventSubject("task", record.id, event), payload);
   if (notify !== undefined && TerminalStatuses.has(record.status)) deps.nc.publish(`${notify}.${record.id}`, payload);
   return revision;
 };

@@ -25,6 +25,7 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
 import { NatsFailure, TopologyConflict } from "../errors.js";
+import { AckedPublisher } from "./publisher.js";
 import {
   consumerName,
   EVENTS_STREAM,
@@ -68,6 +69,8 @@ export interface NatsHandle {
   readonly workers: KV;
   readonly workflows: KV;
   readonly replicas: number;
+  /** Pipelined acked publishes: the KV writes and work messages of the hot path. */
+  readonly publisher: AckedPublisher;
 }
 
 /** Worker registry entries expire when a worker stops refreshing them. */
@@ -170,7 +173,7 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       ensureBucket(jsm, kvm, WORKERS_BUCKET, { history: 1, replicas, ttl: WORKERS_TTL }),
       ensureBucket(jsm, kvm, WORKFLOWS_BUCKET, { history: 1, replicas }),
     ]);
-    return { nc, js, jsm, tasks, workers, workflows, replicas };
+    return { nc, js, jsm, tasks, workers, workflows, replicas, publisher: new AckedPublisher(nc) };
   } catch (e) {
     if (e instanceof TopologyConflict) throw e;
     throw asFailure("cannot create the Troupe streams and buckets")(e);

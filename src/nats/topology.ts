@@ -26,6 +26,9 @@ export const EVENTS_SUBJECTS = "troupe.events.>";
  */
 export const consumerName = (queue: string, type: string) => `troupe-${queue}-${type.replaceAll(".", "_")}`;
 
+/** The subject a KV put to `bucket`/`key` is published on (what `nats kv` does underneath). */
+export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`;
+
 /** Where a client asks to hear about the end of the tasks it submitted. */
 export const notifyPrefix = (clientId: string) => `troupe.notify.${clientId}`;
 

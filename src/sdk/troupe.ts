@@ -3,13 +3,14 @@
  * Promises at the boundary, typed errors inside them.
  */
 import { Cause, Effect, Exit } from "effect";
-import { headers as natsHeaders, nuid, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { nuid, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { TerminalStatuses, type TaskRecord } from "../../machines/task.js";
 import { NatsFailure, Serialization, TaskNotFound } from "../errors.js";
 import { decodeJson, encodeJson } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { eventSubject, Headers, notifyPrefix, taskSubject } from "../nats/topology.js";
+import { eventSubject, Headers, kvSubject, notifyPrefix, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
+import type { PublishExpectations } from "../nats/publisher.js";
 import { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
 import { rootLogger } from "../log.js";
 import { encodeInput, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
@@ -113,17 +114,15 @@ export class Troupe {
     const waiter = this.waiterFor(id);
     let revision: number;
     try {
-      revision = await this.nats.tasks.create(id, payload);
+      revision = (await this.nats.publisher.publish(kvSubject(TASKS_BUCKET, id), payload, { lastSubjectSequence: 0 })).seq;
     } catch (e) {
       this.waiters.delete(id);
       throw new NatsFailure({ message: `cannot record task ${id}: ${(e as Error).message}`, cause: e });
     }
-    const h = natsHeaders();
-    h.set(Headers.revision, String(revision));
-    h.set(Headers.notify, notifyPrefix(this.clientId));
+    const headers = { [Headers.revision]: String(revision), [Headers.notify]: notifyPrefix(this.clientId) };
     try {
       // The message id makes a retried publish a no-op inside the duplicate window.
-      await this.publishWithRetry(taskSubject(task.queue, task.name), payload, { msgID: id, headers: h });
+      await this.publishWithRetry(taskSubject(task.queue, task.name), payload, { msgId: id, headers });
     } catch (e) {
       const failed: TaskRecord = {
         ...record,
@@ -139,10 +138,10 @@ export class Troupe {
     return new TaskRun<OutputOf<T>>(this, id, task, waiter.promise);
   }
 
-  private async publishWithRetry(subject: string, payload: Uint8Array, opts: { msgID: string; headers: ReturnType<typeof natsHeaders> }) {
+  private async publishWithRetry(subject: string, payload: Uint8Array, expect: PublishExpectations) {
     for (let i = 0; ; i++) {
       try {
-        return await this.nats.js.publish(subject, payload, opts);
+        return await this.nats.publisher.publish(subject, payload, expect);
       } catch (e) {
         if (i >= 4 || this.nats.nc.isClosed()) throw e;
         await new Promise((r) => setTimeout(r, 200 * 2 ** i));
@@ -176,6 +175,7 @@ export class Troupe {
     if (this.closed) return;
     this.closed = true;
     await Promise.all([...this.workers].map((w) => w.stop()));
+    this.nats.publisher.close();
     await this.nats.nc.drain().catch(() => undefined);
     await this.server?.stop();
   }

@@ -11,7 +11,7 @@ import { InvalidDefinition } from "../errors.js";
 import { encodeJson } from "../nats/codec.js";
 import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connection.js";
 import { eventSubject } from "../nats/topology.js";
-import { runDelivery, type TaskHostDeps } from "../actor/task-run.js";
+import { TaskHost, type TaskHostDeps } from "../actor/task-run.js";
 import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
 import type { TaskDefinition } from "../task.js";
 import { PullLoop } from "./pull.js";
@@ -60,6 +60,7 @@ export class Worker {
     const deps: TaskHostDeps = {
       nc: nats.nc,
       tasks: nats.tasks,
+      publisher: nats.publisher,
       clock,
       workerId: id,
       log,
@@ -78,13 +79,14 @@ export class Worker {
       }),
       { input: { concurrency, heartbeatMs: Math.floor(WORKERS_TTL / 3) }, clock },
     );
+    const host = new TaskHost(definitions, deps);
     this.loop = new PullLoop(nats.nc, consumers, {
       concurrency,
       expires: pullExpires,
       log,
       onLease: (lease) => {
         this.actor.send({ type: "TASK_STARTED" });
-        const run = runDelivery(lease, definitions, deps)
+        const run = host.run(lease)
           .catch((err) => {
             log.error({ err }, "delivery failed unexpectedly");
             return "failed" as const;

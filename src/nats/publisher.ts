@@ -1,0 +1,121 @@
+/**
+ * JetStream publishes that wait for their PubAck, pipelined: one reply subscription for
+ * all of them and one timer sweep, instead of a subscription-mux entry, a timer and two
+ * Error objects per request (which is what nats-core's request costs). This is the hot
+ * path of every task: the KV writes (compare-and-set) and the work message.
+ */
+import { createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { Data } from "effect";
+
+export interface PubAck {
+  readonly stream: string;
+  readonly seq: number;
+  readonly duplicate: boolean;
+}
+
+/** The server refused the write; `errCode` is JetStream's (10071: wrong last sequence). */
+export class PublishRejected extends Data.TaggedError("PublishRejected")<{
+  readonly message: string;
+  readonly errCode: number;
+}> {}
+
+export class PublishTimeout extends Data.TaggedError("PublishTimeout")<{ readonly message: string }> {}
+
+export const WRONG_LAST_SEQUENCE = 10071;
+
+interface Pending {
+  readonly resolve: (ack: PubAck) => void;
+  readonly reject: (e: PublishRejected | PublishTimeout) => void;
+  readonly expires: number;
+  readonly subject: string;
+}
+
+export interface PublishExpectations {
+  /** Compare-and-set: the subject's last sequence must be this (0: no message yet). */
+  readonly lastSubjectSequence?: number;
+  /** Deduplication id within the stream's duplicate window. */
+  readonly msgId?: string;
+  readonly headers?: Record<string, string>;
+}
+
+const decoder = new TextDecoder();
+
+export class AckedPublisher {
+  private readonly prefix = createInbox();
+  private readonly pending = new Map<number, Pending>();
+  private readonly sub: Subscription;
+  private readonly sweeper: NodeJS.Timeout;
+  private seq = 0;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly timeoutMs = 5_000,
+  ) {
+    this.sub = nc.subscribe(`${this.prefix}.*`, { callback: (_e, msg) => this.receive(msg) });
+    this.sweeper = setInterval(() => this.sweep(), Math.min(500, timeoutMs));
+    this.sweeper.unref();
+  }
+
+  publish(subject: string, payload: Uint8Array, expect: PublishExpectations = {}): Promise<PubAck> {
+    const id = ++this.seq;
+    let h: MsgHdrs | undefined;
+    if (expect.lastSubjectSequence !== undefined || expect.msgId !== undefined || expect.headers !== undefined) {
+      h = natsHeaders();
+      if (expect.lastSubjectSequence !== undefined) h.set("Nats-Expected-Last-Subject-Sequence", String(expect.lastSubjectSequence));
+      if (expect.msgId !== undefined) h.set("Nats-Msg-Id", expect.msgId);
+      for (const [k, v] of Object.entries(expect.headers ?? {})) h.set(k, v);
+    }
+    return new Promise<PubAck>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, expires: Date.now() + this.timeoutMs, subject });
+      try {
+        this.nc.publish(subject, payload, h === undefined ? { reply: `${this.prefix}.${id}` } : { reply: `${this.prefix}.${id}`, headers: h });
+      } catch (e) {
+        this.pending.delete(id);
+        reject(new PublishRejected({ message: `cannot publish to ${subject}: ${(e as Error).message}`, errCode: 0 }));
+      }
+    });
+  }
+
+  private receive(msg: Msg): void {
+    const id = Number(msg.subject.slice(this.prefix.length + 1));
+    const p = this.pending.get(id);
+    if (p === undefined) return;
+    this.pending.delete(id);
+    const code = msg.headers?.code ?? 0;
+    if (code === 503) {
+      p.reject(new PublishRejected({ message: `no JetStream stream answers on ${p.subject}`, errCode: 503 }));
+      return;
+    }
+    try {
+      const ack = JSON.parse(decoder.decode(msg.data)) as {
+        stream?: string;
+        seq?: number;
+        duplicate?: boolean;
+        error?: { err_code?: number; code?: number; description?: string };
+      };
+      if (ack.error !== undefined) {
+        p.reject(new PublishRejected({ message: ack.error.description ?? "rejected", errCode: ack.error.err_code ?? ack.error.code ?? 0 }));
+      } else {
+        p.resolve({ stream: ack.stream ?? "", seq: ack.seq ?? 0, duplicate: ack.duplicate === true });
+      }
+    } catch {
+      p.reject(new PublishRejected({ message: `unreadable PubAck on ${p.subject}`, errCode: 0 }));
+    }
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [id, p] of this.pending) {
+      if (p.expires > now) continue;
+      this.pending.delete(id);
+      p.reject(new PublishTimeout({ message: `no PubAck for ${p.subject} within ${this.timeoutMs} ms` }));
+    }
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+    this.sub.unsubscribe();
+    for (const p of this.pending.values()) p.reject(new PublishTimeout({ message: "publisher closed" }));
+    this.pending.clear();
+  }
+}
