@@ -8,5 +8,6 @@ export default defineConfig({
     pool: "forks",
     // Each file spawns its own nats-server; two cores run two files at a time.
     maxWorkers: 2,
+    env: { TROUPE_LOG_LEVEL: process.env.TROUPE_LOG_LEVEL ?? "error" },
   },
 });

@@ -37,7 +37,6 @@ export class PullLoop {
   private next = 0;
   private scheduled = false;
   private stopping = false;
-  private idle: (() => void) | undefined;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -58,21 +57,23 @@ export class PullLoop {
   release(): void {
     this.running--;
     this.schedule();
-    this.checkIdle();
   }
 
-  /** Stop asking for work; resolves once no pull request is outstanding. */
+  /**
+   * Stop asking for work and withdraw the open pull requests (the server drops a request
+   * whose reply subject lost interest). A message already on its way is handed back (NAK).
+   */
   async stop(): Promise<void> {
     this.stopping = true;
-    if (this.pulls.size > 0) await new Promise<void>((resolve) => (this.idle = resolve));
-  }
-
-  private checkIdle(): void {
-    if (this.stopping && this.pulls.size === 0 && this.idle !== undefined) {
-      const idle = this.idle;
-      this.idle = undefined;
-      idle();
-    }
+    const open = [...this.pulls.values()];
+    this.pulls.clear();
+    this.reserved = 0;
+    await Promise.all(
+      open.map((pull) => {
+        clearTimeout(pull.timer);
+        return pull.sub.drain().catch(() => undefined);
+      }),
+    );
   }
 
   private schedule(): void {
@@ -122,7 +123,6 @@ export class PullLoop {
     this.pulls.delete(seq);
     this.reserved -= pull.remaining;
     this.schedule();
-    this.checkIdle();
   }
 
   private receive(seq: number, msg: Msg): void {
@@ -154,7 +154,6 @@ export class PullLoop {
     if (this.stopping) {
       // Arrived after stop(): hand it straight back to another worker.
       lease.nak();
-      this.checkIdle();
       return;
     }
     this.running++;

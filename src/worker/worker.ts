@@ -179,7 +179,7 @@ export class Worker {
   stop(options: StopOptions = {}): Promise<void> {
     this.stopping ??= (async () => {
       this.actor.send({ type: "STOP" });
-      const pulls = this.loop.stop();
+      await this.loop.stop();
       const timeout = options.timeout ?? 30_000;
       let timer: NodeJS.Timeout | undefined;
       const drained = Promise.all(this.inFlight).then(() => true);
@@ -187,7 +187,6 @@ export class Worker {
       const finished = await Promise.race([drained, expired]);
       clearTimeout(timer);
       if (!finished) this.log.warn({ running: this.inFlight.size }, "stop timeout: running tasks left to redelivery");
-      await pulls;
       this.actor.send({ type: "DRAINED" });
       this.actor.stop();
       this.log.info(this.stats, "worker stopped");

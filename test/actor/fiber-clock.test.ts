@@ -1,0 +1,59 @@
+import { Effect } from "effect";
+import { TestClock } from "effect/testing";
+import { describe, expect, it, vi } from "vitest";
+import { createActor } from "xstate";
+import { taskMachine, type TaskRecord } from "../../machines/task.js";
+import { makeFiberClock } from "../../src/actor/fiber-clock.js";
+
+const record: TaskRecord = {
+  id: "t1",
+  task: "slow",
+  queue: "default",
+  status: "QUEUED",
+  attempt: 0,
+  input: null,
+  createdAt: new Date(0).toISOString(),
+};
+
+describe("fiber clock", () => {
+  it("fires a machine's `after` deadline when TestClock is adjusted, and not before", async () => {
+    const program = Effect.gen(function* () {
+      const clock = yield* makeFiberClock;
+      const interrupt = vi.fn();
+      const actor = createActor(taskMachine.provide({ actions: { persist: () => {}, execute: () => {}, interrupt } }), {
+        input: { record, revision: 1, policy: { timeout: 30_000, retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 } } },
+        clock,
+      });
+      actor.start();
+      actor.send({ type: "START", attempt: 1, workerId: "w", at: 0 });
+      actor.send({ type: "SAVED", revision: 2 });
+      expect(clock.pending()).toBe(1);
+
+      yield* TestClock.adjust("29999 millis");
+      expect(actor.getSnapshot().value).toEqual({ RUNNING: "executing" });
+      expect(interrupt).not.toHaveBeenCalled();
+
+      yield* TestClock.adjust("1 millis");
+      expect(actor.getSnapshot().value).toEqual({ FAILED: "saving" });
+      expect(actor.getSnapshot().context.record.error?._tag).toBe("Timeout");
+      expect(interrupt).toHaveBeenCalledTimes(1);
+      expect(clock.pending()).toBe(0);
+      actor.stop();
+    });
+    await Effect.runPromise(Effect.provide(program, TestClock.layer()));
+  });
+
+  it("interrupts the timer fiber when the state is left first", async () => {
+    const program = Effect.gen(function* () {
+      const clock = yield* makeFiberClock;
+      const fired = vi.fn();
+      const id = clock.setTimeout(fired, 1_000);
+      expect(clock.pending()).toBe(1);
+      clock.clearTimeout(id);
+      expect(clock.pending()).toBe(0);
+      yield* TestClock.adjust("2 seconds");
+      expect(fired).not.toHaveBeenCalled();
+    });
+    await Effect.runPromise(Effect.provide(program, TestClock.layer()));
+  });
+});

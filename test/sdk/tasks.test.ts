@@ -1,0 +1,167 @@
+import { Effect } from "effect";
+import { afterEach, describe, expect, it } from "vitest";
+import { jetstreamManager } from "@nats-io/jetstream";
+import {
+  defineTask,
+  Execution,
+  InvalidInput,
+  NonRetryableError,
+  Schema,
+  TaskNotFound,
+  Topology,
+  type TaskRunContext,
+} from "../../src/index.js";
+import { decodeJson } from "../../src/nats/codec.js";
+import { clients, useNatsServer } from "../helpers/nats.js";
+
+const server = useNatsServer();
+const { connect, closeAll } = clients();
+afterEach(closeAll);
+
+const add = defineTask({
+  name: "math.add",
+  input: Schema.Struct({ a: Schema.Number, b: Schema.Number }),
+  output: Schema.Number,
+  handler: async ({ a, b }) => a + b,
+});
+
+describe("tasks end to end", () => {
+  it("runs a typed task and records every transition in KV and TROUPE_EVENTS", async () => {
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [add], concurrency: 4 });
+    const run = await troupe.submit(add, { a: 1, b: 2 });
+    expect(await run.result()).toBe(3);
+    const record = await troupe.get(run.id);
+    expect(record).toMatchObject({ id: run.id, task: "math.add", status: "COMPLETED", attempt: 1, input: { a: 1, b: 2 }, output: 3 });
+    expect(record?.workerId).toMatch(/^w-/);
+    expect(Date.parse(record!.finishedAt!)).toBeGreaterThanOrEqual(Date.parse(record!.startedAt!));
+
+    // The record is plain JSON under the task id, as `nats kv get troupe-tasks <id>` shows it.
+    const entry = await troupe.nats.tasks.get(run.id);
+    const raw = decodeJson(entry!.value);
+    expect(raw.ok && (raw.value as { status: string }).status).toBe("COMPLETED");
+
+    const jsm = await jetstreamManager(troupe.nc);
+    const events: string[] = [];
+    for (const e of ["queued", "started", "completed"]) {
+      const msg = await jsm.streams.getMessage(Topology.EVENTS_STREAM, { last_by_subj: Topology.eventSubject("task", run.id, e) });
+      events.push((msg?.json() as { status: string }).status);
+    }
+    expect(events).toEqual(["QUEUED", "RUNNING", "COMPLETED"]);
+  });
+
+  it("rejects bad input at submit with InvalidInput naming the field, and publishes nothing", async () => {
+    const troupe = await connect(server());
+    const jsm = await jetstreamManager(troupe.nc);
+    const before = (await jsm.streams.info(Topology.TASKS_STREAM)).state.messages;
+    const error = await troupe.submit(add, { a: 1, b: "two" } as never).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InvalidInput);
+    expect((error as InvalidInput).path).toEqual(["b"]);
+    expect((error as InvalidInput).message).toContain("b");
+    const missing = await troupe.submit(add, { a: 1 } as never).catch((e: unknown) => e);
+    expect((missing as InvalidInput)._tag).toBe("InvalidInput");
+    expect((await jsm.streams.info(Topology.TASKS_STREAM)).state.messages).toBe(before);
+  });
+
+  it("gives the handler its context and accepts an Effect as the result", async () => {
+    const seen: Array<Omit<TaskRunContext, "log" | "heartbeat"> & { hasLog: boolean }> = [];
+    const greet = defineTask({
+      name: "greet",
+      input: Schema.Struct({ name: Schema.String }),
+      output: Schema.String,
+      handler: ({ name }, ctx) => {
+        seen.push({ taskId: ctx.taskId, attempt: ctx.attempt, signal: ctx.signal, hasLog: typeof ctx.log.info === "function" });
+        return Effect.succeed(`hello ${name}`);
+      },
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [greet] });
+    const run = await troupe.submit(greet, { name: "ada" });
+    expect(await run.result()).toBe("hello ada");
+    expect(seen).toHaveLength(1);
+    expect(seen[0]).toMatchObject({ taskId: run.id, attempt: 1, hasLog: true });
+    expect(seen[0]!.signal.aborted).toBe(false);
+  });
+
+  it("fails a task whose handler throws with a typed Execution error and the handler's stack", async () => {
+    const boom = defineTask({
+      name: "boom",
+      input: Schema.Struct({}),
+      output: Schema.Void,
+      handler: () => {
+        throw new NonRetryableError("it broke");
+      },
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [boom] });
+    const run = await troupe.submit(boom, {});
+    const error = await run.result().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Execution);
+    expect((error as Execution).message).toBe("it broke");
+    expect((error as Execution).remoteStack).toContain("NonRetryableError");
+    const record = await run.get();
+    expect(record).toMatchObject({ status: "FAILED", error: { _tag: "Execution", message: "it broke" } });
+  });
+
+  it("delivers only the task types a worker registered", async () => {
+    const mul = defineTask({
+      name: "math.mul",
+      input: Schema.Struct({ a: Schema.Number, b: Schema.Number }),
+      output: Schema.Number,
+      handler: async ({ a, b }) => a * b,
+    });
+    const troupe = await connect(server());
+    const adder = await troupe.worker({ tasks: [add], concurrency: 4 });
+    const multiplier = await troupe.worker({ tasks: [mul], concurrency: 4 });
+    const runs = await Promise.all([
+      ...Array.from({ length: 20 }, (_, i) => troupe.submit(add, { a: i, b: i })),
+      ...Array.from({ length: 20 }, (_, i) => troupe.submit(mul, { a: i, b: i })),
+    ]);
+    await Promise.all(runs.map((r) => r.result()));
+    const records = await Promise.all(runs.map((r) => r.get()));
+    for (const r of records) expect(r.workerId).toBe(r.task === "math.add" ? adder.id : multiplier.id);
+    const jsm = await jetstreamManager(troupe.nc);
+    const consumers = [];
+    for await (const c of jsm.consumers.list(Topology.TASKS_STREAM)) consumers.push(c.name);
+    expect(consumers).toEqual(expect.arrayContaining(["troupe-default-math_add", "troupe-default-math_mul"]));
+  });
+
+  it("hands out a run by id to any client, and says when there is no such task", async () => {
+    const a = await connect(server());
+    const b = await connect(server());
+    await a.worker({ tasks: [add] });
+    const run = await a.submit(add, { a: 20, b: 22 });
+    expect(await b.run(add, run.id).result()).toBe(42);
+    const error = await b.run(add, "no-such-task").result().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(TaskNotFound);
+    expect(await b.get("no-such-task")).toBeUndefined();
+  });
+
+  it("creates the layout idempotently when many clients connect at once", async () => {
+    const many = await Promise.all(Array.from({ length: 6 }, () => connect(server())));
+    const workers = await Promise.all(many.map((t) => t.worker({ tasks: [add] })));
+    expect(new Set(workers.map((w) => w.id)).size).toBe(6);
+  });
+
+  it("runs 10,000 no-op tasks to COMPLETED with correct outputs, readable in KV", async () => {
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [add], concurrency: 64 });
+    const n = 10_000;
+    const runs = [];
+    for (let i = 0; i < n; i += 1_000) {
+      runs.push(...(await Promise.all(Array.from({ length: 1_000 }, (_, j) => troupe.submit(add, { a: i + j, b: 1 })))));
+    }
+    const results = await Promise.all(runs.map((r) => r.result()));
+    expect(results.every((r, i) => r === i + 1)).toBe(true);
+    let completed = 0;
+    for (let i = 0; i < n; i += 500) {
+      const entries = await Promise.all(runs.slice(i, i + 500).map((r) => troupe.nats.tasks.get(r.id)));
+      for (const [j, e] of entries.entries()) {
+        const d = decodeJson(e!.value);
+        const rec = d.ok ? (d.value as { status: string; output: number }) : undefined;
+        if (rec?.status === "COMPLETED" && rec.output === i + j + 1) completed++;
+      }
+    }
+    expect(completed).toBe(n);
+  }, 180_000);
+});
