@@ -4,6 +4,12 @@
  * concurrency, across every consumer it reads. A message waiting in a client buffer would
  * already be spending its lease (AckWait), so there is no buffer.
  *
+ * A consumer that just delivered is "active" and is asked with `no_wait` requests, which
+ * end as soon as its backlog does, so no capacity sits reserved on an empty consumer.
+ * One that came back empty is "idle" and gets a single waiting request (a doorbell: one
+ * slot when the worker reads several consumers, all free slots when it reads one); its
+ * first delivery makes it active again.
+ *
  * Each pull request has its own reply subscription (JetStream delivers a message under its
  * original subject, so only the subscription tells which request it answers): the worker
  * knows exactly how many messages each request may still deliver.
@@ -14,10 +20,17 @@ import { TASKS_STREAM } from "../nats/topology.js";
 import { Lease, parseAckSubject } from "../nats/lease.js";
 
 interface PullRequest {
-  readonly consumer: string;
+  readonly consumer: Source;
   remaining: number;
   readonly timer: NodeJS.Timeout;
   readonly sub: Subscription;
+}
+
+interface Source {
+  readonly name: string;
+  active: boolean;
+  /** Open requests on this consumer. */
+  open: number;
 }
 
 export interface PullOptions {
@@ -35,14 +48,17 @@ export class PullLoop {
   private reserved = 0;
   private running = 0;
   private next = 0;
+  private readonly sources: Source[];
   private scheduled = false;
   private stopping = false;
 
   constructor(
     private readonly nc: NatsConnection,
-    private readonly consumers: ReadonlyArray<string>,
+    consumers: ReadonlyArray<string>,
     private readonly options: PullOptions,
-  ) {}
+  ) {
+    this.sources = consumers.map((name) => ({ name, active: true, open: 0 }));
+  }
 
   /** Tasks running now. */
   get active(): number {
@@ -68,6 +84,7 @@ export class PullLoop {
     const open = [...this.pulls.values()];
     this.pulls.clear();
     this.reserved = 0;
+    for (const source of this.sources) source.open = 0;
     await Promise.all(
       open.map((pull) => {
         clearTimeout(pull.timer);
@@ -89,16 +106,26 @@ export class PullLoop {
     if (this.stopping || this.nc.isClosed()) return;
     const limit = this.options.concurrency;
     let free = limit - this.running - this.reserved;
-    // Pull in batches: wait for a quarter of the capacity to free up while a request is open.
-    if (free <= 0 || (this.reserved > 0 && free < Math.max(1, Math.floor(limit / 4)))) return;
-    const n = this.consumers.length;
-    const shares = new Array<number>(n).fill(0);
-    for (let i = 0; free > 0; i++, free--) shares[(this.next + i) % n]!++;
-    this.next = (this.next + 1) % n;
-    shares.forEach((batch, i) => batch > 0 && this.request(this.consumers[i]!, batch));
+    if (free <= 0) return;
+    const n = this.sources.length;
+    // Idle consumers first: each keeps one doorbell open.
+    for (const source of this.sources) {
+      if (source.active || source.open > 0 || free <= 0) continue;
+      const batch = n === 1 ? free : 1;
+      this.request(source, batch, true);
+      free -= batch;
+    }
+    // Then share what is left among the active ones; batch up while a request is open.
+    const active = this.sources.filter((s) => s.active);
+    if (free <= 0 || active.length === 0) return;
+    if (this.reserved > 0 && free < Math.max(1, Math.floor(limit / 4))) return;
+    const shares = new Array<number>(active.length).fill(0);
+    for (let i = 0; free > 0; i++, free--) shares[(this.next + i) % active.length]!++;
+    this.next = (this.next + 1) % active.length;
+    shares.forEach((batch, i) => batch > 0 && this.request(active[i]!, batch, false));
   }
 
-  private request(consumer: string, batch: number): void {
+  private request(source: Source, batch: number, waiting: boolean): void {
     const seq = ++this.seq;
     const expires = this.options.expires;
     // The server answers 408 at `expires`; the local timer covers a request lost with a server.
@@ -106,13 +133,11 @@ export class PullLoop {
     timer.unref();
     const reply = `${this.inbox}.${seq}`;
     const sub = this.nc.subscribe(reply, { callback: (_err, msg) => this.receive(seq, msg) });
-    this.pulls.set(seq, { consumer, remaining: batch, timer, sub });
+    this.pulls.set(seq, { consumer: source, remaining: batch, timer, sub });
+    source.open++;
     this.reserved += batch;
-    this.nc.publish(
-      `$JS.API.CONSUMER.MSG.NEXT.${TASKS_STREAM}.${consumer}`,
-      JSON.stringify({ batch, expires: expires * 1_000_000 }),
-      { reply },
-    );
+    const body = waiting ? { batch, expires: expires * 1_000_000 } : { batch, no_wait: true };
+    this.nc.publish(`$JS.API.CONSUMER.MSG.NEXT.${TASKS_STREAM}.${source.name}`, JSON.stringify(body), { reply });
   }
 
   private finish(seq: number): void {
@@ -121,6 +146,7 @@ export class PullLoop {
     clearTimeout(pull.timer);
     pull.sub.unsubscribe();
     this.pulls.delete(seq);
+    pull.consumer.open--;
     this.reserved -= pull.remaining;
     this.schedule();
   }
@@ -129,6 +155,9 @@ export class PullLoop {
     const code = msg.headers?.code ?? 0;
     if (code !== 0 && msg.data.length === 0) {
       if (code === 100) return; // idle heartbeat
+      const pull = this.pulls.get(seq);
+      // 404: nothing there at all; the consumer goes idle and gets a doorbell.
+      if (code === 404 && pull !== undefined) pull.consumer.active = false;
       if (code !== 408 && code !== 404) {
         this.options.log.warn({ code, status: msg.headers?.description }, "pull request ended by the server");
       }
@@ -137,12 +166,14 @@ export class PullLoop {
     }
     const pull = this.pulls.get(seq);
     if (pull !== undefined) {
+      pull.consumer.active = true;
       pull.remaining--;
       this.reserved--;
       if (pull.remaining === 0) {
         clearTimeout(pull.timer);
         pull.sub.unsubscribe();
         this.pulls.delete(seq);
+        pull.consumer.open--;
       }
     }
     const info = msg.reply ? parseAckSubject(msg.reply) : undefined;

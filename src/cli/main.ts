@@ -1,0 +1,231 @@
+#!/usr/bin/env node
+/**
+ * The `troupe` command: dev, worker, submit, get, demo.
+ * Connection from `NATS_URL` or `--server`, plus credentials and TLS flags.
+ */
+import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
+import { Schema } from "effect";
+import { pino } from "pino";
+import { NatsServer } from "../dev/nats-server.js";
+import { runDemo } from "../dev/demo.js";
+import { defineTask, type TaskDefinition } from "../task.js";
+import { Troupe, type TroupeOptions } from "../sdk/troupe.js";
+import { DEFAULT_QUEUE } from "../nats/topology.js";
+import { connectNats, openNats } from "../nats/connection.js";
+
+const USAGE = `troupe — tasks and workflows as actors on NATS JetStream
+
+Usage:
+  troupe dev [--store DIR] [--port N]        start an embedded nats-server -js and keep it running
+  troupe demo [--tasks N]                    run the demo on its own embedded server
+  troupe worker <module> [--concurrency N]   run the tasks a module exports (SIGTERM/SIGINT stop it gracefully)
+  troupe submit <task> '<json>' [--wait] [--queue Q] [--module FILE]
+                                             submit a task; --wait prints its result
+  troupe get <id>                            print a task's state record (JSON)
+
+Connection (every verb but dev and demo):
+  --server URL       NATS server(s), comma-separated (default: $NATS_URL or nats://127.0.0.1:4222)
+  --user U --password P | --token T | --creds FILE
+  --tls-ca FILE --tls-cert FILE --tls-key FILE
+  --replicas N       stream and bucket replicas when they are created (default 1)
+`;
+
+const options = {
+  server: { type: "string" },
+  user: { type: "string" },
+  password: { type: "string" },
+  token: { type: "string" },
+  creds: { type: "string" },
+  "tls-ca": { type: "string" },
+  "tls-cert": { type: "string" },
+  "tls-key": { type: "string" },
+  replicas: { type: "string" },
+  concurrency: { type: "string" },
+  store: { type: "string" },
+  port: { type: "string" },
+  tasks: { type: "string" },
+  queue: { type: "string" },
+  module: { type: "string" },
+  wait: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+type Flags = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>["values"];
+
+/** A CLI mistake: printed with the usage, exit code 2. */
+class UsageError extends Error {}
+
+const int = (value: string | undefined, name: string, fallback: number): number => {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a non-negative integer, got "${value}"`);
+  return n;
+};
+
+const connection = (flags: Flags): TroupeOptions => ({
+  ...(flags.server === undefined ? {} : { servers: flags.server }),
+  ...(flags.user === undefined ? {} : { user: flags.user, pass: flags.password ?? "" }),
+  ...(flags.token === undefined ? {} : { token: flags.token }),
+  ...(flags.creds === undefined ? {} : { credentials: flags.creds }),
+  ...(flags["tls-ca"] ?? flags["tls-cert"] ?? flags["tls-key"]
+    ? {
+        tls: {
+          ...(flags["tls-ca"] === undefined ? {} : { caFile: flags["tls-ca"] }),
+          ...(flags["tls-cert"] === undefined ? {} : { certFile: flags["tls-cert"] }),
+          ...(flags["tls-key"] === undefined ? {} : { keyFile: flags["tls-key"] }),
+        },
+      }
+    : {}),
+  replicas: int(flags.replicas, "replicas", 1),
+  name: "troupe-cli",
+});
+
+const isTask = (value: unknown): value is TaskDefinition =>
+  typeof value === "object" && value !== null && (value as { _tag?: unknown })._tag === "TaskDefinition";
+
+/** Every task definition a module exports, directly or in an exported array. */
+export const loadTasks = async (file: string): Promise<TaskDefinition[]> => {
+  const mod = (await import(pathToFileURL(resolve(file)).href)) as Record<string, unknown>;
+  const found = new Map<string, TaskDefinition>();
+  for (const value of Object.values(mod)) {
+    for (const item of Array.isArray(value) ? value : [value]) if (isTask(item)) found.set(item.name, item);
+  }
+  return [...found.values()];
+};
+
+const waitForSignal = () =>
+  new Promise<NodeJS.Signals>((res) => {
+    process.once("SIGINT", () => res("SIGINT"));
+    process.once("SIGTERM", () => res("SIGTERM"));
+  });
+
+const dev = async (flags: Flags) => {
+  const server = await NatsServer.start({
+    storeDir: flags.store ?? ".troupe/nats",
+    syncAlways: true,
+    ...(flags.port === undefined ? {} : { port: int(flags.port, "port", 4222) }),
+  });
+  const nc = await connectNats({ servers: server.url });
+  await openNats(nc);
+  await nc.close();
+  process.stdout.write(
+    `troupe dev: nats-server with JetStream at ${server.url} (store ${server.storeDir})\n` +
+      `  export NATS_URL=${server.url}\n` +
+      `  troupe worker ./tasks.js        # in another terminal\n` +
+      `  nats --server ${server.url} stream ls\n` +
+      `Ctrl-C stops it.\n`,
+  );
+  await waitForSignal();
+  await server.stop();
+};
+
+const worker = async (flags: Flags, positionals: string[]) => {
+  const file = positionals[0];
+  if (file === undefined) throw new UsageError("troupe worker needs a module that exports tasks");
+  const tasks = await loadTasks(file);
+  if (tasks.length === 0) throw new UsageError(`${file} exports no task definitions (defineTask)`);
+  const troupe = await Troupe.connect(connection(flags));
+  const w = await troupe.worker({ tasks, concurrency: int(flags.concurrency, "concurrency", 1) });
+  const signal = await waitForSignal();
+  troupe.log.info({ workerId: w.id, signal }, "stopping worker");
+  await w.stop();
+  await troupe.close();
+};
+
+const submit = async (flags: Flags, positionals: string[]) => {
+  const [name, json] = positionals;
+  if (name === undefined) throw new UsageError("troupe submit needs a task name");
+  let input: unknown;
+  try {
+    input = JSON.parse(json ?? "{}");
+  } catch (e) {
+    throw new UsageError(`the input is not JSON: ${(e as Error).message}`);
+  }
+  // With --module the real definition validates the input here; otherwise the worker does.
+  const known = flags.module === undefined ? undefined : (await loadTasks(flags.module)).find((t) => t.name === name);
+  if (flags.module !== undefined && known === undefined) throw new UsageError(`${flags.module} exports no task "${name}"`);
+  const task = known ?? defineTask({ name, queue: flags.queue ?? DEFAULT_QUEUE, input: Schema.Unknown, output: Schema.Unknown, handler: () => undefined });
+  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
+  try {
+    const run = await troupe.submit(task, input);
+    if (!flags.wait) {
+      process.stdout.write(`${run.id}\n`);
+      return;
+    }
+    const record = await run.settledRecord();
+    process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
+    if (record.status !== "COMPLETED") process.exitCode = 1;
+  } finally {
+    await troupe.close();
+  }
+};
+
+const get = async (flags: Flags, positionals: string[]) => {
+  const id = positionals[0];
+  if (id === undefined) throw new UsageError("troupe get needs a task id");
+  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
+  try {
+    const record = await troupe.get(id);
+    if (record === undefined) {
+      process.stderr.write(`no task ${id}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
+  } finally {
+    await troupe.close();
+  }
+};
+
+export const main = async (argv: string[]): Promise<void> => {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  } catch (e) {
+    process.stderr.write(`${(e as Error).message}\n\n${USAGE}`);
+    process.exitCode = 2;
+    return;
+  }
+  const { values: flags, positionals } = parsed;
+  const [verb, ...rest] = positionals;
+  try {
+    if (flags.help || verb === undefined || verb === "help") {
+      process.stdout.write(USAGE);
+      return;
+    }
+    switch (verb) {
+      case "dev":
+        return await dev(flags);
+      case "demo":
+        return await runDemo({ tasks: int(flags.tasks, "tasks", 2_000), concurrency: int(flags.concurrency, "concurrency", 32) });
+      case "worker":
+        return await worker(flags, rest);
+      case "submit":
+        return await submit(flags, rest);
+      case "get":
+        return await get(flags, rest);
+      default:
+        throw new UsageError(`unknown command "${verb}"`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`${e.message}\n\n${USAGE}`);
+      process.exitCode = 2;
+      return;
+    }
+    const tag = (e as { _tag?: string })._tag;
+    process.stderr.write(`troupe ${verb}: ${tag ? `${tag}: ` : ""}${(e as Error).message ?? String(e)}\n`);
+    process.exitCode = 1;
+  }
+};
+
+const invoked = process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href;
+if (invoked) {
+  void main(process.argv.slice(2)).then(() => {
+    // Exit even if a library left a handle open.
+    if (process.exitCode === undefined || process.exitCode === 0) process.exit(0);
+    process.exit(process.exitCode);
+  });
+}
