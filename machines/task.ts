@@ -7,7 +7,7 @@
  * `FENCED`, `EXECUTED`); time comes in on events so that a snapshot replays the same
  * way anywhere. The same definition is what the visualizer draws.
  */
-import { assign, setup } from "xstate";
+import { assign, cancel, raise, setup } from "xstate";
 
 export const TaskStatuses = ["QUEUED", "RUNNING", "RETRYING", "COMPLETED", "FAILED", "CANCELLED"] as const;
 export type TaskStatus = (typeof TaskStatuses)[number];
@@ -37,6 +37,8 @@ export interface TaskRecord {
   readonly retryAt?: string | undefined;
   readonly workerId?: string | undefined;
   readonly idempotencyKey?: string | undefined;
+  /** Attempts that ended with their worker gone (killed, hung past its lease). */
+  readonly lostAttempts?: number | undefined;
 }
 
 export interface RetryPolicy {
@@ -54,6 +56,8 @@ export interface TaskPolicy {
   /** How long one attempt may run, in milliseconds; none when undefined. */
   readonly timeout?: number | undefined;
   readonly retry: RetryPolicy;
+  /** Milliseconds between two lease extensions while the handler runs. */
+  readonly heartbeatMs: number;
 }
 
 export interface TaskContext {
@@ -79,14 +83,23 @@ export type Execution =
   | { readonly ok: false; readonly error: TaskErrorInfo; readonly at: number };
 
 export type TaskEvent =
-  | { readonly type: "START"; readonly attempt: number; readonly workerId: string; readonly at: number }
+  | {
+      readonly type: "START";
+      readonly attempt: number;
+      readonly workerId: string;
+      readonly at: number;
+      /** The previous attempt's worker vanished (the record still said RUNNING). */
+      readonly previousLost?: boolean;
+    }
   | { readonly type: "CANCEL"; readonly reason: string; readonly at: number }
   /** The host's answer to `persist`: the write won, here is the new revision. */
   | { readonly type: "SAVED"; readonly revision: number }
   /** The host's answer to `persist`: the write lost its compare-and-set. */
   | { readonly type: "FENCED"; readonly reason: string }
   /** The host's answer to `execute`. */
-  | { readonly type: "EXECUTED"; readonly execution: Execution };
+  | { readonly type: "EXECUTED"; readonly execution: Execution }
+  /** Extend the lease (raised on the `heartbeat` delay while RUNNING). */
+  | { readonly type: "HEARTBEAT" };
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -127,6 +140,10 @@ export const taskMachine = setup({
     execute: () => {},
     /** Host: abort the running handler (deadline, cancellation). */
     interrupt: () => {},
+    /** Host: extend the lease (a JetStream in-progress ack). */
+    heartbeat: () => {},
+    scheduleHeartbeat: raise({ type: "HEARTBEAT" }, { delay: "heartbeat", id: "heartbeat" }),
+    stopHeartbeat: cancel("heartbeat"),
     adoptRevision: assign({ revision: ({ event }) => (event as Extract<TaskEvent, { type: "SAVED" }>).revision }),
     recordLoss: assign({ lostReason: ({ event }) => (event as Extract<TaskEvent, { type: "FENCED" }>).reason }),
     markCancelled: assign(({ context, event }) => {
@@ -148,6 +165,7 @@ export const taskMachine = setup({
     hasDeadline: ({ context }) => context.deadlineAt !== undefined,
   },
   delays: {
+    heartbeat: ({ context }) => context.policy.heartbeatMs,
     // What is left of the attempt. This default assumes the attempt just started; hosts
     // provide one that reads their clock, so a rehydrated actor waits only for the rest.
     deadline: ({ context }) =>
@@ -171,8 +189,10 @@ export const taskMachine = setup({
               attempt: event.attempt,
               workerId: event.workerId,
               startedAt: iso(event.at),
+              finishedAt: undefined,
               error: undefined,
               retryAt: undefined,
+              lostAttempts: (context.record.lostAttempts ?? 0) + (event.previousLost ? 1 : 0),
             },
             deadlineAt: context.policy.timeout === undefined ? undefined : event.at + context.policy.timeout,
           })),
@@ -181,6 +201,8 @@ export const taskMachine = setup({
       },
     },
     RUNNING: {
+      entry: "scheduleHeartbeat",
+      exit: "stopHeartbeat",
       initial: "claiming",
       states: {
         // The RUNNING write is the claim: it wins only against the revision this lease saw.
@@ -251,7 +273,10 @@ export const taskMachine = setup({
           ],
         },
       },
-      on: { CANCEL: { target: "CANCELLED", actions: "markCancelled" } },
+      on: {
+        CANCEL: { target: "CANCELLED", actions: "markCancelled" },
+        HEARTBEAT: { actions: ["heartbeat", "scheduleHeartbeat"] },
+      },
     },
     RETRYING: persisted("retrying"),
     COMPLETED: persisted("completed"),

@@ -1,6 +1,6 @@
 /** Troupe's public SDK. */
 export { Schema } from "effect";
-export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions } from "./sdk/troupe.js";
+export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type CancelResult } from "./sdk/troupe.js";
 export { TaskRun } from "./sdk/run.js";
 export {
   defineTask,

@@ -39,6 +39,11 @@ export interface TaskOptions<I, IE, O, OE> {
   /** How long a silent worker keeps the task before it is redelivered (default 30 s). */
   readonly heartbeatTimeout?: DurationInput;
   readonly retry?: Partial<RetryPolicy>;
+  /**
+   * Deliveries JetStream makes before giving up on a task whose workers keep dying
+   * (default: retry attempts + 3). The task then ends FAILED with WorkerLost.
+   */
+  readonly maxDeliveries?: number;
 }
 
 export interface TaskDefinition<I = any, O = any, IE = any, OE = any> {
@@ -50,6 +55,7 @@ export interface TaskDefinition<I = any, O = any, IE = any, OE = any> {
   readonly handler: (input: I, ctx: TaskRunContext) => HandlerResult<O>;
   readonly policy: TaskPolicy;
   readonly heartbeatTimeout: number;
+  readonly maxDeliveries: number;
 }
 
 export type InputOf<T> = T extends TaskDefinition<infer I, any, any, any> ? I : never;
@@ -81,14 +87,19 @@ export const defineTask = <I, IE, O, OE>(options: TaskOptions<I, IE, O, OE>): Ta
       throw new InvalidDefinition({ message: `task "${options.name}": ${what} must be a positive duration` });
     }
   }
+  const maxDeliveries = options.maxDeliveries ?? retry.attempts + 3;
+  if (!Number.isInteger(maxDeliveries) || maxDeliveries < retry.attempts) {
+    throw new InvalidDefinition({ message: `task "${options.name}": maxDeliveries must be an integer ≥ retry.attempts` });
+  }
   return {
     _tag: "TaskDefinition",
+    maxDeliveries,
     name: options.name,
     queue,
     input: options.input,
     output: options.output,
     handler: options.handler,
-    policy: { timeout, retry },
+    policy: { timeout, retry, heartbeatMs: Math.max(100, Math.floor(heartbeatTimeout / 3)) },
     heartbeatTimeout,
   };
 };

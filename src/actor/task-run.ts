@@ -10,7 +10,7 @@
 import { Cause, Effect, Exit } from "effect";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createActor, type AnyActorRef, type SnapshotFrom } from "xstate";
+import { createActor, type Actor, type AnyActorRef, type SnapshotFrom } from "xstate";
 import type { Logger } from "pino";
 import {
   TerminalStatuses,
@@ -50,7 +50,7 @@ const errorInfo = (e: unknown): TaskErrorInfo => {
 };
 
 /** Minimal shape check of a work message; the full record is trusted only from KV. */
-const asRecord = (value: unknown): TaskRecord | undefined => {
+export const asRecord = (value: unknown): TaskRecord | undefined => {
   if (typeof value !== "object" || value === null) return undefined;
   const r = value as Record<string, unknown>;
   return typeof r.id === "string" && typeof r.task === "string" && typeof r.status === "string" && typeof r.attempt === "number"
@@ -58,7 +58,7 @@ const asRecord = (value: unknown): TaskRecord | undefined => {
     : undefined;
 };
 
-const readRecord = async (tasks: KV, id: string): Promise<{ record: TaskRecord; revision: number } | undefined> => {
+export const readRecord = async (tasks: KV, id: string): Promise<{ record: TaskRecord; revision: number } | undefined> => {
   const entry = await tasks.get(id);
   if (entry === null || entry.operation !== "PUT") return undefined;
   const decoded = decodeJson(entry.value);
@@ -68,6 +68,8 @@ const readRecord = async (tasks: KV, id: string): Promise<{ record: TaskRecord; 
 
 /** What one delivery's effects need beyond the actor's (serialisable) context. */
 interface Session {
+  readonly actor: Actor<typeof taskMachine>;
+  readonly settled: Promise<SnapshotFrom<typeof taskMachine>>;
   readonly lease: Lease;
   readonly definition: TaskDefinition;
   readonly attempt: number;
@@ -121,6 +123,7 @@ export class TaskHost {
           const s = this.sessions.get(context.record.id);
           if (s !== undefined && !s.finished) s.abort.abort();
         },
+        heartbeat: ({ context }) => this.sessions.get(context.record.id)?.lease.working(),
       },
       delays: {
         // The deadline is absolute; a rehydrated actor waits only for what is left.
@@ -128,6 +131,11 @@ export class TaskHost {
           context.deadlineAt === undefined ? Number.POSITIVE_INFINITY : Math.max(0, context.deadlineAt - deps.now()),
       },
     });
+  }
+
+  /** Tasks running on this host now. */
+  get running(): number {
+    return this.sessions.size;
   }
 
   /** Run one delivery to its end; never throws. */
@@ -141,8 +149,8 @@ export class TaskHost {
       return "skipped";
     }
     const definition = this.definitions.get(fromMessage.task);
-    if (definition === undefined) {
-      rejectMessage(lease, deps, `no handler for task "${fromMessage.task}" on this worker`);
+    if (definition === undefined || !lease.msg.subject.endsWith(`.${definition.queue}.${definition.name}`)) {
+      rejectMessage(lease, deps, `UnknownTask: no handler for task "${fromMessage.task}" on ${lease.msg.subject}`);
       return "skipped";
     }
 
@@ -170,7 +178,30 @@ export class TaskHost {
 
     const attempt = state.record.attempt + 1;
     const attemptLog = log.child({ taskId: id, task: definition.name, attempt });
+    // Still RUNNING on a redelivery: the attempt before this one lost its worker.
+    const previousLost = state.record.status === "RUNNING";
+    if (previousLost) {
+      attemptLog.warn({ lostWorker: state.record.workerId }, "previous attempt lost its worker (WorkerLost); running again");
+    }
+    const actor = createActor(this.machine, {
+      input: { record: state.record, revision: state.revision, policy: definition.policy },
+      clock: deps.clock,
+    });
+    const settled = new Promise<SnapshotFrom<typeof taskMachine>>((resolve) => {
+      actor.subscribe({
+        next: (snapshot) => {
+          if (snapshot.hasTag("settled") || snapshot.status === "done") resolve(snapshot);
+        },
+        error: (err) => {
+          attemptLog.error({ err }, "task actor failed");
+          resolve(actor.getSnapshot());
+        },
+        complete: () => resolve(actor.getSnapshot()),
+      });
+    });
     this.sessions.set(id, {
+      actor,
+      settled,
       lease,
       definition,
       attempt,
@@ -179,38 +210,38 @@ export class TaskHost {
       abort: new AbortController(),
       finished: false,
     });
-    const heartbeat = setInterval(() => lease.working(), Math.max(250, Math.floor(definition.heartbeatTimeout / 3)));
-    heartbeat.unref();
     try {
-      const snapshot = await this.settle(state, definition, attempt);
+      actor.start();
+      actor.send({ type: "START", attempt, workerId: deps.workerId, at: deps.now(), previousLost });
+      const snapshot = await settled;
+      if (lease.settled) return "skipped"; // interrupted by a shutdown: left to redelivery
       return await this.finish(snapshot, lease, definition, attemptLog);
     } finally {
-      clearInterval(heartbeat);
+      actor.stop();
       this.sessions.delete(id);
     }
   }
 
-  private settle(state: { record: TaskRecord; revision: number }, definition: TaskDefinition, attempt: number) {
-    const actor = createActor(this.machine, {
-      input: { record: state.record, revision: state.revision, policy: definition.policy },
-      clock: this.deps.clock,
-    });
-    return new Promise<SnapshotFrom<typeof taskMachine>>((resolve) => {
-      actor.subscribe({
-        next: (snapshot) => {
-          if (snapshot.hasTag("settled") || snapshot.status === "done") {
-            actor.stop();
-            resolve(snapshot);
-          }
-        },
-        error: (err) => {
-          this.deps.log.error({ err, taskId: state.record.id }, "task actor failed");
-          resolve(actor.getSnapshot());
-        },
-      });
-      actor.start();
-      actor.send({ type: "START", attempt, workerId: this.deps.workerId, at: this.deps.now() });
-    });
+  /**
+   * Cancel a task this host runs: its handler is interrupted and CANCELLED is written.
+   * Resolves with the final record, or `undefined` when the task is not running here.
+   */
+  async cancel(id: string, reason: string): Promise<TaskRecord | undefined> {
+    const s = this.sessions.get(id);
+    if (s === undefined) return undefined;
+    s.actor.send({ type: "CANCEL", reason, at: this.deps.now() });
+    const snapshot = await s.settled;
+    return snapshot.hasTag("lost") ? undefined : snapshot.context.record;
+  }
+
+  /** Shutdown past its timeout: abort every running handler and hand the deliveries back. */
+  interruptAll(): void {
+    for (const s of this.sessions.values()) {
+      s.log.warn("interrupted by shutdown; left to another worker");
+      s.lease.nak();
+      if (!s.finished) s.abort.abort();
+      s.actor.stop();
+    }
   }
 
   private async finish(
@@ -240,6 +271,7 @@ export class TaskHost {
         lease.ack();
         return "completed";
       case "CANCELLED":
+        log.info("task cancelled");
         lease.ack();
         return "cancelled";
       default:

@@ -24,6 +24,7 @@ Usage:
   troupe submit <task> '<json>' [--wait] [--queue Q] [--module FILE]
                                              submit a task; --wait prints its result
   troupe get <id>                            print a task's state record (JSON)
+  troupe cancel <id> [--reason TEXT]         cancel a task (a finished one is left as it is)
 
 Connection (every verb but dev and demo):
   --server URL       NATS server(s), comma-separated (default: $NATS_URL or nats://127.0.0.1:4222)
@@ -49,6 +50,7 @@ const options = {
   queue: { type: "string" },
   module: { type: "string" },
   wait: { type: "boolean" },
+  reason: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -179,6 +181,19 @@ const get = async (flags: Flags, positionals: string[]) => {
   }
 };
 
+const cancel = async (flags: Flags, positionals: string[]) => {
+  const id = positionals[0];
+  if (id === undefined) throw new UsageError("troupe cancel needs a task id");
+  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
+  try {
+    const result = await troupe.cancel(id, flags.reason);
+    process.stdout.write(`${result.message}\n`);
+    if (!result.cancelled) process.exitCode = 1;
+  } finally {
+    await troupe.close();
+  }
+};
+
 export const main = async (argv: string[]): Promise<void> => {
   let parsed;
   try {
@@ -206,6 +221,8 @@ export const main = async (argv: string[]): Promise<void> => {
         return await submit(flags, rest);
       case "get":
         return await get(flags, rest);
+      case "cancel":
+        return await cancel(flags, rest);
       default:
         throw new UsageError(`unknown command "${verb}"`);
     }

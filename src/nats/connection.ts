@@ -27,6 +27,9 @@ import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
 import { NatsFailure, TopologyConflict } from "../errors.js";
 import { AckedPublisher } from "./publisher.js";
 import {
+  ADVISORIES_STREAM,
+  MAX_DELIVERIES_SUBJECTS,
+  REAPER_CONSUMER,
   consumerName,
   EVENTS_STREAM,
   EVENTS_SUBJECTS,
@@ -167,6 +170,24 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       discard: DiscardPolicy.Old,
       max_age: (options.eventsMaxAge ?? 7 * 24 * 3600 * 1000) * 1_000_000,
     });
+    await ensureStream(jsm, {
+      name: ADVISORIES_STREAM,
+      subjects: [MAX_DELIVERIES_SUBJECTS],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      num_replicas: replicas,
+      max_age: 7 * 24 * 3600 * 1_000_000_000,
+    });
+    try {
+      await jsm.consumers.add(ADVISORIES_STREAM, {
+        durable_name: REAPER_CONSUMER,
+        ack_policy: AckPolicy.Explicit,
+        ack_wait: 30_000_000_000,
+        max_deliver: -1,
+      });
+    } catch (e) {
+      if (!isApiError(e, 10148, 10013)) throw e; // exists already
+    }
     const kvm = new Kvm(js);
     const [tasks, workers, workflows] = await Promise.all([
       ensureBucket(jsm, kvm, TASKS_BUCKET, { history: 1, replicas }),
@@ -183,6 +204,8 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
 export interface ConsumerSettings {
   /** The lease: how long a delivery may go without an ack or a heartbeat. */
   readonly ackWaitMs: number;
+  /** Deliveries before JetStream gives up and raises MAX_DELIVERIES (-1: never). */
+  readonly maxDeliver?: number;
 }
 
 /** The durable pull consumer of one task type; refuses a name collision. */
@@ -200,7 +223,7 @@ export const ensureTaskConsumer = async (
     deliver_policy: DeliverPolicy.All,
     filter_subject: filter,
     ack_wait: settings.ackWaitMs * 1_000_000,
-    max_deliver: -1,
+    max_deliver: settings.maxDeliver ?? -1,
     max_ack_pending: 20_000,
     max_waiting: 4_096,
   };
@@ -211,8 +234,8 @@ export const ensureTaskConsumer = async (
         message: `task "${type}" on queue "${queue}" maps to consumer ${name}, which already serves ${info.config.filter_subject}; rename one of the tasks`,
       });
     }
-    if (info.config.ack_wait !== config.ack_wait) {
-      await jsm.consumers.update(TASKS_STREAM, name, { ack_wait: config.ack_wait });
+    if (info.config.ack_wait !== config.ack_wait || info.config.max_deliver !== config.max_deliver) {
+      await jsm.consumers.update(TASKS_STREAM, name, { ack_wait: config.ack_wait, max_deliver: config.max_deliver });
     }
     return name;
   } catch (e) {

@@ -32,6 +32,17 @@ export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`
 /** Where a client asks to hear about the end of the tasks it submitted. */
 export const notifyPrefix = (clientId: string) => `troupe.notify.${clientId}`;
 
+/** A worker's control subject: `troupe.control.<workerId>.cancel` (request/reply). */
+export const controlSubject = (workerId: string, verb: "cancel") => `troupe.control.${workerId}.${verb}`;
+
+/**
+ * JetStream's advisory when a task message ran out of deliveries (its workers kept dying);
+ * captured in a stream so that one is handled even when no worker was listening.
+ */
+export const ADVISORIES_STREAM = "TROUPE_ADVISORIES";
+export const MAX_DELIVERIES_SUBJECTS = `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${TASKS_STREAM}.*`;
+export const REAPER_CONSUMER = "troupe-max-deliveries";
+
 /** Message headers Troupe sets on work messages. */
 export const Headers = {
   /** KV revision of the QUEUED record: the first attempt's fencing token, saving a read. */

@@ -3,7 +3,7 @@ import { Cause, Exit } from "effect";
 import type { TaskRecord } from "../../machines/task.js";
 import { TaskNotFound, taskErrorFrom } from "../errors.js";
 import { decodeOutput, type TaskDefinition } from "../task.js";
-import type { Troupe } from "./troupe.js";
+import type { CancelResult, Troupe } from "./troupe.js";
 
 export class TaskRun<O> {
   constructor(
@@ -33,6 +33,11 @@ export class TaskRun<O> {
   /** The terminal record, whatever the outcome. */
   settledRecord(): Promise<TaskRecord> {
     return this.settled;
+  }
+
+  /** Cancel this task (see `Troupe.cancel`). */
+  cancel(reason?: string): Promise<CancelResult> {
+    return this.troupe.cancel(this.id, reason);
   }
 
   /** The current state record. */

@@ -2,15 +2,17 @@
  * The client: `Troupe.connect` / `Troupe.dev`, `submit`, `get`, `run`, `worker`, `close`.
  * Promises at the boundary, typed errors inside them.
  */
+import { createHash } from "node:crypto";
 import { Cause, Effect, Exit } from "effect";
 import { nuid, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { TerminalStatuses, type TaskRecord } from "../../machines/task.js";
+import { TerminalStatuses, type TaskRecord, type TaskStatus } from "../../machines/task.js";
 import { NatsFailure, Serialization, TaskNotFound } from "../errors.js";
+import { readRecord } from "../actor/task-run.js";
 import { decodeJson, encodeJson } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { eventSubject, Headers, kvSubject, notifyPrefix, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
-import type { PublishExpectations } from "../nats/publisher.js";
+import { controlSubject, eventSubject, Headers, kvSubject, notifyPrefix, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
+import { PublishRejected, WRONG_LAST_SEQUENCE, type PublishExpectations } from "../nats/publisher.js";
 import { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
 import { rootLogger } from "../log.js";
 import { encodeInput, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
@@ -30,7 +32,24 @@ export interface DevOptions extends TroupeOptions, Pick<NatsServerOptions, "bina
 export interface SubmitOptions {
   /** The task id (default: a fresh unique id). */
   readonly id?: string;
+  /**
+   * Submitting again with the same key (same task and queue) returns the same run and
+   * enqueues nothing new, for ever: the key picks the task id, whose KV record is created once.
+   */
+  readonly idempotencyKey?: string;
 }
+
+export interface CancelResult {
+  readonly id: string;
+  readonly status: TaskStatus;
+  /** False when the task had already finished (it is left as it is). */
+  readonly cancelled: boolean;
+  readonly message: string;
+}
+
+/** The task id an idempotency key stands for. */
+export const idempotentId = (task: TaskDefinition, key: string) =>
+  `k-${createHash("sha256").update(`${task.queue}\0${task.name}\0${key}`).digest("base64url").slice(0, 32)}`;
 
 interface Waiter {
   readonly promise: Promise<TaskRecord>;
@@ -42,6 +61,7 @@ export class Troupe {
   private readonly waiters = new Map<string, Waiter>();
   private readonly workers = new Set<Worker>();
   private notifySub: Subscription | undefined;
+  private cancelSub: Subscription | undefined;
   private closed = false;
 
   private constructor(
@@ -95,7 +115,8 @@ export class Troupe {
   async submit<T extends TaskDefinition>(task: T, input: InputOf<T>, options: SubmitOptions = {}): Promise<TaskRun<OutputOf<T>>> {
     const encoded = Effect.runSyncExit(encodeInput(task, input));
     if (Exit.isFailure(encoded)) throw Cause.squash(encoded.cause);
-    const id = options.id ?? nuid.next();
+    const key = options.idempotencyKey;
+    const id = key === undefined ? (options.id ?? nuid.next()) : idempotentId(task, key);
     const record: TaskRecord = {
       id,
       task: task.name,
@@ -104,6 +125,7 @@ export class Troupe {
       attempt: 0,
       input: encoded.value,
       createdAt: new Date().toISOString(),
+      ...(key === undefined ? {} : { idempotencyKey: key }),
     };
     const payload = encodeJson(record);
     const max = this.nats.nc.info?.max_payload ?? 1024 * 1024;
@@ -117,6 +139,9 @@ export class Troupe {
       revision = (await this.nats.publisher.publish(kvSubject(TASKS_BUCKET, id), payload, { lastSubjectSequence: 0 })).seq;
     } catch (e) {
       this.waiters.delete(id);
+      if (key !== undefined && e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE) {
+        return this.resubmitted(task, id);
+      }
       throw new NatsFailure({ message: `cannot record task ${id}: ${(e as Error).message}`, cause: e });
     }
     const headers = { [Headers.revision]: String(revision), [Headers.notify]: notifyPrefix(this.clientId) };
@@ -138,6 +163,65 @@ export class Troupe {
     return new TaskRun<OutputOf<T>>(this, id, task, waiter.promise);
   }
 
+  /**
+   * A second submit with the same idempotency key: the run that exists. If its record is
+   * still QUEUED, the work message is published again under the same message id (a
+   * no-op inside the duplicate window), in case the first submit died in between.
+   */
+  private async resubmitted<T extends TaskDefinition>(task: T, id: string): Promise<TaskRun<OutputOf<T>>> {
+    const existing = await readRecord(this.nats.tasks, id);
+    if (existing?.record.status === "QUEUED") {
+      await this.publishWithRetry(taskSubject(task.queue, task.name), encodeJson(existing.record), {
+        msgId: id,
+        headers: { [Headers.revision]: String(existing.revision), [Headers.notify]: notifyPrefix(this.clientId) },
+      });
+    }
+    return this.run(task, id);
+  }
+
+  /**
+   * Cancel a task: a queued (or retrying) one never starts; a running one has its handler
+   * interrupted and ends CANCELLED; a finished one is left as it is, and the result says so.
+   */
+  async cancel(id: string, reason = "cancelled by request"): Promise<CancelResult> {
+    for (let i = 0; i < 10; i++) {
+      const current = await readRecord(this.nats.tasks, id);
+      if (current === undefined) throw new TaskNotFound({ id, message: `no task ${id}` });
+      const { record, revision } = current;
+      if (TerminalStatuses.has(record.status)) {
+        return { id, status: record.status, cancelled: false, message: `task ${id} already ended ${record.status}; left as it is` };
+      }
+      if (record.status === "RUNNING" && record.workerId !== undefined) {
+        // The worker holding the lease interrupts the handler and writes CANCELLED itself.
+        const reply = await this.nats.nc
+          .request(controlSubject(record.workerId, "cancel"), encodeJson({ id, reason }), { timeout: 2_000 })
+          .then((m) => decodeJson(m.data))
+          .catch(() => undefined);
+        const answer = reply?.ok ? (reply.value as { running?: boolean; record?: TaskRecord }) : undefined;
+        if (answer?.running && answer.record !== undefined) {
+          return { id, status: answer.record.status, cancelled: answer.record.status === "CANCELLED", message: `task ${id} ${answer.record.status}` };
+        }
+        // No answer: that worker is gone or hung. Writing over its revision fences it.
+      }
+      const cancelled: TaskRecord = {
+        ...record,
+        status: "CANCELLED",
+        error: { _tag: "Cancelled", message: reason, retryable: false },
+        finishedAt: new Date().toISOString(),
+      };
+      try {
+        const payload = encodeJson(cancelled);
+        await this.nats.publisher.publish(kvSubject(TASKS_BUCKET, id), payload, { lastSubjectSequence: revision });
+        this.nats.nc.publish(eventSubject("task", id, "cancelled"), payload);
+        return { id, status: "CANCELLED", cancelled: true, message: `task ${id} cancelled` };
+      } catch (e) {
+        if (!(e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE)) throw e;
+        // It moved meanwhile (started, finished): look again.
+      }
+    }
+    throw new NatsFailure({ message: `task ${id} kept changing; cancel gave up` });
+  }
+
   private async publishWithRetry(subject: string, payload: Uint8Array, expect: PublishExpectations) {
     for (let i = 0; ; i++) {
       try {
@@ -151,11 +235,7 @@ export class Troupe {
 
   /** The task's state record, or `undefined` when there is none. */
   async get(id: string): Promise<TaskRecord | undefined> {
-    const entry = await this.nats.tasks.get(id);
-    if (entry === null || entry.operation !== "PUT") return undefined;
-    const decoded = decodeJson(entry.value);
-    if (!decoded.ok) throw decoded.error;
-    return decoded.value as TaskRecord;
+    return (await readRecord(this.nats.tasks, id))?.record;
   }
 
   /** A handle on an existing task, to await its result from any client. */
@@ -222,15 +302,18 @@ export class Troupe {
     waiter.resolve(record);
   }
 
-  /** One subscription for the terminal records of every task this client submitted. */
+  /**
+   * One subscription for the terminal records of every task this client submitted, and one
+   * for cancellations (written by whichever client cancelled, which cannot notify us).
+   */
   private listen(): void {
     if (this.notifySub !== undefined) return;
-    this.notifySub = this.nats.nc.subscribe(`${notifyPrefix(this.clientId)}.*`, {
-      callback: (_e, msg) => {
-        const decoded = decodeJson(msg.data);
-        if (decoded.ok) this.settle(decoded.value as TaskRecord);
-      },
-    });
+    const callback = (_e: unknown, msg: { data: Uint8Array }) => {
+      const decoded = decodeJson(msg.data);
+      if (decoded.ok) this.settle(decoded.value as TaskRecord);
+    };
+    this.notifySub = this.nats.nc.subscribe(`${notifyPrefix(this.clientId)}.*`, { callback });
+    this.cancelSub = this.nats.nc.subscribe(eventSubject("task", "*", "cancelled"), { callback });
   }
 
   /** Notifications are plain publishes: after a reconnect, re-read what we wait for. */

@@ -3,14 +3,16 @@
  * keeps its registry entry in `troupe-workers` fresh, and stops gracefully.
  */
 import { hostname } from "node:os";
-import { nuid } from "@nats-io/transport-node";
+import { nuid, type Subscription } from "@nats-io/transport-node";
 import { createActor, type Actor } from "xstate";
 import { workerMachine } from "../../machines/worker.js";
 import type { Logger } from "pino";
 import { InvalidDefinition } from "../errors.js";
 import { encodeJson } from "../nats/codec.js";
 import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connection.js";
-import { eventSubject } from "../nats/topology.js";
+import { controlSubject, eventSubject } from "../nats/topology.js";
+import { decodeJson } from "../nats/codec.js";
+import { startReaper } from "./reaper.js";
 import { TaskHost, type TaskHostDeps } from "../actor/task-run.js";
 import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
 import type { TaskDefinition } from "../task.js";
@@ -42,6 +44,9 @@ export interface WorkerStats {
 
 export class Worker {
   private readonly loop: PullLoop;
+  private readonly host: TaskHost;
+  private control: Subscription | undefined;
+  private reaper: { stop: () => Promise<void> } | undefined;
   private readonly actor: Actor<typeof workerMachine>;
   private readonly inFlight = new Set<Promise<unknown>>();
   private stopping: Promise<void> | undefined;
@@ -80,6 +85,7 @@ export class Worker {
       { input: { concurrency, heartbeatMs: Math.floor(WORKERS_TTL / 3) }, clock },
     );
     const host = new TaskHost(definitions, deps);
+    this.host = host;
     this.loop = new PullLoop(nats.nc, consumers, {
       concurrency,
       expires: pullExpires,
@@ -117,7 +123,7 @@ export class Worker {
       definitions.set(task.name, task);
     }
     const consumers = await Promise.all(
-      [...definitions.values()].map((t) => ensureTaskConsumer(nats.jsm, t.queue, t.name, { ackWaitMs: t.heartbeatTimeout })),
+      [...definitions.values()].map((t) => ensureTaskConsumer(nats.jsm, t.queue, t.name, { ackWaitMs: t.heartbeatTimeout, maxDeliver: t.maxDeliveries })),
     );
     const id = options.id ?? `w-${nuid.next()}`;
     const worker = new Worker(
@@ -130,13 +136,29 @@ export class Worker {
       clock,
       options.pullExpires ?? 5_000,
     );
-    worker.run();
+    await worker.run();
     return worker;
   }
 
-  private run(): void {
+  private async run(): Promise<void> {
     this.actor.start();
     this.actor.send({ type: "STARTED" });
+    // `troupe.cancel` asks the worker that holds a running task to interrupt it.
+    this.control = this.nats.nc.subscribe(controlSubject(this.id, "cancel"), {
+      callback: (_e, msg) => {
+        const body = decodeJson(msg.data);
+        const { id, reason } = (body.ok ? body.value : {}) as { id?: string; reason?: string };
+        if (typeof id !== "string") {
+          msg.respond(encodeJson({ running: false }));
+          return;
+        }
+        void this.host.cancel(id, reason ?? "cancelled").then(
+          (record) => msg.respond(encodeJson(record === undefined ? { running: false } : { running: true, record })),
+          () => msg.respond(encodeJson({ running: false })),
+        );
+      },
+    });
+    this.reaper = await startReaper(this.nats, this.log);
     this.loop.start();
     void (async () => {
       for await (const status of this.nats.nc.status()) {
@@ -186,7 +208,13 @@ export class Worker {
       const expired = new Promise<false>((r) => (timer = setTimeout(() => r(false), timeout)));
       const finished = await Promise.race([drained, expired]);
       clearTimeout(timer);
-      if (!finished) this.log.warn({ running: this.inFlight.size }, "stop timeout: running tasks left to redelivery");
+      if (!finished) {
+        this.log.warn({ running: this.inFlight.size }, "stop timeout: running tasks interrupted and left to redelivery");
+        this.host.interruptAll();
+        await Promise.all(this.inFlight);
+      }
+      this.control?.unsubscribe();
+      await this.reaper?.stop();
       this.actor.send({ type: "DRAINED" });
       this.actor.stop();
       this.log.info(this.stats, "worker stopped");

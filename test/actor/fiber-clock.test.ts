@@ -16,28 +16,41 @@ const record: TaskRecord = {
 };
 
 describe("fiber clock", () => {
-  it("fires a machine's `after` deadline when TestClock is adjusted, and not before", async () => {
+  it("fires the deadline and the heartbeats when TestClock is adjusted, and not before", async () => {
     const program = Effect.gen(function* () {
       const clock = yield* makeFiberClock;
       const interrupt = vi.fn();
-      const actor = createActor(taskMachine.provide({ actions: { persist: () => {}, execute: () => {}, interrupt } }), {
-        input: { record, revision: 1, policy: { timeout: 30_000, retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 } } },
+      const heartbeat = vi.fn();
+      const actor = createActor(taskMachine.provide({ actions: { persist: () => {}, execute: () => {}, interrupt, heartbeat } }), {
+        input: {
+          record,
+          revision: 1,
+          policy: { timeout: 30_000, heartbeatMs: 7_000, retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 } },
+        },
         clock,
       });
       actor.start();
       actor.send({ type: "START", attempt: 1, workerId: "w", at: 0 });
       actor.send({ type: "SAVED", revision: 2 });
-      expect(clock.pending()).toBe(1);
+      expect(clock.pending()).toBe(2); // the deadline and the next heartbeat
 
-      yield* TestClock.adjust("29999 millis");
+      yield* TestClock.adjust("6999 millis");
+      expect(heartbeat).not.toHaveBeenCalled();
+      yield* TestClock.adjust("1 millis");
+      expect(heartbeat).toHaveBeenCalledTimes(1);
+
+      yield* TestClock.adjust("22999 millis");
       expect(actor.getSnapshot().value).toEqual({ RUNNING: "executing" });
+      expect(heartbeat).toHaveBeenCalledTimes(4); // at 7, 14, 21 and 28 s
       expect(interrupt).not.toHaveBeenCalled();
 
       yield* TestClock.adjust("1 millis");
       expect(actor.getSnapshot().value).toEqual({ FAILED: "saving" });
       expect(actor.getSnapshot().context.record.error?._tag).toBe("Timeout");
       expect(interrupt).toHaveBeenCalledTimes(1);
-      expect(clock.pending()).toBe(0);
+      expect(clock.pending()).toBe(0); // leaving RUNNING cancelled the heartbeat
+      yield* TestClock.adjust("1 minute");
+      expect(heartbeat).toHaveBeenCalledTimes(4);
       actor.stop();
     });
     await Effect.runPromise(Effect.provide(program, TestClock.layer()));

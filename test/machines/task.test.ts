@@ -13,6 +13,7 @@ const record: TaskRecord = {
 };
 const policy = (over: Partial<TaskPolicy> = {}): TaskPolicy => ({
   retry: { attempts: 1, backoff: "fixed", delay: 1_000, maxDelay: 10_000, jitter: 0 },
+  heartbeatMs: 10_000,
   ...over,
 });
 
