@@ -353,7 +353,7 @@ const persist = async (
 /** A message no worker can run: terminated once, recorded as an event, logged. */
 const rejectMessage = (lease: Lease, deps: TaskHostDeps, reason: string) => {
   deps.log.warn({ subject: lease.msg.subject, reason, seq: lease.info.streamSequence }, "malformed work message terminated");
-  lease.term(reason.slice(0, 200));
+  lease.term();
   deps.nc.publish(
     eventSubject("worker", deps.workerId, "rejected"),
     encodeJson({ subject: lease.msg.subject, streamSequence: lease.info.streamSequence, reason, at: new Date(deps.now()).toISOString() }),

@@ -28,6 +28,7 @@ export const parseAckSubject = (reply: string): DeliveryInfo | undefined => {
 
 const ACK = new TextEncoder().encode("+ACK");
 const WPI = new TextEncoder().encode("+WPI");
+const TERM = new TextEncoder().encode("+TERM");
 
 export class Lease {
   private done = false;
@@ -51,9 +52,12 @@ export class Lease {
     this.settle(new TextEncoder().encode(body));
   }
 
-  /** Never redeliver (a malformed message, a task already settled). */
-  term(reason?: string): void {
-    this.settle(new TextEncoder().encode(reason ? `+TERM ${reason}` : "+TERM"));
+  /**
+   * Never redeliver (a malformed message). Plain `+TERM`: nats-server 2.9 does not read
+   * a reason after it; the reason goes to the log and the `rejected` event instead.
+   */
+  term(): void {
+    this.settle(TERM);
   }
 
   /** Extend the lease by another AckWait. */

@@ -133,17 +133,15 @@ export class Troupe {
       throw new Serialization({ message: `input of task "${task.name}" is ${payload.length} bytes, over the server's payload limit (${max})` });
     }
     this.listen();
-    const waiter = this.waiterFor(id);
     let revision: number;
     try {
-      revision = (await this.nats.publisher.publish(kvSubject(TASKS_BUCKET, id), payload, { lastSubjectSequence: 0 })).seq;
+      revision = await this.createRecord(id, payload, key !== undefined);
     } catch (e) {
-      this.waiters.delete(id);
-      if (key !== undefined && e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE) {
-        return this.resubmitted(task, id);
-      }
+      if (e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE) return this.resubmitted(task, id);
       throw new NatsFailure({ message: `cannot record task ${id}: ${(e as Error).message}`, cause: e });
     }
+    // Registered before the work is published, so the terminal notification cannot beat it.
+    const waiter = this.waiterFor(id);
     const headers = { [Headers.revision]: String(revision), [Headers.notify]: notifyPrefix(this.clientId) };
     try {
       // The message id makes a retried publish a no-op inside the duplicate window.
@@ -161,6 +159,27 @@ export class Troupe {
     }
     this.nats.nc.publish(eventSubject("task", id, "queued"), payload);
     return new TaskRun<OutputOf<T>>(this, id, task, waiter.promise);
+  }
+
+  /**
+   * Create the QUEUED record, retried through a reconnect. A retry that finds the key taken
+   * found its own earlier write (ids are unique) unless the id came from an idempotency key.
+   */
+  private async createRecord(id: string, payload: Uint8Array, keyed: boolean): Promise<number> {
+    for (let i = 0; ; i++) {
+      try {
+        return (await this.nats.publisher.publish(kvSubject(TASKS_BUCKET, id), payload, { lastSubjectSequence: 0 })).seq;
+      } catch (e) {
+        const taken = e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE;
+        if (taken && (keyed || i === 0)) throw e;
+        if (taken) {
+          const mine = await readRecord(this.nats.tasks, id);
+          if (mine !== undefined) return mine.revision;
+        }
+        if (i >= 4 || this.nats.nc.isClosed()) throw e;
+        await new Promise((r) => setTimeout(r, 200 * 2 ** i));
+      }
+    }
   }
 
   /**
