@@ -6,9 +6,12 @@
  *
  * A consumer that just delivered is "active" and is asked with `no_wait` requests, which
  * end as soon as its backlog does, so no capacity sits reserved on an empty consumer.
- * One that came back empty is "idle" and gets a single waiting request (a doorbell: one
- * slot when the worker reads several consumers, all free slots when it reads one); its
- * first delivery makes it active again.
+ * One that came back empty is "idle": it listens on its work subject for new work (a
+ * bell, no capacity held). When nothing is active, a waiting request (a doorbell, which
+ * catches redeliveries too) is open: for all free slots when the worker reads one
+ * consumer; for one slot, rotating over the idle consumers, when it reads several. While
+ * others keep the worker busy, idle consumers are probed every `expires` ms for
+ * redeliveries (retries, lapsed leases), which publish nothing.
  *
  * Each pull request has its own reply subscription (JetStream delivers a message under its
  * original subject, so only the subscription tells which request it answers): the worker
@@ -26,11 +29,18 @@ interface PullRequest {
   readonly sub: Subscription;
 }
 
-interface Source {
-  readonly name: string;
+/** A consumer this worker reads, and the subject its work is published on. */
+export interface PullSource {
+  readonly consumer: string;
+  readonly subject: string;
+}
+
+interface Source extends PullSource {
   active: boolean;
   /** Open requests on this consumer. */
   open: number;
+  /** While idle: a plain subscription on the work subject that rings when new work is published. */
+  bell: Subscription | undefined;
 }
 
 export interface PullOptions {
@@ -49,15 +59,16 @@ export class PullLoop {
   private running = 0;
   private next = 0;
   private readonly sources: Source[];
+  private probe: NodeJS.Timeout | undefined;
   private scheduled = false;
   private stopping = false;
 
   constructor(
     private readonly nc: NatsConnection,
-    consumers: ReadonlyArray<string>,
+    sources: ReadonlyArray<PullSource>,
     private readonly options: PullOptions,
   ) {
-    this.sources = consumers.map((name) => ({ name, active: true, open: 0 }));
+    this.sources = sources.map((s) => ({ ...s, active: true, open: 0, bell: undefined }));
   }
 
   /** Tasks running now. */
@@ -66,6 +77,11 @@ export class PullLoop {
   }
 
   start(): void {
+    this.probe = setInterval(() => {
+      for (const source of this.sources) if (!source.active && source.open === 0) this.goActive(source);
+      this.schedule();
+    }, this.options.expires);
+    this.probe.unref();
     this.schedule();
   }
 
@@ -81,10 +97,15 @@ export class PullLoop {
    */
   async stop(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.probe);
     const open = [...this.pulls.values()];
     this.pulls.clear();
     this.reserved = 0;
-    for (const source of this.sources) source.open = 0;
+    for (const source of this.sources) {
+      source.open = 0;
+      source.bell?.unsubscribe();
+      source.bell = undefined;
+    }
     await Promise.all(
       open.map((pull) => {
         clearTimeout(pull.timer);
@@ -107,27 +128,47 @@ export class PullLoop {
     const limit = this.options.concurrency;
     let free = limit - this.running - this.reserved;
     if (free <= 0) return;
-    const n = this.sources.length;
-    // Idle consumers first: each keeps one doorbell open.
-    for (const source of this.sources) {
-      if (source.active || source.open > 0 || free <= 0) continue;
-      const batch = n === 1 ? free : 1;
-      this.request(source, batch, true);
-      free -= batch;
-    }
-    // Then share what is left among the active ones; batch up while a request is open.
+    // Active consumers first; batch up while a request is open.
     const active = this.sources.filter((s) => s.active);
-    if (free <= 0 || active.length === 0) return;
-    if (this.reserved > 0 && free < Math.max(1, Math.floor(limit / 4))) return;
-    const shares = new Array<number>(active.length).fill(0);
-    for (let i = 0; free > 0; i++, free--) shares[(this.next + i) % active.length]!++;
-    this.next = (this.next + 1) % active.length;
-    shares.forEach((batch, i) => batch > 0 && this.request(active[i]!, batch, false));
+    if (active.length > 0 && !(this.reserved > 0 && free < Math.max(1, Math.floor(limit / 4)))) {
+      const shares = new Array<number>(active.length).fill(0);
+      for (let i = 0; free > 0; i++, free--) shares[(this.next + i) % active.length]!++;
+      this.next = (this.next + 1) % active.length;
+      shares.forEach((batch, i) => batch > 0 && this.request(active[i]!, batch, true));
+    }
+    // A worker with nothing active rings a doorbell: with one consumer, a waiting request
+    // for all free slots; with several, one slot on one idle consumer at a time, rotating,
+    // so the rest of the capacity stays free for the bells.
+    if (free <= 0 || active.length > 0) return;
+    const idle = this.sources.filter((s) => !s.active);
+    if (this.sources.length === 1) {
+      if (idle[0] !== undefined && idle[0].open === 0) this.request(idle[0], free, false);
+      return;
+    }
+    if (idle.length === 0 || idle.some((s) => s.open > 0)) return;
+    const source = idle[this.next++ % idle.length]!;
+    this.request(source, 1, false, idle.length > 1 ? Math.min(1_000, this.options.expires) : this.options.expires);
   }
 
-  private request(source: Source, batch: number, waiting: boolean): void {
+  private goIdle(source: Source): void {
+    if (!source.active) return;
+    source.active = false;
+    source.bell ??= this.nc.subscribe(source.subject, {
+      callback: () => {
+        this.goActive(source);
+        this.schedule();
+      },
+    });
+  }
+
+  private goActive(source: Source): void {
+    source.active = true;
+    source.bell?.unsubscribe();
+    source.bell = undefined;
+  }
+
+  private request(source: Source, batch: number, noWait: boolean, expires = this.options.expires): void {
     const seq = ++this.seq;
-    const expires = this.options.expires;
     // The server answers 408 at `expires`; the local timer covers a request lost with a server.
     const timer = setTimeout(() => this.finish(seq), expires + 2_000);
     timer.unref();
@@ -136,8 +177,8 @@ export class PullLoop {
     this.pulls.set(seq, { consumer: source, remaining: batch, timer, sub });
     source.open++;
     this.reserved += batch;
-    const body = waiting ? { batch, expires: expires * 1_000_000 } : { batch, no_wait: true };
-    this.nc.publish(`$JS.API.CONSUMER.MSG.NEXT.${TASKS_STREAM}.${source.name}`, JSON.stringify(body), { reply });
+    const body = noWait ? { batch, no_wait: true } : { batch, expires: expires * 1_000_000 };
+    this.nc.publish(`$JS.API.CONSUMER.MSG.NEXT.${TASKS_STREAM}.${source.consumer}`, JSON.stringify(body), { reply });
   }
 
   private finish(seq: number): void {
@@ -157,7 +198,7 @@ export class PullLoop {
       if (code === 100) return; // idle heartbeat
       const pull = this.pulls.get(seq);
       // 404: nothing there at all; the consumer goes idle and gets a doorbell.
-      if (code === 404 && pull !== undefined) pull.consumer.active = false;
+      if (code === 404 && pull !== undefined) this.goIdle(pull.consumer);
       if (code !== 408 && code !== 404) {
         this.options.log.warn({ code, status: msg.headers?.description }, "pull request ended by the server");
       }
@@ -166,7 +207,7 @@ export class PullLoop {
     }
     const pull = this.pulls.get(seq);
     if (pull !== undefined) {
-      pull.consumer.active = true;
+      this.goActive(pull.consumer);
       pull.remaining--;
       this.reserved--;
       if (pull.remaining === 0) {

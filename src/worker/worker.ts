@@ -10,13 +10,13 @@ import type { Logger } from "pino";
 import { InvalidDefinition } from "../errors.js";
 import { encodeJson } from "../nats/codec.js";
 import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connection.js";
-import { controlSubject, eventSubject } from "../nats/topology.js";
+import { controlSubject, eventSubject, taskSubject } from "../nats/topology.js";
 import { decodeJson } from "../nats/codec.js";
 import { startReaper } from "./reaper.js";
 import { TaskHost, type TaskHostDeps } from "../actor/task-run.js";
 import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
 import type { TaskDefinition } from "../task.js";
-import { PullLoop } from "./pull.js";
+import { PullLoop, type PullSource } from "./pull.js";
 
 export interface WorkerOptions {
   /** The tasks this worker runs; it never receives other types. */
@@ -56,7 +56,7 @@ export class Worker {
     readonly id: string,
     private readonly nats: NatsHandle,
     private readonly definitions: ReadonlyMap<string, TaskDefinition>,
-    consumers: ReadonlyArray<string>,
+    consumers: ReadonlyArray<PullSource>,
     private readonly concurrency: number,
     private readonly log: Logger,
     clock: FiberClock,
@@ -123,7 +123,10 @@ export class Worker {
       definitions.set(task.name, task);
     }
     const consumers = await Promise.all(
-      [...definitions.values()].map((t) => ensureTaskConsumer(nats.jsm, t.queue, t.name, { ackWaitMs: t.heartbeatTimeout, maxDeliver: t.maxDeliveries })),
+      [...definitions.values()].map(async (t) => ({
+        consumer: await ensureTaskConsumer(nats.jsm, t.queue, t.name, { ackWaitMs: t.heartbeatTimeout, maxDeliver: t.maxDeliveries }),
+        subject: taskSubject(t.queue, t.name),
+      })),
     );
     const id = options.id ?? `w-${nuid.next()}`;
     const worker = new Worker(

@@ -3,7 +3,6 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { resolve } from "node:path";
 
 const root = resolve(import.meta.dirname, "../..");
-const tsx = resolve(root, "node_modules/tsx/dist/cli.mjs");
 const main = resolve(root, "src/cli/main.ts");
 
 export interface CliResult {
@@ -13,7 +12,9 @@ export interface CliResult {
 }
 
 export const spawnCli = (args: string[], env: Record<string, string> = {}): ChildProcess =>
-  spawn(process.execPath, [tsx, main, ...args], {
+  // One process (`node --import tsx`), not tsx's CLI, which runs the program in a child:
+  // a SIGKILL or SIGSTOP must reach the worker itself.
+  spawn(process.execPath, ["--import", "tsx", main, ...args], {
     cwd: root,
     env: { ...process.env, TROUPE_LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -45,3 +46,57 @@ export const waitForOutput = (child: ChildProcess, pattern: RegExp, timeoutMs = 
     child.stdout?.on("data", onData);
     child.stderr?.on("data", onData);
   });
+
+export interface WorkerProcess {
+  readonly child: ChildProcess;
+  readonly id: string;
+  /** Every JSON log line so far. */
+  readonly lines: Array<Record<string, unknown>>;
+  /** Resolves with the first log line that matches. */
+  readonly waitForLog: (predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number) => Promise<Record<string, unknown>>;
+  readonly exited: Promise<number | null>;
+}
+
+/** A `troupe worker <module>` child process, resolved once it has started. */
+export const startWorkerProcess = async (url: string, module: string, concurrency = 4): Promise<WorkerProcess> => {
+  const child = spawnCli(["worker", module, "--concurrency", String(concurrency)], { NATS_URL: url, TROUPE_LOG_LEVEL: "info" });
+  const lines: Array<Record<string, unknown>> = [];
+  const waiters: Array<{ predicate: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }> = [];
+  let buffer = "";
+  child.stdout?.on("data", (d: Buffer) => {
+    buffer += d.toString();
+    const parts = buffer.split("\n");
+    buffer = parts.pop() ?? "";
+    for (const part of parts) {
+      let line: Record<string, unknown>;
+      try {
+        line = JSON.parse(part) as Record<string, unknown>;
+      } catch {
+        continue;
+      }
+      lines.push(line);
+      for (const w of [...waiters]) {
+        if (w.predicate(line)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(line);
+        }
+      }
+    }
+  });
+  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+  const waitForLog = (predicate: (l: Record<string, unknown>) => boolean, timeoutMs = 30_000) =>
+    new Promise<Record<string, unknown>>((res, rej) => {
+      const seen = lines.find(predicate);
+      if (seen !== undefined) return res(seen);
+      const timer = setTimeout(() => rej(new Error("log line not seen in time")), timeoutMs);
+      waiters.push({
+        predicate,
+        resolve: (l) => {
+          clearTimeout(timer);
+          res(l);
+        },
+      });
+    });
+  const started = await waitForLog((l) => l.msg === "worker started");
+  return { child, id: String(started.workerId), lines, waitForLog, exited };
+};

@@ -1,0 +1,174 @@
+/**
+ * Fault tests against real processes: workers are `troupe worker` children that get
+ * SIGKILLed and SIGSTOPped, the nats-server is restarted mid-run. Each checks the
+ * invariants: every accepted task reaches exactly one terminal state, a terminal state
+ * never changes, nothing accepted is lost, and a handler runs twice only when a worker
+ * died or lost its lease.
+ */
+import { afterEach, describe, expect, it } from "vitest";
+import { Execution, Troupe, WorkerLost, Topology, type TaskRecord } from "../../src/index.js";
+import { TerminalStatuses } from "../../machines/task.js";
+import { alwaysThrows, crash, noop, sleep } from "../fixtures/fault-tasks.js";
+import { startWorkerProcess, type WorkerProcess } from "../helpers/cli.js";
+import { clients, useNatsServer } from "../helpers/nats.js";
+
+const MODULE = "test/fixtures/fault-tasks.ts";
+const LEASE = 1_500;
+const server = useNatsServer();
+const { connect, closeAll } = clients();
+const children: WorkerProcess[] = [];
+afterEach(async () => {
+  for (const w of children.splice(0)) {
+    w.child.kill("SIGCONT");
+    w.child.kill("SIGKILL");
+  }
+  await closeAll();
+});
+
+const worker = async (concurrency = 4) => {
+  const w = await startWorkerProcess(server().url, MODULE, concurrency);
+  children.push(w);
+  return w;
+};
+
+/** Resolves with the first record of the task that satisfies `predicate` (a KV watch, no polling). */
+const recordWhere = async (troupe: Troupe, id: string, predicate: (r: TaskRecord) => boolean) => {
+  const watch = await troupe.nats.tasks.watch({ key: id });
+  try {
+    for await (const e of watch) {
+      if (e.operation === "PUT" && predicate(e.json<TaskRecord>())) return e.json<TaskRecord>();
+    }
+  } finally {
+    watch.stop();
+  }
+  throw new Error("watch ended");
+};
+
+/** Every transition the task went through, from TROUPE_EVENTS. */
+const history = async (troupe: Troupe, id: string): Promise<TaskRecord[]> => {
+  const events: TaskRecord[] = [];
+  const oc = await troupe.nats.js.consumers.get(Topology.EVENTS_STREAM, { filter_subjects: `troupe.events.task.${id}.>` });
+  const info = await oc.info(true);
+  let left = info.num_pending;
+  if (left === 0) return events;
+  for await (const m of await oc.consume()) {
+    events.push(m.json<TaskRecord>());
+    if (--left === 0) break;
+  }
+  return events;
+};
+
+const terminalTransitions = (events: TaskRecord[]) => events.filter((e) => TerminalStatuses.has(e.status));
+
+describe("faults", () => {
+  it("a worker SIGKILLed mid-task loses it to another worker within its lease", async () => {
+    const troupe = await connect(server());
+    const a = await worker();
+    const run = await troupe.submit(sleep, { ms: 2_000 });
+    await recordWhere(troupe, run.id, (r) => r.status === "RUNNING" && r.workerId === a.id);
+    const b = await troupe.worker({ tasks: [sleep] });
+    const killedAt = Date.now();
+    a.child.kill("SIGKILL");
+    await a.exited;
+
+    const restarted = await recordWhere(troupe, run.id, (r) => r.status === "RUNNING" && r.workerId === b.id);
+    expect(Date.parse(restarted.startedAt!) - killedAt).toBeLessThan(LEASE + 2_000);
+    expect(await run.result()).toBe(process.pid); // the in-process worker finished it
+    const final = await run.get();
+    expect(final).toMatchObject({ status: "COMPLETED", attempt: 2, lostAttempts: 1, workerId: b.id });
+    const events = await history(troupe, run.id);
+    expect(events.filter((e) => e.status === "RUNNING").map((e) => e.workerId)).toEqual([a.id, b.id]);
+    expect(terminalTransitions(events)).toHaveLength(1);
+  });
+
+  it("a worker SIGSTOPped past its lease has its late result rejected when it wakes", async () => {
+    const troupe = await connect(server());
+    const a = await worker();
+    const run = await troupe.submit(sleep, { ms: 2_500 });
+    await recordWhere(troupe, run.id, (r) => r.status === "RUNNING" && r.workerId === a.id);
+    a.child.kill("SIGSTOP");
+    const b = await troupe.worker({ tasks: [sleep] });
+    const done = await recordWhere(troupe, run.id, (r) => r.status === "COMPLETED");
+    expect(done).toMatchObject({ workerId: b.id, attempt: 2 });
+    const revision = (await troupe.nats.tasks.get(run.id))!.revision;
+
+    a.child.kill("SIGCONT");
+    // The frozen attempt finishes its sleep, tries to write COMPLETED over a newer revision, and is fenced.
+    await a.waitForLog((l) => l.msg === "attempt lost its lease; its outcome is discarded" && l.taskId === run.id);
+    const after = await troupe.nats.tasks.get(run.id);
+    expect(after!.revision).toBe(revision);
+    expect(after!.json<TaskRecord>()).toMatchObject({ status: "COMPLETED", workerId: b.id });
+    expect(terminalTransitions(await history(troupe, run.id))).toHaveLength(1);
+    expect(a.child.exitCode).toBeNull(); // it carries on working
+  });
+
+  it("loses no accepted task when the nats-server restarts during a run of 2,000", async () => {
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [noop], concurrency: 32 });
+    const accepted: Array<Awaited<ReturnType<typeof troupe.submit<typeof noop>>>> = [];
+    let rejected = 0;
+    let restart: Promise<void> | undefined;
+    for (let i = 0; i < 2_000; i += 100) {
+      if (i === 600) restart = server().restart();
+      const batch = await Promise.allSettled(Array.from({ length: 100 }, (_, j) => troupe.submit(noop, { n: i + j })));
+      for (const r of batch) {
+        if (r.status === "fulfilled") accepted.push(r.value);
+        else rejected++;
+      }
+    }
+    await restart;
+    const results = await Promise.all(accepted.map((r) => r.result()));
+    expect(results).toHaveLength(accepted.length);
+    expect(accepted.length + rejected).toBe(2_000);
+    expect(accepted.length).toBeGreaterThan(1_000);
+    const records = await Promise.all(accepted.map((r) => r.get()));
+    expect(records.filter((r) => r.status === "COMPLETED")).toHaveLength(accepted.length);
+    expect(records.every((r, i) => r.output === results[i])).toBe(true);
+  }, 180_000);
+
+  it("a handler that always throws and one that kills its process both end FAILED while other tasks flow", async () => {
+    const troupe = await connect(server());
+    // A supervisor: a worker that dies is replaced, as a process manager would.
+    let stopping = false;
+    const supervise = async () => {
+      const w = await worker(2);
+      void w.exited.then(() => {
+        if (!stopping) void supervise();
+      });
+    };
+    await Promise.all([supervise(), supervise()]);
+
+    const throws = await troupe.submit(alwaysThrows, {});
+    const dies = await troupe.submit(crash, {});
+    const others = await Promise.all(Array.from({ length: 50 }, (_, n) => troupe.submit(noop, { n })));
+
+    expect(await throws.result().catch((e: unknown) => e)).toBeInstanceOf(Execution);
+    expect(await throws.get()).toMatchObject({ status: "FAILED", attempt: 2 });
+    expect(await Promise.all(others.map((r) => r.result()))).toEqual(others.map((_, n) => n));
+
+    const error = await dies.result().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(WorkerLost);
+    expect(await dies.get()).toMatchObject({ status: "FAILED", error: { _tag: "WorkerLost" } });
+    // The message left the work stream: nothing is redelivered any more.
+    const info = await troupe.nats.jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "fault.crash"));
+    expect(info.num_pending + info.num_ack_pending).toBe(0);
+    stopping = true;
+  }, 120_000);
+
+  it("malformed messages on the task subjects never crash or stall a worker process", async () => {
+    const troupe = await connect(server());
+    const w = await worker();
+    const bodies = ["", "{", "[]", "null", '{"id":1}', JSON.stringify({ id: "x", task: "fault.noop", status: "QUEUED", attempt: "one" })];
+    for (const body of bodies) {
+      await troupe.nats.js.publish(Topology.taskSubject("default", "fault.noop"), body);
+      await troupe.nats.js.publish(Topology.taskSubject("default", "fault.sleep"), body);
+    }
+    const run = await troupe.submit(noop, { n: 7 });
+    expect(await run.result()).toBe(7);
+    const malformed = (l: Record<string, unknown>) => l.msg === "malformed work message terminated";
+    await w.waitForLog(() => w.lines.filter(malformed).length === bodies.length * 2);
+    expect(w.child.exitCode).toBeNull();
+    const info = await troupe.nats.jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "fault.noop"));
+    expect(info.num_pending + info.num_ack_pending).toBe(0);
+  });
+});
