@@ -61,7 +61,6 @@ export class Troupe {
   private readonly waiters = new Map<string, Waiter>();
   private readonly workers = new Set<Worker>();
   private notifySub: Subscription | undefined;
-  private cancelSub: Subscription | undefined;
   private closed = false;
 
   private constructor(
@@ -332,7 +331,7 @@ export class Troupe {
       if (decoded.ok) this.settle(decoded.value as TaskRecord);
     };
     this.notifySub = this.nats.nc.subscribe(`${notifyPrefix(this.clientId)}.*`, { callback });
-    this.cancelSub = this.nats.nc.subscribe(eventSubject("task", "*", "cancelled"), { callback });
+    this.nats.nc.subscribe(eventSubject("task", "*", "cancelled"), { callback });
   }
 
   /** Notifications are plain publishes: after a reconnect, re-read what we wait for. */

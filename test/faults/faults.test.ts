@@ -5,12 +5,13 @@
  * never changes, nothing accepted is lost, and a handler runs twice only when a worker
  * died or lost its lease.
  */
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { Execution, Troupe, WorkerLost, Topology, type TaskRecord } from "../../src/index.js";
 import { TerminalStatuses } from "../../machines/task.js";
 import { alwaysThrows, crash, noop, sleep } from "../fixtures/fault-tasks.js";
 import { startWorkerProcess, type WorkerProcess } from "../helpers/cli.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
+import { recordWhere } from "../helpers/records.js";
 
 const MODULE = "test/fixtures/fault-tasks.ts";
 const LEASE = 1_500;
@@ -31,18 +32,6 @@ const worker = async (concurrency = 4) => {
   return w;
 };
 
-/** Resolves with the first record of the task that satisfies `predicate` (a KV watch, no polling). */
-const recordWhere = async (troupe: Troupe, id: string, predicate: (r: TaskRecord) => boolean) => {
-  const watch = await troupe.nats.tasks.watch({ key: id });
-  try {
-    for await (const e of watch) {
-      if (e.operation === "PUT" && predicate(e.json<TaskRecord>())) return e.json<TaskRecord>();
-    }
-  } finally {
-    watch.stop();
-  }
-  throw new Error("watch ended");
-};
 
 /** Every transition the task went through, from TROUPE_EVENTS. */
 const history = async (troupe: Troupe, id: string): Promise<TaskRecord[]> => {
@@ -150,8 +139,10 @@ describe("faults", () => {
     expect(error).toBeInstanceOf(WorkerLost);
     expect(await dies.get()).toMatchObject({ status: "FAILED", error: { _tag: "WorkerLost" } });
     // The message left the work stream: nothing is redelivered any more.
-    const info = await troupe.nats.jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "fault.crash"));
-    expect(info.num_pending + info.num_ack_pending).toBe(0);
+    await vi.waitFor(async () => {
+      const info = await troupe.nats.jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "fault.crash"));
+      expect(info.num_pending + info.num_ack_pending).toBe(0);
+    });
     stopping = true;
   }, 120_000);
 
@@ -168,7 +159,12 @@ describe("faults", () => {
     const malformed = (l: Record<string, unknown>) => l.msg === "malformed work message terminated";
     await w.waitForLog(() => w.lines.filter(malformed).length === bodies.length * 2);
     expect(w.child.exitCode).toBeNull();
-    const info = await troupe.nats.jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "fault.noop"));
-    expect(info.num_pending + info.num_ack_pending).toBe(0);
+    // The terminations travel on the worker's connection: wait until the server has them.
+    await vi.waitFor(async () => {
+      for (const type of ["fault.noop", "fault.sleep"]) {
+        const info = await troupe.nats.jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", type));
+        expect(info.num_pending + info.num_ack_pending).toBe(0);
+      }
+    });
   });
 });

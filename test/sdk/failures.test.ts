@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Effect } from "effect";
 import {
@@ -9,9 +9,9 @@ import {
   Schema,
   Timeout,
   Topology,
-  type TaskRecord,
 } from "../../src/index.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
+import { eventCount, recordWhere } from "../helpers/records.js";
 
 const server = useNatsServer();
 const { connect, closeAll } = clients();
@@ -19,26 +19,7 @@ afterEach(closeAll);
 
 const Input = Schema.Struct({ key: Schema.String });
 
-/** Resolves when `predicate` holds for the task's record (event-driven: KV watch). */
-const recordWhere = async (troupe: Awaited<ReturnType<typeof connect>>, id: string, predicate: (r: TaskRecord) => boolean) => {
-  const watch = await troupe.nats.tasks.watch({ key: id });
-  try {
-    for await (const e of watch) {
-      if (e.operation !== "PUT") continue;
-      const r = e.json<TaskRecord>();
-      if (predicate(r)) return r;
-    }
-  } finally {
-    watch.stop();
-  }
-  throw new Error("watch ended");
-};
 
-const eventCount = async (troupe: Awaited<ReturnType<typeof connect>>, subject: string) => {
-  const jsm = await jetstreamManager(troupe.nc);
-  const info = await jsm.streams.info(Topology.EVENTS_STREAM, { subjects_filter: subject });
-  return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
-};
 
 describe("failure semantics", () => {
   it("interrupts an attempt at its deadline and fails it with Timeout", async () => {
@@ -101,7 +82,7 @@ describe("failure semantics", () => {
     const run = await troupe.submit(flaky, { key: "a" });
     expect(await run.result()).toBe(3);
     expect(attempts).toEqual([1, 2, 3]);
-    expect(await eventCount(troupe, Topology.eventSubject("task", run.id, "retrying"))).toBe(2);
+    await vi.waitFor(async () => expect(await eventCount(troupe, Topology.eventSubject("task", run.id, "retrying"))).toBe(2));
     const jsm = await jetstreamManager(troupe.nc);
     const consumer = await jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "flaky"));
     expect(consumer.num_redelivered).toBe(0); // acked: nothing waits for redelivery
@@ -225,12 +206,12 @@ describe("failure semantics", () => {
     expect(await good.result()).toBe("still here");
     const rejected = Topology.eventSubject("worker", worker.id, "rejected");
     const jsm = await jetstreamManager(troupe.nc);
-    for (let i = 0; (await eventCount(troupe, rejected)) < bad.length && i < 50; i++) await troupe.nc.flush();
-    expect(await eventCount(troupe, rejected)).toBe(bad.length);
+    await vi.waitFor(async () => expect(await eventCount(troupe, rejected)).toBe(bad.length));
     expect(calls).toBe(1);
-    const consumer = await jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "echo"));
-    expect(consumer.num_ack_pending).toBe(0);
-    expect(consumer.num_pending).toBe(0);
+    await vi.waitFor(async () => {
+      const consumer = await jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "echo"));
+      expect(consumer.num_ack_pending + consumer.num_pending).toBe(0);
+    });
   });
 
   it("a stop past its timeout interrupts running handlers and hands their tasks to another worker", async () => {
