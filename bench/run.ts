@@ -55,13 +55,23 @@ const noop = defineTask({
   handler: async ({ i }) => i,
 });
 
-const troupeThroughput = async (url: string) => {
+/** The same no-op with a deadline and a retry policy: the failure machinery's timers armed. */
+const guarded = defineTask({
+  name: "bench.guarded",
+  input: Schema.Struct({ i: Schema.Number, at: Schema.Number }),
+  output: Schema.Number,
+  timeout: "30 seconds",
+  retry: { attempts: 3 },
+  handler: async ({ i }) => i,
+});
+
+const troupeThroughput = async (url: string, task: typeof noop) => {
   const troupe = await Troupe.connect({ servers: url, logger: quiet });
-  await troupe.worker({ tasks: [noop], concurrency: CONCURRENCY });
+  await troupe.worker({ tasks: [task], concurrency: CONCURRENCY });
   const started = performance.now();
   const runs = [];
   for (let i = 0; i < N; i += 1_000) {
-    runs.push(...(await Promise.all(Array.from({ length: Math.min(1_000, N - i) }, (_, j) => troupe.submit(noop, { i: i + j, at: 0 })))));
+    runs.push(...(await Promise.all(Array.from({ length: Math.min(1_000, N - i) }, (_, j) => troupe.submit(task, { i: i + j, at: 0 })))));
   }
   const results = await Promise.all(runs.map((r) => r.result()));
   const seconds = (performance.now() - started) / 1000;
@@ -180,8 +190,18 @@ const main = async () => {
   try {
     const raw = await rawJetStream(server.url);
     emit({ bench: "throughput", system: "jetstream-raw", unit: "msg/s", value: Math.round(raw), ...common });
-    const troupe = await troupeThroughput(server.url);
+    const troupe = await troupeThroughput(server.url, noop);
     emit({ bench: "throughput", system: "troupe", unit: "tasks/s", value: Math.round(troupe.perSecond), correct: troupe.correct, ...common });
+    const armed = await troupeThroughput(server.url, guarded);
+    emit({
+      bench: "throughput",
+      system: "troupe-timeout-retry",
+      unit: "tasks/s",
+      value: Math.round(armed.perSecond),
+      correct: armed.correct,
+      overPlain: Number((armed.perSecond / troupe.perSecond).toFixed(3)),
+      ...common,
+    });
     const latency = await troupeLatency(server.url);
     emit({ bench: "submit-to-start", system: "troupe", unit: "ms", p50: latency.p50, p99: latency.p99, inFlight: 4 });
     let bull: { perSecond: number } | undefined;
