@@ -37,6 +37,17 @@ export class NonRetryableError extends Error {
   override readonly name = "NonRetryableError";
 }
 
+/** A workflow run that ended FAILED or CANCELLED; `steps` holds each step's status and error. */
+export class WorkflowFailed extends Data.TaggedError("WorkflowFailed")<{
+  readonly message: string;
+  readonly id: string;
+  readonly status: string;
+  readonly steps: Readonly<Record<string, { readonly status: string; readonly error?: { readonly _tag: string; readonly message: string } | undefined }>>;
+}> {}
+
+/** No workflow run under that id. */
+export class WorkflowNotFound extends Data.TaggedError("WorkflowNotFound")<{ readonly message: string; readonly id: string }> {}
+
 /** No task record under that id. */
 export class TaskNotFound extends Data.TaggedError("TaskNotFound")<{ readonly message: string; readonly id: string }> {}
 

@@ -18,3 +18,8 @@ export type { TaskRecord, TaskStatus, TaskErrorInfo, RetryPolicy } from "../mach
 export { taskMachine } from "../machines/task.js";
 export { workerMachine } from "../machines/worker.js";
 export * as Topology from "./nats/topology.js";
+export { defineWorkflow, workflowFromDocument, type WorkflowDefinition, type WorkflowStep, type WorkflowOptions } from "./workflow.js";
+export { WorkflowRun } from "./sdk/workflow-run.js";
+export { Coordinator, type CoordinatorOptions } from "./coordinator/coordinator.js";
+export type { WorkflowRecord, WorkflowStatus, StepStatus, StepState, FailurePolicy } from "../machines/workflow.js";
+export { workflowMachine } from "../machines/workflow.js";

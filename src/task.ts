@@ -116,7 +116,7 @@ const pathOf = (error: unknown): ReadonlyArray<PropertyKey> => {
 };
 
 /** Validate and encode a submit's input for the wire; `InvalidInput` names the field. */
-export const encodeInput = <I>(task: TaskDefinition<I>, input: I): Effect.Effect<unknown, InvalidInput> => {
+export const encodeInput = <I>(task: { readonly name: string; readonly input: Schema.Codec<I, any> }, input: I): Effect.Effect<unknown, InvalidInput> => {
   // Decode the encoded form back so that a value of the wrong shape is caught even
   // when the static type was bypassed.
   const encoded = Schema.encodeUnknownExit(task.input)(input);

@@ -27,6 +27,9 @@ import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
 import { NatsFailure, TopologyConflict } from "../errors.js";
 import { AckedPublisher } from "./publisher.js";
 import {
+  COORDINATOR_CONSUMER,
+  STEPS_STREAM,
+  STEPS_SUBJECTS,
   ADVISORIES_STREAM,
   MAX_DELIVERIES_SUBJECTS,
   REAPER_CONSUMER,
@@ -178,15 +181,27 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       num_replicas: replicas,
       max_age: 7 * 24 * 3600 * 1_000_000_000,
     });
-    try {
-      await jsm.consumers.add(ADVISORIES_STREAM, {
-        durable_name: REAPER_CONSUMER,
-        ack_policy: AckPolicy.Explicit,
-        ack_wait: 30_000_000_000,
-        max_deliver: -1,
-      });
-    } catch (e) {
-      if (!isApiError(e, 10148, 10013)) throw e; // exists already
+    await ensureStream(jsm, {
+      name: STEPS_STREAM,
+      subjects: [STEPS_SUBJECTS],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      num_replicas: replicas,
+    });
+    for (const [stream, durable, ackWaitS] of [
+      [ADVISORIES_STREAM, REAPER_CONSUMER, 30],
+      [STEPS_STREAM, COORDINATOR_CONSUMER, 10],
+    ] as const) {
+      try {
+        await jsm.consumers.add(stream, {
+          durable_name: durable,
+          ack_policy: AckPolicy.Explicit,
+          ack_wait: ackWaitS * 1_000_000_000,
+          max_deliver: -1,
+        });
+      } catch (e) {
+        if (!isApiError(e, 10148, 10013)) throw e; // exists already
+      }
     }
     const kvm = new Kvm(js);
     const [tasks, workers, workflows] = await Promise.all([

@@ -43,6 +43,15 @@ export const ADVISORIES_STREAM = "TROUPE_ADVISORIES";
 export const MAX_DELIVERIES_SUBJECTS = `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${TASKS_STREAM}.*`;
 export const REAPER_CONSUMER = "troupe-max-deliveries";
 
+/**
+ * Workflow steps' terminal records: `troupe.steps.<runId>.<step>.<taskId>` (the step
+ * task's notify subject), kept in a work-queue stream that coordinators share.
+ */
+export const STEPS_STREAM = "TROUPE_STEPS";
+export const STEPS_SUBJECTS = "troupe.steps.>";
+export const stepsSubject = (runId: string, step: string) => `troupe.steps.${runId}.${step}`;
+export const COORDINATOR_CONSUMER = "troupe-coordinator";
+
 /** Message headers Troupe sets on work messages. */
 export const Headers = {
   /** KV revision of the QUEUED record: the first attempt's fencing token, saving a read. */

@@ -18,6 +18,11 @@ import { rootLogger } from "../log.js";
 import { encodeInput, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
 import { Worker, type WorkerOptions } from "../worker/worker.js";
 import { TaskRun } from "./run.js";
+import { WorkflowRun } from "./workflow-run.js";
+import type { WorkflowRecord } from "../../machines/workflow.js";
+import { WorkflowNotFound } from "../errors.js";
+import { applyEvent, Coordinator, isWorkflowTerminal, readWorkflow, startRun, type CoordinatorOptions } from "../coordinator/coordinator.js";
+import type { WorkflowDefinition, WorkflowInputOf, WorkflowOutputsOf } from "../workflow.js";
 
 export interface TroupeOptions extends ConnectOptions {
   /** A pino logger; one at `TROUPE_LOG_LEVEL` (default `info`) when unset. */
@@ -60,6 +65,7 @@ export class Troupe {
   private readonly clientId = nuid.next();
   private readonly waiters = new Map<string, Waiter>();
   private readonly workers = new Set<Worker>();
+  private readonly coordinators = new Set<Coordinator>();
   private notifySub: Subscription | undefined;
   private closed = false;
 
@@ -116,13 +122,38 @@ export class Troupe {
     if (Exit.isFailure(encoded)) throw Cause.squash(encoded.cause);
     const key = options.idempotencyKey;
     const id = key === undefined ? (options.id ?? nuid.next()) : idempotentId(task, key);
+    this.listen();
+    let waiter: Waiter | undefined;
+    const created = await this.enqueue(task, encoded.value, {
+      id,
+      idempotencyKey: key,
+      notify: notifyPrefix(this.clientId),
+      // Registered before the work is published, so the terminal notification cannot beat it.
+      onRecorded: () => (waiter = this.waiterFor(id)),
+    });
+    if (!created || waiter === undefined) return this.run(task, id);
+    return new TaskRun<OutputOf<T>>(this, id, task, waiter.promise);
+  }
+
+  /**
+   * Record a task QUEUED and publish its work message; the input is already encoded.
+   * Resolves false when a task with this id exists (then, if it is still QUEUED, its work
+   * message is published again under the same message id, in case the first enqueue died
+   * in between). `notify` is where the worker sends the terminal record.
+   */
+  async enqueue(
+    task: TaskDefinition,
+    input: unknown,
+    options: { id: string; notify: string; idempotencyKey?: string | undefined; onRecorded?: () => void },
+  ): Promise<boolean> {
+    const { id, notify, idempotencyKey: key } = options;
     const record: TaskRecord = {
       id,
       task: task.name,
       queue: task.queue,
       status: "QUEUED",
       attempt: 0,
-      input: encoded.value,
+      input,
       createdAt: new Date().toISOString(),
       ...(key === undefined ? {} : { idempotencyKey: key }),
     };
@@ -131,20 +162,27 @@ export class Troupe {
     if (payload.length > max - 4_096) {
       throw new Serialization({ message: `input of task "${task.name}" is ${payload.length} bytes, over the server's payload limit (${max})` });
     }
-    this.listen();
+    const subject = taskSubject(task.queue, task.name);
     let revision: number;
     try {
       revision = await this.createRecord(id, payload, key !== undefined);
     } catch (e) {
-      if (e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE) return this.resubmitted(task, id);
-      throw new NatsFailure({ message: `cannot record task ${id}: ${(e as Error).message}`, cause: e });
+      if (!(e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE)) {
+        throw new NatsFailure({ message: `cannot record task ${id}: ${(e as Error).message}`, cause: e });
+      }
+      const existing = await readRecord(this.nats.tasks, id);
+      if (existing?.record.status === "QUEUED") {
+        await this.publishWithRetry(subject, encodeJson(existing.record), {
+          msgId: id,
+          headers: { [Headers.revision]: String(existing.revision), [Headers.notify]: notify },
+        });
+      }
+      return false;
     }
-    // Registered before the work is published, so the terminal notification cannot beat it.
-    const waiter = this.waiterFor(id);
-    const headers = { [Headers.revision]: String(revision), [Headers.notify]: notifyPrefix(this.clientId) };
+    options.onRecorded?.();
     try {
       // The message id makes a retried publish a no-op inside the duplicate window.
-      await this.publishWithRetry(taskSubject(task.queue, task.name), payload, { msgId: id, headers });
+      await this.publishWithRetry(subject, payload, { msgId: id, headers: { [Headers.revision]: String(revision), [Headers.notify]: notify } });
     } catch (e) {
       const failed: TaskRecord = {
         ...record,
@@ -157,7 +195,7 @@ export class Troupe {
       throw new NatsFailure({ message: `cannot enqueue task ${id}: ${(e as Error).message}`, cause: e });
     }
     this.nats.nc.publish(eventSubject("task", id, "queued"), payload);
-    return new TaskRun<OutputOf<T>>(this, id, task, waiter.promise);
+    return true;
   }
 
   /**
@@ -179,22 +217,6 @@ export class Troupe {
         await new Promise((r) => setTimeout(r, 200 * 2 ** i));
       }
     }
-  }
-
-  /**
-   * A second submit with the same idempotency key: the run that exists. If its record is
-   * still QUEUED, the work message is published again under the same message id (a
-   * no-op inside the duplicate window), in case the first submit died in between.
-   */
-  private async resubmitted<T extends TaskDefinition>(task: T, id: string): Promise<TaskRun<OutputOf<T>>> {
-    const existing = await readRecord(this.nats.tasks, id);
-    if (existing?.record.status === "QUEUED") {
-      await this.publishWithRetry(taskSubject(task.queue, task.name), encodeJson(existing.record), {
-        msgId: id,
-        headers: { [Headers.revision]: String(existing.revision), [Headers.notify]: notifyPrefix(this.clientId) },
-      });
-    }
-    return this.run(task, id);
   }
 
   /**
@@ -268,10 +290,83 @@ export class Troupe {
     return worker;
   }
 
-  /** Stop this client's workers, drain the connection, and stop the embedded server if any. */
+  /**
+   * Start a workflow run: validate the input, record the run RUNNING with its first steps,
+   * and enqueue them. Coordinators (`troupe.coordinator()`, `troupe coordinator`) advance it.
+   */
+  async start<W extends WorkflowDefinition>(workflow: W, input: WorkflowInputOf<W>): Promise<WorkflowRun<WorkflowOutputsOf<W>>> {
+    const encoded = Effect.runSyncExit(encodeInput(workflow, input));
+    if (Exit.isFailure(encoded)) throw Cause.squash(encoded.cause);
+    const id = nuid.next();
+    const settled = this.settledWorkflow(id, true);
+    try {
+      await startRun(this, { name: workflow.name, steps: workflow.steps, policy: workflow.policy }, encoded.value, this.log, id);
+    } catch (e) {
+      throw new NatsFailure({ message: `cannot start workflow ${workflow.name}: ${(e as Error).message}`, cause: e });
+    }
+    return new WorkflowRun(this, id, settled);
+  }
+
+  /** A handle on an existing workflow run. */
+  workflowRun<W extends WorkflowDefinition>(_workflow: W | undefined, id: string): WorkflowRun<WorkflowOutputsOf<W>> {
+    return new WorkflowRun(this, id, this.settledWorkflow(id, false));
+  }
+
+  /** The run's record, or `undefined`. */
+  async getWorkflow(id: string): Promise<WorkflowRecord | undefined> {
+    return (await readWorkflow(this, id))?.record;
+  }
+
+  /** Cancel a run: running steps are cancelled, pending ones never start; a finished run is left as it is. */
+  async cancelWorkflow(id: string, reason = "cancelled by request"): Promise<WorkflowRecord | undefined> {
+    const record = await applyEvent(this, id, { type: "CANCEL", reason, at: Date.now() }, this.log);
+    if (record === undefined) throw new WorkflowNotFound({ id, message: `no workflow run ${id}` });
+    return record;
+  }
+
+  /** Start a coordinator on this connection: it advances workflow runs. */
+  async coordinator(options: CoordinatorOptions = {}): Promise<Coordinator> {
+    const coordinator = await Coordinator.start(this, options);
+    this.coordinators.add(coordinator);
+    return coordinator;
+  }
+
+  /** Resolves with the run's terminal record: hear its events, then read KV once. */
+  private async settledWorkflow(id: string, fresh: boolean): Promise<WorkflowRecord> {
+    let resolve!: (r: WorkflowRecord) => void;
+    const done = new Promise<WorkflowRecord>((r) => (resolve = r));
+    const sub = this.nats.nc.subscribe(eventSubject("workflow", id, "*"), {
+      callback: (_e, msg) => {
+        const decoded = decodeJson(msg.data);
+        if (decoded.ok && isWorkflowTerminal((decoded.value as WorkflowRecord).status)) resolve(decoded.value as WorkflowRecord);
+      },
+    });
+    const recheck = async () => {
+      const now = await this.getWorkflow(id).catch(() => undefined);
+      if (now !== undefined && isWorkflowTerminal(now.status)) resolve(now);
+      return now;
+    };
+    try {
+      await this.nats.nc.flush();
+      if (!fresh && (await recheck()) === undefined) throw new WorkflowNotFound({ id, message: `no workflow run ${id}` });
+      // Events are plain publishes: look again now and then, in case one was missed.
+      const timer = setInterval(() => void recheck(), 5_000);
+      timer.unref();
+      try {
+        return await done;
+      } finally {
+        clearInterval(timer);
+      }
+    } finally {
+      sub.unsubscribe();
+    }
+  }
+
+  /** Stop this client's workers and coordinators, drain the connection, and stop the embedded server if any. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await Promise.all([...this.coordinators].map((c) => c.stop()));
     await Promise.all([...this.workers].map((w) => w.stop()));
     this.nats.publisher.close();
     await this.nats.nc.drain().catch(() => undefined);

@@ -1,0 +1,254 @@
+/**
+ * The workflow actor: `PENDING → RUNNING → COMPLETED | FAILED | CANCELLED`.
+ *
+ * Pure. Coordinators hold no workflow in memory: for every event they rebuild the
+ * snapshot from the KV record, take one transition (`transition()` from xstate), write
+ * the new record with compare-and-set, and carry out what changed between the two
+ * records: a step that became RUNNING is enqueued, one that became CANCELLED while running
+ * is cancelled. The step inputs are resolved here (`${input.x}`, `${step.path}`), so a
+ * reference to nothing fails the step as part of the transition.
+ */
+import { and, assign, setup, transition } from "xstate";
+
+export const WorkflowStatuses = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"] as const;
+export type WorkflowStatus = (typeof WorkflowStatuses)[number];
+export const StepStatuses = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SKIPPED"] as const;
+export type StepStatus = (typeof StepStatuses)[number];
+const settledSteps: ReadonlySet<StepStatus> = new Set(["COMPLETED", "FAILED", "CANCELLED", "SKIPPED"]);
+
+export type FailurePolicy = "failFast" | "continue";
+
+/** A step as stored: the task to run (by name), its dependencies, its input template. */
+export interface StepDefinition {
+  readonly task: string;
+  readonly queue: string;
+  readonly after: ReadonlyArray<string>;
+  readonly input: unknown;
+}
+
+export interface StepState {
+  readonly status: StepStatus;
+  readonly taskId?: string | undefined;
+  /** The resolved input, once the step is enqueued. */
+  readonly input?: unknown;
+  readonly output?: unknown;
+  readonly error?: { readonly _tag: string; readonly message: string } | undefined;
+}
+
+/** What the `troupe-workflows` KV bucket holds under the run id (JSON). */
+export interface WorkflowRecord {
+  readonly id: string;
+  readonly workflow: string;
+  readonly status: WorkflowStatus;
+  readonly policy: FailurePolicy;
+  readonly input: unknown;
+  readonly definition: { readonly steps: Readonly<Record<string, StepDefinition>> };
+  readonly steps: Readonly<Record<string, StepState>>;
+  readonly createdAt: string;
+  readonly finishedAt?: string | undefined;
+  readonly error?: { readonly _tag: string; readonly message: string } | undefined;
+}
+
+export type WorkflowEvent =
+  | { readonly type: "START"; readonly at: number }
+  | {
+      readonly type: "STEP_SETTLED";
+      readonly step: string;
+      readonly status: "COMPLETED" | "FAILED" | "CANCELLED";
+      readonly output?: unknown;
+      readonly error?: { readonly _tag: string; readonly message: string } | undefined;
+      readonly at: number;
+    }
+  | { readonly type: "CANCEL"; readonly reason: string; readonly at: number };
+
+/** The task id of a step: deterministic, so enqueueing a step twice creates one task. */
+export const stepTaskId = (runId: string, step: string) => `${runId}-${step}`;
+
+const REF = /\$\{([^}]+)\}/g;
+const WHOLE = /^\$\{([^}]+)\}$/;
+
+class Unresolved extends Error {}
+
+const lookup = (scope: Record<string, unknown>, path: string): unknown => {
+  const parts = path.replace(/\[(\d+)\]/g, ".$1").split(".").filter(Boolean);
+  let value: unknown = scope;
+  for (const part of parts) {
+    if (value === null || typeof value !== "object" || !(part in (value as object))) {
+      throw new Unresolved(`\${${path}} resolves to nothing`);
+    }
+    value = (value as Record<string, unknown>)[part];
+  }
+  if (value === undefined) throw new Unresolved(`\${${path}} resolves to nothing`);
+  return value;
+};
+
+/**
+ * Substitute `${input.path}` and `${step.path}`: a string that is one reference becomes
+ * the referenced value (object, array, number); references inside a longer string are
+ * interpolated. Throws when a reference resolves to nothing.
+ */
+export const resolveTemplate = (template: unknown, scope: Record<string, unknown>): unknown => {
+  if (typeof template === "string") {
+    const whole = WHOLE.exec(template);
+    if (whole) return lookup(scope, whole[1]!.trim());
+    return template.replace(REF, (_m, path: string) => {
+      const v = lookup(scope, path.trim());
+      return typeof v === "string" ? v : JSON.stringify(v);
+    });
+  }
+  if (Array.isArray(template)) return template.map((t) => resolveTemplate(t, scope));
+  if (template !== null && typeof template === "object") {
+    return Object.fromEntries(Object.entries(template).map(([k, v]) => [k, resolveTemplate(v, scope)]));
+  }
+  return template;
+};
+
+/** Every `${name...}` reference's first segment in a template. */
+export const referencedNames = (template: unknown): string[] => {
+  const found: string[] = [];
+  const walk = (t: unknown) => {
+    if (typeof t === "string") for (const m of t.matchAll(REF)) found.push(m[1]!.trim().split(/[.[]/)[0]!);
+    else if (Array.isArray(t)) t.forEach(walk);
+    else if (t !== null && typeof t === "object") Object.values(t).forEach(walk);
+  };
+  walk(template);
+  return found;
+};
+
+/**
+ * One scheduling pass: SKIP steps behind a failed dependency (policy `continue`), and move
+ * every PENDING step whose dependencies all COMPLETED to RUNNING with its resolved input,
+ * or to FAILED when its input references nothing.
+ */
+export const schedule = (record: WorkflowRecord): Record<string, StepState> => {
+  const steps: Record<string, StepState> = { ...record.steps };
+  let changed = true;
+  while (changed) {
+    changed = false;
+    for (const [name, def] of Object.entries(record.definition.steps)) {
+      if (steps[name]?.status !== "PENDING") continue;
+      const deps = def.after.map((d) => steps[d]?.status);
+      if (deps.some((s) => s === "FAILED" || s === "CANCELLED" || s === "SKIPPED")) {
+        steps[name] = { status: "SKIPPED" };
+        changed = true;
+        continue;
+      }
+      if (!deps.every((s) => s === "COMPLETED")) continue;
+      const scope: Record<string, unknown> = { input: record.input };
+      for (const [other, state] of Object.entries(steps)) if (state.status === "COMPLETED") scope[other] = state.output;
+      try {
+        steps[name] = { status: "RUNNING", taskId: stepTaskId(record.id, name), input: resolveTemplate(def.input, scope) };
+      } catch (e) {
+        steps[name] = { status: "FAILED", error: { _tag: "InvalidInput", message: `step "${name}": ${(e as Error).message}` } };
+        changed = true;
+      }
+    }
+  }
+  return steps;
+};
+
+const allSettled = (steps: Readonly<Record<string, StepState>>) => Object.values(steps).every((s) => settledSteps.has(s.status));
+const anyFailed = (steps: Readonly<Record<string, StepState>>) => Object.values(steps).some((s) => s.status === "FAILED");
+
+/** Everything not yet settled is cancelled (a running step's task is cancelled by the host). */
+const cancelOpen = (steps: Readonly<Record<string, StepState>>): Record<string, StepState> =>
+  Object.fromEntries(Object.entries(steps).map(([n, s]) => [n, settledSteps.has(s.status) ? s : { ...s, status: "CANCELLED" as const }]));
+
+export interface WorkflowContext {
+  readonly record: WorkflowRecord;
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+export const workflowMachine = setup({
+  types: {
+    context: {} as WorkflowContext,
+    input: {} as { record: WorkflowRecord },
+    events: {} as WorkflowEvent,
+  },
+  guards: {
+    failedFast: ({ context }) => context.record.policy === "failFast" && anyFailed(context.record.steps),
+    allSettled: ({ context }) => allSettled(context.record.steps),
+    anyFailed: ({ context }) => anyFailed(context.record.steps),
+  },
+  actions: {
+    scheduleSteps: assign(({ context }) => ({ record: { ...context.record, steps: schedule(context.record) } })),
+  },
+}).createMachine({
+  id: "workflow",
+  context: ({ input }) => ({ record: input.record }),
+  initial: "PENDING",
+  states: {
+    PENDING: {
+      on: {
+        START: { target: "RUNNING", actions: ["scheduleSteps"] },
+        CANCEL: { target: "CANCELLED" },
+      },
+    },
+    RUNNING: {
+      entry: assign(({ context }) => ({ record: { ...context.record, status: "RUNNING" as const } })),
+      always: [
+        { guard: "failedFast", target: "FAILED" },
+        { guard: and(["allSettled", "anyFailed"]), target: "FAILED" },
+        { guard: "allSettled", target: "COMPLETED" },
+      ],
+      on: {
+        STEP_SETTLED: {
+          actions: [
+            assign(({ context, event }) => {
+              const current = context.record.steps[event.step];
+              if (current === undefined || current.status !== "RUNNING") return {};
+              const settled: StepState = { ...current, status: event.status, output: event.output, error: event.error };
+              return { record: { ...context.record, steps: { ...context.record.steps, [event.step]: settled } } };
+            }),
+            "scheduleSteps",
+          ],
+        },
+        CANCEL: { target: "CANCELLED" },
+      },
+    },
+    COMPLETED: {
+      type: "final",
+      entry: assign(({ context }) => ({ record: { ...context.record, status: "COMPLETED" as const } })),
+    },
+    FAILED: {
+      type: "final",
+      entry: assign(({ context }) => {
+        const failed = Object.entries(context.record.steps).filter(([, s]) => s.status === "FAILED").map(([n]) => n);
+        return {
+          record: {
+            ...context.record,
+            status: "FAILED" as const,
+            steps: cancelOpen(context.record.steps),
+            error: { _tag: "StepFailed", message: `step${failed.length > 1 ? "s" : ""} ${failed.join(", ")} failed` },
+          },
+        };
+      }),
+    },
+    CANCELLED: {
+      type: "final",
+      entry: assign(({ context, event }) => ({
+        record: {
+          ...context.record,
+          status: "CANCELLED" as const,
+          steps: cancelOpen(context.record.steps),
+          error: { _tag: "Cancelled", message: (event as { reason?: string }).reason ?? "cancelled" },
+        },
+      })),
+    },
+  },
+});
+
+/**
+ * One transition on a stored record: rebuild the snapshot, take the event, return the
+ * record to write (stamped `finishedAt` when the run ends). Unchanged when nothing applies.
+ */
+export const advance = (record: WorkflowRecord, event: WorkflowEvent): WorkflowRecord => {
+  const snapshot = workflowMachine.resolveState({ value: record.status, context: { record } });
+  const [next] = transition(workflowMachine, snapshot, event);
+  const after = next.context.record;
+  const ended = after.status !== record.status && (after.status === "COMPLETED" || after.status === "FAILED" || after.status === "CANCELLED");
+  return ended ? { ...after, finishedAt: iso(event.at) } : after;
+};
+
+export type WorkflowMachine = typeof workflowMachine;

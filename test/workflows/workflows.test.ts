@@ -1,0 +1,242 @@
+import { afterEach, describe, expect, it } from "vitest";
+import {
+  defineTask,
+  defineWorkflow,
+  InvalidDefinition,
+  InvalidInput,
+  Schema,
+  WorkflowFailed,
+  workflowFromDocument,
+  type WorkflowRecord,
+} from "../../src/index.js";
+import { clients, useNatsServer } from "../helpers/nats.js";
+
+const server = useNatsServer();
+const { connect, closeAll } = clients();
+afterEach(closeAll);
+
+const calls = new Map<string, number>();
+const count = (name: string) => calls.set(name, (calls.get(name) ?? 0) + 1);
+
+const download = defineTask({
+  name: "images.download",
+  input: Schema.Struct({ url: Schema.String }),
+  output: Schema.Struct({ path: Schema.String, bytes: Schema.Number }),
+  handler: async ({ url }) => {
+    count("download");
+    return { path: `/tmp/${url.split("/").pop()}`, bytes: 1_000 };
+  },
+});
+const resize = defineTask({
+  name: "images.resize",
+  input: Schema.Struct({ path: Schema.String, width: Schema.Number }),
+  output: Schema.Struct({ path: Schema.String }),
+  handler: async ({ path, width }) => {
+    count(`resize-${width}`);
+    if (width === 0) throw new Error("width 0 is not a size");
+    return { path: `${path}@${width}` };
+  },
+});
+const summarize = defineTask({
+  name: "images.summarize",
+  input: Schema.Struct({ files: Schema.Array(Schema.String), source: Schema.Unknown }),
+  output: Schema.String,
+  handler: async ({ files }) => {
+    count("summarize");
+    return files.join(",");
+  },
+});
+const tasks = [download, resize, summarize];
+
+const thumbnails = defineWorkflow({
+  name: "images.thumbnails",
+  input: Schema.Struct({ url: Schema.String }),
+  steps: {
+    fetch: { task: download, input: { url: "${input.url}" } },
+    small: { task: resize, after: ["fetch"], input: { path: "${fetch.path}", width: 128 } },
+    large: { task: resize, after: ["fetch"], input: { path: "${fetch.path}", width: 1024 } },
+    report: { task: summarize, after: ["small", "large"], input: { files: ["${small.path}", "${large.path}"], source: "${fetch}" } },
+  },
+});
+
+describe("workflows", () => {
+  it("runs a diamond: fan-out after fetch, fan-in at report, with results passed by reference", async () => {
+    calls.clear();
+    const troupe = await connect(server());
+    await troupe.worker({ tasks, concurrency: 4 });
+    await troupe.coordinator();
+    const wf = await troupe.start(thumbnails, { url: "https://example.com/cat.png" });
+    const out = await wf.result();
+    expect(out.fetch).toEqual({ path: "/tmp/cat.png", bytes: 1_000 });
+    expect(out.small).toEqual({ path: "/tmp/cat.png@128" });
+    expect(out.report).toBe("/tmp/cat.png@128,/tmp/cat.png@1024");
+    const record = await wf.get();
+    expect(record.status).toBe("COMPLETED");
+    expect(record.steps.report?.input).toEqual({ files: ["/tmp/cat.png@128", "/tmp/cat.png@1024"], source: { path: "/tmp/cat.png", bytes: 1_000 } });
+    expect(Object.values(record.steps).every((s) => s.taskId?.startsWith(`${wf.id}-`))).toBe(true);
+    expect([...calls.values()].every((n) => n === 1)).toBe(true);
+    expect(calls.size).toBe(4);
+  });
+
+  it("rejects bad workflow input at start", async () => {
+    const troupe = await connect(server());
+    const error = await troupe.start(thumbnails, { url: 42 } as never).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InvalidInput);
+  });
+
+  it("fails fast: a failed step fails the run, cancels running steps, never starts the rest", async () => {
+    calls.clear();
+    const slow = defineTask({
+      name: "slow.wait",
+      input: Schema.Struct({}),
+      output: Schema.Void,
+      handler: (_i, ctx) => new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve())),
+    });
+    const wf = defineWorkflow({
+      name: "fails.fast",
+      input: Schema.Struct({}),
+      steps: {
+        fetch: { task: download, input: { url: "x/a.png" } },
+        broken: { task: resize, after: ["fetch"], input: { path: "${fetch.path}", width: 0 } },
+        waiting: { task: slow, after: ["fetch"], input: {} },
+        never: { task: summarize, after: ["broken", "waiting"], input: { files: [], source: null } },
+      },
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [...tasks, slow], concurrency: 4 });
+    await troupe.coordinator();
+    const run = await troupe.start(wf, {});
+    const error = await run.result().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(WorkflowFailed);
+    const steps = (error as WorkflowFailed).steps;
+    expect(steps.broken?.status).toBe("FAILED");
+    expect(steps.broken?.error?.message).toContain("width 0");
+    expect(steps.waiting?.status).toBe("CANCELLED");
+    expect(steps.never?.status).toBe("SKIPPED"); // its dependency failed: it can never run
+    expect(calls.get("summarize")).toBeUndefined();
+    const waitingTask = await troupe.get((await run.get()).steps.waiting!.taskId!);
+    expect(waitingTask?.status).toBe("CANCELLED");
+  });
+
+  it("continues independent branches under `continue`, skipping what depends on the failure", async () => {
+    calls.clear();
+    const wf = defineWorkflow({
+      name: "keeps.going",
+      input: Schema.Struct({}),
+      failurePolicy: "continue",
+      steps: {
+        fetch: { task: download, input: { url: "x/b.png" } },
+        broken: { task: resize, after: ["fetch"], input: { path: "${fetch.path}", width: 0 } },
+        fine: { task: resize, after: ["fetch"], input: { path: "${fetch.path}", width: 64 } },
+        after_broken: { task: summarize, after: ["broken"], input: { files: [], source: null } },
+        after_fine: { task: summarize, after: ["fine"], input: { files: ["${fine.path}"], source: null } },
+      },
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks, concurrency: 4 });
+    await troupe.coordinator();
+    const run = await troupe.start(wf, {});
+    const error = (await run.result().catch((e: unknown) => e)) as WorkflowFailed;
+    expect(error).toBeInstanceOf(WorkflowFailed);
+    expect(Object.fromEntries(Object.entries(error.steps).map(([n, s]) => [n, s.status]))).toEqual({
+      fetch: "COMPLETED",
+      broken: "FAILED",
+      fine: "COMPLETED",
+      after_broken: "SKIPPED",
+      after_fine: "COMPLETED",
+    });
+  });
+
+  it("fails a step whose reference resolves to nothing, with a clear error", async () => {
+    const wf = defineWorkflow({
+      name: "bad.reference",
+      input: Schema.Struct({}),
+      steps: {
+        fetch: { task: download, input: { url: "x/c.png" } },
+        use: { task: resize, after: ["fetch"], input: { path: "${fetch.nope.deeper}", width: 1 } },
+      },
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks });
+    await troupe.coordinator();
+    const error = (await (await troupe.start(wf, {})).result().catch((e: unknown) => e)) as WorkflowFailed;
+    expect(error.steps.use).toMatchObject({ status: "FAILED", error: { _tag: "InvalidInput" } });
+    expect(error.steps.use?.error?.message).toContain("${fetch.nope.deeper} resolves to nothing");
+  });
+
+  it("cancels a run: running steps are interrupted, pending ones never start", async () => {
+    const slow = defineTask({
+      name: "slow.cancel",
+      input: Schema.Struct({}),
+      output: Schema.Void,
+      handler: (_i, ctx) => new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve())),
+    });
+    const wf = defineWorkflow({
+      name: "to.cancel",
+      input: Schema.Struct({}),
+      steps: { first: { task: slow, input: {} }, second: { task: slow, after: ["first"], input: {} } },
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [slow] });
+    await troupe.coordinator();
+    const run = await troupe.start(wf, {});
+    const firstTask = (await run.get()).steps.first!.taskId!;
+    const watch = await troupe.nats.tasks.watch({ key: firstTask });
+    for await (const e of watch) if (e.operation === "PUT" && e.json<{ status: string }>().status === "RUNNING") break;
+    watch.stop();
+    const cancelled = (await run.cancel("changed my mind")) as WorkflowRecord;
+    expect(cancelled.status).toBe("CANCELLED");
+    expect((await run.result().catch((e: unknown) => e)) as WorkflowFailed).toMatchObject({ status: "CANCELLED" });
+    expect((await troupe.get(firstTask))?.status).toBe("CANCELLED");
+    expect((await run.get()).steps.second?.status).toBe("CANCELLED");
+    expect(await troupe.get(`${run.id}-second`)).toBeUndefined();
+  });
+
+  it("runs a 1,000-step fan-out / fan-in", async () => {
+    const part = defineTask({
+      name: "fan.part",
+      input: Schema.Struct({ i: Schema.Number, seed: Schema.Number }),
+      output: Schema.Number,
+      handler: async ({ i, seed }) => i + seed,
+    });
+    const total = defineTask({
+      name: "fan.total",
+      input: Schema.Struct({ parts: Schema.Array(Schema.Number) }),
+      output: Schema.Number,
+      handler: async ({ parts }) => parts.reduce((a, b) => a + b, 0),
+    });
+    const n = 998;
+    const steps: Record<string, { task: typeof part | typeof total; after?: string[]; input: unknown }> = {
+      seed: { task: part, input: { i: 0, seed: "${input.seed}" } },
+    };
+    for (let i = 0; i < n; i++) steps[`p${i}`] = { task: part, after: ["seed"], input: { i, seed: "${seed}" } };
+    steps.total = { task: total, after: Object.keys(steps).filter((k) => k !== "seed"), input: { parts: Array.from({ length: n }, (_, i) => `\${p${i}}`) } };
+    const wf = defineWorkflow({ name: "fan.big", input: Schema.Struct({ seed: Schema.Number }), steps });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [part, total], concurrency: 64 });
+    await troupe.coordinator();
+    await troupe.coordinator();
+    const out = (await (await troupe.start(wf, { seed: 1 })).result()) as Record<string, number>;
+    expect(Object.keys(out)).toHaveLength(1_000);
+    expect(out.total).toBe(Array.from({ length: n }, (_, i) => i + 1).reduce((a, b) => a + b, 0));
+  }, 120_000);
+
+  it("refuses invalid definitions, naming the step", () => {
+    const base = { name: "bad", input: Schema.Struct({}) };
+    const attempt = (steps: Record<string, { task: string; after?: string[]; input: unknown }>) => {
+      try {
+        defineWorkflow({ ...base, steps });
+        return undefined;
+      } catch (e) {
+        expect(e).toBeInstanceOf(InvalidDefinition);
+        return (e as Error).message;
+      }
+    };
+    expect(attempt({ a: { task: "t", after: ["zz"], input: {} } })).toContain('step "a" runs after unknown step "zz"');
+    expect(attempt({ a: { task: "t", after: ["b"], input: {} }, b: { task: "t", after: ["a"], input: {} } })).toMatch(/cycle: (a → b → a|b → a → b)/);
+    expect(attempt({ a: { task: "t", input: {} }, b: { task: "t", input: { x: "${a.out}" } } })).toContain('step "b" references ${a...} but "a" is not one of its ancestors');
+    expect(attempt({ a: { task: "t", input: { x: "${nobody}" } } })).toContain('neither "input" nor a step');
+    expect(attempt({})).toContain("no steps");
+    expect(() => workflowFromDocument({ name: "doc", steps: { a: { input: {} } } })).toThrow(/needs a `task`/);
+  });
+});
