@@ -11,7 +11,7 @@
 import { connect as tcpConnect } from "node:net";
 import { jetstream } from "@nats-io/jetstream";
 import { pino } from "pino";
-import { defineTask, Schema, Troupe } from "../src/index.js";
+import { defineTask, defineWorkflow, Schema, Troupe } from "../src/index.js";
 import { NatsServer } from "../src/dev/nats-server.js";
 import { connectNats, ensureTaskConsumer, openNats } from "../src/nats/connection.js";
 import { TASKS_STREAM, taskSubject } from "../src/nats/topology.js";
@@ -112,6 +112,42 @@ const troupeLatency = async (url: string) => {
   return { p50: pct(samples, 0.5), p99: pct(samples, 0.99) };
 };
 
+/**
+ * A 1,000-step workflow (one root, 998 parallel steps, one fan-in) against the same 1,000
+ * tasks submitted plainly, with the same worker: the difference is the per-step cost of
+ * coordination (KV compare-and-set on the run, step dispatch, completion stream).
+ */
+const workflowOverhead = async (url: string) => {
+  const steps = 1_000;
+  const part = defineTask({
+    name: "bench.part",
+    input: Schema.Struct({ i: Schema.Number }),
+    output: Schema.Number,
+    handler: async ({ i }) => i,
+  });
+  const sum = defineTask({
+    name: "bench.sum",
+    input: Schema.Struct({ parts: Schema.Array(Schema.Number) }),
+    output: Schema.Number,
+    handler: async ({ parts }) => parts.reduce((a, b) => a + b, 0),
+  });
+  const defs: Record<string, { task: typeof part | typeof sum; after?: string[]; input: unknown }> = { root: { task: part, input: { i: 0 } } };
+  for (let i = 0; i < steps - 2; i++) defs[`p${i}`] = { task: part, after: ["root"], input: { i } };
+  defs.sum = { task: sum, after: Object.keys(defs).filter((k) => k !== "root"), input: { parts: Array.from({ length: steps - 2 }, (_, i) => `\${p${i}}`) } };
+  const wf = defineWorkflow({ name: "bench.fan", input: Schema.Struct({}), steps: defs });
+  const troupe = await Troupe.connect({ servers: url, logger: quiet });
+  await troupe.worker({ tasks: [part, sum], concurrency: CONCURRENCY });
+  await troupe.coordinator();
+  const t0 = performance.now();
+  await Promise.all((await Promise.all(Array.from({ length: steps }, (_, i) => troupe.submit(part, { i })))).map((r) => r.result()));
+  const plainMs = performance.now() - t0;
+  const t1 = performance.now();
+  await (await troupe.start(wf, {})).result();
+  const workflowMs = performance.now() - t1;
+  await troupe.close();
+  return { steps, workflowMs, plainMs };
+};
+
 const redisAnswers = () =>
   new Promise<boolean>((resolve) => {
     const s = tcpConnect(6379, "127.0.0.1");
@@ -204,6 +240,16 @@ const main = async () => {
     });
     const latency = await troupeLatency(server.url);
     emit({ bench: "submit-to-start", system: "troupe", unit: "ms", p50: latency.p50, p99: latency.p99, inFlight: 4 });
+    const wf = await workflowOverhead(server.url);
+    emit({ bench: "workflow", system: "troupe", steps: wf.steps, unit: "ms", value: Math.round(wf.workflowMs), shape: "1 → 998 → 1" });
+    emit({
+      bench: "workflow-step-overhead",
+      system: "troupe",
+      unit: "ms/step",
+      value: Number(((wf.workflowMs - wf.plainMs) / wf.steps).toFixed(3)),
+      plainTasksMs: Math.round(wf.plainMs),
+      workflowOverPlain: Number((wf.workflowMs / wf.plainMs).toFixed(2)),
+    });
     let bull: { perSecond: number } | undefined;
     const lib = (await redisAnswers()) ? await loadBullmq() : "no Redis answers on 127.0.0.1:6379";
     if (typeof lib === "string") {

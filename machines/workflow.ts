@@ -49,16 +49,17 @@ export interface WorkflowRecord {
   readonly error?: { readonly _tag: string; readonly message: string } | undefined;
 }
 
+export interface StepSettlement {
+  readonly step: string;
+  readonly status: "COMPLETED" | "FAILED" | "CANCELLED";
+  readonly output?: unknown;
+  readonly error?: { readonly _tag: string; readonly message: string } | undefined;
+}
+
 export type WorkflowEvent =
   | { readonly type: "START"; readonly at: number }
-  | {
-      readonly type: "STEP_SETTLED";
-      readonly step: string;
-      readonly status: "COMPLETED" | "FAILED" | "CANCELLED";
-      readonly output?: unknown;
-      readonly error?: { readonly _tag: string; readonly message: string } | undefined;
-      readonly at: number;
-    }
+  /** Step tasks that ended; several at once, so a burst of completions is one transition. */
+  | { readonly type: "STEPS_SETTLED"; readonly settled: ReadonlyArray<StepSettlement>; readonly at: number }
   | { readonly type: "CANCEL"; readonly reason: string; readonly at: number };
 
 /** The task id of a step: deterministic, so enqueueing a step twice creates one task. */
@@ -193,13 +194,16 @@ export const workflowMachine = setup({
         { guard: "allSettled", target: "COMPLETED" },
       ],
       on: {
-        STEP_SETTLED: {
+        STEPS_SETTLED: {
           actions: [
             assign(({ context, event }) => {
-              const current = context.record.steps[event.step];
-              if (current === undefined || current.status !== "RUNNING") return {};
-              const settled: StepState = { ...current, status: event.status, output: event.output, error: event.error };
-              return { record: { ...context.record, steps: { ...context.record.steps, [event.step]: settled } } };
+              const steps = { ...context.record.steps };
+              for (const s of event.settled) {
+                const current = steps[s.step];
+                // Only a running step settles: a repeated completion changes nothing.
+                if (current?.status === "RUNNING") steps[s.step] = { ...current, status: s.status, output: s.output, error: s.error };
+              }
+              return { record: { ...context.record, steps } };
             }),
             "scheduleSteps",
           ],

@@ -13,7 +13,11 @@ import { runDemo } from "../dev/demo.js";
 import { defineTask, type TaskDefinition } from "../task.js";
 import { Troupe, type TroupeOptions } from "../sdk/troupe.js";
 import { DEFAULT_QUEUE } from "../nats/topology.js";
-import { connectNats, openNats } from "../nats/connection.js";
+import { readFile } from "node:fs/promises";
+import { parse as parseYaml } from "yaml";
+import { workflowFromDocument } from "../workflow.js";
+import type { WorkflowRecord } from "../../machines/workflow.js";
+import { ProgressBar } from "./progress.js";
 
 const USAGE = `troupe — tasks and workflows as actors on NATS JetStream
 
@@ -25,6 +29,11 @@ Usage:
                                              submit a task; --wait prints its result
   troupe get <id>                            print a task's state record (JSON)
   troupe cancel <id> [--reason TEXT]         cancel a task (a finished one is left as it is)
+  troupe coordinator                         advance workflow runs (run any number of them)
+  troupe workflow run <file> [--input '<json>'] [--watch]
+                                             start a workflow from a JSON or YAML file
+  troupe workflow get <id>                   print a workflow run's record (JSON)
+  troupe workflow cancel <id>                cancel a workflow run
 
 Connection (every verb but dev and demo):
   --server URL       NATS server(s), comma-separated (default: $NATS_URL or nats://127.0.0.1:4222)
@@ -51,6 +60,8 @@ const options = {
   module: { type: "string" },
   wait: { type: "boolean" },
   reason: { type: "string" },
+  input: { type: "string" },
+  watch: { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -103,23 +114,113 @@ const waitForSignal = () =>
     process.once("SIGTERM", () => res("SIGTERM"));
   });
 
+const coordinator = async (flags: Flags) => {
+  const troupe = await Troupe.connect(connection(flags));
+  await troupe.coordinator();
+  const signal = await waitForSignal();
+  troupe.log.info({ signal }, "stopping coordinator");
+  await troupe.close();
+};
+
+const workflow = async (flags: Flags, positionals: string[]) => {
+  const [sub, arg] = positionals;
+  if (sub === "run") {
+    if (arg === undefined) throw new UsageError("troupe workflow run needs a workflow file (JSON or YAML)");
+    const text = await readFile(arg, "utf8");
+    let doc: unknown;
+    try {
+      doc = /\.ya?ml$/i.test(arg) ? parseYaml(text) : JSON.parse(text);
+    } catch (e) {
+      throw new UsageError(`${arg} is not valid ${/\.ya?ml$/i.test(arg) ? "YAML" : "JSON"}: ${(e as Error).message}`);
+    }
+    const definition = workflowFromDocument(doc);
+    let input: unknown = {};
+    try {
+      input = JSON.parse(flags.input ?? "{}");
+    } catch (e) {
+      throw new UsageError(`--input is not JSON: ${(e as Error).message}`);
+    }
+    const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
+    try {
+      const run = await troupe.start(definition, input);
+      if (!flags.watch) {
+        process.stdout.write(`${run.id}\n`);
+        return;
+      }
+      const record = await watchRun(troupe, run.id, Object.keys(definition.steps));
+      process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
+      if (record.status !== "COMPLETED") process.exitCode = 1;
+    } finally {
+      await troupe.close();
+    }
+    return;
+  }
+  if (sub === "get" || sub === "cancel") {
+    if (arg === undefined) throw new UsageError(`troupe workflow ${sub} needs a run id`);
+    const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
+    try {
+      const record = sub === "get" ? await troupe.getWorkflow(arg) : await troupe.cancelWorkflow(arg, flags.reason);
+      if (record === undefined) {
+        process.stderr.write(`no workflow run ${arg}\n`);
+        process.exitCode = 1;
+        return;
+      }
+      process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
+    } finally {
+      await troupe.close();
+    }
+    return;
+  }
+  throw new UsageError(`troupe workflow ${sub ?? ""}: use run, get or cancel`);
+};
+
+/** Each step's state, live, with a progress bar; resolves with the terminal record. */
+const watchRun = async (troupe: Troupe, id: string, steps: string[]): Promise<WorkflowRecord> => {
+  const bar = new ProgressBar(steps.length, "steps");
+  const seen = new Map<string, string>();
+  const show = (record: WorkflowRecord) => {
+    for (const name of steps) {
+      const status = record.steps[name]?.status ?? "PENDING";
+      if (seen.get(name) !== status) {
+        seen.set(name, status);
+        process.stderr.write(`\n  ${name.padEnd(24)} ${status}`);
+      }
+    }
+    const settled = Object.values(record.steps).filter((s) => s.status !== "PENDING" && s.status !== "RUNNING").length;
+    process.stderr.write("\n");
+    bar.update(settled, record.status);
+  };
+  const run = troupe.workflowRun(undefined, id);
+  const sub = troupe.nc.subscribe(`troupe.events.workflow.${id}.*`, {
+    callback: (_e, msg) => show(JSON.parse(new TextDecoder().decode(msg.data)) as WorkflowRecord),
+  });
+  try {
+    const now = await troupe.getWorkflow(id);
+    if (now !== undefined) show(now);
+    return await run.settledRecord();
+  } finally {
+    sub.unsubscribe();
+  }
+};
+
 const dev = async (flags: Flags) => {
   const server = await NatsServer.start({
     storeDir: flags.store ?? ".troupe/nats",
     syncAlways: true,
     ...(flags.port === undefined ? {} : { port: int(flags.port, "port", 4222) }),
   });
-  const nc = await connectNats({ servers: server.url });
-  await openNats(nc);
-  await nc.close();
+  // The embedded default also runs a coordinator, so workflows advance with no other process.
+  const troupe = await Troupe.connect({ servers: server.url });
+  await troupe.coordinator();
   process.stdout.write(
     `troupe dev: nats-server with JetStream at ${server.url} (store ${server.storeDir})\n` +
       `  export NATS_URL=${server.url}\n` +
       `  troupe worker ./tasks.js        # in another terminal\n` +
       `  nats --server ${server.url} stream ls\n` +
-      `Ctrl-C stops it.\n`,
+      `A coordinator runs here too. Ctrl-C stops it all.\n`,
   );
   await waitForSignal();
+  await troupe.close();
   await server.stop();
 };
 
@@ -223,6 +324,10 @@ export const main = async (argv: string[]): Promise<void> => {
         return await get(flags, rest);
       case "cancel":
         return await cancel(flags, rest);
+      case "coordinator":
+        return await coordinator(flags);
+      case "workflow":
+        return await workflow(flags, rest);
       default:
         throw new UsageError(`unknown command "${verb}"`);
     }

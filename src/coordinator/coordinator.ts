@@ -13,6 +13,7 @@ import type { Logger } from "pino";
 import {
   advance,
   stepTaskId,
+  type StepSettlement,
   type WorkflowEvent,
   type WorkflowRecord,
   type WorkflowStatus,
@@ -73,20 +74,14 @@ export const carryOut = async (troupe: Troupe, before: WorkflowRecord | undefine
 
 /**
  * Apply events to a run: read, transition, compare-and-set, carry out. Retries on a lost
- * compare-and-set (another coordinator moved the run first). Several events (a batch of
- * step completions) make one write. Returns the new record.
+ * compare-and-set (another coordinator moved the run first). A batch of step completions
+ * is one event, and one write. Returns the new record.
  */
-export const applyEvent = async (
-  troupe: Troupe,
-  id: string,
-  events: WorkflowEvent | ReadonlyArray<WorkflowEvent>,
-  log: Logger,
-): Promise<WorkflowRecord | undefined> => {
-  const list = Array.isArray(events) ? events : [events as WorkflowEvent];
+export const applyEvent = async (troupe: Troupe, id: string, event: WorkflowEvent, log: Logger): Promise<WorkflowRecord | undefined> => {
   for (let i = 0; i < 50; i++) {
     const current = await readWorkflow(troupe, id);
     if (current === undefined) return undefined;
-    const next = list.reduce(advance, current.record);
+    const next = advance(current.record, event);
     if (JSON.stringify(next) === JSON.stringify(current.record)) return current.record;
     try {
       await troupe.nats.publisher.publish(kvSubject(WORKFLOWS_BUCKET, id), encodeJson(next), { lastSubjectSequence: current.revision });
@@ -168,7 +163,7 @@ export class Coordinator {
     while (this.pending.length > 0) {
       await new Promise((r) => setImmediate(r)); // let a burst gather
       const batch = this.pending.splice(0);
-      const byRun = new Map<string, Array<{ m: JsMsg; event: WorkflowEvent }>>();
+      const byRun = new Map<string, Array<{ m: JsMsg; settled: StepSettlement }>>();
       for (const m of batch) {
         // troupe.steps.<runId>.<step>.<taskId>
         const [, , runId, step] = m.subject.split(".");
@@ -180,13 +175,13 @@ export class Coordinator {
           continue;
         }
         const list = byRun.get(runId) ?? [];
-        list.push({ m, event: settledEvent(step, record) });
+        list.push({ m, settled: settlement(step, record) });
         byRun.set(runId, list);
       }
       await Promise.all(
         [...byRun].map(async ([runId, items]) => {
           try {
-            await applyEvent(this.troupe, runId, items.map((i) => i.event), this.log);
+            await applyEvent(this.troupe, runId, settledEvent(items.map((i) => i.settled)), this.log);
             for (const i of items) i.m.ack();
           } catch (err) {
             this.log.warn({ err, workflowId: runId }, "step completions not applied; they will be redelivered");
@@ -214,7 +209,7 @@ export class Coordinator {
             const def = run.record.definition.steps[step]!;
             await this.troupe.enqueue(taskByName(def.task, def.queue), state.input, { id: state.taskId, notify: stepsSubject(id, step) });
           } else if (TerminalStatuses.has(task.record.status)) {
-            await applyEvent(this.troupe, id, settledEvent(step, task.record), this.log);
+            await applyEvent(this.troupe, id, settledEvent([settlement(step, task.record)]), this.log);
           }
         }
       }
@@ -231,11 +226,11 @@ export class Coordinator {
   }
 }
 
-const settledEvent = (step: string, record: TaskRecord): WorkflowEvent => ({
-  type: "STEP_SETTLED",
+const settlement = (step: string, record: TaskRecord): StepSettlement => ({
   step,
-  status: record.status as "COMPLETED" | "FAILED" | "CANCELLED",
+  status: record.status as StepSettlement["status"],
   output: record.output,
   error: record.error === undefined ? undefined : { _tag: record.error._tag, message: record.error.message },
-  at: Date.parse(record.finishedAt ?? "") || Date.now(),
 });
+
+const settledEvent = (settled: StepSettlement[]): WorkflowEvent => ({ type: "STEPS_SETTLED", settled, at: Date.now() });

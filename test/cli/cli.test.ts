@@ -34,6 +34,27 @@ describe("troupe CLI", () => {
     expect(await exited).toBe(0);
   }, 90_000);
 
+  it("runs a YAML workflow with `troupe workflow run --watch` on a worker and a coordinator process", async () => {
+    const env = { NATS_URL: server().url };
+    const worker = spawnCli(["worker", "test/fixtures/tasks.ts", "--concurrency", "4"], { TROUPE_LOG_LEVEL: "info", ...env });
+    const coordinator = spawnCli(["coordinator"], { TROUPE_LOG_LEVEL: "info", ...env });
+    children.push(worker, coordinator);
+    await Promise.all([waitForOutput(worker, /worker started/), waitForOutput(coordinator, /coordinator started/)]);
+
+    const run = await runCli(["workflow", "run", "test/fixtures/diamond.yaml", "--input", '{"x":1}', "--watch"], env);
+    expect(run.code).toBe(0);
+    const record = JSON.parse(run.stdout) as { id: string; status: string; steps: Record<string, { output: number }> };
+    expect(record.status).toBe("COMPLETED");
+    expect(record.steps.d?.output).toBe(114);
+    expect(run.stderr).toContain("steps");
+    const got = await runCli(["workflow", "get", record.id], env);
+    expect(JSON.parse(got.stdout)).toMatchObject({ id: record.id, workflow: "math.diamond", status: "COMPLETED" });
+
+    const bad = await runCli(["workflow", "run", "test/fixtures/tasks.ts"], env);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("not valid JSON");
+  }, 90_000);
+
   it("validates input at the boundary when given the module, and says so clearly", async () => {
     const env = { NATS_URL: server().url };
     const bad = await runCli(["submit", "math.add", '{"a":1}', "--module", "test/fixtures/tasks.ts"], env);

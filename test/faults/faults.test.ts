@@ -9,7 +9,8 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { Execution, Troupe, WorkerLost, Topology, type TaskRecord } from "../../src/index.js";
 import { TerminalStatuses } from "../../machines/task.js";
 import { alwaysThrows, crash, noop, sleep } from "../fixtures/fault-tasks.js";
-import { startWorkerProcess, type WorkerProcess } from "../helpers/cli.js";
+import { spawnCli, startWorkerProcess, waitForOutput, type WorkerProcess } from "../helpers/cli.js";
+import { defineTask, defineWorkflow, Schema } from "../../src/index.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { recordWhere } from "../helpers/records.js";
 
@@ -167,4 +168,46 @@ describe("faults", () => {
       }
     });
   });
+
+  it("a coordinator SIGKILLed mid-workflow: a second one finishes it, every step run once", async () => {
+    const runs = new Map<string, number>();
+    const step = defineTask({
+      name: "chain.step",
+      input: Schema.Struct({ n: Schema.Number }),
+      output: Schema.Number,
+      handler: async ({ n }, ctx) => {
+        runs.set(ctx.taskId, (runs.get(ctx.taskId) ?? 0) + 1);
+        await new Promise((r) => setTimeout(r, 150));
+        return n + 1;
+      },
+    });
+    const wf = defineWorkflow({
+      name: "chain",
+      input: Schema.Struct({ n: Schema.Number }),
+      steps: {
+        s1: { task: step, input: { n: "${input.n}" } },
+        s2: { task: step, after: ["s1"], input: { n: "${s1}" } },
+        f1: { task: step, after: ["s2"], input: { n: "${s2}" } },
+        f2: { task: step, after: ["s2"], input: { n: "${s2}" } },
+        s3: { task: step, after: ["s2"], input: { n: "${s2}" } },
+        s4: { task: step, after: ["s3"], input: { n: "${s3}" } },
+        end: { task: step, after: ["s4", "f1", "f2"], input: { n: "${s4}" } },
+      },
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [step], concurrency: 4 });
+    const a = spawnCli(["coordinator"], { NATS_URL: server().url, TROUPE_LOG_LEVEL: "info" });
+    const exited = new Promise((r) => a.on("exit", r));
+    await waitForOutput(a, /coordinator started/);
+    const run = await troupe.start(wf, { n: 0 });
+    await recordWhere(troupe, `${run.id}-s2`, (r) => r.status === "COMPLETED");
+    a.kill("SIGKILL");
+    await exited;
+    await troupe.coordinator();
+    const out = await run.result();
+    expect(out.end).toBe(5);
+    expect(out.f1).toBe(3);
+    expect(runs.size).toBe(7);
+    expect([...runs.values()].every((n) => n === 1)).toBe(true);
+  }, 90_000);
 });
