@@ -95,6 +95,16 @@ const connection = (flags: Flags): TroupeOptions => ({
   name: "troupe-cli",
 });
 
+/** A short-lived client for one command, closed however the command ends. */
+const withClient = async (flags: Flags, use: (troupe: Troupe) => Promise<void>): Promise<void> => {
+  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
+  try {
+    await use(troupe);
+  } finally {
+    await troupe.close();
+  }
+};
+
 const isTask = (value: unknown): value is TaskDefinition =>
   typeof value === "object" && value !== null && (value as { _tag?: unknown })._tag === "TaskDefinition";
 
@@ -140,8 +150,7 @@ const workflow = async (flags: Flags, positionals: string[]) => {
     } catch (e) {
       throw new UsageError(`--input is not JSON: ${(e as Error).message}`);
     }
-    const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
-    try {
+    await withClient(flags, async (troupe) => {
       const run = await troupe.start(definition, input);
       if (!flags.watch) {
         process.stdout.write(`${run.id}\n`);
@@ -150,15 +159,12 @@ const workflow = async (flags: Flags, positionals: string[]) => {
       const record = await watchRun(troupe, run.id, Object.keys(definition.steps));
       process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
       if (record.status !== "COMPLETED") process.exitCode = 1;
-    } finally {
-      await troupe.close();
-    }
+    });
     return;
   }
   if (sub === "get" || sub === "cancel") {
     if (arg === undefined) throw new UsageError(`troupe workflow ${sub} needs a run id`);
-    const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
-    try {
+    await withClient(flags, async (troupe) => {
       const record = sub === "get" ? await troupe.getWorkflow(arg) : await troupe.cancelWorkflow(arg, flags.reason);
       if (record === undefined) {
         process.stderr.write(`no workflow run ${arg}\n`);
@@ -166,9 +172,7 @@ const workflow = async (flags: Flags, positionals: string[]) => {
         return;
       }
       process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
-    } finally {
-      await troupe.close();
-    }
+    });
     return;
   }
   throw new UsageError(`troupe workflow ${sub ?? ""}: use run, get or cancel`);
@@ -250,8 +254,7 @@ const submit = async (flags: Flags, positionals: string[]) => {
   const known = flags.module === undefined ? undefined : (await loadTasks(flags.module)).find((t) => t.name === name);
   if (flags.module !== undefined && known === undefined) throw new UsageError(`${flags.module} exports no task "${name}"`);
   const task = known ?? defineTask({ name, queue: flags.queue ?? DEFAULT_QUEUE, input: Schema.Unknown, output: Schema.Unknown, handler: () => undefined });
-  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
-  try {
+  await withClient(flags, async (troupe) => {
     const run = await troupe.submit(task, input);
     if (!flags.wait) {
       process.stdout.write(`${run.id}\n`);
@@ -260,16 +263,13 @@ const submit = async (flags: Flags, positionals: string[]) => {
     const record = await run.settledRecord();
     process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
     if (record.status !== "COMPLETED") process.exitCode = 1;
-  } finally {
-    await troupe.close();
-  }
+  });
 };
 
 const get = async (flags: Flags, positionals: string[]) => {
   const id = positionals[0];
   if (id === undefined) throw new UsageError("troupe get needs a task id");
-  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
-  try {
+  await withClient(flags, async (troupe) => {
     const record = await troupe.get(id);
     if (record === undefined) {
       process.stderr.write(`no task ${id}\n`);
@@ -277,22 +277,17 @@ const get = async (flags: Flags, positionals: string[]) => {
       return;
     }
     process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
-  } finally {
-    await troupe.close();
-  }
+  });
 };
 
 const cancel = async (flags: Flags, positionals: string[]) => {
   const id = positionals[0];
   if (id === undefined) throw new UsageError("troupe cancel needs a task id");
-  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
-  try {
+  await withClient(flags, async (troupe) => {
     const result = await troupe.cancel(id, flags.reason);
     process.stdout.write(`${result.message}\n`);
     if (!result.cancelled) process.exitCode = 1;
-  } finally {
-    await troupe.close();
-  }
+  });
 };
 
 export const main = async (argv: string[]): Promise<void> => {

@@ -12,7 +12,7 @@ import { alwaysThrows, crash, noop, sleep } from "../fixtures/fault-tasks.js";
 import { spawnCli, startWorkerProcess, waitForOutput, type WorkerProcess } from "../helpers/cli.js";
 import { defineTask, defineWorkflow, Schema } from "../../src/index.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
-import { recordWhere } from "../helpers/records.js";
+import { eventCount, recordWhere } from "../helpers/records.js";
 
 const MODULE = "test/fixtures/fault-tasks.ts";
 const LEASE = 1_500;
@@ -120,11 +120,16 @@ describe("faults", () => {
     const troupe = await connect(server());
     // A supervisor: a worker that dies is replaced, as a process manager would.
     let stopping = false;
-    const supervise = async () => {
-      const w = await worker(2);
-      void w.exited.then(() => {
-        if (!stopping) void supervise();
+    const spawning = new Set<Promise<void>>();
+    const supervise = (): Promise<void> => {
+      const started = worker(2).then((w) => {
+        void w.exited.then(() => {
+          if (!stopping) void supervise();
+        });
       });
+      spawning.add(started);
+      void started.finally(() => spawning.delete(started));
+      return started;
     };
     await Promise.all([supervise(), supervise()]);
 
@@ -145,6 +150,7 @@ describe("faults", () => {
       expect(info.num_pending + info.num_ack_pending).toBe(0);
     });
     stopping = true;
+    await Promise.all(spawning); // no replacement outlives the test
   }, 120_000);
 
   it("malformed messages on the task subjects never crash or stall a worker process", async () => {
@@ -157,8 +163,10 @@ describe("faults", () => {
     }
     const run = await troupe.submit(noop, { n: 7 });
     expect(await run.result()).toBe(7);
-    const malformed = (l: Record<string, unknown>) => l.msg === "malformed work message terminated";
-    await w.waitForLog(() => w.lines.filter(malformed).length === bodies.length * 2);
+    await vi.waitFor(async () => expect(await eventCount(troupe, `troupe.events.worker.${w.id}.rejected`)).toBe(bodies.length * 2), {
+      timeout: 20_000,
+    });
+    expect(w.lines.filter((l) => l.msg === "malformed work message terminated")).toHaveLength(bodies.length * 2);
     expect(w.child.exitCode).toBeNull();
     // The terminations travel on the worker's connection: wait until the server has them.
     await vi.waitFor(async () => {
