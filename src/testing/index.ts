@@ -2,7 +2,9 @@
  * `troupe/testing`: what users need to test their own tasks.
  * - `NatsServer.start()`: a throwaway `nats-server -js` on a free port and a temp store.
  * - `makeFiberClock` under Effect's `TestClock.layer()`: actors whose timers you advance.
+ * - `runTask(task, input)`: one handler run alone, with the task's schemas and typed errors.
  */
 export { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
 export { makeFiberClock, fiberClockFrom, type FiberClock } from "../actor/fiber-clock.js";
 export { TestClock } from "effect/testing";
+export { runTask, type RunTaskOptions } from "./run-task.js";
