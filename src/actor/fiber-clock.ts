@@ -1,12 +1,18 @@
 /**
- * The XState clock of every Troupe actor: `setTimeout` forks a fiber that runs
- * `Effect.sleep` and then the callback; `clearTimeout` interrupts that fiber.
+ * The XState clock of every Troupe actor, on Effect fibers.
+ *
+ * Timers wait in a min-heap; one fiber sleeps (`Effect.sleep`) until the earliest is due,
+ * fires everything due, and sleeps again. `clearTimeout` only forgets the timer; a timer
+ * earlier than the one the fiber sleeps for interrupts that fiber and arms a new one.
+ * One fiber for all timers, not one per timer: every task arms a heartbeat, and forking
+ * and interrupting a fiber per task showed in the profile.
  *
  * Built inside an Effect so it captures that Effect's services: under `TestClock.layer()`
- * the machines' `after` timers (deadline, heartbeat, backoff) fire on `TestClock.adjust`,
- * and tests never sleep.
+ * the machines' `after` timers and delayed events (deadline, heartbeat) fire on
+ * `TestClock.adjust`, and tests never sleep.
  */
-import { Context, Effect, Fiber } from "effect";
+import { Clock, Context, Effect, Fiber } from "effect";
+
 /** What `createActor(logic, { clock })` takes. */
 interface XStateClock {
   setTimeout(fn: (...args: any[]) => void, timeout: number): any;
@@ -18,37 +24,107 @@ export interface FiberClock extends XStateClock {
   readonly pending: () => number;
 }
 
+interface Timer {
+  readonly id: number;
+  readonly at: number;
+  readonly fn: () => void;
+}
+
+const before = (a: Timer, b: Timer) => a.at < b.at || (a.at === b.at && a.id < b.id);
+
+/** A binary min-heap of timers by due time, then by order of scheduling. */
+class TimerHeap {
+  private readonly items: Timer[] = [];
+
+  get top(): Timer | undefined {
+    return this.items[0];
+  }
+
+  push(t: Timer): void {
+    const h = this.items;
+    h.push(t);
+    for (let i = h.length - 1; i > 0; ) {
+      const p = (i - 1) >> 1;
+      if (!before(h[i]!, h[p]!)) break;
+      [h[i], h[p]] = [h[p]!, h[i]!];
+      i = p;
+    }
+  }
+
+  pop(): Timer | undefined {
+    const h = this.items;
+    const top = h[0];
+    const last = h.pop();
+    if (h.length > 0 && last !== undefined) {
+      h[0] = last;
+      for (let i = 0; ; ) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < h.length && before(h[l]!, h[m]!)) m = l;
+        if (r < h.length && before(h[r]!, h[m]!)) m = r;
+        if (m === i) break;
+        [h[i], h[m]] = [h[m]!, h[i]!];
+        i = m;
+      }
+    }
+    return top;
+  }
+}
+
 export const makeFiberClock: Effect.Effect<FiberClock> = Effect.map(Effect.context<never>(), (services) =>
   fiberClockFrom(services),
 );
 
 export const fiberClockFrom = (services: Context.Context<never>): FiberClock => {
   const run = Effect.runForkWith(services);
-  const fibers = new Map<number, Fiber.Fiber<void>>();
+  const clock = Context.get(services, Clock.Clock);
+  const now = () => clock.currentTimeMillisUnsafe();
+  const live = new Map<number, Timer>();
+  const heap = new TimerHeap();
+  let armed: { at: number; fiber: Fiber.Fiber<void> } | undefined;
   let next = 0;
+
+  /** The earliest timer still live, dropping cleared ones from the top. */
+  const earliest = (): Timer | undefined => {
+    while (heap.top !== undefined && !live.has(heap.top.id)) heap.pop();
+    return heap.top;
+  };
+
+  const fire = () => {
+    armed = undefined;
+    for (let t = earliest(); t !== undefined && t.at <= now(); t = earliest()) {
+      heap.pop();
+      live.delete(t.id);
+      t.fn();
+    }
+    arm();
+  };
+
+  const arm = () => {
+    const top = earliest();
+    if (armed !== undefined && (top === undefined || top.at < armed.at)) {
+      run(Fiber.interrupt(armed.fiber));
+      armed = undefined;
+    }
+    if (top === undefined || armed !== undefined) return;
+    armed = { at: top.at, fiber: run(Effect.andThen(Effect.sleep(Math.max(0, top.at - now())), Effect.sync(fire))) };
+  };
+
   return {
     setTimeout(fn: (...args: unknown[]) => void, timeout: number) {
       const id = ++next;
-      if (!Number.isFinite(timeout)) return id; // a timer that never fires needs no fiber
-      const fiber = run(
-        Effect.andThen(
-          Effect.sleep(Math.max(0, timeout)),
-          Effect.sync(() => {
-            fibers.delete(id);
-            fn();
-          }),
-        ),
-      );
-      fibers.set(id, fiber);
+      if (!Number.isFinite(timeout)) return id; // a timer that never fires needs no entry
+      const timer = { id, at: now() + Math.max(0, timeout), fn };
+      live.set(id, timer);
+      heap.push(timer);
+      arm();
       return id;
     },
     clearTimeout(id: number) {
-      const fiber = fibers.get(id);
-      if (fiber === undefined) return;
-      fibers.delete(id);
-      run(Fiber.interrupt(fiber));
+      live.delete(id);
     },
-    pending: () => fibers.size,
+    pending: () => live.size,
   };
 };
 

@@ -74,7 +74,8 @@ interface Session {
   readonly definition: TaskDefinition;
   readonly attempt: number;
   readonly notify: string | undefined;
-  readonly log: Logger;
+  /** The attempt's child logger, made on first use (most attempts never log). */
+  readonly log: () => Logger;
   /** Aborts the running handler. */
   readonly abort: AbortController;
   /** The handler returned (nothing left to abort). */
@@ -177,11 +178,12 @@ export class TaskHost {
     }
 
     const attempt = state.record.attempt + 1;
-    const attemptLog = log.child({ taskId: id, task: definition.name, attempt });
+    let child: Logger | undefined;
+    const attemptLog = () => (child ??= log.child({ taskId: id, task: definition.name, attempt }));
     // Still RUNNING on a redelivery: the attempt before this one lost its worker.
     const previousLost = state.record.status === "RUNNING";
     if (previousLost) {
-      attemptLog.warn({ lostWorker: state.record.workerId }, "previous attempt lost its worker (WorkerLost); running again");
+      attemptLog().warn({ lostWorker: state.record.workerId }, "previous attempt lost its worker (WorkerLost); running again");
     }
     const actor = createActor(this.machine, {
       input: { record: state.record, revision: state.revision, policy: definition.policy },
@@ -193,7 +195,7 @@ export class TaskHost {
           if (snapshot.hasTag("settled") || snapshot.status === "done") resolve(snapshot);
         },
         error: (err) => {
-          attemptLog.error({ err }, "task actor failed");
+          attemptLog().error({ err }, "task actor failed");
           resolve(actor.getSnapshot());
         },
         complete: () => resolve(actor.getSnapshot()),
@@ -237,7 +239,7 @@ export class TaskHost {
   /** Shutdown past its timeout: abort every running handler and hand the deliveries back. */
   interruptAll(): void {
     for (const s of this.sessions.values()) {
-      s.log.warn("interrupted by shutdown; left to another worker");
+      s.log().warn("interrupted by shutdown; left to another worker");
       s.lease.nak();
       if (!s.finished) s.abort.abort();
       s.actor.stop();
@@ -248,11 +250,12 @@ export class TaskHost {
     snapshot: SnapshotFrom<typeof taskMachine>,
     lease: Lease,
     definition: TaskDefinition,
-    log: Logger,
+    attemptLog: () => Logger,
   ): Promise<TaskRunOutcome> {
     const record = snapshot.context.record;
+    const log = record.status === "COMPLETED" && !snapshot.hasTag("lost") ? undefined : attemptLog();
     if (snapshot.hasTag("lost")) {
-      log.warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
+      log?.warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
       const now = await readRecord(this.deps.tasks, record.id).catch(() => undefined);
       if (now !== undefined && TerminalStatuses.has(now.record.status)) lease.ack();
       return "lost";
@@ -262,20 +265,19 @@ export class TaskHost {
         const base = Math.max(0, Date.parse(record.retryAt ?? "") - this.deps.now());
         const jitter = definition.policy.retry.jitter;
         const delay = base * (1 - jitter / 2 + Math.random() * jitter);
-        log.info({ error: record.error, delayMs: Math.round(delay) }, "attempt failed; retry scheduled");
+        log?.info({ error: record.error, delayMs: Math.round(delay) }, "attempt failed; retry scheduled");
         lease.nak(delay);
         return "retrying";
       }
       case "COMPLETED":
-        log.debug("task completed");
         lease.ack();
         return "completed";
       case "CANCELLED":
-        log.info("task cancelled");
+        log?.info("task cancelled");
         lease.ack();
         return "cancelled";
       default:
-        log.info({ error: record.error }, "task failed");
+        log?.info({ error: record.error }, "task failed");
         lease.ack();
         return "failed";
     }
@@ -283,14 +285,22 @@ export class TaskHost {
 }
 
 const execute = async (session: Session, record: TaskRecord, signal: AbortSignal, deps: TaskHostDeps): Promise<Execution> => {
-  const { definition, attempt, lease, log } = session;
+  const { definition, attempt, lease } = session;
   const input = decodeInput(definition, record.input);
   if (Exit.isFailure(input)) {
     const error = Cause.squash(input.cause) as Error;
     return { ok: false, error: { _tag: "InvalidInput", message: error.message, retryable: false }, at: deps.now() };
   }
   try {
-    const ctx = { taskId: record.id, attempt, signal, log, heartbeat: () => lease.working() };
+    const ctx = {
+      taskId: record.id,
+      attempt,
+      signal,
+      get log() {
+        return session.log();
+      },
+      heartbeat: () => lease.working(),
+    };
     const returned = definition.handler(input.value, ctx);
     let output: unknown;
     if (Effect.isEffect(returned)) {

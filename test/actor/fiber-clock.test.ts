@@ -69,4 +69,23 @@ describe("fiber clock", () => {
     });
     await Effect.runPromise(Effect.provide(program, TestClock.layer()));
   });
+
+  it("fires timers in due order, an earlier one scheduled later included, each once", async () => {
+    const program = Effect.gen(function* () {
+      const clock = yield* makeFiberClock;
+      const fired: string[] = [];
+      clock.setTimeout(() => fired.push("c@300"), 300);
+      clock.setTimeout(() => fired.push("a@100"), 100);
+      const dropped = clock.setTimeout(() => fired.push("never"), 200);
+      clock.setTimeout(() => fired.push("b@200"), 200);
+      clock.clearTimeout(dropped);
+      yield* TestClock.adjust("150 millis");
+      expect(fired).toEqual(["a@100"]);
+      clock.setTimeout(() => fired.push("d@+10"), 10); // due before b and c
+      yield* TestClock.adjust("1 second");
+      expect(fired).toEqual(["a@100", "d@+10", "b@200", "c@300"]);
+      expect(clock.pending()).toBe(0);
+    });
+    await Effect.runPromise(Effect.provide(program, TestClock.layer()));
+  });
 });
