@@ -32,8 +32,8 @@ export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`
 /** Where a client asks to hear about the end of the tasks it submitted. */
 export const notifyPrefix = (clientId: string) => `troupe.notify.${clientId}`;
 
-/** A worker's control subject: `troupe.control.<workerId>.cancel` (request/reply). */
-export const controlSubject = (workerId: string, verb: "cancel") => `troupe.control.${workerId}.${verb}`;
+/** A worker's control subjects (its micro service endpoints): `troupe.control.<workerId>.{cancel,stats}`. */
+export const controlSubject = (workerId: string, verb: "cancel" | "stats") => `troupe.control.${workerId}.${verb}`;
 
 /**
  * JetStream's advisory when a task message ran out of deliveries (its workers kept dying);

@@ -3,7 +3,7 @@
  * keeps its registry entry in `troupe-workers` fresh, and stops gracefully.
  */
 import { hostname } from "node:os";
-import { nuid, type Subscription } from "@nats-io/transport-node";
+import { nuid } from "@nats-io/transport-node";
 import { createActor, type Actor } from "xstate";
 import { workerMachine } from "../../machines/worker.js";
 import type { Logger } from "pino";
@@ -13,6 +13,8 @@ import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connec
 import { controlSubject, eventSubject, taskSubject } from "../nats/topology.js";
 import { decodeJson } from "../nats/codec.js";
 import { startReaper } from "./reaper.js";
+import { MicroService } from "./service.js";
+import { VERSION } from "../version.js";
 import { TaskHost, type TaskHostDeps } from "../actor/task-run.js";
 import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
 import type { TaskDefinition } from "../task.js";
@@ -45,7 +47,7 @@ export interface WorkerStats {
 export class Worker {
   private readonly loop: PullLoop;
   private readonly host: TaskHost;
-  private control: Subscription | undefined;
+  private service: MicroService | undefined;
   private reaper: { stop: () => Promise<void> } | undefined;
   private readonly actor: Actor<typeof workerMachine>;
   private readonly inFlight = new Set<Promise<unknown>>();
@@ -146,21 +148,32 @@ export class Worker {
   private async run(): Promise<void> {
     this.actor.start();
     this.actor.send({ type: "STARTED" });
-    // `troupe.cancel` asks the worker that holds a running task to interrupt it.
-    this.control = this.nats.nc.subscribe(controlSubject(this.id, "cancel"), {
-      callback: (_e, msg) => {
-        const body = decodeJson(msg.data);
-        const { id, reason } = (body.ok ? body.value : {}) as { id?: string; reason?: string };
-        if (typeof id !== "string") {
-          msg.respond(encodeJson({ running: false }));
-          return;
-        }
-        void this.host.cancel(id, reason ?? "cancelled").then(
-          (record) => msg.respond(encodeJson(record === undefined ? { running: false } : { running: true, record })),
-          () => msg.respond(encodeJson({ running: false })),
-        );
+    // One micro service per worker: `nats micro ls/info/stats troupe-worker`. Its `cancel`
+    // endpoint is how `troupe.cancel` asks the worker holding a task to interrupt it.
+    this.service = new MicroService(
+      this.nats.nc,
+      {
+        name: "troupe-worker",
+        id: this.id,
+        version: VERSION,
+        description: `Troupe worker running ${[...this.definitions.keys()].join(", ")}`,
+        metadata: { tasks: [...this.definitions.keys()].join(","), concurrency: String(this.concurrency), pid: String(process.pid) },
       },
-    });
+      [
+        {
+          name: "cancel",
+          subject: controlSubject(this.id, "cancel"),
+          handler: async (msg) => {
+            const body = decodeJson(msg.data);
+            const { id, reason } = (body.ok ? body.value : {}) as { id?: string; reason?: string };
+            const record = typeof id === "string" ? await this.host.cancel(id, reason ?? "cancelled") : undefined;
+            return record === undefined ? { running: false } : { running: true, record };
+          },
+        },
+        { name: "stats", subject: controlSubject(this.id, "stats"), handler: async () => this.stats, data: () => this.stats },
+      ],
+    );
+    this.service.start();
     this.reaper = await startReaper(this.nats, this.log);
     this.loop.start();
     void (async () => {
@@ -216,7 +229,7 @@ export class Worker {
         this.host.interruptAll();
         await Promise.all(this.inFlight);
       }
-      this.control?.unsubscribe();
+      this.service?.stop();
       await this.reaper?.stop();
       this.actor.send({ type: "DRAINED" });
       this.actor.stop();

@@ -165,3 +165,23 @@ describe("tasks end to end", () => {
     expect(completed).toBe(n);
   }, 180_000);
 });
+
+describe("workers as NATS micro services", () => {
+  it("answer `nats micro` discovery: ping, info with their tasks, stats with their counters", async () => {
+    const troupe = await connect(server());
+    const worker = await troupe.worker({ tasks: [add], concurrency: 3 });
+    await (await troupe.submit(add, { a: 2, b: 2 })).result();
+    const ask = async (subject: string) => decodeJson((await troupe.nc.request(subject, undefined, { timeout: 2_000 })).data);
+    const ping = await ask(`$SRV.PING.troupe-worker.${worker.id}`);
+    expect(ping.ok && ping.value).toMatchObject({ type: "io.nats.micro.v1.ping_response", name: "troupe-worker", id: worker.id });
+    const info = await ask(`$SRV.INFO.troupe-worker.${worker.id}`);
+    expect(info.ok && info.value).toMatchObject({
+      type: "io.nats.micro.v1.info_response",
+      metadata: { tasks: "math.add", concurrency: "3" },
+      endpoints: [{ name: "cancel" }, { name: "stats" }],
+    });
+    const stats = await ask(`$SRV.STATS.troupe-worker.${worker.id}`);
+    const endpoints = (stats.ok ? (stats.value as { endpoints: Array<{ name: string; data: unknown }> }) : { endpoints: [] }).endpoints;
+    expect(endpoints.find((e) => e.name === "stats")?.data).toMatchObject({ id: worker.id, processed: 1, failed: 0 });
+  });
+});
