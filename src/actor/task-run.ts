@@ -7,7 +7,7 @@
  * Every write is a compare-and-set on the last revision the actor saw: the revision is
  * the fencing token, so an attempt that lost its lease cannot overwrite a newer one.
  */
-import { Cause, Effect, Exit } from "effect";
+import { Cause, Effect, Exit, Schedule } from "effect";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createActor, type Actor, type AnyActorRef, type SnapshotFrom } from "xstate";
@@ -23,7 +23,7 @@ import { Fenced, NonRetryableError } from "../errors.js";
 import { decodeJson, encodeJson } from "../nats/codec.js";
 import type { Lease } from "../nats/lease.js";
 import { eventSubject, Headers, kvSubject, TASKS_BUCKET } from "../nats/topology.js";
-import { PublishRejected, WRONG_LAST_SEQUENCE, type AckedPublisher } from "../nats/publisher.js";
+import { WRONG_LAST_SEQUENCE, type AckedPublisher, type PublishRejected, type PublishTimeout } from "../nats/publisher.js";
 import { decodeInput, encodeOutput, type TaskDefinition } from "../task.js";
 import type { FiberClock } from "./fiber-clock.js";
 
@@ -40,8 +40,6 @@ export interface TaskHostDeps {
 }
 
 export type TaskRunOutcome = "completed" | "failed" | "retrying" | "cancelled" | "lost" | "skipped";
-
-const isWrongLastSequence = (e: unknown) => e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE;
 
 const errorInfo = (e: unknown): TaskErrorInfo => {
   if (e instanceof NonRetryableError) return { _tag: "Execution", message: e.message, stack: e.stack, retryable: false };
@@ -108,17 +106,24 @@ export class TaskHost {
     this.machine = taskMachine.provide({
       actions: {
         persist: ({ context, self }, params: { event: string }) => {
-          persist(context.record, context.revision, params.event, session(context.record.id).notify, deps).then(
-            (revision) => answer(self, { type: "SAVED", revision }),
-            (e: unknown) => answer(self, { type: "FENCED", reason: e instanceof Error ? e.message : String(e) }),
+          const program = persist(context.record, context.revision, params.event, session(context.record.id).notify, deps).pipe(
+            Effect.match({
+              onSuccess: (revision) => answer(self, { type: "SAVED", revision }),
+              onFailure: (e) => answer(self, { type: "FENCED", reason: e.message }),
+            }),
           );
+          Effect.runFork(program);
         },
         execute: ({ context, self }) => {
           const s = session(context.record.id);
-          void execute(s, context.record, s.abort.signal, deps).then((execution) => {
-            s.finished = true;
-            answer(self, { type: "EXECUTED", execution });
-          });
+          // Interrupted through the session's signal: deadline, cancellation, shutdown.
+          void Effect.runPromise(execute(s, context.record, s.abort.signal, deps), { signal: s.abort.signal }).then(
+            (execution) => {
+              s.finished = true;
+              answer(self, { type: "EXECUTED", execution });
+            },
+            () => (s.finished = true),
+          );
         },
         interrupt: ({ context }) => {
           const s = this.sessions.get(context.record.id);
@@ -284,80 +289,93 @@ export class TaskHost {
   }
 }
 
-const execute = async (session: Session, record: TaskRecord, signal: AbortSignal, deps: TaskHostDeps): Promise<Execution> => {
+/** Decode, run the handler (a Promise or an Effect) on a fiber, encode: an outcome, never a failure. */
+const execute = (session: Session, record: TaskRecord, signal: AbortSignal, deps: TaskHostDeps): Effect.Effect<Execution> => {
   const { definition, attempt, lease } = session;
-  const input = decodeInput(definition, record.input);
-  if (Exit.isFailure(input)) {
-    const error = Cause.squash(input.cause) as Error;
-    return { ok: false, error: { _tag: "InvalidInput", message: error.message, retryable: false }, at: deps.now() };
-  }
-  try {
-    const ctx = {
-      taskId: record.id,
-      attempt,
-      signal,
-      get log() {
-        return session.log();
-      },
-      heartbeat: () => lease.working(),
-    };
-    const returned = definition.handler(input.value, ctx);
-    let output: unknown;
-    if (Effect.isEffect(returned)) {
-      const exit = await Effect.runPromiseExit(returned as Effect.Effect<unknown, unknown>, { signal });
-      if (Exit.isFailure(exit)) return { ok: false, error: errorInfo(Cause.squash(exit.cause)), at: deps.now() };
-      output = exit.value;
-    } else {
-      output = await returned;
+  const failed = (error: TaskErrorInfo): Execution => ({ ok: false, error, at: deps.now() });
+  const ctx = {
+    taskId: record.id,
+    attempt,
+    signal,
+    get log() {
+      return session.log();
+    },
+    heartbeat: () => lease.working(),
+  };
+  return Effect.gen(function* () {
+    const input = decodeInput(definition, record.input);
+    if (Exit.isFailure(input)) {
+      return failed({ _tag: "InvalidInput", message: (Cause.squash(input.cause) as Error).message, retryable: false });
     }
+    const returned = yield* Effect.try({ try: () => definition.handler(input.value, ctx), catch: (e) => e });
+    const output = Effect.isEffect(returned)
+      ? yield* (returned as Effect.Effect<unknown, unknown>)
+      : yield* Effect.tryPromise({ try: () => Promise.resolve(returned), catch: (e) => e });
     const encoded = encodeOutput(definition, output);
     if (Exit.isFailure(encoded)) {
-      const error = Cause.squash(encoded.cause) as Error;
-      return { ok: false, error: { _tag: "Serialization", message: error.message, retryable: false }, at: deps.now() };
+      return failed({ _tag: "Serialization", message: (Cause.squash(encoded.cause) as Error).message, retryable: false });
     }
     const size = encodeJson(encoded.value).length;
     if (size > deps.maxPayload - 8_192) {
-      return {
-        ok: false,
-        error: { _tag: "Serialization", message: `output is ${size} bytes, over the server's payload limit`, retryable: false },
-        at: deps.now(),
-      };
+      return failed({ _tag: "Serialization", message: `output is ${size} bytes, over the server's payload limit`, retryable: false });
     }
-    return { ok: true, output: encoded.value, at: deps.now() };
-  } catch (e) {
-    return { ok: false, error: errorInfo(e), at: deps.now() };
-  }
+    return { ok: true, output: encoded.value, at: deps.now() } satisfies Execution;
+  }).pipe(
+    // A failure or a defect (a throw inside the handler's Effect) is the attempt's outcome;
+    // an interruption (deadline, cancellation, shutdown) stays one.
+    Effect.catchCause((cause) =>
+      Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.succeed(failed(errorInfo(Cause.squash(cause)))),
+    ),
+  );
 };
 
-/** CAS write, retried through a reconnect; a lost CAS whose write is ours counts as won. */
-const persist = async (
+/** What keeps a write from landing for now (a reconnect), as opposed to a lost compare-and-set. */
+const isTransient = (e: PublishRejected | PublishTimeout) => e._tag === "PublishTimeout" || e.errCode !== WRONG_LAST_SEQUENCE;
+
+/**
+ * The compare-and-set write of a transition, retried through a reconnect, then its event
+ * (and, for a final state, the submitter's notification). A lost compare-and-set is
+ * `Fenced`, unless a retry finds the record is the very one it wrote (the first try
+ * landed and only its ack was lost).
+ */
+const persist = (
   record: TaskRecord,
   expected: number,
   event: string,
   notify: string | undefined,
   deps: TaskHostDeps,
-): Promise<number> => {
+): Effect.Effect<number, Fenced | PublishRejected | PublishTimeout> => {
   const payload = encodeJson(record);
-  let revision: number | undefined;
-  for (let i = 0; revision === undefined; i++) {
-    try {
-      revision = (await deps.publisher.publish(kvSubject(TASKS_BUCKET, record.id), payload, { lastSubjectSequence: expected })).seq;
-    } catch (e) {
-      if (isWrongLastSequence(e)) {
-        const now = i > 0 ? await readRecord(deps.tasks, record.id).catch(() => undefined) : undefined;
-        if (now !== undefined && now.record.status === record.status && now.record.attempt === record.attempt && now.record.workerId === record.workerId) {
-          revision = now.revision;
-          break;
-        }
-        throw new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${expected}` });
-      }
-      if (i >= 30 || deps.nc.isClosed()) throw e;
-      await new Promise((r) => setTimeout(r, Math.min(2_000, 100 * 2 ** i)));
-    }
-  }
-  deps.nc.publish(eventSubject("task", record.id, event), payload);
-  if (notify !== undefined && TerminalStatuses.has(record.status)) deps.nc.publish(`${notify}.${record.id}`, payload);
-  return revision;
+  let tries = 0;
+  const write = Effect.tryPromise({
+    try: () => {
+      tries++;
+      return deps.publisher.publish(kvSubject(TASKS_BUCKET, record.id), payload, { lastSubjectSequence: expected });
+    },
+    catch: (e) => e as PublishRejected | PublishTimeout,
+  });
+  const ours = (r: TaskRecord) => r.status === record.status && r.attempt === record.attempt && r.workerId === record.workerId;
+  return write.pipe(
+    Effect.map((ack) => ack.seq),
+    Effect.retry({ schedule: Schedule.exponential("100 millis"), times: 30, while: (e) => isTransient(e) && !deps.nc.isClosed() }),
+    Effect.catchTag("PublishRejected", (e): Effect.Effect<number, Fenced | PublishRejected> =>
+      e.errCode !== WRONG_LAST_SEQUENCE
+        ? Effect.fail(e)
+        : Effect.flatMap(
+            tries > 1 ? Effect.promise(() => readRecord(deps.tasks, record.id).catch(() => undefined)) : Effect.succeed(undefined),
+            (now) =>
+              now !== undefined && ours(now.record)
+                ? Effect.succeed(now.revision)
+                : Effect.fail(new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${expected}` })),
+          ),
+    ),
+    Effect.tap(() =>
+      Effect.sync(() => {
+        deps.nc.publish(eventSubject("task", record.id, event), payload);
+        if (notify !== undefined && TerminalStatuses.has(record.status)) deps.nc.publish(`${notify}.${record.id}`, payload);
+      }),
+    ),
+  );
 };
 
 /** A message no worker can run: terminated once, recorded as an event, logged. */

@@ -244,3 +244,30 @@ describe("failure semantics", () => {
     expect(await run.get()).toMatchObject({ status: "COMPLETED", workerId: b.id, attempt: 2, lostAttempts: 1 });
   });
 });
+
+describe("handlers that are Effects", () => {
+  it("records a typed failure and a defect alike as Execution, and keeps working", async () => {
+    class Refused extends Error {}
+    const picky = defineTask({
+      name: "picky",
+      input: Input,
+      output: Schema.String,
+      handler: ({ key }) =>
+        key === "fail"
+          ? Effect.fail(new Refused("refused"))
+          : key === "die"
+            ? Effect.sync(() => {
+                throw new Error("died inside");
+              })
+            : Effect.succeed(key),
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [picky] });
+    const fail = await troupe.submit(picky, { key: "fail" });
+    const die = await troupe.submit(picky, { key: "die" });
+    const ok = await troupe.submit(picky, { key: "ok" });
+    expect(((await fail.result().catch((e: unknown) => e)) as Execution).message).toBe("refused");
+    expect(((await die.result().catch((e: unknown) => e)) as Execution).message).toBe("died inside");
+    expect(await ok.result()).toBe("ok");
+  });
+});
