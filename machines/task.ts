@@ -39,6 +39,8 @@ export interface TaskRecord {
   readonly idempotencyKey?: string | undefined;
   /** Attempts that ended with their worker gone (killed, hung past its lease). */
   readonly lostAttempts?: number | undefined;
+  /** Not before: a delayed task waits (a NAK with the rest of the delay) until then. */
+  readonly runAt?: string | undefined;
 }
 
 export interface RetryPolicy {

@@ -176,6 +176,12 @@ export class TaskHost {
       lease.ack();
       return "skipped";
     }
+    const wait = Date.parse(state.record.runAt ?? "") - deps.now();
+    if (state.record.status === "QUEUED" && wait > 0) {
+      // A delayed task: back on the server until it is due; no attempt, no slot held.
+      lease.nak(wait);
+      return "skipped";
+    }
     if (this.sessions.has(id)) {
       // A redelivery while this worker still runs the task (its lease lapsed): keep the one running.
       log.warn({ taskId: id }, "duplicate delivery of a running task ignored");

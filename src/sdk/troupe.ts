@@ -15,7 +15,7 @@ import { controlSubject, eventSubject, Headers, kvSubject, notifyPrefix, TASKS_B
 import { PublishRejected, WRONG_LAST_SEQUENCE, type PublishExpectations } from "../nats/publisher.js";
 import { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
 import { rootLogger } from "../log.js";
-import { encodeInput, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
+import { encodeInput, toMillis, type DurationInput, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
 import { Worker, type WorkerOptions } from "../worker/worker.js";
 import { TaskRun } from "./run.js";
 import { WorkflowRun } from "./workflow-run.js";
@@ -42,6 +42,8 @@ export interface SubmitOptions {
    * enqueues nothing new, for ever: the key picks the task id, whose KV record is created once.
    */
   readonly idempotencyKey?: string;
+  /** Start no sooner than this from now: milliseconds or a duration such as `"10 minutes"`. */
+  readonly delay?: DurationInput;
 }
 
 export interface CancelResult {
@@ -127,6 +129,7 @@ export class Troupe {
     const created = await this.enqueue(task, encoded.value, {
       id,
       idempotencyKey: key,
+      ...(options.delay === undefined ? {} : { runAt: Date.now() + toMillis(options.delay) }),
       notify: notifyPrefix(this.clientId),
       // Registered before the work is published, so the terminal notification cannot beat it.
       onRecorded: () => (waiter = this.waiterFor(id)),
@@ -144,7 +147,7 @@ export class Troupe {
   async enqueue(
     task: TaskDefinition,
     input: unknown,
-    options: { id: string; notify: string; idempotencyKey?: string | undefined; onRecorded?: () => void },
+    options: { id: string; notify: string; idempotencyKey?: string | undefined; runAt?: number; onRecorded?: () => void },
   ): Promise<boolean> {
     const { id, notify, idempotencyKey: key } = options;
     const record: TaskRecord = {
@@ -156,6 +159,7 @@ export class Troupe {
       input,
       createdAt: new Date().toISOString(),
       ...(key === undefined ? {} : { idempotencyKey: key }),
+      ...(options.runAt === undefined ? {} : { runAt: new Date(options.runAt).toISOString() }),
     };
     const payload = encodeJson(record);
     const max = this.nats.nc.info?.max_payload ?? 1024 * 1024;

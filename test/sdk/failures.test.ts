@@ -271,3 +271,24 @@ describe("handlers that are Effects", () => {
     expect(await ok.result()).toBe("ok");
   });
 });
+
+describe("delayed tasks", () => {
+  it("starts a delayed task no sooner than its delay, holding no worker slot meanwhile", async () => {
+    const stamp = defineTask({
+      name: "stamp",
+      input: Input,
+      output: Schema.String,
+      handler: async ({ key }) => key,
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [stamp], concurrency: 1 });
+    const later = await troupe.submit(stamp, { key: "later" }, { delay: 400 });
+    const now = await troupe.submit(stamp, { key: "now" });
+    expect(await now.result()).toBe("now");
+    expect((await later.get()).status).toBe("QUEUED"); // the one slot was free for "now"
+    expect(await later.result()).toBe("later");
+    const record = await later.get();
+    expect(Date.parse(record.startedAt!)).toBeGreaterThanOrEqual(Date.parse(record.runAt!));
+    expect(record.attempt).toBe(1);
+  });
+});
