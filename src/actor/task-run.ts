@@ -321,7 +321,9 @@ const execute = (session: Session, record: TaskRecord, signal: AbortSignal, deps
     if (Exit.isFailure(encoded)) {
       return failed({ _tag: "Serialization", message: (Cause.squash(encoded.cause) as Error).message, retryable: false });
     }
-    const size = encodeJson(encoded.value).length;
+    // Only an object or a long string can be near the limit; a number needs no measuring.
+    const value = encoded.value;
+    const size = typeof value === "object" || (typeof value === "string" && value.length > 4_096) ? encodeJson(value).length : 0;
     if (size > deps.maxPayload - 8_192) {
       return failed({ _tag: "Serialization", message: `output is ${size} bytes, over the server's payload limit`, retryable: false });
     }
