@@ -12,7 +12,7 @@ import { connect as tcpConnect } from "node:net";
 import { jetstream } from "@nats-io/jetstream";
 import { pino } from "pino";
 import { defineTask, defineWorkflow, Schema, Troupe } from "../src/index.js";
-import { NatsServer } from "../src/dev/nats-server.js";
+import { NatsServer, natsServerVersion } from "../src/dev/nats-server.js";
 import { connectNats, ensureTaskConsumer, openNats } from "../src/nats/connection.js";
 import { TASKS_STREAM, taskSubject } from "../src/nats/topology.js";
 
@@ -222,7 +222,7 @@ const bullmq = async ({ Queue, Worker }: BullMQ) => {
 
 const main = async () => {
   const server = await NatsServer.start();
-  const common = { tasks: N, node: process.version, natsServer: server.binary };
+  const common = { tasks: N, node: process.version, natsServer: natsServerVersion(server.binary).join(".") };
   try {
     const raw = await rawJetStream(server.url);
     emit({ bench: "throughput", system: "jetstream-raw", unit: "msg/s", value: Math.round(raw), ...common });
@@ -256,7 +256,7 @@ const main = async () => {
       emit({ bench: "throughput", system: "bullmq", skipped: lib });
     } else {
       bull = await bullmq(lib);
-      emit({ bench: "throughput", system: "bullmq", unit: "jobs/s", value: Math.round(bull.perSecond), ...common });
+      emit({ bench: "throughput", system: "bullmq", unit: "jobs/s", value: Math.round(bull.perSecond), tasks: N, node: process.version });
     }
     emit({
       bench: "throughput-ratio",
