@@ -73,6 +73,22 @@ export const carryOut = async (troupe: Troupe, before: WorkflowRecord | undefine
 };
 
 /**
+ * Enqueue once more the running dependents of `settled` (a no-op for those already
+ * enqueued). Cancellations are not redone: a late completion of a failed run is normal and
+ * must stay cheap, so a coordinator that dies while cancelling leaves those steps to finish.
+ */
+const redo = async (troupe: Troupe, record: WorkflowRecord, settled: ReadonlyArray<string>) => {
+  const work: Array<Promise<unknown>> = [];
+  for (const [name, step] of Object.entries(record.steps)) {
+    const def = record.definition.steps[name]!;
+    if (step.status === "RUNNING" && def.after.some((d) => settled.includes(d))) {
+      work.push(troupe.enqueue(taskByName(def.task, def.queue), step.input, { id: stepTaskId(record.id, name), notify: stepsSubject(record.id, name) }));
+    }
+  }
+  await Promise.all(work);
+};
+
+/**
  * Apply events to a run: read, transition, compare-and-set, carry out. Retries on a lost
  * compare-and-set (another coordinator moved the run first). A batch of step completions
  * is one event, and one write. Returns the new record.
@@ -82,7 +98,12 @@ export const applyEvent = async (troupe: Troupe, id: string, event: WorkflowEven
     const current = await readWorkflow(troupe, id);
     if (current === undefined) return undefined;
     const next = advance(current.record, event);
-    if (JSON.stringify(next) === JSON.stringify(current.record)) return current.record;
+    if (JSON.stringify(next) === JSON.stringify(current.record)) {
+      // Nothing new: a completion seen before, redelivered because whoever applied it died
+      // before acknowledging. Redo what that transition had to carry out (idempotent).
+      if (event.type === "STEPS_SETTLED") await redo(troupe, current.record, event.settled.map((s) => s.step));
+      return current.record;
+    }
     try {
       await troupe.nats.publisher.publish(kvSubject(WORKFLOWS_BUCKET, id), encodeJson(next), { lastSubjectSequence: current.revision });
     } catch (e) {
@@ -121,7 +142,7 @@ export const startRun = async (
 };
 
 export interface CoordinatorOptions {
-  /** How often to look for runs left half-done (ms, default 15000). */
+  /** How often to look for runs left half-done (ms, default 30000; 0: never, not even at start). */
   readonly reconcileEvery?: number;
 }
 
@@ -146,9 +167,12 @@ export class Coordinator {
     coordinator.loop = (async () => {
       for await (const m of messages) coordinator.enqueueMessage(m);
     })().catch((err) => coordinator.log.warn({ err }, "coordinator stopped consuming"));
-    await coordinator.reconcile();
-    coordinator.timer = setInterval(() => void coordinator.reconcile(), options.reconcileEvery ?? 15_000);
-    coordinator.timer.unref();
+    const every = options.reconcileEvery ?? 30_000;
+    if (every > 0) {
+      await coordinator.reconcile();
+      coordinator.timer = setInterval(() => void coordinator.reconcile(), every);
+      coordinator.timer.unref();
+    }
     coordinator.log.info("coordinator started");
     return coordinator;
   }

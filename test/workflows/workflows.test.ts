@@ -240,3 +240,34 @@ describe("workflows", () => {
     expect(() => workflowFromDocument({ name: "doc", steps: { a: { input: {} } } })).toThrow(/needs a `task`/);
   });
 });
+
+describe("coordinator recovery", () => {
+  it("a redelivered completion enqueues the next steps a dead coordinator recorded but never enqueued", async () => {
+    const { advance } = await import("../../machines/workflow.js");
+    const { encodeJson } = await import("../../src/nats/codec.js");
+    const chain = defineWorkflow({
+      name: "recover.chain",
+      input: Schema.Struct({}),
+      steps: {
+        a: { task: download, input: { url: "x/a.png" } },
+        b: { task: resize, after: ["a"], input: { path: "${a.path}", width: 8 } },
+      },
+    });
+    const troupe = await connect(server());
+    const run = await troupe.start(chain, {});
+    // Play the coordinator that died: a's completion applied and written, b never enqueued.
+    const entry = (await troupe.nats.workflows.get(run.id))!;
+    const before = entry.json<WorkflowRecord>();
+    const after = advance(before, { type: "STEPS_SETTLED", settled: [{ step: "a", status: "COMPLETED", output: { path: "/tmp/a.png", bytes: 1 } }], at: Date.now() });
+    expect(after.steps.b?.status).toBe("RUNNING");
+    await troupe.nats.workflows.update(run.id, encodeJson(after), entry.revision);
+    const taskA = `${run.id}-a`;
+    await troupe.nats.js.publish(`troupe.steps.${run.id}.a.${taskA}`, encodeJson({ id: taskA, task: "images.download", status: "COMPLETED", attempt: 1, output: { path: "/tmp/a.png", bytes: 1 } }));
+    expect(await troupe.get(`${run.id}-b`)).toBeUndefined();
+
+    await troupe.coordinator({ reconcileEvery: 0 }); // no reconciliation: only the redelivery can do it
+    await troupe.worker({ tasks: [resize] });
+    const out = await run.result();
+    expect(out.b).toEqual({ path: "/tmp/a.png@8" });
+  });
+});
