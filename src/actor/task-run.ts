@@ -139,11 +139,6 @@ export class TaskHost {
     });
   }
 
-  /** Tasks running on this host now. */
-  get running(): number {
-    return this.sessions.size;
-  }
-
   /** Run one delivery to its end; never throws. */
   async run(lease: Lease): Promise<TaskRunOutcome> {
     const { deps } = this;

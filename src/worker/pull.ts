@@ -71,11 +71,6 @@ export class PullLoop {
     this.sources = sources.map((s) => ({ ...s, active: true, open: 0, bell: undefined }));
   }
 
-  /** Tasks running now. */
-  get active(): number {
-    return this.running;
-  }
-
   start(): void {
     this.probe = setInterval(() => {
       for (const source of this.sources) if (!source.active && source.open === 0) this.goActive(source);
