@@ -4,7 +4,8 @@
  * Connection from `NATS_URL` or `--server`, plus credentials and TLS flags.
  */
 import { resolve } from "node:path";
-import { pathToFileURL } from "node:url";
+import { realpathSync } from "node:fs";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { Schema } from "effect";
 import { pino } from "pino";
@@ -338,7 +339,8 @@ export const main = async (argv: string[]): Promise<void> => {
   }
 };
 
-const invoked = process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href;
+// Run when this file is the program, also through the `troupe` symlink npm installs.
+const invoked = process.argv[1] !== undefined && realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
 if (invoked) {
   void main(process.argv.slice(2)).then(() => {
     // Exit even if a library left a handle open.

@@ -1,5 +1,8 @@
 import { afterEach, describe, expect, it } from "vitest";
-import type { ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm, symlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { runCli, spawnCli, waitForOutput } from "../helpers/cli.js";
 import { useNatsServer } from "../helpers/nats.js";
 
@@ -10,6 +13,23 @@ afterEach(() => {
 });
 
 describe("troupe CLI", () => {
+  it("runs when started through a symlink, as npm installs the `troupe` command", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "troupe-bin-"));
+    try {
+      const link = join(dir, "troupe");
+      await symlink(resolve("src/cli/main.ts"), link);
+      const out = await new Promise<string>((res) => {
+        const child = spawn(process.execPath, ["--import", "tsx", link, "--help"], { stdio: ["ignore", "pipe", "pipe"] });
+        let text = "";
+        child.stdout.on("data", (d: Buffer) => (text += d.toString()));
+        child.on("exit", () => res(text));
+      });
+      expect(out).toContain("Usage:");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("runs a module's tasks with `troupe worker`, and `submit --wait` / `get` show the record", async () => {
     const env = { NATS_URL: server().url };
     const worker = spawnCli(["worker", "test/fixtures/tasks.ts", "--concurrency", "2"], { TROUPE_LOG_LEVEL: "info", ...env });
