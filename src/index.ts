@@ -23,3 +23,4 @@ export { WorkflowRun } from "./sdk/workflow-run.js";
 export { Coordinator, type CoordinatorOptions } from "./coordinator/coordinator.js";
 export type { WorkflowRecord, WorkflowStatus, StepStatus, StepState, FailurePolicy } from "../machines/workflow.js";
 export { workflowMachine } from "../machines/workflow.js";
+export { startInspector, type Inspector } from "./inspect/server.js";

@@ -19,11 +19,13 @@ import { parse as parseYaml } from "yaml";
 import { workflowFromDocument } from "../workflow.js";
 import type { WorkflowRecord } from "../../machines/workflow.js";
 import { ProgressBar } from "./progress.js";
+import { startInspector } from "../inspect/server.js";
 
 const USAGE = `troupe — tasks and workflows as actors on NATS JetStream
 
 Usage:
-  troupe dev [--store DIR] [--port N]        start an embedded nats-server -js and keep it running
+  troupe dev [--store DIR] [--port N] [--ui-port N]
+                                             an embedded nats-server -js, a coordinator and the inspector
   troupe demo [--tasks N]                    run the demo on its own embedded server
   troupe worker <module> [--concurrency N]   run the tasks a module exports (SIGTERM/SIGINT stop it gracefully)
   troupe submit <task> '<json>' [--wait] [--queue Q] [--module FILE]
@@ -31,6 +33,7 @@ Usage:
   troupe get <id>                            print a task's state record (JSON)
   troupe cancel <id> [--reason TEXT]         cancel a task (a finished one is left as it is)
   troupe coordinator                         advance workflow runs (run any number of them)
+  troupe inspect [--ui-port N]               the inspector: actors live, their machines and histories
   troupe workflow run <file> [--input '<json>'] [--watch]
                                              start a workflow from a JSON or YAML file
   troupe workflow get <id>                   print a workflow run's record (JSON)
@@ -62,6 +65,7 @@ const options = {
   wait: { type: "boolean" },
   reason: { type: "string" },
   input: { type: "string" },
+  "ui-port": { type: "string" },
   watch: { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -124,6 +128,15 @@ const waitForSignal = () =>
     process.once("SIGINT", () => res("SIGINT"));
     process.once("SIGTERM", () => res("SIGTERM"));
   });
+
+const inspect = async (flags: Flags) => {
+  const troupe = await Troupe.connect(connection(flags));
+  const inspector = await startInspector(troupe, { port: int(flags["ui-port"], "ui-port", 0) });
+  process.stdout.write(`troupe inspect: ${inspector.url}\n`);
+  await waitForSignal();
+  await inspector.close();
+  await troupe.close();
+};
 
 const coordinator = async (flags: Flags) => {
   const troupe = await Troupe.connect(connection(flags));
@@ -217,14 +230,17 @@ const dev = async (flags: Flags) => {
   // The embedded default also runs a coordinator, so workflows advance with no other process.
   const troupe = await Troupe.connect({ servers: server.url });
   await troupe.coordinator();
+  const inspector = await startInspector(troupe, { port: int(flags["ui-port"], "ui-port", 0) });
   process.stdout.write(
     `troupe dev: nats-server with JetStream at ${server.url} (store ${server.storeDir})\n` +
       `  export NATS_URL=${server.url}\n` +
       `  troupe worker ./tasks.js        # in another terminal\n` +
       `  nats --server ${server.url} stream ls\n` +
-      `A coordinator runs here too. Ctrl-C stops it all.\n`,
+      `A coordinator runs here too; the inspector is at ${inspector.url}\n` +
+      `Ctrl-C stops it all.\n`,
   );
   await waitForSignal();
+  await inspector.close();
   await troupe.close();
   await server.stop();
 };
@@ -322,6 +338,8 @@ export const main = async (argv: string[]): Promise<void> => {
         return await cancel(flags, rest);
       case "coordinator":
         return await coordinator(flags);
+      case "inspect":
+        return await inspect(flags);
       case "workflow":
         return await workflow(flags, rest);
       default:
