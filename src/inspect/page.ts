@@ -8,10 +8,10 @@ export const PAGE = `<!doctype html>
   body { font: 14px system-ui, sans-serif; margin: 0; display: grid; grid-template-columns: 360px 1fr; height: 100vh; }
   #actors { border-right: 1px solid #ddd; overflow: auto; }
   #actors h2, main h2 { font-size: 15px; margin: 12px; }
-  .actor { padding: 6px 12px; cursor: pointer; display: flex; justify-content: space-between; border-bottom: 1px solid #f0f0f0; }
+  .actor { padding: 6px 12px; cursor: pointer; display: flex; justify-content: space-between; gap: 8px; border-bottom: 1px solid #f0f0f0; overflow-wrap: anywhere; }
   .actor:hover, .actor.selected { background: #eef4ff; }
   .kind { color: #888; margin-right: 6px; }
-  .status { font-weight: 600; }
+  .status { font-weight: 600; white-space: nowrap; }
   .COMPLETED, .completed, .ready { color: #1a7f37; } .FAILED, .failed, .LOST { color: #cf222e; }
   .RUNNING, .running, .busy { color: #0969da; } .RETRYING, .retrying, .CANCELLED, .cancelled { color: #9a6700; }
   main { overflow: auto; padding: 0 12px 24px; }
@@ -76,14 +76,24 @@ const select = async (kind, id) => {
   document.getElementById("history").replaceChildren(el("h2", {}, "History"), el("table", {}, ...rows),
     el("h2", {}, "Record"), el("pre", {}, JSON.stringify(body.record, null, 2)));
 };
-fetch("/api/machines").then((r) => r.json()).then((m) => { machines = m; });
-const events = new EventSource("/events");
-events.onmessage = (msg) => {
-  const e = JSON.parse(msg.data);
-  actors.set(e.kind + ":" + e.id, { kind: e.kind, id: e.id, state: stateOf(e.kind, e.record), at: Date.now() });
+const seen = (e, at) => actors.set(e.kind + ":" + e.id, { kind: e.kind, id: e.id, state: stateOf(e.kind, e.record), at });
+const start = async () => {
+  machines = await (await fetch("/api/machines")).json();
+  const recent = await (await fetch("/api/recent")).json();
+  recent.forEach((e, i) => seen(e, i));
   renderList();
-  if (selected && selected.id === e.id) select(e.kind, e.id);
+  // #task:<id> (or workflow:/worker:) opens that actor.
+  const [kind, id] = location.hash.slice(1).split(":");
+  if (kind && id) select(kind, id);
+  const events = new EventSource("/events");
+  events.onmessage = (msg) => {
+    const e = JSON.parse(msg.data);
+    seen(e, Date.now());
+    renderList();
+    if (selected && selected.id === e.id) select(e.kind, e.id);
+  };
 };
+start();
 </script>
 </body>
 </html>

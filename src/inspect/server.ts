@@ -6,12 +6,14 @@
  *                             current state lit, and its history
  * - `/api/machines`           the task, workflow and worker machines as XState JSON
  * - `/api/actors/:kind/:id`   an actor's record (KV) and its events (TROUPE_EVENTS)
+ * - `/api/recent`             the last transitions (TROUPE_EVENTS), so the page opens populated
  * - `/events`                 every transition, live (server-sent events from `troupe.events.>`)
  *
  * Read-only: it subscribes and reads, never writes.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { DeliverPolicy } from "@nats-io/jetstream";
 import { taskMachine } from "../../machines/task.js";
 import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
@@ -50,6 +52,23 @@ const history = async (troupe: Troupe, kind: string, id: string, limit = 200): P
   return out;
 };
 
+/** The last `limit` events of the stream, oldest first. */
+const recent = async (troupe: Troupe, limit = 300): Promise<Array<{ kind: string; id: string; event: string; record: unknown }>> => {
+  const info = await troupe.nats.jsm.streams.info(EVENTS_STREAM);
+  if (info.state.messages === 0) return [];
+  const start = Math.max(info.state.first_seq, info.state.last_seq - limit + 1);
+  const consumer = await troupe.nats.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start });
+  const want = info.state.last_seq - start + 1;
+  const out: Array<{ kind: string; id: string; event: string; record: unknown }> = [];
+  for await (const m of await consumer.fetch({ max_messages: want, expires: 2_000 })) {
+    const [, , kind = "", id = "", event = ""] = m.subject.split(".");
+    const decoded = decodeJson(m.data);
+    out.push({ kind, id, event, record: decoded.ok ? decoded.value : null });
+    if (out.length >= want) break;
+  }
+  return out;
+};
+
 const current = async (troupe: Troupe, kind: string, id: string): Promise<unknown> => {
   const bucket = kind === "task" ? troupe.nats.tasks : kind === "workflow" ? troupe.nats.workflows : troupe.nats.workers;
   const entry = await bucket.get(id);
@@ -77,8 +96,16 @@ export const startInspector = async (troupe: Troupe, options: { port?: number; h
       res.end(PAGE);
       return;
     }
+    if (path === "/favicon.ico") {
+      res.writeHead(204).end();
+      return;
+    }
     if (path === "/api/machines") {
       json(res, 200, { task: taskMachine.toJSON(), workflow: workflowMachine.toJSON(), worker: workerMachine.toJSON() });
+      return;
+    }
+    if (path === "/api/recent") {
+      json(res, 200, await recent(troupe));
       return;
     }
     if (path === "/events") {

@@ -77,8 +77,9 @@ export class Worker {
     this.actor = createActor(
       workerMachine.provide({
         actions: {
-          register: () => this.writeRegistry(),
-          beat: () => this.writeRegistry(),
+          // After the transition, so the entry shows the state it leads to.
+          register: () => queueMicrotask(() => this.writeRegistry()),
+          beat: () => queueMicrotask(() => this.writeRegistry()),
           deregister: () => {
             void nats.workers.delete(id).catch(() => undefined);
           },

@@ -71,6 +71,8 @@ describe("inspector", () => {
     };
     expect(actor.record.status).toBe("COMPLETED");
     expect(actor.events.map((e) => e.event)).toEqual(["queued", "started", "completed"]);
+    const recent = (await (await fetch(`${inspector.url}/api/recent`)).json()) as Array<{ id: string; event: string }>;
+    expect(recent.filter((e) => e.id === id).map((e) => e.event)).toEqual(["queued", "started", "completed"]);
     expect((await fetch(`${inspector.url}/api/actors/task/nope`)).status).toBe(404);
     expect((await fetch(`${inspector.url}/api/actors/planet/x`)).status).toBe(400);
   });
