@@ -104,6 +104,21 @@ export const defineTask = <I, IE, O, OE>(options: TaskOptions<I, IE, O, OE>): Ta
   };
 };
 
+const untyped = new Map<string, TaskDefinition>();
+/**
+ * A task known only by its name (a workflow document's step, `troupe submit` without
+ * `--module`): any input is sent, and the worker that runs it checks it.
+ */
+export const untypedTask = (name: string, queue: string = DEFAULT_QUEUE): TaskDefinition => {
+  const key = `${queue}\u0000${name}`;
+  let task = untyped.get(key);
+  if (task === undefined) {
+    task = defineTask({ name, queue, input: Schema.Unknown, output: Schema.Unknown, handler: () => undefined });
+    untyped.set(key, task);
+  }
+  return task;
+};
+
 const pathOf = (error: unknown): ReadonlyArray<PropertyKey> => {
   // SchemaError.issue is a tree; the first Pointer names the field.
   let issue = (error as { issue?: unknown }).issue as { _tag?: string; path?: PropertyKey[]; issue?: unknown; issues?: unknown[] } | undefined;

@@ -21,6 +21,7 @@ import {
 } from "../../machines/task.js";
 import { Fenced, NonRetryableError } from "../errors.js";
 import { decodeJson, encodeJson } from "../nats/codec.js";
+import { asRecord, readRecord } from "../nats/records.js";
 import type { Lease } from "../nats/lease.js";
 import { eventSubject, Headers, kvSubject, TASKS_BUCKET } from "../nats/topology.js";
 import { WRONG_LAST_SEQUENCE, type AckedPublisher, type PublishRejected, type PublishTimeout } from "../nats/publisher.js";
@@ -45,23 +46,6 @@ const errorInfo = (e: unknown): TaskErrorInfo => {
   if (e instanceof NonRetryableError) return { _tag: "Execution", message: e.message, stack: e.stack, retryable: false };
   if (e instanceof Error) return { _tag: "Execution", message: e.message, stack: e.stack, retryable: true };
   return { _tag: "Execution", message: typeof e === "string" ? e : JSON.stringify(e) ?? String(e), retryable: true };
-};
-
-/** Minimal shape check of a work message; the full record is trusted only from KV. */
-export const asRecord = (value: unknown): TaskRecord | undefined => {
-  if (typeof value !== "object" || value === null) return undefined;
-  const r = value as Record<string, unknown>;
-  return typeof r.id === "string" && typeof r.task === "string" && typeof r.status === "string" && typeof r.attempt === "number"
-    ? (value as TaskRecord)
-    : undefined;
-};
-
-export const readRecord = async (tasks: KV, id: string): Promise<{ record: TaskRecord; revision: number } | undefined> => {
-  const entry = await tasks.get(id);
-  if (entry === null || entry.operation !== "PUT") return undefined;
-  const decoded = decodeJson(entry.value);
-  const record = decoded.ok ? asRecord(decoded.value) : undefined;
-  return record === undefined ? undefined : { record, revision: entry.revision };
 };
 
 /** What one delivery's effects need beyond the actor's (serialisable) context. */

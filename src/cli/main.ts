@@ -7,13 +7,11 @@ import { resolve } from "node:path";
 import { realpathSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { Schema } from "effect";
 import { pino } from "pino";
 import { NatsServer } from "../dev/nats-server.js";
 import { runDemo } from "../dev/demo.js";
-import { defineTask, type TaskDefinition } from "../task.js";
+import { untypedTask, type TaskDefinition } from "../task.js";
 import { Troupe, type TroupeOptions } from "../sdk/troupe.js";
-import { DEFAULT_QUEUE } from "../nats/topology.js";
 import { readFile } from "node:fs/promises";
 import { parse as parseYaml } from "yaml";
 import { workflowFromDocument } from "../workflow.js";
@@ -270,7 +268,7 @@ const submit = async (flags: Flags, positionals: string[]) => {
   // With --module the real definition validates the input here; otherwise the worker does.
   const known = flags.module === undefined ? undefined : (await loadTasks(flags.module)).find((t) => t.name === name);
   if (flags.module !== undefined && known === undefined) throw new UsageError(`${flags.module} exports no task "${name}"`);
-  const task = known ?? defineTask({ name, queue: flags.queue ?? DEFAULT_QUEUE, input: Schema.Unknown, output: Schema.Unknown, handler: () => undefined });
+  const task = known ?? untypedTask(name, flags.queue);
   await withClient(flags, async (troupe) => {
     const run = await troupe.submit(task, input);
     if (!flags.wait) {

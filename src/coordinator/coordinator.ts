@@ -8,7 +8,6 @@
  */
 import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import { nuid } from "@nats-io/transport-node";
-import { Schema } from "effect";
 import type { Logger } from "pino";
 import {
   advance,
@@ -19,11 +18,10 @@ import {
   type WorkflowStatus,
 } from "../../machines/workflow.js";
 import { TerminalStatuses, type TaskRecord } from "../../machines/task.js";
-import { readRecord } from "../actor/task-run.js";
+import { readRecord } from "../nats/records.js";
 import { decodeJson, encodeJson } from "../nats/codec.js";
-import { PublishRejected, WRONG_LAST_SEQUENCE } from "../nats/publisher.js";
 import { COORDINATOR_CONSUMER, eventSubject, kvSubject, STEPS_STREAM, stepsSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
-import { defineTask, type TaskDefinition } from "../task.js";
+import { untypedTask } from "../task.js";
 import type { Troupe } from "../sdk/troupe.js";
 
 const terminal: ReadonlySet<WorkflowStatus> = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
@@ -36,18 +34,6 @@ export const readWorkflow = async (troupe: Troupe, id: string): Promise<{ record
   return decoded.ok ? { record: decoded.value as WorkflowRecord, revision: entry.revision } : undefined;
 };
 
-/** A task known only by name, as a workflow document names it: the worker checks the input. */
-const byName = new Map<string, TaskDefinition>();
-const taskByName = (name: string, queue: string): TaskDefinition => {
-  const key = `${queue}\u0000${name}`;
-  let task = byName.get(key);
-  if (task === undefined) {
-    task = defineTask({ name, queue, input: Schema.Unknown, output: Schema.Unknown, handler: () => undefined });
-    byName.set(key, task);
-  }
-  return task;
-};
-
 /** Carry out what changed between two records of a run: enqueue, cancel, publish. */
 export const carryOut = async (troupe: Troupe, before: WorkflowRecord | undefined, after: WorkflowRecord, log: Logger) => {
   const work: Array<Promise<unknown>> = [];
@@ -56,7 +42,7 @@ export const carryOut = async (troupe: Troupe, before: WorkflowRecord | undefine
     if (step.status === "RUNNING" && was?.status !== "RUNNING") {
       const def = after.definition.steps[name]!;
       work.push(
-        troupe.enqueue(taskByName(def.task, def.queue), step.input, {
+        troupe.enqueue(untypedTask(def.task, def.queue), step.input, {
           id: stepTaskId(after.id, name),
           notify: stepsSubject(after.id, name),
         }),
@@ -82,7 +68,7 @@ const redo = async (troupe: Troupe, record: WorkflowRecord, settled: ReadonlyArr
   for (const [name, step] of Object.entries(record.steps)) {
     const def = record.definition.steps[name]!;
     if (step.status === "RUNNING" && def.after.some((d) => settled.includes(d))) {
-      work.push(troupe.enqueue(taskByName(def.task, def.queue), step.input, { id: stepTaskId(record.id, name), notify: stepsSubject(record.id, name) }));
+      work.push(troupe.enqueue(untypedTask(def.task, def.queue), step.input, { id: stepTaskId(record.id, name), notify: stepsSubject(record.id, name) }));
     }
   }
   await Promise.all(work);
@@ -104,12 +90,8 @@ export const applyEvent = async (troupe: Troupe, id: string, event: WorkflowEven
       if (event.type === "STEPS_SETTLED") await redo(troupe, current.record, event.settled.map((s) => s.step));
       return current.record;
     }
-    try {
-      await troupe.nats.publisher.publish(kvSubject(WORKFLOWS_BUCKET, id), encodeJson(next), { lastSubjectSequence: current.revision });
-    } catch (e) {
-      if (e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE) continue;
-      throw e;
-    }
+    const written = await troupe.nats.publisher.compareAndSet(kvSubject(WORKFLOWS_BUCKET, id), encodeJson(next), current.revision);
+    if (written === undefined) continue; // another coordinator moved the run first
     await carryOut(troupe, current.record, next, log);
     return next;
   }
@@ -231,7 +213,7 @@ export class Coordinator {
           const task = await readRecord(this.troupe.nats.tasks, state.taskId);
           if (task === undefined) {
             const def = run.record.definition.steps[step]!;
-            await this.troupe.enqueue(taskByName(def.task, def.queue), state.input, { id: state.taskId, notify: stepsSubject(id, step) });
+            await this.troupe.enqueue(untypedTask(def.task, def.queue), state.input, { id: state.taskId, notify: stepsSubject(id, step) });
           } else if (TerminalStatuses.has(task.record.status)) {
             await applyEvent(this.troupe, id, settledEvent([settlement(step, task.record)]), this.log);
           }

@@ -8,7 +8,7 @@ import { nuid, type NatsConnection, type Subscription } from "@nats-io/transport
 import type { Logger } from "pino";
 import { TerminalStatuses, type TaskRecord, type TaskStatus } from "../../machines/task.js";
 import { NatsFailure, Serialization, TaskNotFound } from "../errors.js";
-import { readRecord } from "../actor/task-run.js";
+import { readRecord } from "../nats/records.js";
 import { decodeJson, encodeJson } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
 import { controlSubject, eventSubject, Headers, kvSubject, notifyPrefix, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
@@ -253,15 +253,12 @@ export class Troupe {
         error: { _tag: "Cancelled", message: reason, retryable: false },
         finishedAt: new Date().toISOString(),
       };
-      try {
-        const payload = encodeJson(cancelled);
-        await this.nats.publisher.publish(kvSubject(TASKS_BUCKET, id), payload, { lastSubjectSequence: revision });
+      const payload = encodeJson(cancelled);
+      if ((await this.nats.publisher.compareAndSet(kvSubject(TASKS_BUCKET, id), payload, revision)) !== undefined) {
         this.nats.nc.publish(eventSubject("task", id, "cancelled"), payload);
         return { id, status: "CANCELLED", cancelled: true, message: `task ${id} cancelled` };
-      } catch (e) {
-        if (!(e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE)) throw e;
-        // It moved meanwhile (started, finished): look again.
       }
+      // It moved meanwhile (started, finished): look again.
     }
     throw new NatsFailure({ message: `task ${id} kept changing; cancel gave up` });
   }

@@ -7,10 +7,9 @@
 import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import { TerminalStatuses, type TaskRecord } from "../../machines/task.js";
-import { asRecord, readRecord } from "../actor/task-run.js";
+import { asRecord, readRecord } from "../nats/records.js";
 import { decodeJson, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { PublishRejected, WRONG_LAST_SEQUENCE } from "../nats/publisher.js";
 import { ADVISORIES_STREAM, eventSubject, Headers, kvSubject, REAPER_CONSUMER, TASKS_BUCKET, TASKS_STREAM } from "../nats/topology.js";
 
 interface MaxDeliveriesAdvisory {
@@ -43,11 +42,8 @@ export const reap = async (nats: NatsHandle, advisory: MaxDeliveriesAdvisory, lo
         },
         finishedAt: new Date().toISOString(),
       };
-      try {
-        await nats.publisher.publish(kvSubject(TASKS_BUCKET, record.id), encodeJson(record), { lastSubjectSequence: now.revision });
+      if ((await nats.publisher.compareAndSet(kvSubject(TASKS_BUCKET, record.id), encodeJson(record), now.revision)) !== undefined) {
         failed = record;
-      } catch (e) {
-        if (!(e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE)) throw e;
       }
     }
     if (failed !== undefined) {
