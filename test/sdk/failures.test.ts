@@ -12,6 +12,7 @@ import {
 } from "../../src/index.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { eventCount, recordWhere } from "../helpers/records.js";
+import { untilAborted } from "../helpers/handlers.js";
 
 const server = useNatsServer();
 const { connect, closeAll } = clients();
@@ -29,13 +30,7 @@ describe("failure semantics", () => {
       input: Input,
       output: Schema.Void,
       timeout: 300,
-      handler: (_input, ctx) =>
-        new Promise<void>((resolve) => {
-          ctx.signal.addEventListener("abort", () => {
-            aborted = true;
-            resolve();
-          });
-        }),
+      handler: (_input, ctx) => untilAborted(ctx.signal, undefined, () => (aborted = true)),
     });
     const troupe = await connect(server());
     await troupe.worker({ tasks: [slow] });
@@ -124,12 +119,7 @@ describe("failure semantics", () => {
       handler: ({ key }, ctx) => {
         started++;
         if (key === "quick") return Promise.resolve(key);
-        return new Promise<string>((resolve) =>
-          ctx.signal.addEventListener("abort", () => {
-            sawAbort = true;
-            resolve("aborted");
-          }),
-        );
+        return untilAborted(ctx.signal, "aborted", () => (sawAbort = true));
       },
     });
     const troupe = await connect(server());
@@ -224,12 +214,7 @@ describe("failure semantics", () => {
       handler: ({ key }, ctx) => {
         if (!first) return Promise.resolve(`done ${key}`);
         first = false;
-        return new Promise<string>((resolve) =>
-          ctx.signal.addEventListener("abort", () => {
-            interrupted = true;
-            resolve("interrupted");
-          }),
-        );
+        return untilAborted(ctx.signal, "interrupted", () => (interrupted = true));
       },
     });
     const troupe = await connect(server());

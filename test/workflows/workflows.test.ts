@@ -10,6 +10,8 @@ import {
   type WorkflowRecord,
 } from "../../src/index.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
+import { untilAborted } from "../helpers/handlers.js";
+import { recordWhere } from "../helpers/records.js";
 
 const server = useNatsServer();
 const { connect, closeAll } = clients();
@@ -90,7 +92,7 @@ describe("workflows", () => {
       name: "slow.wait",
       input: Schema.Struct({}),
       output: Schema.Void,
-      handler: (_i, ctx) => new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve())),
+      handler: (_i, ctx) => untilAborted(ctx.signal, undefined),
     });
     const wf = defineWorkflow({
       name: "fails.fast",
@@ -169,7 +171,7 @@ describe("workflows", () => {
       name: "slow.cancel",
       input: Schema.Struct({}),
       output: Schema.Void,
-      handler: (_i, ctx) => new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve())),
+      handler: (_i, ctx) => untilAborted(ctx.signal, undefined),
     });
     const wf = defineWorkflow({
       name: "to.cancel",
@@ -181,9 +183,7 @@ describe("workflows", () => {
     await troupe.coordinator();
     const run = await troupe.start(wf, {});
     const firstTask = (await run.get()).steps.first!.taskId!;
-    const watch = await troupe.nats.tasks.watch({ key: firstTask });
-    for await (const e of watch) if (e.operation === "PUT" && e.json<{ status: string }>().status === "RUNNING") break;
-    watch.stop();
+    await recordWhere(troupe, firstTask, (r) => r.status === "RUNNING");
     const cancelled = (await run.cancel("changed my mind")) as WorkflowRecord;
     expect(cancelled.status).toBe("CANCELLED");
     expect((await run.result().catch((e: unknown) => e)) as WorkflowFailed).toMatchObject({ status: "CANCELLED" });
