@@ -1,58 +1,23 @@
 /**
- * The task actor: one attempt's view of a task, from the moment a worker holds its
- * delivery (its lease) until the outcome is persisted.
+ * The task actor: `QUEUED → RUNNING (claiming → executing → failing) → RETRYING |
+ * COMPLETED | FAILED | CANCELLED`, plus `LOST` when a write is fenced.
  *
- * Pure: no I/O, no clock reads. Hosts `.provide()` the `persist`, `execute` and
- * `interrupt` actions, which start Effect programs and answer with events (`SAVED`,
- * `FENCED`, `EXECUTED`); time comes in on events so that a snapshot replays the same
- * way anywhere. The same definition is what the visualizer draws.
+ * Pure: no I/O, no clock reads, no randomness. Time and the jitter draw come in on events.
+ * Two hosts run this one definition:
+ * - a worker, holding the task's delivery (its lease), runs it as a live actor and
+ *   `.provide()`s `persist`, `execute`, `interrupt` and `heartbeat`, which start Effect
+ *   programs and answer with events (`SAVED`, `FENCED`, `EXECUTED`);
+ * - the task store applies one event at a time to a stored record with `transition()`
+ *   (a cancel, a give-up, a failed enqueue) and writes the result itself.
+ * Both start from `hydrate(record)`, the state the record's status stands for. The same
+ * definition is what the visualizer draws.
  */
-import { assign, cancel, raise, setup } from "xstate";
+import { assign, cancel, raise, setup, type SnapshotFrom } from "xstate";
+import { retryWait, type RetryPolicy } from "./backoff.js";
+import type { TaskFailure, TaskRecord, TaskStatus } from "./records.js";
 
-export const TaskStatuses = ["QUEUED", "RUNNING", "RETRYING", "COMPLETED", "FAILED", "CANCELLED"] as const;
-export type TaskStatus = (typeof TaskStatuses)[number];
-export const TerminalStatuses: ReadonlySet<TaskStatus> = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
-
-/** The error recorded on a failed attempt; `_tag` is one of the categories in docs/semantics.md. */
-export interface TaskErrorInfo {
-  readonly _tag: string;
-  readonly message: string;
-  readonly stack?: string | undefined;
-  readonly retryable?: boolean | undefined;
-}
-
-/** What the `troupe-tasks` KV bucket holds under the task id (JSON). */
-export interface TaskRecord {
-  readonly id: string;
-  readonly task: string;
-  readonly queue: string;
-  readonly status: TaskStatus;
-  readonly attempt: number;
-  readonly input: unknown;
-  readonly output?: unknown;
-  readonly error?: TaskErrorInfo | undefined;
-  readonly createdAt: string;
-  readonly startedAt?: string | undefined;
-  readonly finishedAt?: string | undefined;
-  readonly retryAt?: string | undefined;
-  readonly workerId?: string | undefined;
-  readonly idempotencyKey?: string | undefined;
-  /** Attempts that ended with their worker gone (killed, hung past its lease). */
-  readonly lostAttempts?: number | undefined;
-  /** Not before: a delayed task waits (a NAK with the rest of the delay) until then. */
-  readonly runAt?: string | undefined;
-}
-
-export interface RetryPolicy {
-  /** Total attempts, the first included. */
-  readonly attempts: number;
-  readonly backoff: "fixed" | "linear" | "exponential";
-  /** Base delay in milliseconds. */
-  readonly delay: number;
-  readonly maxDelay: number;
-  /** 0..1: the share of the delay that is randomised. */
-  readonly jitter: number;
-}
+export { TaskStatuses, TerminalStatuses, type TaskFailure, type TaskRecord, type TaskStatus } from "./records.js";
+export type { RetryPolicy } from "./backoff.js";
 
 export interface TaskPolicy {
   /** How long one attempt may run, in milliseconds; none when undefined. */
@@ -69,6 +34,8 @@ export interface TaskContext {
   readonly policy: TaskPolicy;
   /** Absolute end of the current attempt (epoch ms), so a rehydrated actor waits only for what is left. */
   readonly deadlineAt?: number | undefined;
+  /** This attempt's jitter draw, in [0, 1). */
+  readonly random: number;
   /** Why this attempt stopped owning the task (lost its lease, or found it already settled). */
   readonly lostReason?: string | undefined;
 }
@@ -82,18 +49,14 @@ export interface TaskInput {
 /** The outcome of running the handler once; the host never rejects, it reports. */
 export type Execution =
   | { readonly ok: true; readonly output: unknown; readonly at: number }
-  | { readonly ok: false; readonly error: TaskErrorInfo; readonly at: number };
+  | { readonly ok: false; readonly error: TaskFailure; readonly at: number };
 
 export type TaskEvent =
-  | {
-      readonly type: "START";
-      readonly attempt: number;
-      readonly workerId: string;
-      readonly at: number;
-      /** The previous attempt's worker vanished (the record still said RUNNING). */
-      readonly previousLost?: boolean;
-    }
+  /** A worker holds the delivery: a new attempt. From RUNNING it means the last worker vanished. */
+  | { readonly type: "START"; readonly workerId: string; readonly at: number; readonly random?: number }
   | { readonly type: "CANCEL"; readonly reason: string; readonly at: number }
+  /** A failure imposed from outside the attempt: deliveries exhausted, enqueue failed, a defect. */
+  | { readonly type: "FAIL"; readonly failure: TaskFailure; readonly at: number }
   /** The host's answer to `persist`: the write won, here is the new revision. */
   | { readonly type: "SAVED"; readonly revision: number }
   /** The host's answer to `persist`: the write lost its compare-and-set. */
@@ -105,12 +68,22 @@ export type TaskEvent =
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
-/** The delay before attempt `attempt + 1`, before jitter. */
-export const backoffDelay = (retry: RetryPolicy, attempt: number): number => {
-  const n = Math.max(1, attempt);
-  const raw =
-    retry.backoff === "fixed" ? retry.delay : retry.backoff === "linear" ? retry.delay * n : retry.delay * 2 ** (n - 1);
-  return Math.min(raw, retry.maxDelay);
+/** The event a write of this status publishes on `troupe.events.task.<id>.<event>`. */
+export const eventOf = (status: TaskStatus): string =>
+  status === "RUNNING" ? "started" : status.toLowerCase();
+
+/** The state a stored record stands for: where a worker or the store picks the actor up. */
+export const stateOf = (status: TaskStatus) => {
+  switch (status) {
+    case "QUEUED":
+      return "QUEUED" as const;
+    case "RUNNING":
+      return { RUNNING: "executing" } as const;
+    case "RETRYING":
+      return { RETRYING: "waiting" } as const;
+    default:
+      return { [status]: "saved" } as Record<typeof status, "saved">;
+  }
 };
 
 /** A status whose record must be written (compare-and-set) before the lease is settled. */
@@ -127,6 +100,13 @@ const persisted = (event: string) => ({
     saved: { type: "final" as const, tags: ["settled" as const] },
   },
 });
+
+/** What every state that waits for a worker (QUEUED, RETRYING, a RUNNING whose worker vanished) accepts. */
+const waiting = {
+  START: { target: "#task.RUNNING", reenter: true, actions: "begin" },
+  CANCEL: { target: "#task.CANCELLED", actions: "markCancelled" },
+  FAIL: { target: "#task.FAILED", actions: "markFailed" },
+} as const;
 
 export const taskMachine = setup({
   types: {
@@ -146,22 +126,54 @@ export const taskMachine = setup({
     heartbeat: () => {},
     scheduleHeartbeat: raise({ type: "HEARTBEAT" }, { delay: "heartbeat", id: "heartbeat" }),
     stopHeartbeat: cancel("heartbeat"),
-    adoptRevision: assign({ revision: ({ event }) => (event as Extract<TaskEvent, { type: "SAVED" }>).revision }),
-    recordLoss: assign({ lostReason: ({ event }) => (event as Extract<TaskEvent, { type: "FENCED" }>).reason }),
-    markCancelled: assign(({ context, event }) => {
-      const e = event as Extract<TaskEvent, { type: "CANCEL" }>;
+    begin: assign(({ context, event }) => {
+      if (event.type !== "START") return {};
       return {
         record: {
           ...context.record,
-          status: "CANCELLED" as const,
-          error: { _tag: "Cancelled", message: e.reason, retryable: false },
-          finishedAt: iso(e.at),
+          status: "RUNNING" as const,
+          attempt: context.record.attempt + 1,
+          workerId: event.workerId,
+          startedAt: iso(event.at),
+          finishedAt: undefined,
+          error: undefined,
+          retryAt: undefined,
+          // Still RUNNING when a worker starts it again: the attempt before lost its worker.
+          lostAttempts: (context.record.lostAttempts ?? 0) + (context.record.status === "RUNNING" ? 1 : 0),
         },
+        deadlineAt: context.policy.timeout === undefined ? undefined : event.at + context.policy.timeout,
+        random: event.random ?? 0.5,
       };
     }),
+    adoptRevision: assign(({ event }) => (event.type === "SAVED" ? { revision: event.revision } : {})),
+    recordLoss: assign(({ event }) => (event.type === "FENCED" ? { lostReason: event.reason } : {})),
+    markCancelled: assign(({ context, event }) =>
+      event.type !== "CANCEL"
+        ? {}
+        : {
+            record: {
+              ...context.record,
+              status: "CANCELLED" as const,
+              error: { _tag: "Cancelled" as const, message: event.reason, retryable: false },
+              finishedAt: iso(event.at),
+            },
+          },
+    ),
+    markFailed: assign(({ context, event }) =>
+      event.type !== "FAIL"
+        ? {}
+        : {
+            record: {
+              ...context.record,
+              status: "FAILED" as const,
+              error: { ...event.failure, retryable: false },
+              finishedAt: iso(event.at),
+            },
+          },
+    ),
   },
   guards: {
-    succeeded: ({ event }) => (event as Extract<TaskEvent, { type: "EXECUTED" }>).execution.ok,
+    succeeded: ({ event }) => event.type === "EXECUTED" && event.execution.ok,
     canRetry: ({ context }) =>
       context.record.error?.retryable !== false && context.record.attempt < context.policy.retry.attempts,
     hasDeadline: ({ context }) => context.deadlineAt !== undefined,
@@ -177,31 +189,10 @@ export const taskMachine = setup({
   },
 }).createMachine({
   id: "task",
-  context: ({ input }) => ({ record: input.record, revision: input.revision, policy: input.policy }),
+  context: ({ input }) => ({ record: input.record, revision: input.revision, policy: input.policy, random: 0.5 }),
   initial: "QUEUED",
   states: {
-    QUEUED: {
-      on: {
-        START: {
-          target: "RUNNING",
-          actions: assign(({ context, event }) => ({
-            record: {
-              ...context.record,
-              status: "RUNNING" as const,
-              attempt: event.attempt,
-              workerId: event.workerId,
-              startedAt: iso(event.at),
-              finishedAt: undefined,
-              error: undefined,
-              retryAt: undefined,
-              lostAttempts: (context.record.lostAttempts ?? 0) + (event.previousLost ? 1 : 0),
-            },
-            deadlineAt: context.policy.timeout === undefined ? undefined : event.at + context.policy.timeout,
-          })),
-        },
-        CANCEL: { target: "CANCELLED", actions: "markCancelled" },
-      },
-    },
+    QUEUED: { on: waiting },
     RUNNING: {
       entry: "scheduleHeartbeat",
       exit: "stopHeartbeat",
@@ -223,17 +214,17 @@ export const taskMachine = setup({
               {
                 guard: "succeeded",
                 target: "#task.COMPLETED",
-                actions: assign(({ context, event }) => {
-                  const out = event.execution as Extract<Execution, { ok: true }>;
-                  return { record: { ...context.record, status: "COMPLETED" as const, output: out.output, finishedAt: iso(out.at) } };
-                }),
+                actions: assign(({ context, event }) =>
+                  event.execution.ok
+                    ? { record: { ...context.record, status: "COMPLETED" as const, output: event.execution.output, finishedAt: iso(event.execution.at) } }
+                    : {},
+                ),
               },
               {
                 target: "failing",
-                actions: assign(({ context, event }) => {
-                  const out = event.execution as Extract<Execution, { ok: false }>;
-                  return { record: { ...context.record, error: out.error, finishedAt: iso(out.at) } };
-                }),
+                actions: assign(({ context, event }) =>
+                  event.execution.ok ? {} : { record: { ...context.record, error: event.execution.error, finishedAt: iso(event.execution.at) } },
+                ),
               },
             ],
           },
@@ -245,7 +236,7 @@ export const taskMachine = setup({
                 record: {
                   ...context.record,
                   error: {
-                    _tag: "Timeout",
+                    _tag: "Timeout" as const,
                     message: `attempt ${context.record.attempt} ran past its ${context.policy.timeout} ms timeout`,
                     retryable: true,
                   },
@@ -262,25 +253,43 @@ export const taskMachine = setup({
               target: "#task.RETRYING",
               actions: assign(({ context }) => {
                 const finished = Date.parse(context.record.finishedAt ?? "") || 0;
-                return {
-                  record: {
-                    ...context.record,
-                    status: "RETRYING" as const,
-                    retryAt: iso(finished + backoffDelay(context.policy.retry, context.record.attempt)),
-                  },
-                };
+                const wait = retryWait(context.policy.retry, context.record.attempt, context.random);
+                return { record: { ...context.record, status: "RETRYING" as const, retryAt: iso(finished + wait) } };
               }),
             },
-            { target: "#task.FAILED", actions: assign(({ context }) => ({ record: { ...context.record, status: "FAILED" as const } })) },
+            {
+              target: "#task.FAILED",
+              // No attempt follows: the recorded error says so.
+              actions: assign(({ context }) => ({
+                record: {
+                  ...context.record,
+                  status: "FAILED" as const,
+                  error: context.record.error === undefined ? undefined : { ...context.record.error, retryable: false },
+                },
+              })),
+            },
           ],
         },
       },
       on: {
-        CANCEL: { target: "CANCELLED", actions: "markCancelled" },
+        ...waiting,
         HEARTBEAT: { actions: ["heartbeat", "scheduleHeartbeat"] },
       },
     },
-    RETRYING: persisted("retrying"),
+    RETRYING: {
+      initial: "saving",
+      states: {
+        saving: {
+          entry: { type: "persist", params: { event: "retrying" } },
+          on: {
+            SAVED: { target: "waiting", actions: "adoptRevision" },
+            FENCED: { target: "#task.LOST", actions: "recordLoss" },
+          },
+        },
+        /** Recorded; the delivery waits on the server (a delayed NAK) for the next attempt. */
+        waiting: { tags: ["settled"], on: waiting },
+      },
+    },
     COMPLETED: persisted("completed"),
     FAILED: persisted("failed"),
     CANCELLED: persisted("cancelled"),
@@ -290,3 +299,11 @@ export const taskMachine = setup({
 });
 
 export type TaskMachine = typeof taskMachine;
+export type TaskSnapshot = SnapshotFrom<TaskMachine>;
+
+/** The snapshot a stored record stands for, ready to take an event. */
+export const hydrate = (input: TaskInput): TaskSnapshot =>
+  taskMachine.resolveState({
+    value: stateOf(input.record.status),
+    context: { record: input.record, revision: input.revision, policy: input.policy, random: 0.5 },
+  });

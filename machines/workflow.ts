@@ -9,51 +9,30 @@
  * reference to nothing fails the step as part of the transition.
  */
 import { and, assign, setup, transition } from "xstate";
+import type { StepFailure, StepState, StepStatus, WorkflowRecord, WorkflowStatus } from "./records.js";
 
-export const WorkflowStatuses = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"] as const;
-export type WorkflowStatus = (typeof WorkflowStatuses)[number];
-export const StepStatuses = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SKIPPED"] as const;
-export type StepStatus = (typeof StepStatuses)[number];
+export {
+  StepStatuses,
+  WorkflowStatuses,
+  type FailurePolicy,
+  type StepDefinition,
+  type StepFailure,
+  type StepState,
+  type StepStatus,
+  type WorkflowRecord,
+  type WorkflowStatus,
+} from "./records.js";
+
 const settledSteps: ReadonlySet<StepStatus> = new Set(["COMPLETED", "FAILED", "CANCELLED", "SKIPPED"]);
+const terminal: ReadonlySet<WorkflowStatus> = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
+export const isWorkflowTerminal = (status: WorkflowStatus) => terminal.has(status);
 
-export type FailurePolicy = "failFast" | "continue";
-
-/** A step as stored: the task to run (by name), its dependencies, its input template. */
-export interface StepDefinition {
-  readonly task: string;
-  readonly queue: string;
-  readonly after: ReadonlyArray<string>;
-  readonly input: unknown;
-}
-
-export interface StepState {
-  readonly status: StepStatus;
-  readonly taskId?: string | undefined;
-  /** The resolved input, once the step is enqueued. */
-  readonly input?: unknown;
-  readonly output?: unknown;
-  readonly error?: { readonly _tag: string; readonly message: string } | undefined;
-}
-
-/** What the `troupe-workflows` KV bucket holds under the run id (JSON). */
-export interface WorkflowRecord {
-  readonly id: string;
-  readonly workflow: string;
-  readonly status: WorkflowStatus;
-  readonly policy: FailurePolicy;
-  readonly input: unknown;
-  readonly definition: { readonly steps: Readonly<Record<string, StepDefinition>> };
-  readonly steps: Readonly<Record<string, StepState>>;
-  readonly createdAt: string;
-  readonly finishedAt?: string | undefined;
-  readonly error?: { readonly _tag: string; readonly message: string } | undefined;
-}
-
+/** A step task's end, as a coordinator reports it to the run. */
 export interface StepSettlement {
   readonly step: string;
   readonly status: "COMPLETED" | "FAILED" | "CANCELLED";
   readonly output?: unknown;
-  readonly error?: { readonly _tag: string; readonly message: string } | undefined;
+  readonly error?: StepFailure | undefined;
 }
 
 export type WorkflowEvent =
@@ -104,16 +83,40 @@ export const resolveTemplate = (template: unknown, scope: Record<string, unknown
   return template;
 };
 
-/** Every `${name...}` reference's first segment in a template. */
-export const referencedNames = (template: unknown): string[] => {
+/** Every `${path}` reference in a template, as written. */
+const referencePaths = (template: unknown): string[] => {
   const found: string[] = [];
   const walk = (t: unknown) => {
-    if (typeof t === "string") for (const m of t.matchAll(REF)) found.push(m[1]!.trim().split(/[.[]/)[0]!);
+    if (typeof t === "string") for (const m of t.matchAll(REF)) found.push(m[1]!.trim());
     else if (Array.isArray(t)) t.forEach(walk);
     else if (t !== null && typeof t === "object") Object.values(t).forEach(walk);
   };
   walk(template);
   return found;
+};
+
+const firstSegment = (path: string) => path.split(/[.[]/)[0]!;
+
+/** Every `${name...}` reference's first segment in a template. */
+export const referencedNames = (template: unknown): string[] => referencePaths(template).map(firstSegment);
+
+/**
+ * The first `${input...}` reference in the steps' templates that the run's input does not
+ * resolve, as `step "name": reason`; `undefined` when all resolve. Checked when a run
+ * starts, so a missing input field is an error at once, not a failed step later.
+ */
+export const unresolvedInput = (steps: Readonly<Record<string, { readonly input: unknown }>>, input: unknown): string | undefined => {
+  for (const [name, def] of Object.entries(steps)) {
+    for (const path of referencePaths(def.input)) {
+      if (firstSegment(path) !== "input") continue;
+      try {
+        lookup({ input }, path);
+      } catch (e) {
+        return `step "${name}": ${(e as Error).message}`;
+      }
+    }
+  }
+  return undefined;
 };
 
 /**

@@ -1,11 +1,12 @@
 /**
- * Typed errors. Task failures carry a stable `_tag` (the category recorded on the task's
- * KV record); infrastructure errors are what the SDK's boundary raises.
+ * Typed errors, each a `Data.TaggedError` with a stable `_tag`. A task's failure carries
+ * one of the tags of `TaskFailure` (machines/records.ts) and reaches `run.result()` as the
+ * class of the same name (`src/failure.ts` converts); the others are what the SDK's
+ * boundary raises.
  */
 import { Data } from "effect";
-import type { TaskErrorInfo } from "../machines/task.js";
 
-/** Input that does not match the task's schema; raised by `submit`, nothing is published. */
+/** Input that does not match the task's schema: raised by `submit` (nothing published), or recorded by the worker. */
 export class InvalidInput extends Data.TaggedError("InvalidInput")<{
   readonly message: string;
   readonly task: string;
@@ -13,29 +14,37 @@ export class InvalidInput extends Data.TaggedError("InvalidInput")<{
   readonly path: ReadonlyArray<PropertyKey>;
 }> {}
 
-/** A payload that could not be encoded or decoded (not JSON, wrong shape on the wire). */
+/** A payload that could not be encoded or decoded: an output that does not match its schema, one over the payload limit. */
 export class Serialization extends Data.TaggedError("Serialization")<{ readonly message: string }> {}
 
-/** The handler threw or failed; `stack` is the handler's. */
+/** The handler threw or failed; `remoteStack` is the handler's stack. */
 export class Execution extends Data.TaggedError("Execution")<{ readonly message: string; readonly remoteStack?: string }> {}
 
+/** The attempt ran past its `timeout`. */
 export class Timeout extends Data.TaggedError("Timeout")<{ readonly message: string }> {}
 
+/** Every worker that took the task died or lost its lease, `maxDeliveries` times. */
 export class WorkerLost extends Data.TaggedError("WorkerLost")<{ readonly message: string }> {}
 
+/** The task was cancelled (`troupe.cancel`, `run.cancel`, a workflow failing fast). */
 export class Cancelled extends Data.TaggedError("Cancelled")<{ readonly message: string }> {}
 
-export class UnknownTask extends Data.TaggedError("UnknownTask")<{ readonly message: string }> {}
+/** NATS could not be reached or refused a request; on a task, it was recorded but could not be enqueued. */
+export class NatsFailure extends Data.TaggedError("NatsFailure")<{ readonly message: string; readonly cause?: unknown }> {}
 
-export class OutOfMemory extends Data.TaggedError("OutOfMemory")<{ readonly message: string }> {}
+/** A defect in Troupe itself, or a stored record that cannot be read: the task ended FAILED rather than stuck. */
+export class Internal extends Data.TaggedError("Internal")<{ readonly message: string }> {}
 
 /** The union of what a task run can fail with, as the client sees it. */
-export type TaskError = Serialization | Execution | Timeout | WorkerLost | Cancelled | UnknownTask | OutOfMemory;
+export type TaskError = InvalidInput | Serialization | Execution | Timeout | WorkerLost | Cancelled | NatsFailure | Internal;
 
 /** Thrown by a handler to fail the task at once, without retries. */
 export class NonRetryableError extends Error {
   override readonly name = "NonRetryableError";
 }
+
+/** A wait (`result`, `settledRecord`) that reached its `timeout` before the task or run ended; the task goes on. */
+export class ResultTimeout extends Data.TaggedError("ResultTimeout")<{ readonly message: string; readonly id: string }> {}
 
 /** A workflow run that ended FAILED or CANCELLED; `steps` holds each step's status and error. */
 export class WorkflowFailed extends Data.TaggedError("WorkflowFailed")<{
@@ -51,11 +60,11 @@ export class WorkflowNotFound extends Data.TaggedError("WorkflowNotFound")<{ rea
 /** No task record under that id. */
 export class TaskNotFound extends Data.TaggedError("TaskNotFound")<{ readonly message: string; readonly id: string }> {}
 
-/** A write lost its compare-and-set: another attempt owns the task now. */
-export class Fenced extends Data.TaggedError("Fenced")<{ readonly message: string; readonly id: string }> {}
+/** A definition (`defineTask`, `defineWorkflow`, a worker's options) the SDK cannot accept; the message names the option. */
+export class InvalidDefinition extends Data.TaggedError("InvalidDefinition")<{ readonly message: string }> {}
 
-/** NATS could not be reached or refused a request. */
-export class NatsFailure extends Data.TaggedError("NatsFailure")<{ readonly message: string; readonly cause?: unknown }> {}
+/** An option of a call (`submit`'s `delay`, a wait's `timeout`) the SDK cannot accept; the message names it. */
+export class InvalidOption extends Data.TaggedError("InvalidOption")<{ readonly message: string }> {}
 
 /** Names that collide in the NATS layout, or a layout created with other settings. */
 export class TopologyConflict extends Data.TaggedError("TopologyConflict")<{ readonly message: string }> {}
@@ -63,26 +72,5 @@ export class TopologyConflict extends Data.TaggedError("TopologyConflict")<{ rea
 /** `nats-server` is not installed where the embedded default looks for it. */
 export class NatsServerNotFound extends Data.TaggedError("NatsServerNotFound")<{ readonly message: string }> {}
 
-/** A definition (task or option) the SDK cannot accept. */
-export class InvalidDefinition extends Data.TaggedError("InvalidDefinition")<{ readonly message: string }> {}
-
-/** Rebuild the client's typed error from the record's error info. */
-export const taskErrorFrom = (info: TaskErrorInfo): TaskError => {
-  const message = info.message;
-  switch (info._tag) {
-    case "Serialization":
-      return new Serialization({ message });
-    case "Timeout":
-      return new Timeout({ message });
-    case "WorkerLost":
-      return new WorkerLost({ message });
-    case "Cancelled":
-      return new Cancelled({ message });
-    case "UnknownTask":
-      return new UnknownTask({ message });
-    case "OutOfMemory":
-      return new OutOfMemory({ message });
-    default:
-      return new Execution(info.stack === undefined ? { message } : { message, remoteStack: info.stack });
-  }
-};
+/** A write lost its compare-and-set: another attempt owns the task now. Internal to the store and its hosts. */
+export class Fenced extends Data.TaggedError("Fenced")<{ readonly message: string; readonly id: string }> {}

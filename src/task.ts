@@ -1,12 +1,17 @@
 /**
  * `defineTask`: a typed task definition. The same object is given to `troupe.submit`
- * (to type and validate the input) and to `troupe.worker` (to run it).
+ * (to type and validate the input) and to `troupe.worker` (to run it). Every option is
+ * checked here: a bad one is an `InvalidDefinition` naming it, never a surprise in a worker.
  */
-import { Duration, Effect, Exit, Schema } from "effect";
+import { Cause, Effect, Exit, Schema } from "effect";
 import type { Logger } from "pino";
-import type { RetryPolicy, TaskPolicy } from "../machines/task.js";
+import { BackoffKinds, type RetryPolicy } from "../machines/backoff.js";
+import type { TaskPolicy } from "../machines/task.js";
+import { durationOption, type DurationInput } from "./duration.js";
 import { InvalidDefinition, InvalidInput, Serialization } from "./errors.js";
 import { DEFAULT_QUEUE, isValidQueueName, isValidTaskName } from "./nats/topology.js";
+
+export type { DurationInput } from "./duration.js";
 
 /** What a handler is given besides its input. */
 export interface TaskRunContext {
@@ -23,8 +28,19 @@ export interface TaskRunContext {
 
 export type HandlerResult<O> = O | Promise<O> | Effect.Effect<O, unknown, never>;
 
-/** A duration: milliseconds, or an Effect duration string such as `"30 seconds"`. */
-export type DurationInput = number | Duration.Input;
+/** A task's retry policy as written in `defineTask`: delays are durations. */
+export interface RetryOptions {
+  /** Total attempts, the first included (default 1: no retry). */
+  readonly attempts?: number;
+  /** Default `exponential`. */
+  readonly backoff?: RetryPolicy["backoff"];
+  /** Base delay (default 1 second). */
+  readonly delay?: DurationInput;
+  /** Cap on the delay (default 1 minute). */
+  readonly maxDelay?: DurationInput;
+  /** 0..1, the share of the delay that is randomised (default 0.2). */
+  readonly jitter?: number;
+}
 
 export interface TaskOptions<I, IE, O, OE> {
   /** Dotted names allowed: `math.add`. Segments: letters, digits, `_`, `-`. */
@@ -38,7 +54,7 @@ export interface TaskOptions<I, IE, O, OE> {
   readonly timeout?: DurationInput;
   /** How long a silent worker keeps the task before it is redelivered (default 30 s). */
   readonly heartbeatTimeout?: DurationInput;
-  readonly retry?: Partial<RetryPolicy>;
+  readonly retry?: RetryOptions;
   /**
    * Deliveries JetStream makes before giving up on a task whose workers keep dying
    * (default: retry attempts + 3). The task then ends FAILED with WorkerLost.
@@ -63,38 +79,44 @@ export type OutputOf<T> = T extends TaskDefinition<any, infer O, any, any> ? O :
 
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 1, backoff: "exponential", delay: 1_000, maxDelay: 60_000, jitter: 0.2 };
 export const DEFAULT_HEARTBEAT_TIMEOUT = 30_000;
+/** Below this a lease cannot be kept: heartbeats go every third of it. */
+const MIN_HEARTBEAT_TIMEOUT = 300;
 
-export const toMillis = (d: DurationInput): number => (typeof d === "number" ? d : Duration.toMillis(Duration.fromInputUnsafe(d)));
+const TASK_OPTIONS = new Set(["name", "input", "output", "handler", "queue", "timeout", "heartbeatTimeout", "retry", "maxDeliveries"]);
+const RETRY_OPTIONS = new Set(["attempts", "backoff", "delay", "maxDelay", "jitter"]);
+
+/** An Effect Schema (a struct, a class, a primitive): it has an AST. */
+const isCodec = (value: unknown) => (typeof value === "object" || typeof value === "function") && value !== null && "ast" in value;
 
 export const defineTask = <I, IE, O, OE>(options: TaskOptions<I, IE, O, OE>): TaskDefinition<I, O, IE, OE> => {
+  const name = String(options.name);
+  const invalid = (message: string) => new InvalidDefinition({ message: `task "${name}": ${message}` });
+  if (!isValidTaskName(name)) {
+    throw new InvalidDefinition({ message: `task name "${name}": use dot-separated segments of letters, digits, "_" and "-"` });
+  }
+  for (const key of Object.keys(options)) {
+    if (!TASK_OPTIONS.has(key)) throw invalid(`unknown option "${key}" (options: ${[...TASK_OPTIONS].join(", ")})`);
+  }
   const queue = options.queue ?? DEFAULT_QUEUE;
-  if (!isValidTaskName(options.name)) {
-    throw new InvalidDefinition({
-      message: `task name "${options.name}": use dot-separated segments of letters, digits, "_" and "-"`,
-    });
-  }
-  if (!isValidQueueName(queue)) {
-    throw new InvalidDefinition({ message: `queue "${queue}" of task "${options.name}": letters, digits, "_" and "-" only` });
-  }
-  const retry = { ...DEFAULT_RETRY, ...options.retry };
-  if (!Number.isInteger(retry.attempts) || retry.attempts < 1) {
-    throw new InvalidDefinition({ message: `task "${options.name}": retry.attempts must be an integer ≥ 1` });
-  }
-  const timeout = options.timeout === undefined ? undefined : toMillis(options.timeout);
-  const heartbeatTimeout = options.heartbeatTimeout === undefined ? DEFAULT_HEARTBEAT_TIMEOUT : toMillis(options.heartbeatTimeout);
-  for (const [what, ms] of [["timeout", timeout], ["heartbeatTimeout", heartbeatTimeout]] as const) {
-    if (ms !== undefined && !(ms > 0 && Number.isFinite(ms))) {
-      throw new InvalidDefinition({ message: `task "${options.name}": ${what} must be a positive duration` });
-    }
-  }
+  if (!isValidQueueName(queue)) throw invalid(`queue "${queue}": letters, digits, "_" and "-" only`);
+  if (!isCodec(options.input)) throw invalid("input must be a Schema (e.g. Schema.Struct({ ... }))");
+  if (!isCodec(options.output)) throw invalid("output must be a Schema (e.g. Schema.Number)");
+  if (typeof options.handler !== "function") throw invalid("handler must be a function");
+
+  const retry = retryPolicy(options.retry ?? {}, invalid);
+  const timeout = options.timeout === undefined ? undefined : durationOption("timeout", options.timeout, invalid, 1);
+  const heartbeatTimeout =
+    options.heartbeatTimeout === undefined
+      ? DEFAULT_HEARTBEAT_TIMEOUT
+      : durationOption("heartbeatTimeout", options.heartbeatTimeout, invalid, MIN_HEARTBEAT_TIMEOUT);
   const maxDeliveries = options.maxDeliveries ?? retry.attempts + 3;
   if (!Number.isInteger(maxDeliveries) || maxDeliveries < retry.attempts) {
-    throw new InvalidDefinition({ message: `task "${options.name}": maxDeliveries must be an integer ≥ retry.attempts` });
+    throw invalid(`maxDeliveries must be an integer ≥ retry.attempts (${retry.attempts}), got ${String(options.maxDeliveries)}`);
   }
   return {
     _tag: "TaskDefinition",
     maxDeliveries,
-    name: options.name,
+    name,
     queue,
     input: options.input,
     output: options.output,
@@ -102,6 +124,22 @@ export const defineTask = <I, IE, O, OE>(options: TaskOptions<I, IE, O, OE>): Ta
     policy: { timeout, retry, heartbeatMs: Math.max(100, Math.floor(heartbeatTimeout / 3)) },
     heartbeatTimeout,
   };
+};
+
+const retryPolicy = (options: RetryOptions, invalid: (message: string) => InvalidDefinition): RetryPolicy => {
+  if (typeof options !== "object" || options === null) throw invalid("retry must be an object such as { attempts: 3 }");
+  for (const key of Object.keys(options)) {
+    if (!RETRY_OPTIONS.has(key)) throw invalid(`unknown option "retry.${key}" (retry options: ${[...RETRY_OPTIONS].join(", ")})`);
+  }
+  const attempts = options.attempts ?? DEFAULT_RETRY.attempts;
+  if (!Number.isInteger(attempts) || attempts < 1) throw invalid(`retry.attempts must be an integer ≥ 1, got ${String(options.attempts)}`);
+  const backoff = options.backoff ?? DEFAULT_RETRY.backoff;
+  if (!BackoffKinds.includes(backoff)) throw invalid(`retry.backoff must be one of ${BackoffKinds.join(", ")}, got ${String(backoff)}`);
+  const delay = options.delay === undefined ? DEFAULT_RETRY.delay : durationOption("retry.delay", options.delay, invalid);
+  const maxDelay = options.maxDelay === undefined ? Math.max(DEFAULT_RETRY.maxDelay, delay) : durationOption("retry.maxDelay", options.maxDelay, invalid);
+  const jitter = options.jitter ?? DEFAULT_RETRY.jitter;
+  if (typeof jitter !== "number" || !(jitter >= 0 && jitter <= 1)) throw invalid(`retry.jitter must be a number from 0 to 1, got ${String(jitter)}`);
+  return { attempts, backoff, delay, maxDelay, jitter };
 };
 
 const untyped = new Map<string, TaskDefinition>();
@@ -130,6 +168,13 @@ const pathOf = (error: unknown): ReadonlyArray<PropertyKey> => {
   return path;
 };
 
+const invalidInput = (task: string, error: unknown) =>
+  new InvalidInput({
+    task,
+    path: pathOf(error),
+    message: `input of task "${task}" is invalid: ${error instanceof Error ? error.message : String(error)}`,
+  });
+
 /** Validate and encode a submit's input for the wire; `InvalidInput` names the field. */
 export const encodeInput = <I>(task: { readonly name: string; readonly input: Schema.Codec<I, any> }, input: I): Effect.Effect<unknown, InvalidInput> => {
   // Decode the encoded form back so that a value of the wrong shape is caught even
@@ -137,21 +182,12 @@ export const encodeInput = <I>(task: { readonly name: string; readonly input: Sc
   const encoded = Schema.encodeUnknownExit(task.input)(input);
   const checked = Exit.isSuccess(encoded) ? Schema.decodeUnknownExit(task.input)(encoded.value) : encoded;
   if (Exit.isSuccess(checked) && Exit.isSuccess(encoded)) return Effect.succeed(encoded.value);
-  const error = Exit.isFailure(checked) ? squash(checked) : undefined;
-  return Effect.fail(
-    new InvalidInput({
-      task: task.name,
-      path: pathOf(error),
-      message: `input of task "${task.name}" is invalid: ${error instanceof Error ? error.message : String(error)}`,
-    }),
-  );
+  return Effect.fail(invalidInput(task.name, Exit.isFailure(checked) ? Cause.squash(checked.cause) : undefined));
 };
 
 /** Decode what came off the wire into the handler's input type. */
 export const decodeInput = <I>(task: TaskDefinition<I>, wire: unknown): Exit.Exit<I, InvalidInput> =>
-  Exit.mapError(Schema.decodeUnknownExit(task.input)(wire), (error) =>
-    new InvalidInput({ task: task.name, path: pathOf(error), message: `input of task "${task.name}" is invalid: ${error.message}` }),
-  );
+  Exit.mapError(Schema.decodeUnknownExit(task.input)(wire), (error) => invalidInput(task.name, error));
 
 export const encodeOutput = <O>(task: TaskDefinition<any, O>, output: O): Exit.Exit<unknown, Serialization> =>
   Exit.mapError(Schema.encodeUnknownExit(task.output)(output), (error) =>
@@ -162,9 +198,3 @@ export const decodeOutput = <O>(task: TaskDefinition<any, O>, wire: unknown): Ex
   Exit.mapError(Schema.decodeUnknownExit(task.output)(wire), (error) =>
     new Serialization({ message: `output of task "${task.name}" does not match its schema: ${error.message}` }),
   );
-
-const squash = (exit: Exit.Exit<unknown, unknown>): unknown => {
-  if (Exit.isSuccess(exit)) return undefined;
-  const reason = (exit.cause as unknown as { reasons: Array<{ error?: unknown; defect?: unknown }> }).reasons[0];
-  return reason?.error ?? reason?.defect;
-};

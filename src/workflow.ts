@@ -4,7 +4,7 @@
  * errors naming the step.
  */
 import { Schema } from "effect";
-import type { FailurePolicy, StepDefinition } from "../machines/workflow.js";
+import type { FailurePolicy, StepDefinition } from "../machines/records.js";
 import { referencedNames } from "../machines/workflow.js";
 import { InvalidDefinition } from "./errors.js";
 import { DEFAULT_QUEUE, isValidQueueName, isValidTaskName } from "./nats/topology.js";
@@ -36,6 +36,8 @@ export interface WorkflowDefinition<I = any, S = Record<string, WorkflowStep>, I
   readonly name: string;
   readonly input: Schema.Codec<I, IE>;
   readonly steps: Readonly<Record<string, StepDefinition>>;
+  /** The definitions of the steps given one (not a task name): their outputs decode with its schema. */
+  readonly tasks: Readonly<Record<string, TaskDefinition>>;
   readonly policy: FailurePolicy;
   /** Phantom: the typed step outputs of `result()`. */
   readonly _outputs?: WorkflowOutputs<S>;
@@ -56,7 +58,9 @@ export const defineWorkflow = <I, IE, S extends Record<string, WorkflowStep>>(
   const entries = Object.entries(options.steps);
   if (entries.length === 0) throw invalid(name, "it has no steps");
   const steps: Record<string, StepDefinition> = {};
+  const tasks: Record<string, TaskDefinition> = {};
   for (const [step, def] of entries) {
+    if (typeof def.task !== "string") tasks[step] = def.task;
     if (!STEP_NAME.test(step) || step === "input") throw invalid(name, `step name "${step}": letters, digits, "_" and "-", and not "input"`);
     const task = typeof def.task === "string" ? def.task : def.task.name;
     const queue = typeof def.task === "string" ? (def.queue ?? DEFAULT_QUEUE) : def.task.queue;
@@ -104,13 +108,45 @@ export const defineWorkflow = <I, IE, S extends Record<string, WorkflowStep>>(
       );
     }
   }
-  return { _tag: "WorkflowDefinition", name, input: options.input, steps, policy: options.failurePolicy ?? "failFast" };
+  return { _tag: "WorkflowDefinition", name, input: options.input, steps, tasks, policy: options.failurePolicy ?? "failFast" };
 };
 
-/** A workflow from a JSON or YAML document (the CLI's form): tasks by name, input unchecked. */
+/** The field types a workflow document may declare for its input (`?` after one: optional). */
+const FIELD_TYPES: Readonly<Record<string, Schema.Top>> = {
+  string: Schema.String,
+  number: Schema.Number,
+  integer: Schema.Int,
+  boolean: Schema.Boolean,
+  object: Schema.Record(Schema.String, Schema.Unknown),
+  array: Schema.Array(Schema.Unknown),
+  any: Schema.Unknown,
+};
+
+/** A document's `input: { field: type }` as a Schema; any input when it declares none. */
+const documentInput = (workflow: string, declared: unknown): Schema.Codec<unknown, unknown> => {
+  if (declared === undefined) return Schema.Unknown;
+  if (declared === null || typeof declared !== "object" || Array.isArray(declared)) {
+    throw invalid(workflow, "`input` declares the input's fields, e.g. `input: { url: string, width: number? }`");
+  }
+  const fields: Record<string, Schema.Top> = {};
+  for (const [field, type] of Object.entries(declared)) {
+    const optional = typeof type === "string" && type.endsWith("?");
+    const base = FIELD_TYPES[typeof type === "string" ? type.replace(/\?$/, "") : ""];
+    if (base === undefined) {
+      throw invalid(workflow, `input field "${field}" has type ${JSON.stringify(type)}; use one of ${Object.keys(FIELD_TYPES).join(", ")} (add "?" for optional)`);
+    }
+    fields[field] = optional ? Schema.optional(base) : base;
+  }
+  return Schema.Struct(fields) as unknown as Schema.Codec<unknown, unknown>;
+};
+
+/**
+ * A workflow from a JSON or YAML document (the CLI's form): tasks by name; the input is
+ * checked against the document's `input` declaration, when it has one.
+ */
 export const workflowFromDocument = (doc: unknown): WorkflowDefinition => {
   if (doc === null || typeof doc !== "object") throw new InvalidDefinition({ message: "a workflow document is an object" });
-  const d = doc as { name?: unknown; failurePolicy?: unknown; steps?: unknown };
+  const d = doc as { name?: unknown; failurePolicy?: unknown; steps?: unknown; input?: unknown };
   if (typeof d.name !== "string") throw new InvalidDefinition({ message: "a workflow document needs a `name`" });
   if (d.steps === null || typeof d.steps !== "object") throw invalid(d.name, "`steps` must be an object of steps");
   if (d.failurePolicy !== undefined && d.failurePolicy !== "failFast" && d.failurePolicy !== "continue") {
@@ -132,7 +168,7 @@ export const workflowFromDocument = (doc: unknown): WorkflowDefinition => {
   }
   return defineWorkflow({
     name: d.name,
-    input: Schema.Unknown,
+    input: documentInput(d.name, d.input),
     steps,
     ...(d.failurePolicy === undefined ? {} : { failurePolicy: d.failurePolicy as FailurePolicy }),
   });

@@ -2,8 +2,11 @@
  * The XState clock of every Troupe actor, on Effect fibers.
  *
  * Timers wait in a min-heap; one fiber sleeps (`Effect.sleep`) until the earliest is due,
- * fires everything due, and sleeps again. `clearTimeout` only forgets the timer; a timer
- * earlier than the one the fiber sleeps for interrupts that fiber and arms a new one.
+ * fires everything due, and sleeps again. A timer earlier than the one the fiber sleeps for
+ * interrupts that fiber and arms a new one. Clearing the last timer interrupts it too, so a
+ * stopped actor leaves no fiber (and no Node timer) behind to keep a process alive; other
+ * clears leave it asleep (it wakes, finds nothing due, and sleeps again), which is cheaper
+ * than re-arming once per task.
  * One fiber for all timers, not one per timer: every task arms a heartbeat, and forking
  * and interrupting a fiber per task showed in the profile.
  *
@@ -22,6 +25,8 @@ interface XStateClock {
 export interface FiberClock extends XStateClock {
   /** Timers scheduled and not yet fired or cleared. */
   readonly pending: () => number;
+  /** The time on this clock (epoch ms; under `TestClock`, the test's time). */
+  readonly now: () => number;
 }
 
 interface Timer {
@@ -122,9 +127,10 @@ export const fiberClockFrom = (services: Context.Context<never>): FiberClock => 
       return id;
     },
     clearTimeout(id: number) {
-      live.delete(id);
+      if (live.delete(id) && live.size === 0) arm();
     },
     pending: () => live.size,
+    now,
   };
 };
 

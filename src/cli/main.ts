@@ -3,19 +3,23 @@
  * The `troupe` command: dev, worker, submit, get, demo.
  * Connection from `NATS_URL` or `--server`, plus credentials and TLS flags.
  */
-import { resolve } from "node:path";
-import { realpathSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { createServer } from "node:net";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { pino } from "pino";
 import { NatsServer } from "../dev/nats-server.js";
 import { runDemo } from "../dev/demo.js";
 import { untypedTask, type TaskDefinition } from "../task.js";
-import { Troupe, type TroupeOptions } from "../sdk/troupe.js";
-import { readFile } from "node:fs/promises";
+import { connectionOf, Troupe, type TroupeOptions } from "../sdk/troupe.js";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { parse as parseYaml } from "yaml";
-import { workflowFromDocument } from "../workflow.js";
-import type { WorkflowRecord } from "../../machines/workflow.js";
+import { workflowFromDocument, type WorkflowDefinition } from "../workflow.js";
+import { WorkflowRecord as WorkflowRecordSchema, type WorkflowRecord } from "../../machines/records.js";
+import { decodeWith } from "../nats/codec.js";
+import { eventSubject } from "../nats/topology.js";
+import { parseDuration } from "../duration.js";
 import { ProgressBar } from "./progress.js";
 import { startInspector } from "../inspect/server.js";
 
@@ -23,22 +27,28 @@ const USAGE = `troupe — tasks and workflows as actors on NATS JetStream
 
 Usage:
   troupe dev [--store DIR] [--port N] [--ui-port N]
-                                             an embedded nats-server -js, a coordinator and the inspector
+                                             an embedded nats-server -js (port 4222 when free), a
+                                             coordinator and the inspector; writes its URL to .troupe/url
   troupe demo [--tasks N]                    run the demo on its own embedded server
-  troupe worker <module> [--concurrency N]   run the tasks a module exports (SIGTERM/SIGINT stop it gracefully)
-  troupe submit <task> '<json>' [--wait] [--queue Q] [--module FILE]
-                                             submit a task; --wait prints its result
+  troupe worker <module> [--concurrency N]   run the tasks a module exports, N at a time (default 1);
+                                             SIGTERM/SIGINT stop it gracefully
+  troupe submit <task> '<json>' [--wait [--timeout T]] [--queue Q] [--module FILE]
+                                             submit a task; --wait prints its final record
   troupe get <id>                            print a task's state record (JSON)
-  troupe cancel <id> [--reason TEXT]         cancel a task (a finished one is left as it is)
+  troupe cancel <id> [--reason TEXT]         cancel a task (exit 1 if it had already finished)
   troupe coordinator                         advance workflow runs (run any number of them)
   troupe inspect [--ui-port N]               the inspector: actors live, their machines and histories
-  troupe workflow run <file> [--input '<json>'] [--watch]
+  troupe workflow run <file> [--input '<json>'] [--watch [--timeout T]]
                                              start a workflow from a JSON or YAML file
   troupe workflow get <id>                   print a workflow run's record (JSON)
-  troupe workflow cancel <id>                cancel a workflow run
+  troupe workflow cancel <id> [--reason TEXT]
+                                             cancel a workflow run (exit 1 if it had already finished)
+
+  T is milliseconds or a duration such as "30 seconds"; a wait past it exits 1, the work goes on.
 
 Connection (every verb but dev and demo):
-  --server URL       NATS server(s), comma-separated (default: $NATS_URL or nats://127.0.0.1:4222)
+  --server URL       NATS server(s), comma-separated (default: $NATS_URL, then the URL
+                     \`troupe dev\` wrote to .troupe/url, then nats://127.0.0.1:4222)
   --user U --password P | --token T | --creds FILE
   --tls-ca FILE --tls-cert FILE --tls-key FILE
   --replicas N       stream and bucket replicas when they are created (default 1)
@@ -65,13 +75,31 @@ const options = {
   input: { type: "string" },
   "ui-port": { type: "string" },
   watch: { type: "boolean" },
+  timeout: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
 type Flags = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>["values"];
 
-/** A CLI mistake: printed with the usage, exit code 2. */
+/** A CLI mistake: printed alone with a hint, exit code 2. */
 class UsageError extends Error {}
+
+/** Where `troupe dev` writes its URL, for the other verbs of the same directory. */
+const DEV_URL_FILE = ".troupe/url";
+
+/** The server: --server, then NATS_URL, then what `troupe dev` wrote here, then the default. */
+const serverUrl = (flags: Flags): string | undefined => {
+  if (flags.server !== undefined) return flags.server;
+  if (process.env.NATS_URL !== undefined) return process.env.NATS_URL;
+  return existsSync(DEV_URL_FILE) ? readFileSync(DEV_URL_FILE, "utf8").trim() || undefined : undefined;
+};
+
+const timeoutFlag = (flags: Flags): number | undefined => {
+  if (flags.timeout === undefined) return undefined;
+  const ms = parseDuration(flags.timeout.trim() !== "" && Number.isFinite(Number(flags.timeout)) ? Number(flags.timeout) : flags.timeout);
+  if (ms === undefined) throw new UsageError(`--timeout must be milliseconds or a duration such as "30 seconds", got "${flags.timeout}"`);
+  return ms;
+};
 
 const int = (value: string | undefined, name: string, fallback: number): number => {
   if (value === undefined) return fallback;
@@ -81,7 +109,7 @@ const int = (value: string | undefined, name: string, fallback: number): number 
 };
 
 const connection = (flags: Flags): TroupeOptions => ({
-  ...(flags.server === undefined ? {} : { servers: flags.server }),
+  ...(serverUrl(flags) === undefined ? {} : { servers: serverUrl(flags)! }),
   ...(flags.user === undefined ? {} : { user: flags.user, pass: flags.password ?? "" }),
   ...(flags.token === undefined ? {} : { token: flags.token }),
   ...(flags.creds === undefined ? {} : { credentials: flags.creds }),
@@ -100,7 +128,8 @@ const connection = (flags: Flags): TroupeOptions => ({
 
 /** A short-lived client for one command, closed however the command ends. */
 const withClient = async (flags: Flags, use: (troupe: Troupe) => Promise<void>): Promise<void> => {
-  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "warn" }) });
+  // Errors only: what a verb has to say goes to stderr as plain lines, not JSON logs.
+  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "error" }) });
   try {
     await use(troupe);
   } finally {
@@ -129,7 +158,7 @@ const waitForSignal = () =>
 
 const inspect = async (flags: Flags) => {
   const troupe = await Troupe.connect(connection(flags));
-  const inspector = await startInspector(troupe, { port: int(flags["ui-port"], "ui-port", 0) });
+  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0) });
   process.stdout.write(`troupe inspect: ${inspector.url}\n`);
   await waitForSignal();
   await inspector.close();
@@ -144,40 +173,65 @@ const coordinator = async (flags: Flags) => {
   await troupe.close();
 };
 
+/** Warn on stderr about the tasks no live worker serves: their work waits queued until one starts. */
+const warnUnserved = async (troupe: Troupe, verb: string, tasks: ReadonlyArray<{ name: string; queue: string }>) => {
+  const seen = new Set<string>();
+  for (const task of tasks) {
+    const key = `${task.queue}\0${task.name}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    if ((await troupe.workers(task)).length === 0) {
+      process.stderr.write(`troupe ${verb}: warning: no live worker serves task "${task.name}" (queue "${task.queue}"); it waits queued until one starts\n`);
+    }
+  }
+};
+
+const workflowDocument = async (file: string): Promise<WorkflowDefinition> => {
+  const yaml = /\.ya?ml$/i.test(file);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read ${file}: ${(e as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = yaml ? parseYaml(text) : JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`${file} is not valid ${yaml ? "YAML" : "JSON"}: ${(e as Error).message.split("\n")[0]}`);
+  }
+  return workflowFromDocument(doc);
+};
+
 const workflow = async (flags: Flags, positionals: string[]) => {
   const [sub, arg] = positionals;
   if (sub === "run") {
     if (arg === undefined) throw new UsageError("troupe workflow run needs a workflow file (JSON or YAML)");
-    const text = await readFile(arg, "utf8");
-    let doc: unknown;
-    try {
-      doc = /\.ya?ml$/i.test(arg) ? parseYaml(text) : JSON.parse(text);
-    } catch (e) {
-      throw new UsageError(`${arg} is not valid ${/\.ya?ml$/i.test(arg) ? "YAML" : "JSON"}: ${(e as Error).message}`);
-    }
-    const definition = workflowFromDocument(doc);
+    const definition = await workflowDocument(arg);
     let input: unknown = {};
     try {
       input = JSON.parse(flags.input ?? "{}");
     } catch (e) {
       throw new UsageError(`--input is not JSON: ${(e as Error).message}`);
     }
+    const timeout = timeoutFlag(flags);
     await withClient(flags, async (troupe) => {
       const run = await troupe.start(definition, input);
+      await warnUnserved(troupe, "workflow run", Object.values(definition.steps).map((s) => ({ name: s.task, queue: s.queue })));
       if (!flags.watch) {
         process.stdout.write(`${run.id}\n`);
         return;
       }
-      const record = await watchRun(troupe, run.id, Object.keys(definition.steps));
+      const record = await watchRun(troupe, run.id, Object.keys(definition.steps), timeout);
       process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
       if (record.status !== "COMPLETED") process.exitCode = 1;
     });
     return;
   }
-  if (sub === "get" || sub === "cancel") {
-    if (arg === undefined) throw new UsageError(`troupe workflow ${sub} needs a run id`);
+  if (sub === "get") {
+    if (arg === undefined) throw new UsageError("troupe workflow get needs a run id");
     await withClient(flags, async (troupe) => {
-      const record = sub === "get" ? await troupe.getWorkflow(arg) : await troupe.cancelWorkflow(arg, flags.reason);
+      const record = await troupe.getWorkflow(arg);
       if (record === undefined) {
         process.stderr.write(`no workflow run ${arg}\n`);
         process.exitCode = 1;
@@ -187,11 +241,20 @@ const workflow = async (flags: Flags, positionals: string[]) => {
     });
     return;
   }
+  if (sub === "cancel") {
+    if (arg === undefined) throw new UsageError("troupe workflow cancel needs a run id");
+    await withClient(flags, async (troupe) => {
+      const result = await troupe.cancelWorkflow(arg, flags.reason);
+      process.stdout.write(`${result.message}\n`);
+      if (!result.cancelled) process.exitCode = 1;
+    });
+    return;
+  }
   throw new UsageError(`troupe workflow ${sub ?? ""}: use run, get or cancel`);
 };
 
-/** Each step's state, live, with a progress bar; resolves with the terminal record. */
-const watchRun = async (troupe: Troupe, id: string, steps: string[]): Promise<WorkflowRecord> => {
+/** Each step's state, live, with a progress bar; resolves with the terminal record (or `ResultTimeout`). */
+const watchRun = async (troupe: Troupe, id: string, steps: string[], timeout: number | undefined): Promise<WorkflowRecord> => {
   const bar = new ProgressBar(steps.length, "steps");
   const seen = new Map<string, string>();
   const show = (record: WorkflowRecord) => {
@@ -207,37 +270,54 @@ const watchRun = async (troupe: Troupe, id: string, steps: string[]): Promise<Wo
     bar.update(settled, record.status);
   };
   const run = troupe.workflowRun(undefined, id);
-  const sub = troupe.nc.subscribe(`troupe.events.workflow.${id}.*`, {
-    callback: (_e, msg) => show(JSON.parse(new TextDecoder().decode(msg.data)) as WorkflowRecord),
+  const sub = connectionOf(troupe).nc.subscribe(eventSubject("workflow", id, "*"), {
+    callback: (_e, msg) => {
+      const decoded = decodeWith(WorkflowRecordSchema, msg.data, "workflow record");
+      if (decoded.ok) show(decoded.value);
+    },
   });
   try {
     const now = await troupe.getWorkflow(id);
     if (now !== undefined) show(now);
-    return await run.settledRecord();
+    return await run.settledRecord(timeout === undefined ? {} : { timeout });
   } finally {
     sub.unsubscribe();
   }
 };
 
+/** 4222 when nothing listens there, so that every other verb finds the server by default; a free port otherwise. */
+const devPort = (): Promise<number | undefined> =>
+  new Promise((res) => {
+    const probe = createServer();
+    probe.once("error", () => res(undefined));
+    probe.listen(4222, "127.0.0.1", () => probe.close(() => res(4222)));
+  });
+
 const dev = async (flags: Flags) => {
+  const asked = flags.port === undefined ? undefined : int(flags.port, "port", 4222);
+  const port = asked ?? (await devPort());
   const server = await NatsServer.start({
     storeDir: flags.store ?? ".troupe/nats",
     syncAlways: true,
-    ...(flags.port === undefined ? {} : { port: int(flags.port, "port", 4222) }),
+    ...(port === undefined ? {} : { port }),
   });
   // The embedded default also runs a coordinator, so workflows advance with no other process.
   const troupe = await Troupe.connect({ servers: server.url });
   await troupe.coordinator();
-  const inspector = await startInspector(troupe, { port: int(flags["ui-port"], "ui-port", 0) });
+  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0) });
+  await mkdir(dirname(DEV_URL_FILE), { recursive: true });
+  await writeFile(DEV_URL_FILE, `${server.url}\n`);
   process.stdout.write(
     `troupe dev: nats-server with JetStream at ${server.url} (store ${server.storeDir})\n` +
-      `  export NATS_URL=${server.url}\n` +
+      (port === undefined ? `  port 4222 is taken (another NATS server?): export NATS_URL=${server.url} in other shells\n` : "") +
+      `  other troupe commands in this directory find it through ${DEV_URL_FILE}\n` +
       `  troupe worker ./tasks.js        # in another terminal\n` +
       `  nats --server ${server.url} stream ls\n` +
       `A coordinator runs here too; the inspector is at ${inspector.url}\n` +
       `Ctrl-C stops it all.\n`,
   );
   await waitForSignal();
+  await rm(DEV_URL_FILE, { force: true });
   await inspector.close();
   await troupe.close();
   await server.stop();
@@ -269,13 +349,15 @@ const submit = async (flags: Flags, positionals: string[]) => {
   const known = flags.module === undefined ? undefined : (await loadTasks(flags.module)).find((t) => t.name === name);
   if (flags.module !== undefined && known === undefined) throw new UsageError(`${flags.module} exports no task "${name}"`);
   const task = known ?? untypedTask(name, flags.queue);
+  const timeout = timeoutFlag(flags);
   await withClient(flags, async (troupe) => {
     const run = await troupe.submit(task, input);
+    await warnUnserved(troupe, "submit", [task]);
     if (!flags.wait) {
       process.stdout.write(`${run.id}\n`);
       return;
     }
-    const record = await run.settledRecord();
+    const record = await run.settledRecord(timeout === undefined ? {} : { timeout });
     process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
     if (record.status !== "COMPLETED") process.exitCode = 1;
   });
@@ -310,7 +392,7 @@ export const main = async (argv: string[]): Promise<void> => {
   try {
     parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n\n${USAGE}`);
+    process.stderr.write(`troupe: ${(e as Error).message}\nRun \`troupe --help\` for usage.\n`);
     process.exitCode = 2;
     return;
   }
@@ -345,7 +427,7 @@ export const main = async (argv: string[]): Promise<void> => {
     }
   } catch (e) {
     if (e instanceof UsageError) {
-      process.stderr.write(`${e.message}\n\n${USAGE}`);
+      process.stderr.write(`troupe ${verb}: ${e.message}\nRun \`troupe --help\` for usage.\n`);
       process.exitCode = 2;
       return;
     }

@@ -19,7 +19,7 @@ import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
 import { decodeJson } from "../nats/codec.js";
 import { EVENTS_STREAM, EVENTS_SUBJECTS } from "../nats/topology.js";
-import type { Troupe } from "../sdk/troupe.js";
+import type { NatsHandle } from "../nats/connection.js";
 import { PAGE } from "./page.js";
 
 export interface Inspector {
@@ -36,12 +36,12 @@ const json = (res: ServerResponse, status: number, body: unknown) => {
 };
 
 /** An actor's events, oldest first (at most `limit`). */
-const history = async (troupe: Troupe, kind: string, id: string, limit = 200): Promise<Array<{ event: string; record: unknown }>> => {
+const history = async (nats: NatsHandle, kind: string, id: string, limit = 200): Promise<Array<{ event: string; record: unknown }>> => {
   const filter = `troupe.events.${kind}.${id}.>`;
-  const info = await troupe.nats.jsm.streams.info(EVENTS_STREAM, { subjects_filter: filter });
+  const info = await nats.jsm.streams.info(EVENTS_STREAM, { subjects_filter: filter });
   const total = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
   if (total === 0) return [];
-  const consumer = await troupe.nats.js.consumers.get(EVENTS_STREAM, { filter_subjects: filter });
+  const consumer = await nats.js.consumers.get(EVENTS_STREAM, { filter_subjects: filter });
   const out: Array<{ event: string; record: unknown }> = [];
   const want = Math.min(total, limit);
   for await (const m of await consumer.fetch({ max_messages: want, expires: 2_000 })) {
@@ -53,11 +53,11 @@ const history = async (troupe: Troupe, kind: string, id: string, limit = 200): P
 };
 
 /** The last `limit` events of the stream, oldest first. */
-const recent = async (troupe: Troupe, limit = 300): Promise<Array<{ kind: string; id: string; event: string; record: unknown }>> => {
-  const info = await troupe.nats.jsm.streams.info(EVENTS_STREAM);
+const recent = async (nats: NatsHandle, limit = 300): Promise<Array<{ kind: string; id: string; event: string; record: unknown }>> => {
+  const info = await nats.jsm.streams.info(EVENTS_STREAM);
   if (info.state.messages === 0) return [];
   const start = Math.max(info.state.first_seq, info.state.last_seq - limit + 1);
-  const consumer = await troupe.nats.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start });
+  const consumer = await nats.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start });
   const want = info.state.last_seq - start + 1;
   const out: Array<{ kind: string; id: string; event: string; record: unknown }> = [];
   for await (const m of await consumer.fetch({ max_messages: want, expires: 2_000 })) {
@@ -69,17 +69,17 @@ const recent = async (troupe: Troupe, limit = 300): Promise<Array<{ kind: string
   return out;
 };
 
-const current = async (troupe: Troupe, kind: string, id: string): Promise<unknown> => {
-  const bucket = kind === "task" ? troupe.nats.tasks : kind === "workflow" ? troupe.nats.workflows : troupe.nats.workers;
+const current = async (nats: NatsHandle, kind: string, id: string): Promise<unknown> => {
+  const bucket = kind === "task" ? nats.tasks : kind === "workflow" ? nats.workflows : nats.workers;
   const entry = await bucket.get(id);
   if (entry === null || entry.operation !== "PUT") return null;
   const decoded = decodeJson(entry.value);
   return decoded.ok ? decoded.value : null;
 };
 
-export const startInspector = async (troupe: Troupe, options: { port?: number; host?: string } = {}): Promise<Inspector> => {
+export const startInspector = async (nats: NatsHandle, options: { port?: number; host?: string } = {}): Promise<Inspector> => {
   const clients = new Set<ServerResponse>();
-  const sub = troupe.nc.subscribe(EVENTS_SUBJECTS, {
+  const sub = nats.nc.subscribe(EVENTS_SUBJECTS, {
     callback: (_e, msg) => {
       if (clients.size === 0) return;
       const [, , kind, id, event] = msg.subject.split(".");
@@ -105,7 +105,7 @@ export const startInspector = async (troupe: Troupe, options: { port?: number; h
       return;
     }
     if (path === "/api/recent") {
-      json(res, 200, await recent(troupe));
+      json(res, 200, await recent(nats));
       return;
     }
     if (path === "/events") {
@@ -119,7 +119,7 @@ export const startInspector = async (troupe: Troupe, options: { port?: number; h
     if (actor !== null) {
       const [, kind, id] = actor;
       if (!KINDS.has(kind!) || !ID.test(id!)) return json(res, 400, { error: "kind is task, workflow or worker; id is a Troupe id" });
-      const [record, events] = await Promise.all([current(troupe, kind!, id!), history(troupe, kind!, id!)]);
+      const [record, events] = await Promise.all([current(nats, kind!, id!), history(nats, kind!, id!)]);
       if (record === null && events.length === 0) return json(res, 404, { error: `no ${kind} ${id}` });
       json(res, 200, { kind, id, record, events });
       return;

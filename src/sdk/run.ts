@@ -1,13 +1,31 @@
 /** The handle `submit` returns: the task's id, its typed result, its state record. */
 import { Cause, Exit } from "effect";
-import type { TaskRecord } from "../../machines/task.js";
-import { TaskNotFound, taskErrorFrom } from "../errors.js";
+import type { TaskRecord } from "../../machines/records.js";
+import { InvalidOption, TaskNotFound } from "../errors.js";
+import { durationOption, type DurationInput } from "../duration.js";
+import { errorOfRecord } from "../failure.js";
+import type { CancelResult } from "../store/cancel.js";
 import { decodeOutput, type TaskDefinition } from "../task.js";
-import type { CancelResult, Troupe } from "./troupe.js";
+import { withTimeout } from "./results.js";
+
+/** How long to wait at most; a wait past it rejects with `ResultTimeout` (the task goes on). */
+export interface WaitOptions {
+  readonly timeout?: DurationInput;
+}
+
+/** What a run handle asks of its client. */
+export interface TaskRunClient {
+  get(id: string): Promise<TaskRecord | undefined>;
+  cancel(id: string, reason?: string): Promise<CancelResult>;
+}
+
+/** A wait's timeout in milliseconds, checked. */
+export const waitTimeout = (options: WaitOptions): number | undefined =>
+  options.timeout === undefined ? undefined : durationOption("timeout", options.timeout, (message) => new InvalidOption({ message }));
 
 export class TaskRun<O> {
   constructor(
-    private readonly troupe: Troupe,
+    private readonly client: TaskRunClient,
     readonly id: string,
     readonly task: TaskDefinition,
     private readonly settled: Promise<TaskRecord>,
@@ -17,32 +35,31 @@ export class TaskRun<O> {
   }
 
   /**
-   * The task's output, decoded with its schema; rejects with the typed error of a
-   * failed or cancelled task (`Execution`, `Timeout`, `WorkerLost`, `Cancelled`, ...).
+   * The task's output, decoded with its schema; rejects with the typed error of a failed or
+   * cancelled task (its recorded `_tag`: `Execution`, `Timeout`, `WorkerLost`, `Cancelled`,
+   * ...), or `ResultTimeout` when `timeout` passes first.
    */
-  async result(): Promise<O> {
-    const record = await this.settled;
-    if (record.status === "COMPLETED") {
-      const decoded = decodeOutput<O>(this.task, record.output);
-      if (Exit.isSuccess(decoded)) return decoded.value;
-      throw Cause.squash(decoded.cause);
-    }
-    throw taskErrorFrom(record.error ?? { _tag: record.status === "CANCELLED" ? "Cancelled" : "Execution", message: record.status });
+  async result(options: WaitOptions = {}): Promise<O> {
+    const record = await this.settledRecord(options);
+    if (record.status !== "COMPLETED") throw errorOfRecord(record);
+    const decoded = decodeOutput<O>(this.task, record.output);
+    if (Exit.isSuccess(decoded)) return decoded.value;
+    throw Cause.squash(decoded.cause);
   }
 
-  /** The terminal record, whatever the outcome. */
-  settledRecord(): Promise<TaskRecord> {
-    return this.settled;
+  /** The terminal record, whatever the outcome; `ResultTimeout` when `timeout` passes first. */
+  settledRecord(options: WaitOptions = {}): Promise<TaskRecord> {
+    return withTimeout(this.settled, waitTimeout(options), this.id, "task");
   }
 
   /** Cancel this task (see `Troupe.cancel`). */
   cancel(reason?: string): Promise<CancelResult> {
-    return this.troupe.cancel(this.id, reason);
+    return this.client.cancel(this.id, reason);
   }
 
   /** The current state record. */
   async get(): Promise<TaskRecord> {
-    const record = await this.troupe.get(this.id);
+    const record = await this.client.get(this.id);
     if (record === undefined) throw new TaskNotFound({ id: this.id, message: `no task ${this.id}` });
     return record;
   }

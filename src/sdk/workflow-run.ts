@@ -1,22 +1,58 @@
-/** The handle `troupe.start` returns: the run's id, its outputs, its record. */
-import type { WorkflowRecord } from "../../machines/workflow.js";
+/** The handle `troupe.start` returns: the run's id, its outputs (decoded), its record. */
+import { Cause, Exit } from "effect";
+import type { WorkflowRecord } from "../../machines/records.js";
 import { WorkflowFailed, WorkflowNotFound } from "../errors.js";
-import type { Troupe } from "./troupe.js";
+import { decodeOutput, type TaskDefinition } from "../task.js";
+import { withTimeout } from "./results.js";
+import { waitTimeout, type WaitOptions } from "./run.js";
+
+/** What cancelling a run did. */
+export interface WorkflowCancelResult {
+  readonly id: string;
+  readonly status: WorkflowRecord["status"];
+  /** False when the run had already finished (it is left as it is). */
+  readonly cancelled: boolean;
+  readonly message: string;
+  readonly record: WorkflowRecord;
+}
+
+/** What a run handle asks of its client. */
+export interface WorkflowRunClient {
+  getWorkflow(id: string): Promise<WorkflowRecord | undefined>;
+  cancelWorkflow(id: string, reason?: string): Promise<WorkflowCancelResult>;
+}
 
 export class WorkflowRun<O> {
   constructor(
-    private readonly troupe: Troupe,
+    private readonly client: WorkflowRunClient,
     readonly id: string,
     private readonly settled: Promise<WorkflowRecord>,
+    /** The task definitions of the steps that named one: their outputs are decoded with its schema. */
+    private readonly tasks: Readonly<Record<string, TaskDefinition>> = {},
   ) {
     settled.catch(() => undefined);
   }
 
-  /** Every step's output by step name; rejects with `WorkflowFailed` when the run failed or was cancelled. */
-  async result(): Promise<O> {
-    const record = await this.settled;
+  /**
+   * Every step's output by step name, decoded with its task's output schema where the
+   * definition is known; rejects with `WorkflowFailed` when the run failed or was
+   * cancelled, `ResultTimeout` when `timeout` passes first.
+   */
+  async result(options: WaitOptions = {}): Promise<O> {
+    const record = await this.settledRecord(options);
     if (record.status === "COMPLETED") {
-      return Object.fromEntries(Object.entries(record.steps).map(([name, s]) => [name, s.output])) as O;
+      const out: Record<string, unknown> = {};
+      for (const [name, step] of Object.entries(record.steps)) {
+        const task = this.tasks[name];
+        if (task === undefined) {
+          out[name] = step.output;
+          continue;
+        }
+        const decoded = decodeOutput(task, step.output);
+        if (Exit.isFailure(decoded)) throw Cause.squash(decoded.cause);
+        out[name] = decoded.value;
+      }
+      return out as O;
     }
     throw new WorkflowFailed({
       id: record.id,
@@ -26,20 +62,20 @@ export class WorkflowRun<O> {
     });
   }
 
-  /** The terminal record, whatever the outcome. */
-  settledRecord(): Promise<WorkflowRecord> {
-    return this.settled;
+  /** The terminal record, whatever the outcome; `ResultTimeout` when `timeout` passes first. */
+  settledRecord(options: WaitOptions = {}): Promise<WorkflowRecord> {
+    return withTimeout(this.settled, waitTimeout(options), this.id, "workflow run");
   }
 
   /** The run's current record. */
   async get(): Promise<WorkflowRecord> {
-    const record = await this.troupe.getWorkflow(this.id);
+    const record = await this.client.getWorkflow(this.id);
     if (record === undefined) throw new WorkflowNotFound({ id: this.id, message: `no workflow run ${this.id}` });
     return record;
   }
 
-  /** Cancel the run: running steps are cancelled, pending ones never start. */
-  cancel(reason?: string): Promise<WorkflowRecord | undefined> {
-    return this.troupe.cancelWorkflow(this.id, reason);
+  /** Cancel the run: running steps are cancelled, pending ones never start; a finished run is left as it is. */
+  cancel(reason?: string): Promise<WorkflowCancelResult> {
+    return this.client.cancelWorkflow(this.id, reason);
   }
 }

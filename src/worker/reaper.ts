@@ -1,57 +1,48 @@
 /**
  * The end of a task whose workers keep dying. When a work message runs out of deliveries,
  * JetStream raises MAX_DELIVERIES and keeps the message; the advisory is captured in
- * TROUPE_ADVISORIES, and one worker (a shared durable consumer) marks the task FAILED
- * with WorkerLost and removes its message from the work stream. No task stays stuck.
+ * TROUPE_ADVISORIES, and one worker (a shared durable consumer) fails the task through the
+ * store (a `FAIL` with `WorkerLost`) and removes its message from the work stream. No task
+ * stays stuck.
  */
 import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
+import { Effect, Schema } from "effect";
 import type { Logger } from "pino";
-import { TerminalStatuses, type TaskRecord } from "../../machines/task.js";
-import { asRecord, readRecord } from "../nats/records.js";
-import { decodeJson, encodeJson } from "../nats/codec.js";
+import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
+import { decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { ADVISORIES_STREAM, eventSubject, Headers, kvSubject, REAPER_CONSUMER, TASKS_BUCKET, TASKS_STREAM } from "../nats/topology.js";
+import { ADVISORIES_STREAM, REAPER_CONSUMER, TASKS_STREAM } from "../nats/topology.js";
+import type { TaskStore } from "../store/task-store.js";
 
-interface MaxDeliveriesAdvisory {
-  readonly stream?: string;
-  readonly consumer?: string;
-  readonly stream_seq?: number;
-  readonly deliveries?: number;
-}
+const MaxDeliveriesAdvisory = Schema.Struct({
+  stream: Schema.String,
+  stream_seq: Schema.Number,
+  deliveries: Schema.optional(Schema.Number),
+});
+type MaxDeliveriesAdvisory = typeof MaxDeliveriesAdvisory.Type;
 
 /** Settle one MAX_DELIVERIES advisory; safe to run twice for the same one. */
-export const reap = async (nats: NatsHandle, advisory: MaxDeliveriesAdvisory, log: Logger): Promise<TaskRecord | undefined> => {
+export const reap = async (nats: NatsHandle, store: TaskStore, advisory: MaxDeliveriesAdvisory, log: Logger): Promise<TaskRecord | undefined> => {
   const seq = advisory.stream_seq;
-  if (advisory.stream !== TASKS_STREAM || seq === undefined) return undefined;
+  if (advisory.stream !== TASKS_STREAM) return undefined;
   const stored = await nats.jsm.streams.getMessage(TASKS_STREAM, { seq }).catch(() => null);
   if (stored === null) return undefined; // acked in the meantime
-  const decoded = decodeJson(stored.data);
-  const fromMessage = decoded.ok ? asRecord(decoded.value) : undefined;
+  const message = decodeWith(TaskRecordSchema, stored.data, "task record");
   let failed: TaskRecord | undefined;
-  if (fromMessage !== undefined) {
-    for (let i = 0; i < 5 && failed === undefined; i++) {
-      const now = await readRecord(nats.tasks, fromMessage.id);
-      if (now === undefined || TerminalStatuses.has(now.record.status)) break;
-      const record: TaskRecord = {
-        ...now.record,
-        status: "FAILED",
-        error: {
-          _tag: "WorkerLost",
-          message: `gave up after ${advisory.deliveries ?? "all"} deliveries: every worker that took the task died or lost its lease`,
-          retryable: false,
-        },
-        finishedAt: new Date().toISOString(),
-      };
-      if ((await nats.publisher.compareAndSet(kvSubject(TASKS_BUCKET, record.id), encodeJson(record), now.revision)) !== undefined) {
-        failed = record;
-      }
-    }
+  if (message.ok) {
+    const id = message.value.id;
+    const failure = {
+      _tag: "WorkerLost" as const,
+      message: `gave up after ${advisory.deliveries ?? "all"} deliveries: every worker that took the task died or lost its lease`,
+    };
+    const after = await Effect.runPromise(store.apply(id, { type: "FAIL", failure, at: Date.now() }, { fallback: message.value }));
+    failed = after?.record;
     if (failed !== undefined) {
-      const payload = encodeJson(failed);
-      nats.nc.publish(eventSubject("task", failed.id, "failed"), payload);
-      const notify = stored.header?.get(Headers.notify);
-      if (notify) nats.nc.publish(`${notify}.${failed.id}`, payload);
-      log.warn({ taskId: failed.id, deliveries: advisory.deliveries }, "task failed with WorkerLost: deliveries exhausted");
+      log.warn({ taskId: id, deliveries: advisory.deliveries }, "task failed with WorkerLost: deliveries exhausted");
+    } else {
+      // Already settled: a reaper that died after writing may not have announced it.
+      const now = await store.get(id);
+      if (now !== undefined && TerminalStatuses.has(now.record.status)) store.announce(now);
     }
   }
   await nats.jsm.streams.deleteMessage(TASKS_STREAM, seq, false).catch(() => false);
@@ -59,12 +50,18 @@ export const reap = async (nats: NatsHandle, advisory: MaxDeliveriesAdvisory, lo
 };
 
 /** Consume the advisories until `stop()`. */
-export const startReaper = async (nats: NatsHandle, log: Logger): Promise<{ stop: () => Promise<void> }> => {
+export const startReaper = async (nats: NatsHandle, store: TaskStore, log: Logger): Promise<{ stop: () => Promise<void> }> => {
   const consumer = await nats.js.consumers.get(ADVISORIES_STREAM, REAPER_CONSUMER);
   const messages: ConsumerMessages = await consumer.consume({ max_messages: 4 });
   const handle = async (m: JsMsg) => {
+    const advisory = decodeWith(MaxDeliveriesAdvisory, m.data, "MAX_DELIVERIES advisory");
+    if (!advisory.ok) {
+      log.warn({ reason: advisory.error.message }, "unreadable advisory terminated");
+      m.term();
+      return;
+    }
     try {
-      await reap(nats, m.json<MaxDeliveriesAdvisory>(), log);
+      await reap(nats, store, advisory.value, log);
       m.ack();
     } catch (err) {
       log.warn({ err }, "MAX_DELIVERIES advisory not handled; it will be redelivered");

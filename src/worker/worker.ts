@@ -6,19 +6,25 @@ import { hostname } from "node:os";
 import { nuid } from "@nats-io/transport-node";
 import { createActor, type Actor } from "xstate";
 import { workerMachine } from "../../machines/worker.js";
+import type { WorkerInfo } from "../../machines/records.js";
 import type { Logger } from "pino";
 import { InvalidDefinition } from "../errors.js";
-import { encodeJson } from "../nats/codec.js";
+import { Schema } from "effect";
+import { decodeWith, encodeJson } from "../nats/codec.js";
 import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connection.js";
 import { controlSubject, eventSubject, taskSubject } from "../nats/topology.js";
-import { decodeJson } from "../nats/codec.js";
 import { startReaper } from "./reaper.js";
 import { MicroService } from "./service.js";
 import { VERSION } from "../version.js";
-import { TaskHost, type TaskHostDeps } from "../actor/task-run.js";
+import { TaskHost } from "../actor/task-host.js";
 import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
+import type { TaskStore } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
+import { runDelivery, type DeliveryDeps } from "./delivery.js";
 import { PullLoop, type PullSource } from "./pull.js";
+
+/** The body of a request to a worker's `cancel` endpoint. */
+export const CancelRequest = Schema.Struct({ id: Schema.String, reason: Schema.optional(Schema.String) });
 
 export interface WorkerOptions {
   /** The tasks this worker runs; it never receives other types. */
@@ -53,10 +59,13 @@ export class Worker {
   private readonly inFlight = new Set<Promise<unknown>>();
   private stopping: Promise<void> | undefined;
   private readonly startedAt = new Date().toISOString();
+  /** The first registry write: a worker is listed once `start` resolves. */
+  private registered: Promise<void> = Promise.resolve();
 
   private constructor(
     readonly id: string,
     private readonly nats: NatsHandle,
+    private readonly store: TaskStore,
     private readonly definitions: ReadonlyMap<string, TaskDefinition>,
     consumers: ReadonlyArray<PullSource>,
     private readonly concurrency: number,
@@ -64,22 +73,12 @@ export class Worker {
     clock: FiberClock,
     pullExpires: number,
   ) {
-    const deps: TaskHostDeps = {
-      nc: nats.nc,
-      tasks: nats.tasks,
-      publisher: nats.publisher,
-      clock,
-      workerId: id,
-      log,
-      maxPayload: nats.nc.info?.max_payload ?? 1024 * 1024,
-      now: Date.now,
-    };
     this.actor = createActor(
       workerMachine.provide({
         actions: {
           // After the transition, so the entry shows the state it leads to.
-          register: () => queueMicrotask(() => this.writeRegistry()),
-          beat: () => queueMicrotask(() => this.writeRegistry()),
+          register: () => queueMicrotask(() => (this.registered = this.writeRegistry())),
+          beat: () => queueMicrotask(() => void this.writeRegistry()),
           deregister: () => {
             void nats.workers.delete(id).catch(() => undefined);
           },
@@ -87,15 +86,16 @@ export class Worker {
       }),
       { input: { concurrency, heartbeatMs: Math.floor(WORKERS_TTL / 3) }, clock },
     );
-    const host = new TaskHost(definitions, deps);
+    const host = new TaskHost({ store, clock, workerId: id, log, maxPayload: store.maxPayload, random: Math.random });
     this.host = host;
+    const deliveries: DeliveryDeps = { nc: nats.nc, store, host, definitions, workerId: id, log, now: clock.now };
     this.loop = new PullLoop(nats.nc, consumers, {
       concurrency,
       expires: pullExpires,
       log,
       onLease: (lease) => {
         this.actor.send({ type: "TASK_STARTED" });
-        const run = host.run(lease)
+        const run = runDelivery(lease, deliveries)
           .catch((err) => {
             log.error({ err }, "delivery failed unexpectedly");
             return "failed" as const;
@@ -111,7 +111,13 @@ export class Worker {
   }
 
   /** Ensure the consumers, register, and start pulling. */
-  static async start(nats: NatsHandle, options: WorkerOptions, log: Logger, clock: FiberClock = liveFiberClock()): Promise<Worker> {
+  static async start(
+    nats: NatsHandle,
+    store: TaskStore,
+    options: WorkerOptions,
+    log: Logger,
+    clock: FiberClock = liveFiberClock(),
+  ): Promise<Worker> {
     const concurrency = options.concurrency ?? 1;
     if (!Number.isInteger(concurrency) || concurrency < 1) {
       throw new InvalidDefinition({ message: `worker concurrency must be an integer ≥ 1, got ${concurrency}` });
@@ -135,6 +141,7 @@ export class Worker {
     const worker = new Worker(
       id,
       nats,
+      store,
       definitions,
       consumers,
       concurrency,
@@ -165,9 +172,9 @@ export class Worker {
           name: "cancel",
           subject: controlSubject(this.id, "cancel"),
           handler: async (msg) => {
-            const body = decodeJson(msg.data);
-            const { id, reason } = (body.ok ? body.value : {}) as { id?: string; reason?: string };
-            const record = typeof id === "string" ? await this.host.cancel(id, reason ?? "cancelled") : undefined;
+            const body = decodeWith(CancelRequest, msg.data, "cancel request");
+            if (!body.ok) throw body.error;
+            const record = await this.host.cancel(body.value.id, body.value.reason ?? "cancelled");
             return record === undefined ? { running: false } : { running: true, record };
           },
         },
@@ -175,7 +182,7 @@ export class Worker {
       ],
     );
     this.service.start();
-    this.reaper = await startReaper(this.nats, this.log);
+    this.reaper = await startReaper(this.nats, this.store, this.log);
     this.loop.start();
     void (async () => {
       for await (const status of this.nats.nc.status()) {
@@ -183,6 +190,7 @@ export class Worker {
         if (status.type === "reconnect") this.actor.send({ type: "RECONNECTED" });
       }
     })().catch(() => undefined);
+    await this.registered;
     this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency }, "worker started");
   }
 
@@ -191,9 +199,9 @@ export class Worker {
     return { id: this.id, state: String(s.value), running: s.context.running, processed: s.context.processed, failed: s.context.failed };
   }
 
-  private writeRegistry(): void {
+  private writeRegistry(): Promise<void> {
     const s = this.actor.getSnapshot();
-    const entry = {
+    const entry: WorkerInfo = {
       id: this.id,
       state: String(s.value),
       hostname: hostname(),
@@ -207,8 +215,11 @@ export class Worker {
       heartbeatAt: new Date().toISOString(),
     };
     const payload = encodeJson(entry);
-    void this.nats.workers.put(this.id, payload).catch((err) => this.log.warn({ err }, "worker registry write failed"));
     if (!this.nats.nc.isClosed()) this.nats.nc.publish(eventSubject("worker", this.id, "heartbeat"), payload);
+    return this.nats.workers.put(this.id, payload).then(
+      () => undefined,
+      (err: unknown) => this.log.warn({ err }, "worker registry write failed"),
+    );
   }
 
   /**

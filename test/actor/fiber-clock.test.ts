@@ -30,7 +30,7 @@ describe("fiber clock", () => {
         clock,
       });
       actor.start();
-      actor.send({ type: "START", attempt: 1, workerId: "w", at: 0 });
+      actor.send({ type: "START", workerId: "w", at: 0 });
       actor.send({ type: "SAVED", revision: 2 });
       expect(clock.pending()).toBe(2); // the deadline and the next heartbeat
 

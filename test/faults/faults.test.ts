@@ -6,7 +6,8 @@
  * died or lost its lease.
  */
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { Execution, Troupe, WorkerLost, Topology, type TaskRecord } from "../../src/index.js";
+import { Execution, Troupe, WorkerLost, type TaskRecord } from "../../src/index.js";
+import { connectionOf, Topology } from "../../src/internals.js";
 import { TerminalStatuses } from "../../machines/task.js";
 import { alwaysThrows, crash, noop, sleep } from "../fixtures/fault-tasks.js";
 import { spawnCli, startWorkerProcess, waitForOutput, type WorkerProcess } from "../helpers/cli.js";
@@ -37,7 +38,7 @@ const worker = async (concurrency = 4) => {
 /** Every transition the task went through, from TROUPE_EVENTS. */
 const history = async (troupe: Troupe, id: string): Promise<TaskRecord[]> => {
   const events: TaskRecord[] = [];
-  const oc = await troupe.nats.js.consumers.get(Topology.EVENTS_STREAM, { filter_subjects: `troupe.events.task.${id}.>` });
+  const oc = await connectionOf(troupe).js.consumers.get(Topology.EVENTS_STREAM, { filter_subjects: `troupe.events.task.${id}.>` });
   const info = await oc.info(true);
   let left = info.num_pending;
   if (left === 0) return events;
@@ -80,12 +81,12 @@ describe("faults", () => {
     const b = await troupe.worker({ tasks: [sleep] });
     const done = await recordWhere(troupe, run.id, (r) => r.status === "COMPLETED");
     expect(done).toMatchObject({ workerId: b.id, attempt: 2 });
-    const revision = (await troupe.nats.tasks.get(run.id))!.revision;
+    const revision = (await connectionOf(troupe).tasks.get(run.id))!.revision;
 
     a.child.kill("SIGCONT");
     // The frozen attempt finishes its sleep, tries to write COMPLETED over a newer revision, and is fenced.
     await a.waitForLog((l) => l.msg === "attempt lost its lease; its outcome is discarded" && l.taskId === run.id);
-    const after = await troupe.nats.tasks.get(run.id);
+    const after = await connectionOf(troupe).tasks.get(run.id);
     expect(after!.revision).toBe(revision);
     expect(after!.json<TaskRecord>()).toMatchObject({ status: "COMPLETED", workerId: b.id });
     expect(terminalTransitions(await history(troupe, run.id))).toHaveLength(1);
@@ -146,7 +147,7 @@ describe("faults", () => {
     expect(await dies.get()).toMatchObject({ status: "FAILED", error: { _tag: "WorkerLost" } });
     // The message left the work stream: nothing is redelivered any more.
     await vi.waitFor(async () => {
-      const info = await troupe.nats.jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "fault.crash"));
+      const info = await connectionOf(troupe).jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "fault.crash"));
       expect(info.num_pending + info.num_ack_pending).toBe(0);
     });
     stopping = true;
@@ -158,8 +159,8 @@ describe("faults", () => {
     const w = await worker();
     const bodies = ["", "{", "[]", "null", '{"id":1}', JSON.stringify({ id: "x", task: "fault.noop", status: "QUEUED", attempt: "one" })];
     for (const body of bodies) {
-      await troupe.nats.js.publish(Topology.taskSubject("default", "fault.noop"), body);
-      await troupe.nats.js.publish(Topology.taskSubject("default", "fault.sleep"), body);
+      await connectionOf(troupe).js.publish(Topology.taskSubject("default", "fault.noop"), body);
+      await connectionOf(troupe).js.publish(Topology.taskSubject("default", "fault.sleep"), body);
     }
     const run = await troupe.submit(noop, { n: 7 });
     expect(await run.result()).toBe(7);
@@ -171,7 +172,7 @@ describe("faults", () => {
     // The terminations travel on the worker's connection: wait until the server has them.
     await vi.waitFor(async () => {
       for (const type of ["fault.noop", "fault.sleep"]) {
-        const info = await troupe.nats.jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", type));
+        const info = await connectionOf(troupe).jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", type));
         expect(info.num_pending + info.num_ack_pending).toBe(0);
       }
     });

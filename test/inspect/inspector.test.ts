@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { request } from "node:http";
-import { defineTask, Schema, startInspector, type Inspector } from "../../src/index.js";
+import { defineTask, Schema } from "../../src/index.js";
+import { connectionOf, startInspector, type Inspector } from "../../src/internals.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 
 const server = useNatsServer();
@@ -46,7 +47,7 @@ const sse = (url: string, until: (event: { kind: string; id: string; event: stri
 describe("inspector", () => {
   it("serves the machines, streams transitions live, and shows an actor's record and history", async () => {
     const troupe = await connect(server());
-    const inspector = await startInspector(troupe);
+    const inspector = await startInspector(connectionOf(troupe));
     open.push(inspector);
 
     const machines = (await (await fetch(`${inspector.url}/api/machines`)).json()) as Record<string, { states: Record<string, unknown> }>;

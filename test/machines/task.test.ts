@@ -1,6 +1,7 @@
 import { describe, expect, it, vi } from "vitest";
 import { createActor, SimulatedClock } from "xstate";
-import { backoffDelay, taskMachine, type TaskPolicy, type TaskRecord } from "../../machines/task.js";
+import { taskMachine, type TaskPolicy, type TaskRecord } from "../../machines/task.js";
+import { backoffDelay } from "../../machines/backoff.js";
 
 const record: TaskRecord = {
   id: "t1",
@@ -28,7 +29,7 @@ const start = (p: TaskPolicy = policy()) => {
     clock,
   });
   actor.start();
-  actor.send({ type: "START", attempt: 1, workerId: "w1", at: 1_000 });
+  actor.send({ type: "START", workerId: "w1", at: 1_000 });
   return { actor, persist, execute, interrupt, clock };
 };
 

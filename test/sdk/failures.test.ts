@@ -8,8 +8,8 @@ import {
   NonRetryableError,
   Schema,
   Timeout,
-  Topology,
 } from "../../src/index.js";
+import { connectionOf, Topology } from "../../src/internals.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { eventCount, recordWhere } from "../helpers/records.js";
 import { untilAborted } from "../helpers/handlers.js";
@@ -78,7 +78,7 @@ describe("failure semantics", () => {
     expect(await run.result()).toBe(3);
     expect(attempts).toEqual([1, 2, 3]);
     await vi.waitFor(async () => expect(await eventCount(troupe, Topology.eventSubject("task", run.id, "retrying"))).toBe(2));
-    const jsm = await jetstreamManager(troupe.nc);
+    const jsm = await jetstreamManager(connectionOf(troupe).nc);
     const consumer = await jsm.consumers.info(Topology.TASKS_STREAM, Topology.consumerName("default", "flaky"));
     expect(consumer.num_redelivered).toBe(0); // acked: nothing waits for redelivery
   });
@@ -157,7 +157,7 @@ describe("failure semantics", () => {
       },
     });
     const troupe = await connect(server());
-    const jsm = await jetstreamManager(troupe.nc);
+    const jsm = await jetstreamManager(connectionOf(troupe).nc);
     const first = await troupe.submit(charge, { key: "order-1" }, { idempotencyKey: "order-1" });
     const again = await troupe.submit(charge, { key: "order-1" }, { idempotencyKey: "order-1" });
     expect(again.id).toBe(first.id);
@@ -191,11 +191,11 @@ describe("failure semantics", () => {
       '{"hello":"world"}',
       JSON.stringify({ id: "x1", task: "something.else", queue: "default", status: "QUEUED", attempt: 0, input: {}, createdAt: "" }),
     ];
-    for (const body of bad) await troupe.nats.js.publish(subject, body);
+    for (const body of bad) await connectionOf(troupe).js.publish(subject, body);
     const good = await troupe.submit(echo, { key: "still here" });
     expect(await good.result()).toBe("still here");
     const rejected = Topology.eventSubject("worker", worker.id, "rejected");
-    const jsm = await jetstreamManager(troupe.nc);
+    const jsm = await jetstreamManager(connectionOf(troupe).nc);
     await vi.waitFor(async () => expect(await eventCount(troupe, rejected)).toBe(bad.length));
     expect(calls).toBe(1);
     await vi.waitFor(async () => {

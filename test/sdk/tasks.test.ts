@@ -8,9 +8,9 @@ import {
   NonRetryableError,
   Schema,
   TaskNotFound,
-  Topology,
   type TaskRunContext,
 } from "../../src/index.js";
+import { connectionOf, Topology } from "../../src/internals.js";
 import { decodeJson } from "../../src/nats/codec.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 
@@ -37,11 +37,11 @@ describe("tasks end to end", () => {
     expect(Date.parse(record!.finishedAt!)).toBeGreaterThanOrEqual(Date.parse(record!.startedAt!));
 
     // The record is plain JSON under the task id, as `nats kv get troupe-tasks <id>` shows it.
-    const entry = await troupe.nats.tasks.get(run.id);
+    const entry = await connectionOf(troupe).tasks.get(run.id);
     const raw = decodeJson(entry!.value);
     expect(raw.ok && (raw.value as { status: string }).status).toBe("COMPLETED");
 
-    const jsm = await jetstreamManager(troupe.nc);
+    const jsm = await jetstreamManager(connectionOf(troupe).nc);
     const events: string[] = [];
     for (const e of ["queued", "started", "completed"]) {
       const msg = await jsm.streams.getMessage(Topology.EVENTS_STREAM, { last_by_subj: Topology.eventSubject("task", run.id, e) });
@@ -52,7 +52,7 @@ describe("tasks end to end", () => {
 
   it("rejects bad input at submit with InvalidInput naming the field, and publishes nothing", async () => {
     const troupe = await connect(server());
-    const jsm = await jetstreamManager(troupe.nc);
+    const jsm = await jetstreamManager(connectionOf(troupe).nc);
     const before = (await jsm.streams.info(Topology.TASKS_STREAM)).state.messages;
     const error = await troupe.submit(add, { a: 1, b: "two" } as never).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(InvalidInput);
@@ -120,7 +120,7 @@ describe("tasks end to end", () => {
     await Promise.all(runs.map((r) => r.result()));
     const records = await Promise.all(runs.map((r) => r.get()));
     for (const r of records) expect(r.workerId).toBe(r.task === "math.add" ? adder.id : multiplier.id);
-    const jsm = await jetstreamManager(troupe.nc);
+    const jsm = await jetstreamManager(connectionOf(troupe).nc);
     const consumers = [];
     for await (const c of jsm.consumers.list(Topology.TASKS_STREAM)) consumers.push(c.name);
     expect(consumers).toEqual(expect.arrayContaining(["troupe-default-math_add", "troupe-default-math_mul"]));
@@ -155,7 +155,7 @@ describe("tasks end to end", () => {
     expect(results.every((r, i) => r === i + 1)).toBe(true);
     let completed = 0;
     for (let i = 0; i < n; i += 500) {
-      const entries = await Promise.all(runs.slice(i, i + 500).map((r) => troupe.nats.tasks.get(r.id)));
+      const entries = await Promise.all(runs.slice(i, i + 500).map((r) => connectionOf(troupe).tasks.get(r.id)));
       for (const [j, e] of entries.entries()) {
         const d = decodeJson(e!.value);
         const rec = d.ok ? (d.value as { status: string; output: number }) : undefined;
@@ -171,7 +171,7 @@ describe("workers as NATS micro services", () => {
     const troupe = await connect(server());
     const worker = await troupe.worker({ tasks: [add], concurrency: 3 });
     await (await troupe.submit(add, { a: 2, b: 2 })).result();
-    const ask = async (subject: string) => decodeJson((await troupe.nc.request(subject, undefined, { timeout: 2_000 })).data);
+    const ask = async (subject: string) => decodeJson((await connectionOf(troupe).nc.request(subject, undefined, { timeout: 2_000 })).data);
     const ping = await ask(`$SRV.PING.troupe-worker.${worker.id}`);
     expect(ping.ok && ping.value).toMatchObject({ type: "io.nats.micro.v1.ping_response", name: "troupe-worker", id: worker.id });
     const info = await ask(`$SRV.INFO.troupe-worker.${worker.id}`);

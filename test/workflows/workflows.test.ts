@@ -6,9 +6,9 @@ import {
   InvalidInput,
   Schema,
   WorkflowFailed,
-  workflowFromDocument,
   type WorkflowRecord,
 } from "../../src/index.js";
+import { connectionOf, workflowFromDocument } from "../../src/internals.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { untilAborted } from "../helpers/handlers.js";
 import { recordWhere } from "../helpers/records.js";
@@ -184,7 +184,7 @@ describe("workflows", () => {
     const run = await troupe.start(wf, {});
     const firstTask = (await run.get()).steps.first!.taskId!;
     await recordWhere(troupe, firstTask, (r) => r.status === "RUNNING");
-    const cancelled = (await run.cancel("changed my mind")) as WorkflowRecord;
+    const cancelled = (await run.cancel("changed my mind")) as unknown as WorkflowRecord;
     expect(cancelled.status).toBe("CANCELLED");
     expect((await run.result().catch((e: unknown) => e)) as WorkflowFailed).toMatchObject({ status: "CANCELLED" });
     expect((await troupe.get(firstTask))?.status).toBe("CANCELLED");
@@ -256,13 +256,13 @@ describe("coordinator recovery", () => {
     const troupe = await connect(server());
     const run = await troupe.start(chain, {});
     // Play the coordinator that died: a's completion applied and written, b never enqueued.
-    const entry = (await troupe.nats.workflows.get(run.id))!;
+    const entry = (await connectionOf(troupe).workflows.get(run.id))!;
     const before = entry.json<WorkflowRecord>();
     const after = advance(before, { type: "STEPS_SETTLED", settled: [{ step: "a", status: "COMPLETED", output: { path: "/tmp/a.png", bytes: 1 } }], at: Date.now() });
     expect(after.steps.b?.status).toBe("RUNNING");
-    await troupe.nats.workflows.update(run.id, encodeJson(after), entry.revision);
+    await connectionOf(troupe).workflows.update(run.id, encodeJson(after), entry.revision);
     const taskA = `${run.id}-a`;
-    await troupe.nats.js.publish(`troupe.steps.${run.id}.a.${taskA}`, encodeJson({ id: taskA, task: "images.download", status: "COMPLETED", attempt: 1, output: { path: "/tmp/a.png", bytes: 1 } }));
+    await connectionOf(troupe).js.publish(`troupe.steps.${run.id}.a.${taskA}`, encodeJson({ id: taskA, task: "images.download", status: "COMPLETED", attempt: 1, output: { path: "/tmp/a.png", bytes: 1 } }));
     expect(await troupe.get(`${run.id}-b`)).toBeUndefined();
 
     await troupe.coordinator({ reconcileEvery: 0 }); // no reconciliation: only the redelivery can do it

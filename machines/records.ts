@@ -1,0 +1,139 @@
+/**
+ * What the machines keep and the wire carries: the task record, the workflow record and the
+ * tagged failure union, as Effect Schemas. Every read from NATS (KV entries, work messages,
+ * events, step completions) is decoded with these; nothing from the wire is cast.
+ *
+ * Beside the machines because the machines' contexts are these records. Pure data: this
+ * file imports only `effect`'s Schema.
+ */
+import { Schema } from "effect";
+
+export const TaskStatuses = ["QUEUED", "RUNNING", "RETRYING", "COMPLETED", "FAILED", "CANCELLED"] as const;
+export const TaskStatus = Schema.Literals(TaskStatuses);
+export type TaskStatus = typeof TaskStatus.Type;
+export const TerminalStatuses: ReadonlySet<TaskStatus> = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
+
+/**
+ * Why an attempt or a task failed. Each tag has one client error class of the same name
+ * (`src/errors.ts`); `src/failure.ts` converts between the two.
+ * - `InvalidInput`: the input does not match the task's schema.
+ * - `Serialization`: the output does not match its schema, or is over the payload limit.
+ * - `Execution`: the handler threw or failed.
+ * - `Timeout`: the attempt ran past its deadline.
+ * - `WorkerLost`: every worker that took the task died or lost its lease.
+ * - `Cancelled`: cancelled by request.
+ * - `NatsFailure`: the task was recorded but could not be enqueued.
+ * - `Internal`: a defect in Troupe itself or an unreadable record; never a RUNNING task left behind.
+ */
+export const FailureTags = [
+  "InvalidInput",
+  "Serialization",
+  "Execution",
+  "Timeout",
+  "WorkerLost",
+  "Cancelled",
+  "NatsFailure",
+  "Internal",
+] as const;
+export const FailureTag = Schema.Literals(FailureTags);
+export type FailureTag = typeof FailureTag.Type;
+
+export const TaskFailure = Schema.Struct({
+  _tag: FailureTag,
+  message: Schema.String,
+  stack: Schema.optional(Schema.String),
+  /** True while another attempt may follow; false on a terminal record. */
+  retryable: Schema.optional(Schema.Boolean),
+  /** `InvalidInput`: the failing field, when the schema names one. */
+  path: Schema.optional(Schema.Array(Schema.Union([Schema.String, Schema.Number]))),
+});
+export type TaskFailure = typeof TaskFailure.Type;
+
+/** What the `troupe-tasks` KV bucket holds under the task id (JSON), and what a work message carries. */
+export const TaskRecord = Schema.Struct({
+  id: Schema.String,
+  task: Schema.String,
+  queue: Schema.String,
+  status: TaskStatus,
+  attempt: Schema.Number,
+  input: Schema.Unknown,
+  output: Schema.optional(Schema.Unknown),
+  error: Schema.optional(TaskFailure),
+  createdAt: Schema.String,
+  startedAt: Schema.optional(Schema.String),
+  finishedAt: Schema.optional(Schema.String),
+  /** When the next attempt starts: backoff and jitter included, the wait a NAK asks for. */
+  retryAt: Schema.optional(Schema.String),
+  workerId: Schema.optional(Schema.String),
+  idempotencyKey: Schema.optional(Schema.String),
+  /** Attempts that ended with their worker gone (killed, hung past its lease). */
+  lostAttempts: Schema.optional(Schema.Number),
+  /** Not before: a delayed task waits (a NAK with the rest of the delay) until then. */
+  runAt: Schema.optional(Schema.String),
+  /** Where the submitter hears the terminal record (`troupe.notify.<client>` or a step's subject). */
+  notify: Schema.optional(Schema.String),
+});
+export type TaskRecord = typeof TaskRecord.Type;
+
+export const WorkflowStatuses = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"] as const;
+export const WorkflowStatus = Schema.Literals(WorkflowStatuses);
+export type WorkflowStatus = typeof WorkflowStatus.Type;
+export const StepStatuses = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SKIPPED"] as const;
+export const StepStatus = Schema.Literals(StepStatuses);
+export type StepStatus = typeof StepStatus.Type;
+export const FailurePolicy = Schema.Literals(["failFast", "continue"]);
+export type FailurePolicy = typeof FailurePolicy.Type;
+
+/** A step's or a run's failure, as the workflow records it. */
+export const StepFailure = Schema.Struct({ _tag: Schema.String, message: Schema.String });
+export type StepFailure = typeof StepFailure.Type;
+
+/** A step as stored: the task to run (by name), its dependencies, its input template. */
+export const StepDefinition = Schema.Struct({
+  task: Schema.String,
+  queue: Schema.String,
+  after: Schema.Array(Schema.String),
+  input: Schema.Unknown,
+});
+export type StepDefinition = typeof StepDefinition.Type;
+
+export const StepState = Schema.Struct({
+  status: StepStatus,
+  taskId: Schema.optional(Schema.String),
+  /** The resolved input, once the step is enqueued. */
+  input: Schema.optional(Schema.Unknown),
+  output: Schema.optional(Schema.Unknown),
+  error: Schema.optional(StepFailure),
+});
+export type StepState = typeof StepState.Type;
+
+/** What the `troupe-workflows` KV bucket holds under the run id (JSON). */
+export const WorkflowRecord = Schema.Struct({
+  id: Schema.String,
+  workflow: Schema.String,
+  status: WorkflowStatus,
+  policy: FailurePolicy,
+  input: Schema.Unknown,
+  definition: Schema.Struct({ steps: Schema.Record(Schema.String, StepDefinition) }),
+  steps: Schema.Record(Schema.String, StepState),
+  createdAt: Schema.String,
+  finishedAt: Schema.optional(Schema.String),
+  error: Schema.optional(StepFailure),
+});
+export type WorkflowRecord = typeof WorkflowRecord.Type;
+
+/** What the `troupe-workers` KV bucket holds under a worker id: its registry entry, refreshed by its heartbeat. */
+export const WorkerInfo = Schema.Struct({
+  id: Schema.String,
+  state: Schema.String,
+  hostname: Schema.String,
+  pid: Schema.Number,
+  tasks: Schema.Array(Schema.Struct({ name: Schema.String, queue: Schema.String })),
+  concurrency: Schema.Number,
+  running: Schema.Number,
+  processed: Schema.Number,
+  failed: Schema.Number,
+  startedAt: Schema.String,
+  heartbeatAt: Schema.String,
+});
+export type WorkerInfo = typeof WorkerInfo.Type;

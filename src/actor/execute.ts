@@ -1,0 +1,58 @@
+/**
+ * Running a handler once: decode the input with the task's schema, run the handler (a
+ * Promise or an Effect) on a fiber, encode the output, check its size. The outcome is
+ * an `Execution`, never a failure: what went wrong is recorded through the one converter.
+ * Workers and `troupe/testing`'s `runTask` both come through here.
+ */
+import { Cause, Effect, Exit } from "effect";
+import type { Logger } from "pino";
+import type { Execution } from "../../machines/task.js";
+import type { TaskFailure, TaskRecord } from "../../machines/records.js";
+import { failureFrom } from "../failure.js";
+import { encodeJson } from "../nats/codec.js";
+import { decodeInput, encodeOutput, type TaskDefinition, type TaskRunContext } from "../task.js";
+
+export interface ExecutionContext {
+  readonly attempt: number;
+  readonly signal: AbortSignal;
+  /** The attempt's logger, made on first use (most attempts never log). */
+  readonly log: () => Logger;
+  readonly heartbeat: (details?: unknown) => void;
+  readonly now: () => number;
+  /** Largest output the store takes, in bytes. */
+  readonly maxPayload: number;
+}
+
+export const execute = (definition: TaskDefinition, record: TaskRecord, context: ExecutionContext): Effect.Effect<Execution> => {
+  const failed = (error: TaskFailure): Execution => ({ ok: false, error, at: context.now() });
+  const ctx: TaskRunContext = {
+    taskId: record.id,
+    attempt: context.attempt,
+    signal: context.signal,
+    get log() {
+      return context.log();
+    },
+    heartbeat: context.heartbeat,
+  };
+  return Effect.gen(function* () {
+    const input = decodeInput(definition, record.input);
+    if (Exit.isFailure(input)) return failed(failureFrom(Cause.squash(input.cause)));
+    const returned = yield* Effect.try({ try: () => definition.handler(input.value, ctx), catch: (e) => e });
+    const output = Effect.isEffect(returned)
+      ? yield* (returned as Effect.Effect<unknown, unknown>)
+      : yield* Effect.tryPromise({ try: () => Promise.resolve(returned), catch: (e) => e });
+    const encoded = encodeOutput(definition, output);
+    if (Exit.isFailure(encoded)) return failed(failureFrom(Cause.squash(encoded.cause)));
+    // Only an object or a long string can be near the limit; a number needs no measuring.
+    const value = encoded.value;
+    const size = typeof value === "object" || (typeof value === "string" && value.length > 4_096) ? encodeJson(value).length : 0;
+    if (size > context.maxPayload) {
+      return failed({ _tag: "Serialization", message: `output is ${size} bytes, over the server's payload limit`, retryable: false });
+    }
+    return { ok: true, output: value, at: context.now() } satisfies Execution;
+  }).pipe(
+    // A failure or a defect (a throw inside the handler's Effect) is the attempt's outcome;
+    // an interruption (deadline, cancellation, shutdown) stays one.
+    Effect.catchCause((cause) => (Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.succeed(failed(failureFrom(Cause.squash(cause)))))),
+  );
+};

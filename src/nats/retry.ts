@@ -1,0 +1,19 @@
+/**
+ * The one retry policy for NATS writes: through a reconnect or a leader election, a
+ * write that got no answer (or a transient refusal) is tried again, exponentially from
+ * 100 ms and at most 2 s apart, for about half a minute, never once the connection is closed.
+ */
+import { Duration, Effect, Schedule } from "effect";
+import type { NatsConnection } from "@nats-io/transport-node";
+
+export const natsSchedule = Schedule.exponential("100 millis").pipe(
+  Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(2)))),
+);
+
+/** Retry `effect` while `transient` says its failure may pass. */
+export const retryNats = <A, E>(
+  nc: NatsConnection,
+  effect: Effect.Effect<A, E>,
+  transient: (e: E) => boolean,
+): Effect.Effect<A, E> =>
+  Effect.retry(effect, { schedule: natsSchedule, times: 20, while: (e: E) => transient(e) && !nc.isClosed() });

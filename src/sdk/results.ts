@@ -1,0 +1,216 @@
+/**
+ * Waiting for results. A client hears the terminal records of the tasks it submitted on
+ * one subscription (`troupe.notify.<client>.*`, the record's `notify`), and of any other
+ * task on that task's events. Neither is the only way: a notify or an event can be lost
+ * (a worker or a server killed at the wrong moment), so every wait that lasts re-reads
+ * the record now and then (after 5 s, then less and less often), and all of them after a
+ * reconnect. Closing the client ends every wait with `NatsFailure`.
+ */
+import type { Subscription } from "@nats-io/transport-node";
+import {
+  TaskRecord as TaskRecordSchema,
+  TerminalStatuses,
+  WorkflowRecord as WorkflowRecordSchema,
+  type TaskRecord,
+  type WorkflowRecord,
+} from "../../machines/records.js";
+import { isWorkflowTerminal } from "../../machines/workflow.js";
+import { NatsFailure, ResultTimeout, TaskNotFound, WorkflowNotFound } from "../errors.js";
+import { decodeWith } from "../nats/codec.js";
+import type { NatsHandle } from "../nats/connection.js";
+import { eventSubject } from "../nats/topology.js";
+import type { TaskStore } from "../store/task-store.js";
+import type { WorkflowStore } from "../store/workflow-store.js";
+
+/** When a wait first re-reads its record, and the longest it goes between two reads. */
+const FIRST_CHECK_MS = 5_000;
+const MAX_CHECK_MS = 30_000;
+/** Records re-read per tick at most, so that a large backlog of waits does not burst. */
+const CHECKS_PER_TICK = 200;
+
+interface Waiter<R> {
+  readonly promise: Promise<R>;
+  readonly resolve: (record: R) => void;
+  readonly reject: (e: unknown) => void;
+  /** Re-read the record then (epoch ms). */
+  nextCheck: number;
+  interval: number;
+  /** Events of a task or run this client did not submit. */
+  sub?: Subscription | undefined;
+}
+
+export class Results {
+  private readonly tasks = new Map<string, Waiter<TaskRecord>>();
+  private readonly runs = new Map<string, Waiter<WorkflowRecord>>();
+  private notifySub: Subscription | undefined;
+  private readonly timer: NodeJS.Timeout;
+  private checking = false;
+  private closed = false;
+
+  constructor(
+    private readonly nats: NatsHandle,
+    private readonly taskStore: TaskStore,
+    private readonly workflowStore: WorkflowStore,
+    /** Where workers notify this client: `<prefix>.<taskId>`. */
+    readonly notify: string,
+  ) {
+    this.timer = setInterval(() => void this.check(), 1_000);
+    this.timer.unref();
+    void this.watchReconnects();
+  }
+
+  /** Register a wait for a task this client is about to enqueue (before its work is published). */
+  expect(id: string): Promise<TaskRecord> {
+    this.listen();
+    return this.waiter(this.tasks, id).promise;
+  }
+
+  /** Forget a wait for a task that was never enqueued. */
+  forget(id: string): void {
+    this.tasks.delete(id);
+  }
+
+  /** The task's terminal record, however and wherever it ends. */
+  async task(id: string): Promise<TaskRecord> {
+    const own = this.tasks.get(id);
+    if (own !== undefined) return own.promise;
+    const waiter = this.waiter(this.tasks, id);
+    waiter.sub = this.nats.nc.subscribe(eventSubject("task", id, "*"), {
+      callback: (_e, msg) => {
+        const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");
+        if (decoded.ok) this.settleTask(decoded.value);
+      },
+    });
+    // Subscribed first, then read: an end between the two is heard either way.
+    await this.nats.nc.flush();
+    const now = await this.taskStore.get(id);
+    if (now === undefined) {
+      this.end(this.tasks, id, (w) => w.reject(new TaskNotFound({ id, message: `no task ${id}` })));
+    } else {
+      this.settleTask(now.record);
+    }
+    return waiter.promise;
+  }
+
+  /** The run's terminal record; `fresh` for a run this client is starting (it may not be stored yet). */
+  async run(id: string, fresh: boolean): Promise<WorkflowRecord> {
+    const existing = this.runs.get(id);
+    if (existing !== undefined) return existing.promise;
+    const waiter = this.waiter(this.runs, id);
+    waiter.sub = this.nats.nc.subscribe(eventSubject("workflow", id, "*"), {
+      callback: (_e, msg) => {
+        const decoded = decodeWith(WorkflowRecordSchema, msg.data, "workflow record");
+        if (decoded.ok) this.settleRun(decoded.value);
+      },
+    });
+    await this.nats.nc.flush();
+    if (!fresh) {
+      const now = await this.workflowStore.read(id);
+      if (now === undefined) this.end(this.runs, id, (w) => w.reject(new WorkflowNotFound({ id, message: `no workflow run ${id}` })));
+      else this.settleRun(now.record);
+    }
+    return waiter.promise;
+  }
+
+  /** End every wait: the client is closing. */
+  close(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+    this.notifySub?.unsubscribe();
+    for (const map of [this.tasks, this.runs] as const) {
+      for (const id of [...map.keys()]) {
+        this.end(map as Map<string, Waiter<unknown>>, id, (w) => w.reject(new NatsFailure({ message: `client closed while waiting for ${id}` })));
+      }
+    }
+  }
+
+  private listen(): void {
+    if (this.notifySub !== undefined || this.closed) return;
+    this.notifySub = this.nats.nc.subscribe(`${this.notify}.*`, {
+      callback: (_e, msg) => {
+        const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");
+        if (decoded.ok) this.settleTask(decoded.value);
+      },
+    });
+  }
+
+  private waiter<R>(map: Map<string, Waiter<R>>, id: string): Waiter<R> {
+    let resolve!: (r: R) => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<R>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => undefined); // a wait nobody awaits must not be an unhandled rejection
+    const waiter: Waiter<R> = { promise, resolve, reject, nextCheck: Date.now() + FIRST_CHECK_MS, interval: FIRST_CHECK_MS };
+    if (this.closed) reject(new NatsFailure({ message: `client closed; cannot wait for ${id}` }));
+    else map.set(id, waiter);
+    return waiter;
+  }
+
+  private end<R>(map: Map<string, Waiter<R>>, id: string, how: (w: Waiter<R>) => void): void {
+    const waiter = map.get(id);
+    if (waiter === undefined) return;
+    map.delete(id);
+    waiter.sub?.unsubscribe();
+    how(waiter);
+  }
+
+  private settleTask(record: TaskRecord): void {
+    if (TerminalStatuses.has(record.status)) this.end(this.tasks, record.id, (w) => w.resolve(record));
+  }
+
+  private settleRun(record: WorkflowRecord): void {
+    if (isWorkflowTerminal(record.status)) this.end(this.runs, record.id, (w) => w.resolve(record));
+  }
+
+  /** Re-read the records of the waits that are due. */
+  private async check(): Promise<void> {
+    if (this.checking || this.closed) return;
+    this.checking = true;
+    try {
+      const now = Date.now();
+      const due = <R>(map: Map<string, Waiter<R>>) =>
+        [...map].filter(([, w]) => w.nextCheck <= now).slice(0, CHECKS_PER_TICK).map(([id, w]) => {
+          w.interval = Math.min(MAX_CHECK_MS, w.interval * 2);
+          w.nextCheck = now + w.interval;
+          return id;
+        });
+      await Promise.all([
+        ...due(this.tasks).map(async (id) => {
+          const stored = await this.taskStore.get(id).catch(() => undefined);
+          if (stored !== undefined) this.settleTask(stored.record);
+        }),
+        ...due(this.runs).map(async (id) => {
+          const stored = await this.workflowStore.read(id).catch(() => undefined);
+          if (stored !== undefined) this.settleRun(stored.record);
+        }),
+      ]);
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  /** Notifications and events are plain publishes: after a reconnect, re-read everything waited on. */
+  private async watchReconnects(): Promise<void> {
+    for await (const status of this.nats.nc.status()) {
+      if (status.type !== "reconnect") continue;
+      for (const w of [...this.tasks.values(), ...this.runs.values()]) w.nextCheck = 0;
+      void this.check();
+    }
+  }
+}
+
+/** `promise`, or `ResultTimeout` after `ms` (none when undefined); the timer never outlives the wait. */
+export const withTimeout = async <T>(promise: Promise<T>, ms: number | undefined, id: string, what: string): Promise<T> => {
+  if (ms === undefined) return promise;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new ResultTimeout({ id, message: `${what} ${id} did not end within ${ms} ms` })), ms);
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+};

@@ -1,0 +1,256 @@
+/**
+ * The task store: the only code that writes a task record (KV `troupe-tasks`).
+ *
+ * - `enqueue` creates the QUEUED record and publishes its work message.
+ * - `save` writes a record an attempt's actor arrived at (compare-and-set on the revision
+ *   it saw), then announces it.
+ * - `apply` takes the stored record, applies one task-machine event with the machine's pure
+ *   transition (a cancel, a give-up, a failed enqueue), writes the result, announces it.
+ * - `announce` publishes a write's event (deduplicated by message id `<id>:<revision>`) and,
+ *   for a terminal record, the submitter's notify. Whoever finds a terminal record whose
+ *   announcement may be missing calls it again: a transition is complete or repairable.
+ *
+ * Every read is decoded with the `TaskRecord` schema; NATS writes retry on one schedule.
+ */
+import { Effect } from "effect";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import { transition } from "xstate";
+import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
+import { eventOf, hydrate, taskMachine, type TaskEvent, type TaskPolicy } from "../../machines/task.js";
+import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
+import { decodeWith, encodeJson } from "../nats/codec.js";
+import type { NatsHandle } from "../nats/connection.js";
+import { PublishRejected, WRONG_LAST_SEQUENCE, type PublishTimeout } from "../nats/publisher.js";
+import { retryNats } from "../nats/retry.js";
+import { eventSubject, Headers, kvSubject, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
+
+/** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
+export interface Stored {
+  readonly record: TaskRecord;
+  readonly revision: number;
+}
+
+/** Transitions applied from outside an attempt (cancel, give-up) consult no policy; this stands in. */
+const NO_POLICY: TaskPolicy = { retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 }, heartbeatMs: 1 };
+
+/** The record `event` leads to from `stored`, or `undefined` when it changes nothing (a settled task, an event that does not apply). */
+export const nextRecord = (stored: Stored, event: TaskEvent, policy: TaskPolicy = NO_POLICY): TaskRecord | undefined => {
+  const [next] = transition(taskMachine, hydrate({ ...stored, policy }), event);
+  return next.context.record === stored.record ? undefined : next.context.record;
+};
+
+/** What `enqueue` needs to make the QUEUED record. */
+export interface NewTask {
+  readonly id: string;
+  readonly task: string;
+  readonly queue: string;
+  readonly input: unknown;
+  readonly notify?: string | undefined;
+  readonly idempotencyKey?: string | undefined;
+  /** Not before (epoch ms). */
+  readonly runAt?: number | undefined;
+}
+
+/** Room kept under the server's payload limit for headers and the record's own growth. */
+const PAYLOAD_MARGIN = 8_192;
+
+const isTransient = (e: PublishRejected | PublishTimeout) => e._tag === "PublishTimeout" || e.errCode !== WRONG_LAST_SEQUENCE;
+const isTaken = (e: unknown) => e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE;
+const natsFailure = (what: string) => (e: unknown) =>
+  new NatsFailure({ message: `${what}: ${e instanceof Error ? e.message : String(e)}`, cause: e });
+
+export class TaskStore {
+  constructor(private readonly nats: NatsHandle) {}
+
+  /** Largest payload the server takes, less room for headers: bigger inputs and outputs are refused. */
+  get maxPayload(): number {
+    return (this.nats.nc.info?.max_payload ?? 1024 * 1024) - PAYLOAD_MARGIN;
+  }
+
+  /** The record and its revision; `undefined` when there is none; `Internal` when it cannot be read as a task record. */
+  read(id: string): Effect.Effect<Stored | undefined, Internal | NatsFailure> {
+    const get = Effect.tryPromise({ try: () => this.nats.tasks.get(id), catch: natsFailure(`cannot read task ${id}`) });
+    return retryNats(this.nats.nc, get, () => true).pipe(
+      Effect.flatMap((entry) => {
+        if (entry === null || entry.operation !== "PUT") return Effect.succeed(undefined);
+        const decoded = decodeWith(TaskRecordSchema, entry.value, "task record");
+        return decoded.ok
+          ? Effect.succeed({ record: decoded.value, revision: entry.revision })
+          : Effect.fail(new Internal({ message: `the stored record of task ${id} (revision ${entry.revision}) is unreadable: ${decoded.error.message}` }));
+      }),
+    );
+  }
+
+  /** `read` for Promise callers. */
+  get(id: string): Promise<Stored | undefined> {
+    return Effect.runPromise(this.read(id));
+  }
+
+  /**
+   * Record a task QUEUED and publish its work message. Resolves `created: false` with the
+   * existing record when the id is taken (an idempotency key seen before); if that one is
+   * still QUEUED its work message is published again under the same message id, in case
+   * the first enqueue died in between. `onRecorded` runs between the two writes. A work
+   * message that cannot be published fails the task (`NatsFailure`) and rejects with it.
+   */
+  async enqueue(task: NewTask, onRecorded?: () => void): Promise<{ readonly created: boolean; readonly stored: Stored }> {
+    const record: TaskRecord = {
+      id: task.id,
+      task: task.task,
+      queue: task.queue,
+      status: "QUEUED",
+      attempt: 0,
+      input: task.input,
+      createdAt: new Date().toISOString(),
+      ...(task.idempotencyKey === undefined ? {} : { idempotencyKey: task.idempotencyKey }),
+      ...(task.runAt === undefined ? {} : { runAt: new Date(task.runAt).toISOString() }),
+      ...(task.notify === undefined ? {} : { notify: task.notify }),
+    };
+    const payload = encodeJson(record);
+    if (payload.length > this.maxPayload) {
+      throw new Serialization({ message: `input of task "${task.task}" is ${payload.length} bytes, over the server's payload limit` });
+    }
+    const created = await Effect.runPromise(Effect.result(this.create(record, payload, task.idempotencyKey !== undefined)));
+    if (created._tag === "Failure") {
+      if (created.failure._tag === "NatsFailure") throw created.failure;
+      const existing = await this.get(task.id);
+      if (existing === undefined) throw new NatsFailure({ message: `task ${task.id} exists and vanished while enqueueing` });
+      if (existing.record.status === "QUEUED") await this.publishWork(existing).catch(() => undefined);
+      return { created: false, stored: existing };
+    }
+    const stored = { record, revision: created.success };
+    onRecorded?.();
+    try {
+      await this.publishWork(stored, payload);
+    } catch (e) {
+      const failure = natsFailure(`could not enqueue task ${task.id}`)(e);
+      await Effect.runPromise(
+        Effect.ignore(this.apply(task.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() })),
+      );
+      throw failure;
+    }
+    this.announce(stored, payload);
+    return { created: true, stored };
+  }
+
+  /** Create the record; a retry that finds the key taken by the very same record found its own first try. */
+  private create(record: TaskRecord, payload: Uint8Array, keyed: boolean): Effect.Effect<number, NatsFailure | PublishRejected> {
+    let tries = 0;
+    const write = Effect.tryPromise({
+      try: () => {
+        tries++;
+        return this.nats.publisher.publish(kvSubject(TASKS_BUCKET, record.id), payload, { lastSubjectSequence: 0 });
+      },
+      catch: (e) => e as PublishRejected | PublishTimeout,
+    });
+    return retryNats(this.nats.nc, write, isTransient).pipe(
+      Effect.map((ack) => ack.seq),
+      Effect.catch((e): Effect.Effect<number, NatsFailure | PublishRejected> => {
+        if (!isTaken(e)) return Effect.fail(natsFailure(`cannot record task ${record.id}`)(e));
+        if (keyed || tries === 1) return Effect.fail(e as PublishRejected);
+        return this.ours(record.id, payload).pipe(
+          Effect.flatMap((revision) => (revision === undefined ? Effect.fail(e as PublishRejected) : Effect.succeed(revision))),
+        );
+      }),
+    );
+  }
+
+  /** The work message: the QUEUED record, with its revision (the first attempt's fencing token). */
+  private publishWork(stored: Stored, payload = encodeJson(stored.record)): Promise<unknown> {
+    const { record, revision } = stored;
+    const publish = Effect.tryPromise({
+      try: () =>
+        this.nats.publisher.publish(taskSubject(record.queue, record.task), payload, {
+          // A retried publish is a no-op inside the duplicate window.
+          msgId: record.id,
+          headers: { [Headers.revision]: String(revision) },
+        }),
+      catch: (e) => e as PublishRejected | PublishTimeout,
+    });
+    return Effect.runPromise(retryNats(this.nats.nc, publish, () => true));
+  }
+
+  /**
+   * Write `record` over revision `expected`, then announce it. A lost compare-and-set is
+   * `Fenced`, unless a retry finds the very record it wrote (the first try landed and only
+   * its ack was lost).
+   */
+  save(record: TaskRecord, expected: number): Effect.Effect<number, Fenced | NatsFailure> {
+    const payload = encodeJson(record);
+    let tries = 0;
+    const write = Effect.tryPromise({
+      try: () => {
+        tries++;
+        return this.nats.publisher.publish(kvSubject(TASKS_BUCKET, record.id), payload, { lastSubjectSequence: expected });
+      },
+      catch: (e) => e as PublishRejected | PublishTimeout,
+    });
+    const fenced = new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${expected}` });
+    return retryNats(this.nats.nc, write, isTransient).pipe(
+      Effect.map((ack) => ack.seq),
+      Effect.catch((e): Effect.Effect<number, Fenced | NatsFailure> => {
+        if (!isTaken(e)) return Effect.fail(natsFailure(`cannot write task ${record.id}`)(e));
+        if (tries === 1) return Effect.fail(fenced);
+        return this.ours(record.id, payload).pipe(
+          Effect.mapError(() => fenced),
+          Effect.flatMap((revision) => (revision === undefined ? Effect.fail(fenced) : Effect.succeed(revision))),
+        );
+      }),
+      Effect.tap((revision) => Effect.sync(() => this.announce({ record, revision }, payload))),
+    );
+  }
+
+  /** The revision of the stored record when it is byte for byte `payload`. */
+  private ours(id: string, payload: Uint8Array): Effect.Effect<number | undefined, NatsFailure> {
+    return Effect.tryPromise({ try: () => this.nats.tasks.get(id), catch: natsFailure(`cannot read task ${id}`) }).pipe(
+      Effect.map((entry) => (entry !== null && Buffer.from(entry.value).equals(payload) ? entry.revision : undefined)),
+    );
+  }
+
+  /**
+   * Apply `event` to the stored record and write the result. From `from` (a record the caller
+   * acted on) the write is one compare-and-set and a conflict is `Fenced`; without it the
+   * record is read, and read again after a conflict. `fallback` stands in for a record that
+   * cannot be read, so that an unreadable task can still be failed. Resolves with the new
+   * record, or `undefined` when the event changes nothing; `Internal` when the stored record
+   * is unreadable and there is no fallback.
+   */
+  apply(
+    id: string,
+    event: TaskEvent,
+    options: { readonly from?: Stored; readonly fallback?: TaskRecord; readonly policy?: TaskPolicy } = {},
+  ): Effect.Effect<Stored | undefined, Fenced | Internal | NatsFailure> {
+    const once = (stored: Stored | undefined): Effect.Effect<Stored | undefined, Fenced | NatsFailure> => {
+      if (stored === undefined) return Effect.succeed(undefined);
+      const next = nextRecord(stored, event, options.policy);
+      if (next === undefined) return Effect.succeed(undefined);
+      return Effect.map(this.save(next, stored.revision), (revision) => ({ record: next, revision }));
+    };
+    if (options.from !== undefined) return once(options.from);
+    const current = this.read(id).pipe(
+      Effect.catchTag("Internal", (e) => this.unreadable(id, options.fallback, e)),
+    );
+    return Effect.flatMap(current, once).pipe(
+      Effect.retry({ times: 20, while: (e) => e._tag === "Fenced" }),
+    );
+  }
+
+  /** An unreadable record's revision with `fallback` in its place, so that it can be written over. */
+  private unreadable(id: string, fallback: TaskRecord | undefined, error: Internal): Effect.Effect<Stored, Internal | NatsFailure> {
+    if (fallback === undefined) return Effect.fail(error);
+    return Effect.tryPromise({ try: () => this.nats.tasks.get(id), catch: natsFailure(`cannot read task ${id}`) }).pipe(
+      Effect.flatMap((entry) => (entry === null ? Effect.fail(error) : Effect.succeed({ record: fallback, revision: entry.revision }))),
+    );
+  }
+
+  /** Publish a write's event, once per revision, and for a terminal record the submitter's notify. */
+  announce(stored: Stored, payload = encodeJson(stored.record)): void {
+    const { record, revision } = stored;
+    const nc = this.nats.nc;
+    if (nc.isClosed()) return;
+    const h = natsHeaders();
+    h.set("Nats-Msg-Id", `${record.id}:${revision}`);
+    nc.publish(eventSubject("task", record.id, eventOf(record.status)), payload, { headers: h });
+    if (record.notify !== undefined && TerminalStatuses.has(record.status)) nc.publish(`${record.notify}.${record.id}`, payload);
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * The workflow store: the only code that writes a workflow run (KV `troupe-workflows`).
+ * A run changes one way: read it (decoded), take one transition of the pure workflow
+ * machine (`advance`), compare-and-set, then carry out the difference between the two
+ * records: enqueue the steps that became RUNNING, cancel the ones that became CANCELLED,
+ * publish the run's event. Clients (start, cancel) and coordinators (step completions,
+ * reconciliation) all come through here.
+ */
+import { Effect } from "effect";
+import { nuid } from "@nats-io/transport-node";
+import type { Logger } from "pino";
+import { advance, isWorkflowTerminal, stepTaskId, type WorkflowEvent } from "../../machines/workflow.js";
+import { WorkflowRecord as WorkflowRecordSchema, type WorkflowRecord } from "../../machines/records.js";
+import { Internal, NatsFailure } from "../errors.js";
+import { decodeWith, encodeJson } from "../nats/codec.js";
+import type { NatsHandle } from "../nats/connection.js";
+import { PublishRejected, WRONG_LAST_SEQUENCE, type PublishTimeout } from "../nats/publisher.js";
+import { retryNats } from "../nats/retry.js";
+import { eventSubject, kvSubject, stepsSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
+import { cancelTask } from "./cancel.js";
+import type { TaskStore } from "./task-store.js";
+
+export interface StoredRun {
+  readonly record: WorkflowRecord;
+  readonly revision: number;
+}
+
+/** What a run is made from: a workflow definition's name, steps and policy. */
+export type RunDefinition = Pick<WorkflowRecord, "policy"> & { readonly name: string; readonly steps: WorkflowRecord["definition"]["steps"] };
+
+const isTransient = (e: PublishRejected | PublishTimeout) => e._tag === "PublishTimeout" || e.errCode !== WRONG_LAST_SEQUENCE;
+
+export class WorkflowStore {
+  constructor(
+    private readonly nats: NatsHandle,
+    private readonly tasks: TaskStore,
+  ) {}
+
+  /** The run and its revision, or `undefined`; `Internal` when the stored run cannot be read. */
+  async read(id: string): Promise<StoredRun | undefined> {
+    const entry = await this.nats.workflows.get(id);
+    if (entry === null || entry.operation !== "PUT") return undefined;
+    const decoded = decodeWith(WorkflowRecordSchema, entry.value, "workflow record");
+    if (!decoded.ok) throw new Internal({ message: `the stored record of workflow run ${id} is unreadable: ${decoded.error.message}` });
+    return { record: decoded.value, revision: entry.revision };
+  }
+
+  /** Every run id in the bucket. */
+  async ids(): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const id of await this.nats.workflows.keys()) ids.push(id);
+    return ids;
+  }
+
+  /** Create a run RUNNING with its first steps, and enqueue them. */
+  async start(definition: RunDefinition, input: unknown, log: Logger, id: string = nuid.next()): Promise<WorkflowRecord> {
+    const now = Date.now();
+    const pending: WorkflowRecord = {
+      id,
+      workflow: definition.name,
+      status: "PENDING",
+      policy: definition.policy,
+      input,
+      definition: { steps: definition.steps },
+      steps: Object.fromEntries(Object.keys(definition.steps).map((s) => [s, { status: "PENDING" as const }])),
+      createdAt: new Date(now).toISOString(),
+    };
+    const running = advance(pending, { type: "START", at: now });
+    const written = await this.write(id, running, 0);
+    if (written === undefined) throw new NatsFailure({ message: `workflow run ${id} exists already` });
+    await this.carryOut(pending, running, log);
+    return running;
+  }
+
+  /**
+   * Apply an event to a run: read, transition, compare-and-set, carry out; again after a
+   * lost compare-and-set (another coordinator moved the run first). A batch of step
+   * completions is one event and one write. Resolves with the run's record (unchanged when
+   * the event changes nothing), or `undefined` when there is no such run.
+   */
+  async apply(id: string, event: WorkflowEvent, log: Logger): Promise<WorkflowRecord | undefined> {
+    for (let i = 0; i < 50; i++) {
+      const current = await this.read(id);
+      if (current === undefined) return undefined;
+      const next = advance(current.record, event);
+      if (JSON.stringify(next) === JSON.stringify(current.record)) {
+        // Nothing new: a completion seen before, redelivered because whoever applied it died
+        // before acknowledging. Redo what that transition had to carry out (idempotent).
+        if (event.type === "STEPS_SETTLED") await this.redo(current.record, event.settled.map((s) => s.step));
+        return current.record;
+      }
+      if ((await this.write(id, next, current.revision)) === undefined) continue;
+      await this.carryOut(current.record, next, log);
+      return next;
+    }
+    throw new NatsFailure({ message: `workflow run ${id} kept changing; gave up applying ${event.type}` });
+  }
+
+  /** Enqueue a RUNNING step's task (a no-op when it exists: its id is deterministic). */
+  enqueueStep(record: WorkflowRecord, step: string): Promise<unknown> {
+    const def = record.definition.steps[step]!;
+    return this.tasks.enqueue({
+      id: stepTaskId(record.id, step),
+      task: def.task,
+      queue: def.queue,
+      input: record.steps[step]?.input,
+      notify: stepsSubject(record.id, step),
+    });
+  }
+
+  /** The new revision, or `undefined` when the run moved past `expected`. */
+  private async write(id: string, record: WorkflowRecord, expected: number): Promise<number | undefined> {
+    const publish = Effect.tryPromise({
+      try: () => this.nats.publisher.publish(kvSubject(WORKFLOWS_BUCKET, id), encodeJson(record), { lastSubjectSequence: expected }),
+      catch: (e) => e as PublishRejected | PublishTimeout,
+    });
+    const written = await Effect.runPromise(Effect.result(retryNats(this.nats.nc, publish, isTransient)));
+    if (written._tag === "Success") return written.success.seq;
+    if (written.failure instanceof PublishRejected && written.failure.errCode === WRONG_LAST_SEQUENCE) return undefined;
+    throw new NatsFailure({ message: `cannot write workflow run ${id}: ${written.failure.message}`, cause: written.failure });
+  }
+
+  /** Carry out what changed between two records of a run: enqueue, cancel, publish. */
+  private async carryOut(before: WorkflowRecord, after: WorkflowRecord, log: Logger): Promise<void> {
+    const work: Array<Promise<unknown>> = [];
+    for (const [name, step] of Object.entries(after.steps)) {
+      const was = before.steps[name];
+      if (step.status === "RUNNING" && was?.status !== "RUNNING") work.push(this.enqueueStep(after, name));
+      if (step.status === "CANCELLED" && was?.status === "RUNNING" && was.taskId !== undefined) {
+        const reason = `workflow ${after.id} ${after.status === "CANCELLED" ? "cancelled" : "failed fast"}`;
+        work.push(cancelTask(this.nats.nc, this.tasks, was.taskId, reason).catch(() => undefined));
+      }
+    }
+    await Promise.all(work);
+    const event = before.status === after.status ? "progress" : after.status.toLowerCase();
+    this.nats.nc.publish(eventSubject("workflow", after.id, event), encodeJson(after));
+    if (before.status !== after.status) log.info({ workflowId: after.id, workflow: after.workflow, status: after.status }, "workflow transition");
+  }
+
+  /**
+   * Enqueue once more the running dependents of `settled` (a no-op for those already
+   * enqueued). Cancellations are not redone: a late completion of a failed run is normal and
+   * must stay cheap, so a coordinator that dies while cancelling leaves those steps to finish.
+   */
+  private async redo(record: WorkflowRecord, settled: ReadonlyArray<string>): Promise<void> {
+    if (isWorkflowTerminal(record.status)) return;
+    const work: Array<Promise<unknown>> = [];
+    for (const [name, step] of Object.entries(record.steps)) {
+      const def = record.definition.steps[name]!;
+      if (step.status === "RUNNING" && def.after.some((d) => settled.includes(d))) work.push(this.enqueueStep(record, name));
+    }
+    await Promise.all(work);
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * One JetStream delivery, from message to settled lease: decode the work message, pick the
+ * task up from its stored record (the message's own on a first delivery, KV on any later
+ * one), run the attempt, then ack a final outcome, NAK a retry until its `retryAt`, or leave
+ * a lost one alone. A delivery of a task already settled re-announces its last write (the
+ * event and notify a worker killed right after writing may never have sent) and acks.
+ */
+import { Effect } from "effect";
+import type { Logger } from "pino";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { TaskRecord as TaskRecordSchema, TerminalStatuses } from "../../machines/records.js";
+import type { TaskSnapshot } from "../../machines/task.js";
+import type { TaskHost } from "../actor/task-host.js";
+import { decodeWith, encodeJson } from "../nats/codec.js";
+import type { Lease } from "../nats/lease.js";
+import { eventSubject, Headers } from "../nats/topology.js";
+import type { Stored, TaskStore } from "../store/task-store.js";
+import type { TaskDefinition } from "../task.js";
+
+export type DeliveryOutcome = "completed" | "failed" | "retrying" | "cancelled" | "lost" | "skipped" | "interrupted";
+
+export interface DeliveryDeps {
+  readonly nc: NatsConnection;
+  readonly store: TaskStore;
+  readonly host: TaskHost;
+  readonly definitions: ReadonlyMap<string, TaskDefinition>;
+  readonly workerId: string;
+  readonly log: Logger;
+  readonly now: () => number;
+}
+
+/** Run one delivery to its end; never throws. */
+export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<DeliveryOutcome> => {
+  const { store, host, log } = deps;
+  const decoded = decodeWith(TaskRecordSchema, lease.msg.data, "task record");
+  if (!decoded.ok) return reject(lease, deps, decoded.error.message);
+  const message = decoded.value;
+  const definition = deps.definitions.get(message.task);
+  if (definition === undefined || !lease.msg.subject.endsWith(`.${definition.queue}.${definition.name}`)) {
+    return reject(lease, deps, `no handler for task "${message.task}" on ${lease.msg.subject}`);
+  }
+
+  // The first delivery carries the QUEUED record and its revision: no read needed.
+  const headerRevision = Number(lease.msg.headers?.get(Headers.revision) ?? NaN);
+  let stored: Stored | undefined;
+  if (lease.info.deliveryCount === 1 && Number.isInteger(headerRevision)) {
+    stored = { record: message, revision: headerRevision };
+  } else {
+    const read = await Effect.runPromise(Effect.result(store.read(message.id)));
+    if (read._tag === "Failure") {
+      if (read.failure._tag === "NatsFailure") return "skipped"; // left to redelivery
+      // Unreadable: the task ends FAILED (Internal) rather than stuck.
+      log.error({ taskId: message.id, reason: read.failure.message }, "task record unreadable; failing the task");
+      const failure = { _tag: "Internal" as const, message: read.failure.message };
+      await Effect.runPromise(Effect.ignore(store.apply(message.id, { type: "FAIL", failure, at: deps.now() }, { fallback: message })));
+      lease.ack();
+      return "failed";
+    }
+    stored = read.success;
+  }
+  if (stored === undefined) return reject(lease, deps, `task ${message.id} has no record in KV`);
+  const id = stored.record.id;
+  if (TerminalStatuses.has(stored.record.status)) {
+    log.debug({ taskId: id, status: stored.record.status }, "delivery of a settled task: announced again and acknowledged");
+    store.announce(stored);
+    lease.ack();
+    return "skipped";
+  }
+  const wait = Date.parse(stored.record.runAt ?? "") - deps.now();
+  if (stored.record.status === "QUEUED" && wait > 0) {
+    // A delayed task: back on the server until it is due; no attempt, no slot held.
+    lease.nak(wait);
+    return "skipped";
+  }
+  if (host.has(id)) {
+    // A redelivery while this worker still runs the task (its lease lapsed): keep the one running.
+    log.warn({ taskId: id }, "duplicate delivery of a running task ignored");
+    return "skipped";
+  }
+  const snapshot = await host.attempt(stored, definition, lease);
+  return settle(snapshot, lease, deps);
+};
+
+/** Settle the lease after an attempt. */
+const settle = async (snapshot: TaskSnapshot, lease: Lease, deps: DeliveryDeps): Promise<DeliveryOutcome> => {
+  const record = snapshot.context.record;
+  const log = () => deps.log.child({ taskId: record.id, task: record.task, attempt: record.attempt });
+  if (snapshot.status === "stopped") {
+    lease.nak(); // interrupted by a shutdown: left to another worker
+    return "interrupted";
+  }
+  if (snapshot.hasTag("lost")) {
+    log().warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
+    // Settled meanwhile (a cancel, another worker): make sure it was announced, and ack.
+    const now = await Effect.runPromise(Effect.result(deps.store.read(record.id)));
+    if (now._tag === "Success" && now.success !== undefined && TerminalStatuses.has(now.success.record.status)) {
+      deps.store.announce(now.success);
+      lease.ack();
+    }
+    return "lost";
+  }
+  switch (record.status) {
+    case "RETRYING": {
+      const delay = Math.max(0, Date.parse(record.retryAt ?? "") - deps.now());
+      log().info({ error: record.error, retryAt: record.retryAt }, "attempt failed; retry scheduled");
+      lease.nak(delay);
+      return "retrying";
+    }
+    case "COMPLETED":
+      lease.ack();
+      return "completed";
+    case "CANCELLED":
+      log().info("task cancelled");
+      lease.ack();
+      return "cancelled";
+    default:
+      log().info({ error: record.error }, "task failed");
+      lease.ack();
+      return "failed";
+  }
+};
+
+/** A message no worker can run: terminated once, recorded as an event, logged. */
+const reject = (lease: Lease, deps: DeliveryDeps, reason: string): DeliveryOutcome => {
+  deps.log.warn({ subject: lease.msg.subject, reason, seq: lease.info.streamSequence }, "malformed work message terminated");
+  lease.term();
+  deps.nc.publish(
+    eventSubject("worker", deps.workerId, "rejected"),
+    encodeJson({ subject: lease.msg.subject, streamSequence: lease.info.streamSequence, reason, at: new Date(deps.now()).toISOString() }),
+  );
+  return "skipped";
+};
