@@ -24,9 +24,20 @@ export const decodeWith = <T>(schema: Schema.Decoder<T, never>, bytes: Uint8Arra
   return json.ok ? decodeValue(schema, json.value, what) : json;
 };
 
+/** One decoder per schema, made on first use. */
+const decoders = new WeakMap<object, (value: unknown) => Exit.Exit<unknown, unknown>>();
+const decoderOf = <T>(schema: Schema.Decoder<T, never>) => {
+  let decode = decoders.get(schema);
+  if (decode === undefined) {
+    decode = Schema.decodeUnknownExit(schema);
+    decoders.set(schema, decode);
+  }
+  return decode as (value: unknown) => Exit.Exit<T, unknown>;
+};
+
 /** A value already parsed, decoded with `schema`. */
 export const decodeValue = <T>(schema: Schema.Decoder<T, never>, value: unknown, what: string): Decoded<T> => {
-  const exit = Schema.decodeUnknownExit(schema)(value);
+  const exit = decoderOf(schema)(value);
   if (Exit.isSuccess(exit)) return { ok: true, value: exit.value };
   const reason = (Cause.squash(exit.cause) as Error).message ?? "";
   return { ok: false, error: new Serialization({ message: `not a ${what}: ${reason.split("\n").slice(0, 4).join(" ").slice(0, 400)}` }) };

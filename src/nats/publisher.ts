@@ -13,15 +13,30 @@ export interface PubAck {
   readonly duplicate: boolean;
 }
 
-/** The server refused the write; `errCode` is JetStream's (10071: wrong last sequence). */
+/**
+ * The server refused the write: `errCode` is JetStream's (10071: wrong last sequence),
+ * `code` the status (503: no stream answers, or JetStream is not ready).
+ */
 export class PublishRejected extends Data.TaggedError("PublishRejected")<{
   readonly message: string;
   readonly errCode: number;
+  readonly code: number;
 }> {}
 
 export class PublishTimeout extends Data.TaggedError("PublishTimeout")<{ readonly message: string }> {}
 
 export const WRONG_LAST_SEQUENCE = 10071;
+
+/** A lost compare-and-set (or a create that found the key taken). */
+export const isWrongLastSequence = (e: unknown): e is PublishRejected => e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE;
+
+/**
+ * What may pass on its own: no answer in time, no stream answering yet, JetStream not
+ * ready (a restart, a leader election), the connection between servers. Anything else the
+ * server said (a lost compare-and-set, a full stream, a message too large) is final.
+ */
+export const isTransientPublishError = (e: PublishRejected | PublishTimeout): boolean =>
+  e._tag === "PublishTimeout" || e.code === 503 || e.code === 0;
 
 interface Pending {
   readonly resolve: (ack: PubAck) => void;
@@ -71,7 +86,7 @@ export class AckedPublisher {
         this.nc.publish(subject, payload, h === undefined ? { reply: `${this.prefix}.${id}` } : { reply: `${this.prefix}.${id}`, headers: h });
       } catch (e) {
         this.pending.delete(id);
-        reject(new PublishRejected({ message: `cannot publish to ${subject}: ${(e as Error).message}`, errCode: 0 }));
+        reject(new PublishRejected({ message: `cannot publish to ${subject}: ${(e as Error).message}`, errCode: 0, code: 0 }));
       }
     });
   }
@@ -96,7 +111,7 @@ export class AckedPublisher {
     this.pending.delete(id);
     const code = msg.headers?.code ?? 0;
     if (code === 503) {
-      p.reject(new PublishRejected({ message: `no JetStream stream answers on ${p.subject}`, errCode: 503 }));
+      p.reject(new PublishRejected({ message: `no JetStream stream answers on ${p.subject}`, errCode: 503, code: 503 }));
       return;
     }
     try {
@@ -107,12 +122,13 @@ export class AckedPublisher {
         error?: { err_code?: number; code?: number; description?: string };
       };
       if (ack.error !== undefined) {
-        p.reject(new PublishRejected({ message: ack.error.description ?? "rejected", errCode: ack.error.err_code ?? ack.error.code ?? 0 }));
+        const code = ack.error.code ?? 0;
+        p.reject(new PublishRejected({ message: ack.error.description ?? "rejected", errCode: ack.error.err_code ?? code, code }));
       } else {
         p.resolve({ stream: ack.stream ?? "", seq: ack.seq ?? 0, duplicate: ack.duplicate === true });
       }
     } catch {
-      p.reject(new PublishRejected({ message: `unreadable PubAck on ${p.subject}`, errCode: 0 }));
+      p.reject(new PublishRejected({ message: `unreadable PubAck on ${p.subject}`, errCode: 0, code: 0 }));
     }
   }
 

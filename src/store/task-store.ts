@@ -6,8 +6,8 @@
  *   it saw), then announces it.
  * - `apply` takes the stored record, applies one task-machine event with the machine's pure
  *   transition (a cancel, a give-up, a failed enqueue), writes the result, announces it.
- * - `announce` publishes a write's event (deduplicated by message id `<id>:<revision>`) and,
- *   for a terminal record, the submitter's notify. Whoever finds a terminal record whose
+ * - `announce` publishes a write's event and, for a terminal record (its event deduplicated
+ *   by message id `<id>:<revision>`), the submitter's notify. Whoever finds a terminal record whose
  *   announcement may be missing calls it again: a transition is complete or repairable.
  *
  * Every read is decoded with the `TaskRecord` schema; NATS writes retry on one schedule.
@@ -20,7 +20,7 @@ import { eventOf, hydrate, taskMachine, type TaskEvent, type TaskPolicy } from "
 import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { PublishRejected, WRONG_LAST_SEQUENCE, type PublishTimeout } from "../nats/publisher.js";
+import { isTransientPublishError, isWrongLastSequence, type PublishRejected, type PublishTimeout } from "../nats/publisher.js";
 import { retryNats } from "../nats/retry.js";
 import { eventSubject, Headers, kvSubject, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
 
@@ -54,8 +54,6 @@ export interface NewTask {
 /** Room kept under the server's payload limit for headers and the record's own growth. */
 const PAYLOAD_MARGIN = 8_192;
 
-const isTransient = (e: PublishRejected | PublishTimeout) => e._tag === "PublishTimeout" || e.errCode !== WRONG_LAST_SEQUENCE;
-const isTaken = (e: unknown) => e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE;
 const natsFailure = (what: string) => (e: unknown) =>
   new NatsFailure({ message: `${what}: ${e instanceof Error ? e.message : String(e)}`, cause: e });
 
@@ -143,10 +141,10 @@ export class TaskStore {
       },
       catch: (e) => e as PublishRejected | PublishTimeout,
     });
-    return retryNats(this.nats.nc, write, isTransient).pipe(
+    return retryNats(this.nats.nc, write, isTransientPublishError).pipe(
       Effect.map((ack) => ack.seq),
       Effect.catch((e): Effect.Effect<number, NatsFailure | PublishRejected> => {
-        if (!isTaken(e)) return Effect.fail(natsFailure(`cannot record task ${record.id}`)(e));
+        if (!isWrongLastSequence(e)) return Effect.fail(natsFailure(`cannot record task ${record.id}`)(e));
         if (keyed || tries === 1) return Effect.fail(e as PublishRejected);
         return this.ours(record.id, payload).pipe(
           Effect.flatMap((revision) => (revision === undefined ? Effect.fail(e as PublishRejected) : Effect.succeed(revision))),
@@ -167,7 +165,7 @@ export class TaskStore {
         }),
       catch: (e) => e as PublishRejected | PublishTimeout,
     });
-    return Effect.runPromise(retryNats(this.nats.nc, publish, () => true));
+    return Effect.runPromise(retryNats(this.nats.nc, publish, isTransientPublishError));
   }
 
   /**
@@ -186,10 +184,10 @@ export class TaskStore {
       catch: (e) => e as PublishRejected | PublishTimeout,
     });
     const fenced = new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${expected}` });
-    return retryNats(this.nats.nc, write, isTransient).pipe(
+    return retryNats(this.nats.nc, write, isTransientPublishError).pipe(
       Effect.map((ack) => ack.seq),
       Effect.catch((e): Effect.Effect<number, Fenced | NatsFailure> => {
-        if (!isTaken(e)) return Effect.fail(natsFailure(`cannot write task ${record.id}`)(e));
+        if (!isWrongLastSequence(e)) return Effect.fail(natsFailure(`cannot write task ${record.id}`)(e));
         if (tries === 1) return Effect.fail(fenced);
         return this.ours(record.id, payload).pipe(
           Effect.mapError(() => fenced),
@@ -243,14 +241,23 @@ export class TaskStore {
     );
   }
 
-  /** Publish a write's event, once per revision, and for a terminal record the submitter's notify. */
+  /**
+   * Publish a write's event and, for a terminal record, the submitter's notify. A terminal
+   * event, the one that may be announced again, carries message id `<id>:<revision>`, so
+   * TROUPE_EVENTS keeps it once.
+   */
   announce(stored: Stored, payload = encodeJson(stored.record)): void {
     const { record, revision } = stored;
     const nc = this.nats.nc;
     if (nc.isClosed()) return;
+    const subject = eventSubject("task", record.id, eventOf(record.status));
+    if (!TerminalStatuses.has(record.status)) {
+      nc.publish(subject, payload);
+      return;
+    }
     const h = natsHeaders();
     h.set("Nats-Msg-Id", `${record.id}:${revision}`);
-    nc.publish(eventSubject("task", record.id, eventOf(record.status)), payload, { headers: h });
-    if (record.notify !== undefined && TerminalStatuses.has(record.status)) nc.publish(`${record.notify}.${record.id}`, payload);
+    nc.publish(subject, payload, { headers: h });
+    if (record.notify !== undefined) nc.publish(`${record.notify}.${record.id}`, payload);
   }
 }

@@ -14,7 +14,7 @@ import { WorkflowRecord as WorkflowRecordSchema, type WorkflowRecord } from "../
 import { Internal, NatsFailure } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { PublishRejected, WRONG_LAST_SEQUENCE, type PublishTimeout } from "../nats/publisher.js";
+import { isTransientPublishError, isWrongLastSequence, type PublishRejected, type PublishTimeout } from "../nats/publisher.js";
 import { retryNats } from "../nats/retry.js";
 import { eventSubject, kvSubject, stepsSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
 import { cancelTask } from "./cancel.js";
@@ -28,7 +28,6 @@ export interface StoredRun {
 /** What a run is made from: a workflow definition's name, steps and policy. */
 export type RunDefinition = Pick<WorkflowRecord, "policy"> & { readonly name: string; readonly steps: WorkflowRecord["definition"]["steps"] };
 
-const isTransient = (e: PublishRejected | PublishTimeout) => e._tag === "PublishTimeout" || e.errCode !== WRONG_LAST_SEQUENCE;
 
 export class WorkflowStore {
   constructor(
@@ -114,9 +113,9 @@ export class WorkflowStore {
       try: () => this.nats.publisher.publish(kvSubject(WORKFLOWS_BUCKET, id), encodeJson(record), { lastSubjectSequence: expected }),
       catch: (e) => e as PublishRejected | PublishTimeout,
     });
-    const written = await Effect.runPromise(Effect.result(retryNats(this.nats.nc, publish, isTransient)));
+    const written = await Effect.runPromise(Effect.result(retryNats(this.nats.nc, publish, isTransientPublishError)));
     if (written._tag === "Success") return written.success.seq;
-    if (written.failure instanceof PublishRejected && written.failure.errCode === WRONG_LAST_SEQUENCE) return undefined;
+    if (isWrongLastSequence(written.failure)) return undefined;
     throw new NatsFailure({ message: `cannot write workflow run ${id}: ${written.failure.message}`, cause: written.failure });
   }
 

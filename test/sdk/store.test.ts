@@ -1,0 +1,109 @@
+/**
+ * The task store's promises: a terminal record is always announced (or repaired by whoever
+ * finds it), a waiting client never depends on one notify, and nothing that throws leaves
+ * a task RUNNING. Dead workers are played by the test against the real server: it takes a
+ * delivery and writes what a worker would, then stops where a SIGKILL would stop it.
+ */
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { defineTask, Internal, Schema, type TaskRecord } from "../../src/index.js";
+import { connectionOf, ensureTaskConsumer, nextRecord, Topology, type Stored } from "../../src/internals.js";
+import { encodeJson } from "../../src/nats/codec.js";
+import { clients, useNatsServer } from "../helpers/nats.js";
+import { eventCount, recordWhere } from "../helpers/records.js";
+
+const server = useNatsServer();
+const { connect, closeAll } = clients();
+afterEach(closeAll);
+
+let calls = 0;
+const echo = defineTask({
+  name: "store.echo",
+  input: Schema.Struct({ text: Schema.String }),
+  output: Schema.String,
+  heartbeatTimeout: 600,
+  handler: async ({ text }) => {
+    calls++;
+    return text;
+  },
+});
+
+/** Take the task's next delivery as a worker would, without ever settling it. */
+const takeDelivery = async (troupe: Parameters<typeof connectionOf>[0], task: typeof echo) => {
+  const nats = connectionOf(troupe);
+  const consumer = await ensureTaskConsumer(nats.jsm, task.queue, task.name, { ackWaitMs: task.heartbeatTimeout, maxDeliver: task.maxDeliveries });
+  const delivery = await (await nats.js.consumers.get(Topology.TASKS_STREAM, consumer)).next({ expires: 5_000 });
+  expect(delivery).not.toBeNull();
+  return delivery!;
+};
+
+/** Write what a worker's attempt writes, RUNNING then COMPLETED, each a compare-and-set, and nothing else. */
+const writeLikeAWorker = async (troupe: Parameters<typeof connectionOf>[0], id: string, output: unknown): Promise<TaskRecord> => {
+  const tasks = connectionOf(troupe).tasks;
+  const entry = (await tasks.get(id))!;
+  const queued: Stored = { record: entry.json<TaskRecord>(), revision: entry.revision };
+  const running = nextRecord(queued, { type: "START", workerId: "w-dead", at: Date.now() })!;
+  const revision = await tasks.update(id, encodeJson(running), queued.revision);
+  const completed = nextRecord({ record: running, revision }, { type: "EXECUTED", execution: { ok: true, output, at: Date.now() } })!;
+  await tasks.update(id, encodeJson(completed), revision);
+  return completed;
+};
+
+describe("the task store", () => {
+  it("a worker killed between its terminal write and its announcements: the redelivery announces, the result arrives", async () => {
+    calls = 0;
+    const troupe = await connect(server());
+    const run = await troupe.submit(echo, { text: "kept" });
+    await takeDelivery(troupe, echo);
+    await writeLikeAWorker(troupe, run.id, "kept");
+    const completed = Topology.eventSubject("task", run.id, "completed");
+    expect(await eventCount(troupe, completed)).toBe(0); // it died before announcing
+
+    await troupe.worker({ tasks: [echo] }); // gets the redelivery once the dead worker's lease lapses
+    expect(await run.result({ timeout: "20 seconds" })).toBe("kept");
+    await vi.waitFor(async () => expect(await eventCount(troupe, completed)).toBe(1));
+    expect(calls).toBe(0); // the committed result stands: the handler did not run again
+  });
+
+  it("a waiting client re-reads the record when no notify ever comes", async () => {
+    const troupe = await connect(server());
+    const run = await troupe.submit(echo, { text: "quiet" });
+    const delivery = await takeDelivery(troupe, echo);
+    await writeLikeAWorker(troupe, run.id, "quiet");
+    delivery.ack(); // settled, never announced: no redelivery will repair it
+    expect(await run.result({ timeout: "20 seconds" })).toBe("quiet");
+    expect(await troupe.run(echo, run.id).result({ timeout: "20 seconds" })).toBe("quiet");
+  });
+
+  it("an exception inside a task actor ends the task FAILED with Internal, never RUNNING", async () => {
+    const sound = defineTask({
+      name: "store.broken",
+      input: Schema.Struct({}),
+      output: Schema.Void,
+      retry: { attempts: 2 },
+      handler: async () => {
+        throw new Error("fails once");
+      },
+    });
+    // A policy that slipped past validation (the old "50 millis" delay): computing the retry throws.
+    const broken = { ...sound, policy: { ...sound.policy, retry: { ...sound.policy.retry, delay: "50 millis" as unknown as number } } };
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [broken] });
+    const run = await troupe.submit(broken, {});
+    const error = await run.result({ timeout: "20 seconds" }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Internal);
+    expect((error as Internal).message).toContain("task actor failed");
+    expect(await run.get()).toMatchObject({ status: "FAILED", attempt: 1, error: { _tag: "Internal", retryable: false } });
+  });
+
+  it("a stored record that cannot be read ends the task FAILED with Internal", async () => {
+    const troupe = await connect(server());
+    const run = await troupe.submit(echo, { text: "lost" });
+    await connectionOf(troupe).tasks.put(run.id, "not a task record");
+    await troupe.worker({ tasks: [echo] });
+    const error = await run.result({ timeout: "20 seconds" }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Internal);
+    expect((error as Internal).message).toContain("unreadable");
+    const record = await recordWhere(troupe, run.id, (r) => r.status === "FAILED");
+    expect(record.error).toMatchObject({ _tag: "Internal" });
+  });
+});
