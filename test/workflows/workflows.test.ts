@@ -192,6 +192,48 @@ describe("workflows", () => {
     expect(await troupe.get(`${run.id}-second`)).toBeUndefined();
   });
 
+  it("decodes each step's output with its task's schema, as TaskRun.result() does", async () => {
+    const stamp = defineTask({
+      name: "wf.stamp",
+      input: Schema.Struct({ at: Schema.Number }),
+      output: Schema.DateFromString,
+      handler: async ({ at }) => new Date(at),
+    });
+    const wf = defineWorkflow({
+      name: "dated",
+      input: Schema.Struct({ at: Schema.Number }),
+      steps: { when: { task: stamp, input: { at: "${input.at}" } }, named: { task: "wf.untyped", input: {} } },
+    });
+    const untyped = defineTask({ name: "wf.untyped", input: Schema.Struct({}), output: Schema.String, handler: async () => "plain" });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [stamp, untyped] });
+    await troupe.coordinator();
+    const run = await troupe.start(wf, { at: 86_400_000 });
+    const out = await run.result({ timeout: "20 seconds" });
+    expect(out.when).toBeInstanceOf(Date);
+    expect((out.when as Date).toISOString()).toBe("1970-01-02T00:00:00.000Z");
+    expect(out.named).toBe("plain"); // a step named by task only comes back as stored
+    expect((await troupe.workflowRun(wf, run.id).result()).when).toBeInstanceOf(Date);
+  });
+
+  it("checks the input's ${input...} references at start, and says what a cancel did", async () => {
+    const wf = defineWorkflow({
+      name: "needs.input",
+      input: Schema.Unknown,
+      steps: { only: { task: download, input: { url: "${input.url}" } } },
+    });
+    const troupe = await connect(server());
+    const error = await troupe.start(wf, { nope: 1 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InvalidInput);
+    expect((error as InvalidInput).message).toContain("${input.url} resolves to nothing");
+
+    const run = await troupe.start(wf, { url: "x/y.png" }); // no coordinator, no worker: it stays RUNNING
+    expect(await run.cancel("first")).toMatchObject({ id: run.id, status: "CANCELLED", cancelled: true });
+    const again = await run.cancel("second");
+    expect(again).toMatchObject({ status: "CANCELLED", cancelled: false });
+    expect(again.message).toContain("already ended");
+  });
+
   it("runs a 1,000-step fan-out / fan-in", async () => {
     const part = defineTask({
       name: "fan.part",
