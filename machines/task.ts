@@ -86,17 +86,20 @@ export const stateOf = (status: TaskStatus) => {
   }
 };
 
-/** A status whose record must be written (compare-and-set) before the lease is settled. */
+/** The write of a status (compare-and-set) that comes before anything else: SAVED goes on, FENCED is LOST. */
+const saving = (event: string, target: string) => ({
+  entry: { type: "persist" as const, params: { event } },
+  on: {
+    SAVED: { target, actions: "adoptRevision" as const },
+    FENCED: { target: "#task.LOST" as const, actions: "recordLoss" as const },
+  },
+});
+
+/** A final status: saved, then the lease is settled. */
 const persisted = (event: string) => ({
   initial: "saving" as const,
   states: {
-    saving: {
-      entry: { type: "persist" as const, params: { event } },
-      on: {
-        SAVED: { target: "saved" as const, actions: "adoptRevision" as const },
-        FENCED: { target: "#task.LOST" as const, actions: "recordLoss" as const },
-      },
-    },
+    saving: saving(event, "saved"),
     saved: { type: "final" as const, tags: ["settled" as const] },
   },
 });
@@ -199,13 +202,7 @@ export const taskMachine = setup({
       initial: "claiming",
       states: {
         // The RUNNING write is the claim: it wins only against the revision this lease saw.
-        claiming: {
-          entry: { type: "persist", params: { event: "started" } },
-          on: {
-            SAVED: { target: "executing", actions: "adoptRevision" },
-            FENCED: { target: "#task.LOST", actions: "recordLoss" },
-          },
-        },
+        claiming: saving("started", "executing"),
         executing: {
           entry: "execute",
           exit: "interrupt",
@@ -279,13 +276,7 @@ export const taskMachine = setup({
     RETRYING: {
       initial: "saving",
       states: {
-        saving: {
-          entry: { type: "persist", params: { event: "retrying" } },
-          on: {
-            SAVED: { target: "waiting", actions: "adoptRevision" },
-            FENCED: { target: "#task.LOST", actions: "recordLoss" },
-          },
-        },
+        saving: saving("retrying", "waiting"),
         /** Recorded; the delivery waits on the server (a delayed NAK) for the next attempt. */
         waiting: { tags: ["settled"], on: waiting },
       },

@@ -6,6 +6,7 @@
  * the record now and then (after 5 s, then less and less often), and all of them after a
  * reconnect. Closing the client ends every wait with `NatsFailure`.
  */
+import type { Schema } from "effect";
 import type { Subscription } from "@nats-io/transport-node";
 import {
   TaskRecord as TaskRecordSchema,
@@ -71,43 +72,52 @@ export class Results {
   }
 
   /** The task's terminal record, however and wherever it ends. */
-  async task(id: string): Promise<TaskRecord> {
+  task(id: string): Promise<TaskRecord> {
     const own = this.tasks.get(id);
     if (own !== undefined) return own.promise;
-    const waiter = this.waiter(this.tasks, id);
-    waiter.sub = this.nats.nc.subscribe(eventSubject("task", id, "*"), {
-      callback: (_e, msg) => {
-        const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");
-        if (decoded.ok) this.settleTask(decoded.value);
-      },
-    });
-    // Subscribed first, then read: an end between the two is heard either way.
-    await this.nats.nc.flush();
-    const now = await this.taskStore.get(id);
-    if (now === undefined) {
-      this.end(this.tasks, id, (w) => w.reject(new TaskNotFound({ id, message: `no task ${id}` })));
-    } else {
-      this.settleTask(now.record);
-    }
-    return waiter.promise;
+    return this.follow(this.tasks, id, "task", TaskRecordSchema, (r) => this.settleTask(r), async () => (await this.taskStore.get(id))?.record, () =>
+      new TaskNotFound({ id, message: `no task ${id}` }),
+    );
   }
 
   /** The run's terminal record; `fresh` for a run this client is starting (it may not be stored yet). */
-  async run(id: string, fresh: boolean): Promise<WorkflowRecord> {
+  run(id: string, fresh: boolean): Promise<WorkflowRecord> {
     const existing = this.runs.get(id);
     if (existing !== undefined) return existing.promise;
-    const waiter = this.waiter(this.runs, id);
-    waiter.sub = this.nats.nc.subscribe(eventSubject("workflow", id, "*"), {
+    const read = async () => (await this.workflowStore.read(id))?.record;
+    return this.follow(this.runs, id, "workflow", WorkflowRecordSchema, (r) => this.settleRun(r), fresh ? undefined : read, () =>
+      new WorkflowNotFound({ id, message: `no workflow run ${id}` }),
+    );
+  }
+
+  /**
+   * Wait on an actor this client did not start: hear its events, then read it once (an end
+   * between the two is heard either way); `read` is skipped for one not stored yet.
+   */
+  private async follow<R>(
+    map: Map<string, Waiter<R>>,
+    id: string,
+    kind: "task" | "workflow",
+    schema: Schema.Decoder<R, never>,
+    settle: (record: R) => void,
+    read: (() => Promise<R | undefined>) | undefined,
+    missing: () => unknown,
+  ): Promise<R> {
+    const waiter = this.waiter(map, id);
+    waiter.sub = this.nats.nc.subscribe(eventSubject(kind, id, "*"), {
       callback: (_e, msg) => {
-        const decoded = decodeWith(WorkflowRecordSchema, msg.data, "workflow record");
-        if (decoded.ok) this.settleRun(decoded.value);
+        const decoded = decodeWith(schema, msg.data, `${kind} record`);
+        if (decoded.ok) settle(decoded.value);
       },
     });
     await this.nats.nc.flush();
-    if (!fresh) {
-      const now = await this.workflowStore.read(id);
-      if (now === undefined) this.end(this.runs, id, (w) => w.reject(new WorkflowNotFound({ id, message: `no workflow run ${id}` })));
-      else this.settleRun(now.record);
+    if (read !== undefined) {
+      const now = await read().catch((e: unknown) => {
+        this.end(map, id, (w) => w.reject(e));
+        return null;
+      });
+      if (now === undefined) this.end(map, id, (w) => w.reject(missing()));
+      else if (now !== null) settle(now);
     }
     return waiter.promise;
   }
