@@ -25,7 +25,7 @@ export const TerminalStatuses: ReadonlySet<TaskStatus> = new Set(["COMPLETED", "
  * - `NatsFailure`: the task was recorded but could not be enqueued.
  * - `Internal`: a defect in Troupe itself or an unreadable record; never a RUNNING task left behind.
  */
-export const FailureTags = [
+const FailureTags = [
   "InvalidInput",
   "Serialization",
   "Execution",

@@ -289,8 +289,7 @@ export const taskMachine = setup({
   },
 });
 
-export type TaskMachine = typeof taskMachine;
-export type TaskSnapshot = SnapshotFrom<TaskMachine>;
+export type TaskSnapshot = SnapshotFrom<typeof taskMachine>;
 
 /** The snapshot a stored record stands for, ready to take an event. */
 export const hydrate = (input: TaskInput): TaskSnapshot =>

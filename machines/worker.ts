@@ -30,9 +30,6 @@ export type WorkerEvent =
   | { readonly type: "DRAINED" }
   | { readonly type: "BEAT" };
 
-export const WorkerStates = ["starting", "ready", "busy", "draining", "disconnected", "stopped"] as const;
-export type WorkerState = (typeof WorkerStates)[number];
-
 export const workerMachine = setup({
   types: {
     context: {} as WorkerContext,
@@ -93,4 +90,3 @@ export const workerMachine = setup({
   },
 });
 
-export type WorkerMachine = typeof workerMachine;

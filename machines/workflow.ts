@@ -67,7 +67,7 @@ const lookup = (scope: Record<string, unknown>, path: string): unknown => {
  * the referenced value (object, array, number); references inside a longer string are
  * interpolated. Throws when a reference resolves to nothing.
  */
-export const resolveTemplate = (template: unknown, scope: Record<string, unknown>): unknown => {
+const resolveTemplate = (template: unknown, scope: Record<string, unknown>): unknown => {
   if (typeof template === "string") {
     const whole = WHOLE.exec(template);
     if (whole) return lookup(scope, whole[1]!.trim());
@@ -258,4 +258,3 @@ export const advance = (record: WorkflowRecord, event: WorkflowEvent): WorkflowR
   return ended ? { ...after, finishedAt: iso(event.at) } : after;
 };
 
-export type WorkflowMachine = typeof workflowMachine;

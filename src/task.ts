@@ -77,8 +77,8 @@ export interface TaskDefinition<I = any, O = any, IE = any, OE = any> {
 export type InputOf<T> = T extends TaskDefinition<infer I, any, any, any> ? I : never;
 export type OutputOf<T> = T extends TaskDefinition<any, infer O, any, any> ? O : never;
 
-export const DEFAULT_RETRY: RetryPolicy = { attempts: 1, backoff: "exponential", delay: 1_000, maxDelay: 60_000, jitter: 0.2 };
-export const DEFAULT_HEARTBEAT_TIMEOUT = 30_000;
+const DEFAULT_RETRY: RetryPolicy = { attempts: 1, backoff: "exponential", delay: 1_000, maxDelay: 60_000, jitter: 0.2 };
+const DEFAULT_HEARTBEAT_TIMEOUT = 30_000;
 /** Below this a lease cannot be kept: heartbeats go every third of it. */
 const MIN_HEARTBEAT_TIMEOUT = 300;
 

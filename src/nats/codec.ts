@@ -36,7 +36,7 @@ const decoderOf = <T>(schema: Schema.Decoder<T, never>) => {
 };
 
 /** A value already parsed, decoded with `schema`. */
-export const decodeValue = <T>(schema: Schema.Decoder<T, never>, value: unknown, what: string): Decoded<T> => {
+const decodeValue = <T>(schema: Schema.Decoder<T, never>, value: unknown, what: string): Decoded<T> => {
   const exit = decoderOf(schema)(value);
   if (Exit.isSuccess(exit)) return { ok: true, value: exit.value };
   const reason = (Cause.squash(exit.cause) as Error).message ?? "";

@@ -25,7 +25,7 @@ export class PublishRejected extends Data.TaggedError("PublishRejected")<{
 
 export class PublishTimeout extends Data.TaggedError("PublishTimeout")<{ readonly message: string }> {}
 
-export const WRONG_LAST_SEQUENCE = 10071;
+const WRONG_LAST_SEQUENCE = 10071;
 
 /** A lost compare-and-set (or a create that found the key taken). */
 export const isWrongLastSequence = (e: unknown): e is PublishRejected => e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE;

@@ -6,7 +6,7 @@
 import { Duration, Effect, Schedule } from "effect";
 import type { NatsConnection } from "@nats-io/transport-node";
 
-export const natsSchedule = Schedule.exponential("100 millis").pipe(
+const natsSchedule = Schedule.exponential("100 millis").pipe(
   Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(2)))),
 );
 

@@ -7,7 +7,6 @@ export const EVENTS_STREAM = "TROUPE_EVENTS";
 export const TASKS_BUCKET = "troupe-tasks";
 export const WORKFLOWS_BUCKET = "troupe-workflows";
 export const WORKERS_BUCKET = "troupe-workers";
-export const PAYLOADS_STORE = "troupe-payloads";
 
 export const DEFAULT_QUEUE = "default";
 
