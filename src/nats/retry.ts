@@ -17,3 +17,14 @@ export const retryNats = <A, E>(
   transient: (e: E) => boolean,
 ): Effect.Effect<A, E> =>
   Effect.retry(effect, { schedule: natsSchedule, times: 20, while: (e: E) => transient(e) && !nc.isClosed() });
+
+/**
+ * `attempt` once as a plain promise (the hot path pays for no fiber), then, after a
+ * transient failure, again on the same schedule.
+ */
+export const withRetry = <A, E>(nc: NatsConnection, attempt: () => Promise<A>, transient: (e: E) => boolean): Promise<A> =>
+  attempt().catch((e: E) =>
+    transient(e) && !nc.isClosed()
+      ? Effect.runPromise(retryNats(nc, Effect.tryPromise({ try: attempt, catch: (x) => x as E }), transient))
+      : Promise.reject(e),
+  );

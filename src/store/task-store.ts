@@ -21,7 +21,7 @@ import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { isTransientPublishError, isWrongLastSequence, type PublishRejected, type PublishTimeout } from "../nats/publisher.js";
-import { retryNats } from "../nats/retry.js";
+import { retryNats, withRetry } from "../nats/retry.js";
 import { eventSubject, Headers, kvSubject, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
 
 /** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
@@ -108,15 +108,14 @@ export class TaskStore {
     if (payload.length > this.maxPayload) {
       throw new Serialization({ message: `input of task "${task.task}" is ${payload.length} bytes, over the server's payload limit` });
     }
-    const created = await Effect.runPromise(Effect.result(this.create(record, payload, task.idempotencyKey !== undefined)));
-    if (created._tag === "Failure") {
-      if (created.failure._tag === "NatsFailure") throw created.failure;
+    const revision = await this.create(record, payload, task.idempotencyKey !== undefined);
+    if (revision === undefined) {
       const existing = await this.get(task.id);
       if (existing === undefined) throw new NatsFailure({ message: `task ${task.id} exists and vanished while enqueueing` });
       if (existing.record.status === "QUEUED") await this.publishWork(existing).catch(() => undefined);
       return { created: false, stored: existing };
     }
-    const stored = { record, revision: created.success };
+    const stored = { record, revision };
     onRecorded?.();
     try {
       await this.publishWork(stored, payload);
@@ -131,41 +130,32 @@ export class TaskStore {
     return { created: true, stored };
   }
 
-  /** Create the record; a retry that finds the key taken by the very same record found its own first try. */
-  private create(record: TaskRecord, payload: Uint8Array, keyed: boolean): Effect.Effect<number, NatsFailure | PublishRejected> {
+  /**
+   * Create the record: its revision, or `undefined` when the id is taken. A retry that finds
+   * the key taken by the very same record found its own first try.
+   */
+  private async create(record: TaskRecord, payload: Uint8Array, keyed: boolean): Promise<number | undefined> {
     let tries = 0;
-    const write = Effect.tryPromise({
-      try: () => {
-        tries++;
-        return this.nats.publisher.publish(kvSubject(TASKS_BUCKET, record.id), payload, { lastSubjectSequence: 0 });
-      },
-      catch: (e) => e as PublishRejected | PublishTimeout,
-    });
-    return retryNats(this.nats.nc, write, isTransientPublishError).pipe(
-      Effect.map((ack) => ack.seq),
-      Effect.catch((e): Effect.Effect<number, NatsFailure | PublishRejected> => {
-        if (!isWrongLastSequence(e)) return Effect.fail(natsFailure(`cannot record task ${record.id}`)(e));
-        if (keyed || tries === 1) return Effect.fail(e as PublishRejected);
-        return this.ours(record.id, payload).pipe(
-          Effect.flatMap((revision) => (revision === undefined ? Effect.fail(e as PublishRejected) : Effect.succeed(revision))),
-        );
-      }),
-    );
+    const attempt = () => {
+      tries++;
+      return this.nats.publisher.publish(kvSubject(TASKS_BUCKET, record.id), payload, { lastSubjectSequence: 0 });
+    };
+    try {
+      return (await withRetry(this.nats.nc, attempt, isTransientPublishError)).seq;
+    } catch (e) {
+      if (!isWrongLastSequence(e)) throw natsFailure(`cannot record task ${record.id}`)(e);
+      if (keyed || tries === 1) return undefined;
+      return (await Effect.runPromise(this.ours(record.id, payload))) ?? undefined;
+    }
   }
 
   /** The work message: the QUEUED record, with its revision (the first attempt's fencing token). */
   private publishWork(stored: Stored, payload = encodeJson(stored.record)): Promise<unknown> {
     const { record, revision } = stored;
-    const publish = Effect.tryPromise({
-      try: () =>
-        this.nats.publisher.publish(taskSubject(record.queue, record.task), payload, {
-          // A retried publish is a no-op inside the duplicate window.
-          msgId: record.id,
-          headers: { [Headers.revision]: String(revision) },
-        }),
-      catch: (e) => e as PublishRejected | PublishTimeout,
-    });
-    return Effect.runPromise(retryNats(this.nats.nc, publish, isTransientPublishError));
+    const subject = taskSubject(record.queue, record.task);
+    // A retried publish is a no-op inside the duplicate window.
+    const expect = { msgId: record.id, headers: { [Headers.revision]: String(revision) } };
+    return withRetry(this.nats.nc, () => this.nats.publisher.publish(subject, payload, expect), isTransientPublishError);
   }
 
   /**
