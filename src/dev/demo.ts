@@ -88,8 +88,9 @@ export const runDemo = async (options: DemoOptions = {}): Promise<void> => {
     out(`  first task:  math.add(0, 1) = ${sample}  (id ${first?.id})`);
     out(`  worker:      ${JSON.stringify(worker.stats)}`);
     out();
-    out("This demo's server stops with it. To look around a live one, run `troupe dev` (it prints");
-    out("its NATS_URL), point workers at it, and use the nats CLI:");
+    out("This demo's server stops with it. To look around a live one, run `troupe dev` (the other");
+    out("troupe commands of that directory find it; it prints its URL for NATS_URL), start workers,");
+    out("and use the nats CLI:");
     const s = "--server $NATS_URL";
     out(`  nats ${s} stream info ${TASKS_STREAM}`);
     out(`  nats ${s} consumer info ${TASKS_STREAM} ${consumerName("default", "math.add")}`);
