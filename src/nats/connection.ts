@@ -150,7 +150,7 @@ const ensureBucket = async (jsm: JetStreamManager, kvm: Kvm, name: string, opts:
   }
 };
 
-/** Create (or find) the whole layout of DESIGN §2 with `replicas` copies. */
+/** Create (or find) the whole layout (the README's NATS layout) with `replicas` copies. */
 export const openNats = async (nc: NatsConnection, options: ConnectOptions = {}): Promise<NatsHandle> => {
   const replicas = options.replicas ?? 1;
   try {

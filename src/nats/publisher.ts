@@ -91,19 +91,6 @@ export class AckedPublisher {
     });
   }
 
-  /**
-   * A compare-and-set write: the new sequence (revision), or `undefined` when the subject
-   * had moved past `expected`. Any other refusal is thrown.
-   */
-  async compareAndSet(subject: string, payload: Uint8Array, expected: number): Promise<number | undefined> {
-    try {
-      return (await this.publish(subject, payload, { lastSubjectSequence: expected })).seq;
-    } catch (e) {
-      if (e instanceof PublishRejected && e.errCode === WRONG_LAST_SEQUENCE) return undefined;
-      throw e;
-    }
-  }
-
   private receive(msg: Msg): void {
     const id = Number(msg.subject.slice(this.prefix.length + 1));
     const p = this.pending.get(id);

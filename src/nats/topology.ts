@@ -55,8 +55,6 @@ export const COORDINATOR_CONSUMER = "troupe-coordinator";
 export const Headers = {
   /** KV revision of the QUEUED record: the first attempt's fencing token, saving a read. */
   revision: "Troupe-Revision",
-  /** Subject prefix on which the submitting client hears the terminal record. */
-  notify: "Troupe-Notify",
 } as const;
 
 const segment = /^[A-Za-z0-9_-]+$/;
