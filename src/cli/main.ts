@@ -44,7 +44,7 @@ Usage:
   troupe workflow cancel <id> [--reason TEXT]
                                              cancel a workflow run (exit 1 if it had already finished)
 
-  T is milliseconds or a duration such as "30 seconds"; a wait past it exits 1, the work goes on.
+  T is milliseconds or a duration such as 30s or "30 seconds"; a wait past it exits 1, the work goes on.
 
 Connection (every verb but dev and demo):
   --server URL       NATS server(s), comma-separated (default: $NATS_URL, then the URL
@@ -94,10 +94,17 @@ const serverUrl = (flags: Flags): string | undefined => {
   return existsSync(DEV_URL_FILE) ? readFileSync(DEV_URL_FILE, "utf8").trim() || undefined : undefined;
 };
 
+/** Short units as people type them (`1s`, `500ms`, `2m`), in the words Effect's durations take. */
+const SHORT_UNITS: Readonly<Record<string, string>> = { ms: "millis", s: "seconds", m: "minutes", h: "hours", d: "days" };
+
 const timeoutFlag = (flags: Flags): number | undefined => {
   if (flags.timeout === undefined) return undefined;
-  const ms = parseDuration(flags.timeout.trim() !== "" && Number.isFinite(Number(flags.timeout)) ? Number(flags.timeout) : flags.timeout);
-  if (ms === undefined) throw new UsageError(`--timeout must be milliseconds or a duration such as "30 seconds", got "${flags.timeout}"`);
+  const text = flags.timeout.trim();
+  const short = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/i.exec(text);
+  const ms = parseDuration(
+    text !== "" && Number.isFinite(Number(text)) ? Number(text) : short ? `${short[1]} ${SHORT_UNITS[short[2]!.toLowerCase()]}` : text,
+  );
+  if (ms === undefined) throw new UsageError(`--timeout must be milliseconds or a duration such as 30s or "30 seconds", got "${flags.timeout}"`);
   return ms;
 };
 
@@ -348,6 +355,9 @@ const submit = async (flags: Flags, positionals: string[]) => {
   // With --module the real definition validates the input here; otherwise the worker does.
   const known = flags.module === undefined ? undefined : (await loadTasks(flags.module)).find((t) => t.name === name);
   if (flags.module !== undefined && known === undefined) throw new UsageError(`${flags.module} exports no task "${name}"`);
+  if (known !== undefined && flags.queue !== undefined && flags.queue !== known.queue) {
+    throw new UsageError(`--queue "${flags.queue}" contradicts ${flags.module}, whose task "${name}" runs on queue "${known.queue}"`);
+  }
   const task = known ?? untypedTask(name, flags.queue);
   const timeout = timeoutFlag(flags);
   await withClient(flags, async (troupe) => {

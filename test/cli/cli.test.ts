@@ -1,15 +1,20 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm, symlink } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { runCli, spawnCli, waitForOutput } from "../helpers/cli.js";
-import { useNatsServer } from "../helpers/nats.js";
+import { defineTask, defineWorkflow, Schema, Troupe } from "../../src/index.js";
+import { killCliChildren, runCli, spawnCli, waitForOutput, type CliResult } from "../helpers/cli.js";
+import { clients, useNatsServer } from "../helpers/nats.js";
 
 const server = useNatsServer();
 const children: ChildProcess[] = [];
-afterEach(() => {
+const sdk = clients();
+afterEach(async () => {
   for (const c of children.splice(0)) c.kill("SIGKILL");
+  killCliChildren();
+  await sdk.closeAll();
 });
 
 describe("troupe CLI", () => {
@@ -91,4 +96,149 @@ describe("troupe CLI", () => {
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('unknown command "frobnicate"');
   }, 60_000);
+
+  it("submit --wait --timeout on a task no worker serves: a warning at once, then ResultTimeout and exit 1", async () => {
+    const env = { NATS_URL: server().url };
+    const result = await runCli(["submit", "no.such.task", "{}", "--wait", "--timeout", "1s"], env);
+    expect(result.code).toBe(1);
+    expect(result.stdout).toBe("");
+    // The warning first, as the wait begins; the timeout's error line last.
+    const lines = result.stderr.trim().split("\n");
+    expect(lines[0]).toMatch(/^troupe submit: warning: no live worker serves task "no\.such\.task"/);
+    expect(lines.at(-1)).toMatch(/^troupe submit: ResultTimeout: .*1000 ms/);
+
+    const noWait = await runCli(["submit", "no.such.task", "{}"], env);
+    expect(noWait.code).toBe(0);
+    expect(noWait.stdout.trim()).toMatch(/^[A-Za-z0-9]+$/);
+    expect(noWait.stderr).toContain('warning: no live worker serves task "no.such.task"');
+  }, 60_000);
+
+  it("workflow run --watch --timeout on a workflow whose step task no worker serves: a warning, then exit 1", async () => {
+    const result = await runCli(["workflow", "run", "test/fixtures/unserved.yaml", "--watch", "--timeout", "2s"], { NATS_URL: server().url });
+    expect(result.code).toBe(1);
+    const lines = result.stderr.trim().split("\n");
+    expect(lines[0]).toMatch(/^troupe workflow run: warning: no live worker serves task "test\.no-worker\.step"/);
+    expect(lines.at(-1)).toMatch(/^troupe workflow: ResultTimeout: .*2000 ms/);
+  }, 60_000);
+
+  it("workflow run checks the input against the document's declaration and its ${input...} references, before anything is written", async () => {
+    const env = { NATS_URL: server().url };
+    const [typed, missing] = await Promise.all([
+      runCli(["workflow", "run", "test/fixtures/typed-input.yaml", "--input", '{"x":"one"}'], env),
+      runCli(["workflow", "run", "test/fixtures/missing-input.yaml", "--input", "{}"], env),
+    ]);
+    expect(typed.code).toBe(1);
+    expect(typed.stdout).toBe("");
+    expect(typed.stderr).toMatch(/^troupe workflow: InvalidInput: /);
+    expect(typed.stderr).toContain('["x"]');
+    expect(missing.code).toBe(1);
+    expect(missing.stdout).toBe("");
+    expect(missing.stderr).toMatch(/^troupe workflow: InvalidInput: /);
+    expect(missing.stderr).toContain("${input.y}");
+    // No warning about unserved steps: nothing was started.
+    expect(typed.stderr + missing.stderr).not.toContain("warning");
+  }, 60_000);
+
+  it("says a usage mistake in one line and a hint, without the usage text, exit 2", async () => {
+    const env = { NATS_URL: server().url };
+    const mistakes = await Promise.all([
+      runCli(["workflow", "run", "test/fixtures/tasks.ts"], env),
+      runCli(["submit", "math.add", "{}", "--module", "test/fixtures/tasks.ts", "--queue", "x"], env),
+      runCli(["--frobnicate"], env),
+    ]);
+    for (const mistake of mistakes) {
+      expect(mistake.code).toBe(2);
+      expect(mistake.stdout).toBe("");
+      expect(mistake.stderr).not.toContain("Usage:");
+      const lines = mistake.stderr.trimEnd().split("\n");
+      expect(lines).toHaveLength(2);
+      expect(lines[0]).toMatch(/^troupe( \w+)?: /);
+      expect(lines[1]).toBe("Run `troupe --help` for usage.");
+    }
+    expect(mistakes[0]!.stderr).toContain("not valid JSON");
+    expect(mistakes[1]!.stderr).toContain('--queue "x"');
+    expect(mistakes[2]!.stderr).toContain("--frobnicate");
+  }, 60_000);
+
+  it("workflow cancel, twice: cancelled and exit 0, then one line saying it already ended and exit 1, as cancel does", async () => {
+    const env = { NATS_URL: server().url };
+    const troupe = await sdk.connect(server());
+    const unserved = defineTask({ name: "test.no-worker.cancel", input: Schema.Struct({}), output: Schema.Void, handler: async () => undefined });
+    const flow = defineWorkflow({ name: "test.cancel-twice", input: Schema.Struct({}), steps: { only: { task: unserved, input: {} } } });
+    const run = await troupe.start(flow, {});
+    const task = await troupe.submit(unserved, {});
+
+    const oneLine = (r: CliResult) => {
+      const text = r.stdout.trim();
+      expect(text.split("\n")).toHaveLength(1);
+      expect(() => JSON.parse(text)).toThrow();
+      return text;
+    };
+    for (const [verb, id] of [
+      [["workflow", "cancel"], run.id],
+      [["cancel"], task.id],
+    ] as const) {
+      const first = await runCli([...verb, id], env);
+      expect(first.code).toBe(0);
+      expect(oneLine(first)).toContain("cancelled");
+      const second = await runCli([...verb, id], env);
+      expect(second.code).toBe(1);
+      expect(oneLine(second)).toMatch(/already ended CANCELLED/);
+    }
+    expect((await troupe.getWorkflow(run.id))?.status).toBe("CANCELLED");
+    expect((await troupe.get(task.id))?.status).toBe("CANCELLED");
+  }, 60_000);
+
+  it("`troupe dev` writes its URL to .troupe/url, where the other verbs of its directory find it, and removes it on Ctrl-C", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "troupe-dev-cli-"));
+    const urlFile = join(dir, ".troupe", "url");
+    // Whatever NATS_URL this process has, the children must not see it.
+    const noUrl = { NATS_URL: undefined };
+    const dev = spawnCli(["dev", "--store", join(dir, "nats"), "--ui-port", "0"], noUrl, { cwd: dir });
+    const devExited = outcome(dev);
+    try {
+      const banner = await waitForOutput(dev, /^troupe dev: nats-server with JetStream at nats:/);
+      const url = (await readFile(urlFile, "utf8")).trim();
+      expect(banner).toContain(` at ${url} `);
+
+      const [missing, submitted] = await Promise.all([
+        runCli(["get", "no-such-id"], noUrl, { cwd: dir }),
+        runCli(["submit", "no.such.task", "{}"], noUrl, { cwd: dir }),
+      ]);
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toContain("no task no-such-id");
+      // The task is on dev's server, not on another one the default URL may reach.
+      expect(submitted.code).toBe(0);
+      const id = submitted.stdout.trim();
+      const troupe = await Troupe.connect({ servers: url });
+      try {
+        expect((await troupe.get(id))?.status).toBe("QUEUED");
+      } finally {
+        await troupe.close();
+      }
+
+      dev.kill("SIGINT");
+      expect((await devExited).code).toBe(0);
+      expect(existsSync(urlFile)).toBe(false);
+    } finally {
+      if (dev.exitCode === null && dev.signalCode === null) {
+        // SIGINT stops dev's nats-server with it; SIGKILL only if it does not stop.
+        dev.kill("SIGINT");
+        const timer = setTimeout(() => dev.kill("SIGKILL"), 15_000);
+        await devExited;
+        clearTimeout(timer);
+      }
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
+
+/** A child's whole output and exit code, once it has exited and its output is read. */
+const outcome = (child: ChildProcess): Promise<CliResult> =>
+  new Promise((res) => {
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.on("close", (code) => res({ code, stdout, stderr }));
+  });

@@ -1,9 +1,13 @@
 /** Run the `troupe` CLI from source in a child process. */
 import { spawn, type ChildProcess } from "node:child_process";
+import { createRequire } from "node:module";
 import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 
 const root = resolve(import.meta.dirname, "../..");
 const main = resolve(root, "src/cli/main.ts");
+/** tsx's loader by its file URL: `--import tsx` would be resolved from the child's working directory. */
+const tsx = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 
 export interface CliResult {
   readonly code: number | null;
@@ -11,23 +15,47 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-export const spawnCli = (args: string[], env: Record<string, string> = {}): ChildProcess =>
+/** Variables for the child, over this process's; `undefined` removes one (e.g. `NATS_URL`). */
+export type CliEnv = Record<string, string | undefined>;
+
+export interface CliOptions {
+  /** The child's working directory (default: the repository root). */
+  readonly cwd?: string;
+}
+
+/** Every CLI child still running, for `killCliChildren`. */
+const running = new Set<ChildProcess>();
+
+export const spawnCli = (args: string[], env: CliEnv = {}, options: CliOptions = {}): ChildProcess => {
+  const merged: Record<string, string | undefined> = { ...process.env, TROUPE_LOG_LEVEL: "warn", ...env };
+  for (const [key, value] of Object.entries(merged)) if (value === undefined) delete merged[key];
   // One process (`node --import tsx`), not tsx's CLI, which runs the program in a child:
   // a SIGKILL or SIGSTOP must reach the worker itself.
-  spawn(process.execPath, ["--import", "tsx", main, ...args], {
-    cwd: root,
-    env: { ...process.env, TROUPE_LOG_LEVEL: "warn", ...env },
+  const child = spawn(process.execPath, ["--import", tsx, main, ...args], {
+    cwd: options.cwd ?? root,
+    env: merged,
     stdio: ["ignore", "pipe", "pipe"],
   });
+  running.add(child);
+  child.on("exit", () => running.delete(child));
+  return child;
+};
 
-export const runCli = (args: string[], env: Record<string, string> = {}): Promise<CliResult> =>
+/** SIGKILL every CLI child still running (those of `runCli` too), e.g. in afterEach. */
+export const killCliChildren = (): void => {
+  for (const child of running) child.kill("SIGKILL");
+  running.clear();
+};
+
+export const runCli = (args: string[], env: CliEnv = {}, options: CliOptions = {}): Promise<CliResult> =>
   new Promise((res) => {
-    const child = spawnCli(args, env);
+    const child = spawnCli(args, env, options);
     let stdout = "";
     let stderr = "";
     child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
     child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.on("exit", (code) => res({ code, stdout, stderr }));
+    // "close", not "exit": the output is all read by then.
+    child.on("close", (code) => res({ code, stdout, stderr }));
   });
 
 /** Resolves with the first stdout line that matches. */
