@@ -168,21 +168,28 @@ const pathOf = (error: unknown): ReadonlyArray<PropertyKey> => {
   return path;
 };
 
-const invalidInput = (task: string, error: unknown) =>
+/** One line, as errors print in a log or a terminal. */
+const oneLine = (text: string) => text.replace(/\s*\n\s*/g, " ");
+
+const invalidInput = (task: string, error: unknown, kind = "task") =>
   new InvalidInput({
     task,
     path: pathOf(error),
-    message: `input of task "${task}" is invalid: ${error instanceof Error ? error.message : String(error)}`,
+    message: `input of ${kind} "${task}" is invalid: ${oneLine(error instanceof Error ? error.message : String(error))}`,
   });
 
 /** Validate and encode a submit's input for the wire; `InvalidInput` names the field. */
-export const encodeInput = <I>(task: { readonly name: string; readonly input: Schema.Codec<I, any> }, input: I): Effect.Effect<unknown, InvalidInput> => {
+export const encodeInput = <I>(
+  task: { readonly name: string; readonly input: Schema.Codec<I, any> },
+  input: I,
+  kind: "task" | "workflow" = "task",
+): Effect.Effect<unknown, InvalidInput> => {
   // Decode the encoded form back so that a value of the wrong shape is caught even
   // when the static type was bypassed.
   const encoded = Schema.encodeUnknownExit(task.input)(input);
   const checked = Exit.isSuccess(encoded) ? Schema.decodeUnknownExit(task.input)(encoded.value) : encoded;
   if (Exit.isSuccess(checked) && Exit.isSuccess(encoded)) return Effect.succeed(encoded.value);
-  return Effect.fail(invalidInput(task.name, Exit.isFailure(checked) ? Cause.squash(checked.cause) : undefined));
+  return Effect.fail(invalidInput(task.name, Exit.isFailure(checked) ? Cause.squash(checked.cause) : undefined, kind));
 };
 
 /** Decode what came off the wire into the handler's input type. */
@@ -191,10 +198,10 @@ export const decodeInput = <I>(task: TaskDefinition<I>, wire: unknown): Exit.Exi
 
 export const encodeOutput = <O>(task: TaskDefinition<any, O>, output: O): Exit.Exit<unknown, Serialization> =>
   Exit.mapError(Schema.encodeUnknownExit(task.output)(output), (error) =>
-    new Serialization({ message: `output of task "${task.name}" does not match its schema: ${error.message}` }),
+    new Serialization({ message: `output of task "${task.name}" does not match its schema: ${oneLine(error.message)}` }),
   );
 
 export const decodeOutput = <O>(task: TaskDefinition<any, O>, wire: unknown): Exit.Exit<O, Serialization> =>
   Exit.mapError(Schema.decodeUnknownExit(task.output)(wire), (error) =>
-    new Serialization({ message: `output of task "${task.name}" does not match its schema: ${error.message}` }),
+    new Serialization({ message: `output of task "${task.name}" does not match its schema: ${oneLine(error.message)}` }),
   );

@@ -94,16 +94,10 @@ const serverUrl = (flags: Flags): string | undefined => {
   return existsSync(DEV_URL_FILE) ? readFileSync(DEV_URL_FILE, "utf8").trim() || undefined : undefined;
 };
 
-/** Short units as people type them (`1s`, `500ms`, `2m`), in the words Effect's durations take. */
-const SHORT_UNITS: Readonly<Record<string, string>> = { ms: "millis", s: "seconds", m: "minutes", h: "hours", d: "days" };
-
 const timeoutFlag = (flags: Flags): number | undefined => {
   if (flags.timeout === undefined) return undefined;
   const text = flags.timeout.trim();
-  const short = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/i.exec(text);
-  const ms = parseDuration(
-    text !== "" && Number.isFinite(Number(text)) ? Number(text) : short ? `${short[1]} ${SHORT_UNITS[short[2]!.toLowerCase()]}` : text,
-  );
+  const ms = parseDuration(text !== "" && Number.isFinite(Number(text)) ? Number(text) : text);
   if (ms === undefined) throw new UsageError(`--timeout must be milliseconds or a duration such as 30s or "30 seconds", got "${flags.timeout}"`);
   return ms;
 };

@@ -205,7 +205,7 @@ export class Troupe {
    * (`troupe.coordinator()`, `troupe coordinator`) advance it.
    */
   async start<W extends WorkflowDefinition>(workflow: W, input: WorkflowInputOf<W>): Promise<WorkflowRun<WorkflowOutputsOf<W>>> {
-    const encoded = Effect.runSyncExit(encodeInput(workflow, input));
+    const encoded = Effect.runSyncExit(encodeInput(workflow, input, "workflow"));
     if (Exit.isFailure(encoded)) throw Cause.squash(encoded.cause);
     const missing = unresolvedInput(workflow.steps, encoded.value);
     if (missing !== undefined) {

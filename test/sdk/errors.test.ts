@@ -141,6 +141,7 @@ describe("options are checked where they are given", () => {
       }
     };
     expect(defined({ retry: { attempts: 3, delay: "50 millis", maxDelay: "2 seconds" } })).toBe("accepted");
+    expect(defined({ timeout: "2s", heartbeatTimeout: "1m", retry: { delay: "500ms" } })).toBe("accepted");
     expect(defined({ timeout: "banana" })).toContain("timeout must be a duration");
     expect(defined({ heartbeatTimeout: "1 millis" })).toContain("heartbeatTimeout must be a duration of at least 300 ms");
     expect(defined({ retry: { delay: "soon" } })).toContain("retry.delay");
