@@ -23,6 +23,9 @@ import { eventSubject } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { WorkflowStore } from "../store/workflow-store.js";
 
+/** The events that end a task or a run (`troupe.events.<kind>.<id>.<event>`). */
+const ENDS: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
+
 /** When a wait first re-reads its record, and the longest it goes between two reads. */
 const FIRST_CHECK_MS = 5_000;
 const MAX_CHECK_MS = 30_000;
@@ -106,6 +109,8 @@ export class Results {
     const waiter = this.waiter(map, id);
     waiter.sub = this.nats.nc.subscribe(eventSubject(kind, id, "*"), {
       callback: (_e, msg) => {
+        // The event names the status: only an end is worth decoding (a run's record can be large).
+        if (!ENDS.has(msg.subject.slice(msg.subject.lastIndexOf(".") + 1))) return;
         const decoded = decodeWith(schema, msg.data, `${kind} record`);
         if (decoded.ok) settle(decoded.value);
       },

@@ -173,15 +173,16 @@ export class TaskStore {
       },
       catch: (e) => e as PublishRejected | PublishTimeout,
     });
-    const fenced = new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${expected}` });
+    // Made only when a write loses: an error object (with its stack) per save showed in the profile.
+    const fenced = () => new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${expected}` });
     return retryNats(this.nats.nc, write, isTransientPublishError).pipe(
       Effect.map((ack) => ack.seq),
       Effect.catch((e): Effect.Effect<number, Fenced | NatsFailure> => {
         if (!isWrongLastSequence(e)) return Effect.fail(natsFailure(`cannot write task ${record.id}`)(e));
-        if (tries === 1) return Effect.fail(fenced);
+        if (tries === 1) return Effect.fail(fenced());
         return this.ours(record.id, payload).pipe(
-          Effect.mapError(() => fenced),
-          Effect.flatMap((revision) => (revision === undefined ? Effect.fail(fenced) : Effect.succeed(revision))),
+          Effect.mapError(fenced),
+          Effect.flatMap((revision) => (revision === undefined ? Effect.fail(fenced()) : Effect.succeed(revision))),
         );
       }),
       Effect.tap((revision) => Effect.sync(() => this.announce({ record, revision }, payload))),
