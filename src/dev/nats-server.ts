@@ -25,6 +25,8 @@ export interface NatsServerOptions {
   readonly name?: string;
   /** Ask JetStream to fsync every write, when the server supports it (2.10+). */
   readonly syncAlways?: boolean;
+  /** Serve the HTTP monitoring endpoints (`/varz`, `/jsz`) on a free loopback port. */
+  readonly monitoring?: boolean;
 }
 
 const INSTALL_HINT =
@@ -50,6 +52,8 @@ export const natsServerVersion = (binary: string): [number, number, number] => {
 export class NatsServer {
   private child: ChildProcess | undefined;
   private exited: Promise<void> = Promise.resolve();
+  /** The monitoring endpoint's base URL, when `monitoring` was asked for. */
+  monitoringUrl: string | undefined;
   private constructor(
     readonly binary: string,
     readonly dir: string,
@@ -92,6 +96,7 @@ export class NatsServer {
         `ports_file_dir: ${JSON.stringify(portsDir)}`,
         this.options.name ? `server_name: ${JSON.stringify(this.options.name)}` : "",
         `jetstream { store_dir: ${JSON.stringify(this.storeDir)}${sync} }`,
+        this.options.monitoring ? `http: "127.0.0.1:-1"` : "",
         this.options.config ?? "",
       ].join("\n"),
     );
@@ -108,9 +113,10 @@ export class NatsServer {
       const files = existsSync(portsDir) ? await readdir(portsDir) : [];
       const file = files.find((f) => f.endsWith(".ports"));
       if (file !== undefined) {
-        const ports = JSON.parse(await readFile(join(portsDir, file), "utf8")) as { nats: string[] };
+        const ports = JSON.parse(await readFile(join(portsDir, file), "utf8")) as { nats: string[]; monitoring?: string[] };
         const url = ports.nats[0];
-        if (url !== undefined) {
+        if (url !== undefined && (!this.options.monitoring || ports.monitoring?.[0] !== undefined)) {
+          this.monitoringUrl = ports.monitoring?.[0];
           this.port = Number(new URL(url).port);
           return;
         }
