@@ -1,18 +1,21 @@
 /**
- * Hosting task actors: one live XState actor per attempt, picked up from the stored record
- * (`hydrate`), its effects provided as Effect programs that answer with events, its timers
- * on the fiber clock. The host runs an attempt to a settled or lost state and reports the
- * snapshot; what to do with the delivery is the caller's (a worker's, or `runTask`'s).
+ * Hosting task actors. Each attempt is an actor of the task machine: events go in one at a
+ * time through its mailbox, each is applied with the machine's own transition, and the
+ * actions that transition names are carried out here: `persist` and `execute` as Effect
+ * programs that answer with events, delayed events (heartbeat, deadline) on the fiber
+ * clock, `interrupt` and `heartbeat` on the attempt's handler and lease. The machine is the
+ * same definition the visualizer draws; hosting it this way, rather than as one XState
+ * actor (and actor system) per attempt, halves XState's cost per task.
  *
  * Every write goes through the store, a compare-and-set on the last revision the actor
  * saw: the revision is the fencing token, so an attempt that lost its lease cannot
- * overwrite a newer one. No path leaves a task RUNNING because something threw: an actor
- * that fails is answered with a `FAIL` (`Internal`) from the last state it saved.
+ * overwrite a newer one. No path leaves a task RUNNING because something threw: an attempt
+ * whose transition throws is answered with a `FAIL` (`Internal`) from the last state it saved.
  */
 import { Effect } from "effect";
-import { createActor, type Actor, type AnyActorRef } from "xstate";
+import { createActor, type ActorScope, type AnyActorRef, type AnyEventObject } from "xstate";
 import type { Logger } from "pino";
-import { hydrate, taskMachine, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
+import { hydrate, taskMachine, type TaskContext, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
 import type { TaskRecord } from "../../machines/records.js";
 import type { Fenced, Internal, NatsFailure } from "../errors.js";
 import type { Stored } from "../store/task-store.js";
@@ -42,152 +45,240 @@ export interface Heartbeat {
   working(details?: unknown): void;
 }
 
-interface Session {
-  readonly actor: Actor<typeof taskMachine>;
-  readonly definition: TaskDefinition;
-  readonly lease: Heartbeat;
-  readonly log: () => Logger;
-  readonly abort: AbortController;
-  readonly settled: Promise<TaskSnapshot>;
+/** How an attempt ended: its last snapshot, and whether it was stopped (a shutdown) before settling. */
+export interface AttemptOutcome {
+  readonly snapshot: TaskSnapshot;
+  readonly stopped: boolean;
+}
+
+/** An action a transition names, as the machine reports it. */
+interface NamedAction {
+  readonly type: string;
+  readonly params?: unknown;
+  readonly info: { readonly context: TaskContext };
+}
+
+/** A snapshot an attempt can stop at: saved to a final or waiting status, or lost. */
+const isSettled = (s: TaskSnapshot) => s.hasTag("settled") || s.hasTag("lost");
+
+/** One attempt: the actor's state, its mailbox, its timers, its handler and lease. */
+class Attempt {
+  snapshot: TaskSnapshot;
   /** The last record this attempt wrote (or started from), and its revision. */
   saved: Stored;
   /** The handler is running (started, not returned). */
-  running: boolean;
+  running = false;
+  readonly abort = new AbortController();
+  readonly ended: Promise<AttemptOutcome>;
+  private end!: (outcome: AttemptOutcome) => void;
+  private readonly mailbox: TaskEvent[] = [];
+  private busy = false;
+  private done = false;
+  /** Delayed events by id, as the fiber clock holds them. */
+  private readonly timers = new Map<string, unknown>();
+
+  constructor(
+    private readonly host: TaskHost,
+    readonly definition: TaskDefinition,
+    readonly lease: Heartbeat,
+    readonly log: () => Logger,
+    stored: Stored,
+  ) {
+    this.saved = stored;
+    this.snapshot = hydrate({ ...stored, policy: definition.policy });
+    this.ended = new Promise((resolve) => (this.end = resolve));
+  }
+
+  /** Events go in one at a time; one sent while another is processed waits its turn. */
+  send(event: TaskEvent): void {
+    if (this.done) return;
+    this.mailbox.push(event);
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      for (let next = this.mailbox.shift(); next !== undefined && !this.done; next = this.mailbox.shift()) {
+        const actions = this.host.step(this, next);
+        for (const action of actions) this.host.carryOut(this, action);
+        if (isSettled(this.snapshot)) this.finish(false);
+      }
+    } catch (error) {
+      this.log().error({ err: error }, "task actor failed");
+      this.finish(false);
+      void this.host.failInternal(this, error).then((snapshot) => this.end({ snapshot, stopped: false }));
+      return;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  schedule(id: string, event: AnyEventObject, delay: number, clock: FiberClock): void {
+    this.cancel(id, clock);
+    this.timers.set(id, clock.setTimeout(() => this.send(event as TaskEvent), delay));
+  }
+
+  cancel(id: string, clock: FiberClock): void {
+    const timer = this.timers.get(id);
+    if (timer === undefined) return;
+    this.timers.delete(id);
+    clock.clearTimeout(timer);
+  }
+
+  /** No more events; timers cleared; the handler, if still running, aborted. */
+  finish(stopped: boolean, clock?: FiberClock): void {
+    if (this.done) return;
+    this.done = true;
+    for (const id of [...this.timers.keys()]) this.cancel(id, clock ?? this.host.clock);
+    if (this.running) this.abort.abort();
+    if (!stopped && this.snapshot.status === "active" && !isSettled(this.snapshot)) return; // an error: ended by failInternal
+    this.end({ snapshot: this.snapshot, stopped });
+  }
 }
 
-/** Events from effects that finish after the actor stopped are dropped. */
-const answer = (self: AnyActorRef, event: TaskEvent) => {
-  if (self.getSnapshot().status === "active") self.send(event);
-};
-
-/** A snapshot an attempt can stop at: saved to a final or waiting status, or lost. */
-const isSettled = (s: TaskSnapshot) => s.hasTag("settled") || s.hasTag("lost") || s.status !== "active";
-
 export class TaskHost {
-  private readonly sessions = new Map<string, Session>();
+  private readonly attempts = new Map<string, Attempt>();
   private readonly machine;
+  /** One scope for every transition of this host: the machine's actions are collected, not run. */
+  private readonly scope: ActorScope<TaskSnapshot, TaskEvent>;
+  private collected: NamedAction[] = [];
+  readonly clock: FiberClock;
 
   constructor(private readonly deps: TaskHostDeps) {
-    const session = (id: string) => this.sessions.get(id);
-    const { store, clock } = deps;
-    // Provided once per host: per-attempt effects find their session by task id, so the
-    // actor's context stays plain data.
+    this.clock = deps.clock;
     this.machine = taskMachine.provide({
-      actions: {
-        persist: ({ context, self }) => {
-          const s = session(context.record.id);
-          const program = store.save(context.record, context.revision).pipe(
-            Effect.match({
-              onSuccess: (revision) => {
-                if (s !== undefined) s.saved = { record: context.record, revision };
-                answer(self, { type: "SAVED", revision });
-              },
-              onFailure: (e) => answer(self, { type: "FENCED", reason: e.message }),
-            }),
-          );
-          Effect.runFork(program);
-        },
-        execute: ({ context, self }) => {
-          const s = session(context.record.id);
-          if (s === undefined) return;
-          s.running = true;
-          const program = execute(s.definition, context.record, {
-            attempt: context.record.attempt,
-            signal: s.abort.signal,
-            log: s.log,
-            heartbeat: (details) => s.lease.working(details),
-            now: clock.now,
-            maxPayload: deps.maxPayload,
-          });
-          // Interrupted through the session's signal: deadline, cancellation, shutdown.
-          void Effect.runPromise(program, { signal: s.abort.signal }).then(
-            (execution) => {
-              s.running = false;
-              answer(self, { type: "EXECUTED", execution });
-            },
-            () => (s.running = false),
-          );
-        },
-        interrupt: ({ context }) => {
-          const s = session(context.record.id);
-          if (s?.running) s.abort.abort();
-        },
-        heartbeat: ({ context }) => session(context.record.id)?.lease.working(),
-      },
       delays: {
         // The deadline is absolute; a rehydrated actor waits only for what is left.
         deadline: ({ context }) =>
-          context.deadlineAt === undefined ? Number.POSITIVE_INFINITY : Math.max(0, context.deadlineAt - clock.now()),
+          context.deadlineAt === undefined ? Number.POSITIVE_INFINITY : Math.max(0, context.deadlineAt - deps.clock.now()),
       },
     });
+    const self = createActor(this.machine, {
+      input: { record: { id: "", task: "", queue: "", status: "QUEUED", attempt: 0, input: null, createdAt: "" }, revision: 0, policy: { retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 }, heartbeatMs: 1 } },
+    }) as unknown as AnyActorRef;
+    this.scope = {
+      self,
+      id: "",
+      sessionId: "",
+      system: self.system,
+      logger: () => {},
+      defer: () => {},
+      emit: () => {},
+      stopChild: () => {},
+      actionExecutor: (action: unknown) => void this.collected.push(action as NamedAction),
+    } as unknown as ActorScope<TaskSnapshot, TaskEvent>;
   }
 
   /** Whether this host runs an attempt of the task now. */
   has(id: string): boolean {
-    return this.sessions.has(id);
+    return this.attempts.has(id);
   }
 
   /**
    * Run one attempt from the stored record: START, then wait until it is settled (saved
-   * COMPLETED, FAILED, CANCELLED or RETRYING) or lost. Never throws.
+   * COMPLETED, FAILED, CANCELLED or RETRYING), lost, or stopped by a shutdown. Never throws.
    */
-  async attempt(stored: Stored, definition: TaskDefinition, lease: Heartbeat): Promise<TaskSnapshot> {
+  async attempt(stored: Stored, definition: TaskDefinition, lease: Heartbeat): Promise<AttemptOutcome> {
     const { deps } = this;
     const id = stored.record.id;
-    const attempt = stored.record.attempt + 1;
     let child: Logger | undefined;
-    const log = () => (child ??= deps.log.child({ taskId: id, task: definition.name, attempt }));
+    const log = () => (child ??= deps.log.child({ taskId: id, task: definition.name, attempt: stored.record.attempt + 1 }));
     if (stored.record.status === "RUNNING") {
       log().warn({ lostWorker: stored.record.workerId }, "previous attempt lost its worker (WorkerLost); running again");
     }
-    const input = { ...stored, policy: definition.policy };
-    const actor = createActor(this.machine, { snapshot: hydrate(input), input, clock: deps.clock });
-    // The restored snapshot (a RETRYING one is tagged settled) is not an outcome: only what follows START is.
-    let begun = false;
-    const settled = new Promise<TaskSnapshot>((resolve) => {
-      actor.subscribe({
-        next: (snapshot) => {
-          if (begun && isSettled(snapshot)) resolve(snapshot);
-        },
-        error: (err) => {
-          log().error({ err }, "task actor failed");
-          resolve(actor.getSnapshot());
-        },
-        complete: () => resolve(actor.getSnapshot()),
-      });
-    });
-    const session: Session = { actor, definition, lease, log, abort: new AbortController(), settled, saved: stored, running: false };
-    this.sessions.set(id, session);
+    const attempt = new Attempt(this, definition, lease, log, stored);
+    this.attempts.set(id, attempt);
     try {
-      actor.start();
-      begun = true;
-      actor.send({ type: "START", workerId: deps.workerId, at: deps.clock.now(), random: deps.random() });
-      const snapshot = await settled;
-      return snapshot.status === "error" ? await this.failInternal(session, snapshot.error) : snapshot;
+      attempt.send({ type: "START", workerId: deps.workerId, at: deps.clock.now(), random: deps.random() });
+      return await attempt.ended;
     } finally {
-      if (session.running) session.abort.abort();
-      actor.stop();
-      this.sessions.delete(id);
+      attempt.finish(true);
+      this.attempts.delete(id);
     }
   }
 
+  /** Apply one event to an attempt's state; the actions it names, to carry out. */
+  step(attempt: Attempt, event: TaskEvent): NamedAction[] {
+    this.collected = [];
+    attempt.snapshot = this.machine.transition(attempt.snapshot, event, this.scope) as TaskSnapshot;
+    return this.collected;
+  }
+
+  /** Carry out one action a transition named. */
+  carryOut(attempt: Attempt, action: NamedAction): void {
+    const { context } = action.info;
+    switch (action.type) {
+      case "xstate.raise": {
+        const { event, id, delay } = action.params as { event: AnyEventObject; id?: string; delay?: number };
+        if (delay !== undefined) attempt.schedule(id ?? event.type, event, delay, this.clock);
+        return;
+      }
+      case "xstate.cancel":
+        attempt.cancel((action.params as { sendId: string }).sendId, this.clock);
+        return;
+      case "persist":
+        return this.persist(attempt, context);
+      case "execute":
+        return this.execute(attempt, context);
+      case "interrupt":
+        if (attempt.running) attempt.abort.abort();
+        return;
+      case "heartbeat":
+        attempt.lease.working();
+        return;
+    }
+  }
+
+  /** Write the record the actor arrived at; answer SAVED or FENCED. */
+  private persist(attempt: Attempt, context: TaskContext): void {
+    const program = this.deps.store.save(context.record, context.revision).pipe(
+      Effect.match({
+        onSuccess: (revision) => {
+          attempt.saved = { record: context.record, revision };
+          attempt.send({ type: "SAVED", revision });
+        },
+        onFailure: (e) => attempt.send({ type: "FENCED", reason: e.message }),
+      }),
+    );
+    Effect.runFork(program);
+  }
+
+  /** Run the handler on a fiber, interrupted through the attempt's signal; answer EXECUTED. */
+  private execute(attempt: Attempt, context: TaskContext): void {
+    attempt.running = true;
+    const program = execute(attempt.definition, context.record, {
+      attempt: context.record.attempt,
+      signal: attempt.abort.signal,
+      log: attempt.log,
+      heartbeat: (details) => attempt.lease.working(details),
+      now: this.clock.now,
+      maxPayload: this.deps.maxPayload,
+    });
+    void Effect.runPromise(program, { signal: attempt.abort.signal }).then(
+      (execution) => {
+        attempt.running = false;
+        attempt.send({ type: "EXECUTED", execution });
+      },
+      () => (attempt.running = false),
+    );
+  }
+
   /**
-   * An actor that threw (a bug, a record it cannot handle): the task is failed `Internal`
-   * from the last revision this attempt saved, so it never stays RUNNING.
+   * An attempt whose transition threw (a bug, a record it cannot handle): the task is failed
+   * `Internal` from the last revision this attempt saved, so it never stays RUNNING.
    */
-  private async failInternal(session: Session, error: unknown): Promise<TaskSnapshot> {
+  async failInternal(attempt: Attempt, error: unknown): Promise<TaskSnapshot> {
     const message = `task actor failed: ${error instanceof Error ? error.message : String(error)}`;
-    const { record, revision } = session.saved;
+    const { record, revision } = attempt.saved;
+    const policy = attempt.definition.policy;
     const failed = await Effect.runPromise(
       Effect.result(
-        this.deps.store.apply(record.id, { type: "FAIL", failure: { _tag: "Internal", message }, at: this.deps.clock.now() }, { from: session.saved }),
+        this.deps.store.apply(record.id, { type: "FAIL", failure: { _tag: "Internal", message }, at: this.clock.now() }, { from: attempt.saved }),
       ),
     );
     const after = failed._tag === "Success" ? failed.success : undefined;
     return after === undefined
       ? // Fenced: a newer write owns the task.
-        taskMachine.resolveState({ value: "LOST", context: { record, revision, policy: session.definition.policy, random: 0.5, lostReason: message } })
-      : hydrate({ ...after, policy: session.definition.policy });
+        taskMachine.resolveState({ value: "LOST", context: { record, revision, policy, random: 0.5, lostReason: message } })
+      : hydrate({ ...after, policy });
   }
 
   /**
@@ -195,19 +286,18 @@ export class TaskHost {
    * Resolves with the final record, or `undefined` when no attempt of it runs here.
    */
   async cancel(id: string, reason: string): Promise<TaskRecord | undefined> {
-    const s = this.sessions.get(id);
-    if (s === undefined || !s.actor.getSnapshot().matches("RUNNING")) return undefined;
-    s.actor.send({ type: "CANCEL", reason, at: this.deps.clock.now() });
-    const snapshot = await s.settled;
-    return snapshot.hasTag("lost") ? undefined : snapshot.context.record;
+    const attempt = this.attempts.get(id);
+    if (attempt === undefined || !attempt.snapshot.matches("RUNNING")) return undefined;
+    attempt.send({ type: "CANCEL", reason, at: this.clock.now() });
+    const { snapshot, stopped } = await attempt.ended;
+    return stopped || snapshot.hasTag("lost") ? undefined : snapshot.context.record;
   }
 
-  /** Shutdown past its timeout: abort every running handler and stop its actor (the caller hands the deliveries back). */
+  /** Shutdown past its timeout: abort every running handler and stop its attempt (the caller hands the deliveries back). */
   interruptAll(): void {
-    for (const s of this.sessions.values()) {
-      s.log().warn("interrupted by shutdown; left to another worker");
-      if (s.running) s.abort.abort();
-      s.actor.stop();
+    for (const attempt of this.attempts.values()) {
+      attempt.log().warn("interrupted by shutdown; left to another worker");
+      attempt.finish(true);
     }
   }
 }

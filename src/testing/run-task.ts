@@ -67,7 +67,7 @@ export const runTask = async <T extends TaskDefinition>(task: T, input: InputOf<
   const abort = () => void host.cancel(id, String(options.signal?.reason ?? "aborted by the test"));
   options.signal?.addEventListener("abort", abort);
   try {
-    const snapshot = await host.attempt({ record, revision: 1 }, task, { working: (details) => options.onHeartbeat?.(details) });
+    const { snapshot } = await host.attempt({ record, revision: 1 }, task, { working: (details) => options.onHeartbeat?.(details) });
     const after = snapshot.context.record;
     if (after.status === "COMPLETED") {
       const decoded = decodeOutput<OutputOf<T>>(task, after.output);

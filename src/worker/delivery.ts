@@ -9,8 +9,7 @@ import { Effect } from "effect";
 import type { Logger } from "pino";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { TaskRecord as TaskRecordSchema, TerminalStatuses } from "../../machines/records.js";
-import type { TaskSnapshot } from "../../machines/task.js";
-import type { TaskHost } from "../actor/task-host.js";
+import type { AttemptOutcome, TaskHost } from "../actor/task-host.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { Lease } from "../nats/lease.js";
 import { eventSubject, Headers } from "../nats/topology.js";
@@ -77,15 +76,14 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
     log.warn({ taskId: id }, "duplicate delivery of a running task ignored");
     return "skipped";
   }
-  const snapshot = await host.attempt(stored, definition, lease);
-  return settle(snapshot, lease, deps);
+  return settle(await host.attempt(stored, definition, lease), lease, deps);
 };
 
 /** Settle the lease after an attempt. */
-const settle = async (snapshot: TaskSnapshot, lease: Lease, deps: DeliveryDeps): Promise<DeliveryOutcome> => {
+const settle = async ({ snapshot, stopped }: AttemptOutcome, lease: Lease, deps: DeliveryDeps): Promise<DeliveryOutcome> => {
   const record = snapshot.context.record;
   const log = () => deps.log.child({ taskId: record.id, task: record.task, attempt: record.attempt });
-  if (snapshot.status === "stopped") {
+  if (stopped) {
     lease.nak(); // interrupted by a shutdown: left to another worker
     return "interrupted";
   }
