@@ -14,12 +14,15 @@
  * BENCH_TASKS sets the task count (default 20000), BENCH_ROUNDS the rounds (default 3).
  */
 import { connect as tcpConnect } from "node:net";
+import { spawn, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { jetstream } from "@nats-io/jetstream";
 import { pino } from "pino";
 import { defineTask, defineWorkflow, Schema, Troupe } from "../src/index.js";
 import { NatsServer, natsServerVersion } from "../src/dev/nats-server.js";
 import { connectNats, ensureTaskConsumer, openNats } from "../src/nats/connection.js";
 import { connectionOf } from "../src/sdk/troupe.js";
+import { noop } from "./tasks.js";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { TASKS_STREAM, taskSubject } from "../src/nats/topology.js";
 
@@ -80,12 +83,6 @@ const rawJetStream = async (url: string) => {
   return N / seconds;
 };
 
-const noop = defineTask({
-  name: "bench.noop",
-  input: Schema.Struct({ i: Schema.Number, pad: Schema.String }),
-  output: Schema.Number,
-  handler: async ({ i }) => i,
-});
 
 /** The same no-op with a deadline and a retry policy: the failure machinery's timers armed. */
 const guarded = defineTask({
@@ -126,6 +123,71 @@ const troupeThroughput = async (task: typeof noop) => {
       storedPerTask,
     };
   } finally {
+    await server.stop();
+  }
+};
+
+/**
+ * Submit → handler start on a worker that has been idle for `idleMs` (its pull request has
+ * expired and been renewed meanwhile): what a first task of the morning waits.
+ */
+const idleLatency = async (url: string, idleMs: number, samples: number) => {
+  const starts = new Map<number, number>();
+  const timed = defineTask({
+    name: "bench.idle",
+    input: Schema.Struct({ i: Schema.Number }),
+    output: Schema.Number,
+    handler: async ({ i }) => {
+      starts.set(i, performance.now());
+      return i;
+    },
+  });
+  const troupe = await Troupe.connect({ servers: url, logger: quiet });
+  await troupe.worker({ tasks: [timed], concurrency: 8 });
+  const waits: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    await new Promise((r) => setTimeout(r, idleMs));
+    const t0 = performance.now();
+    await (await troupe.submit(timed, { i })).result();
+    waits.push(starts.get(i)! - t0);
+  }
+  await troupe.close();
+  return { p50: pct(waits, 0.5), max: Number(Math.max(...waits).toFixed(3)), samples: waits.map(round3) };
+};
+
+/**
+ * Scale-out: this process submits and awaits, `workers` `troupe worker` processes run the
+ * tasks (the same shape as the one-process measurement otherwise).
+ */
+const scaleOut = async (workers: number) => {
+  const server = await NatsServer.start();
+  const children: ChildProcess[] = [];
+  try {
+    const cli = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
+    const tasks = fileURLToPath(new URL("./tasks.js", import.meta.url));
+    for (let w = 0; w < workers; w++) {
+      const child = spawn(process.execPath, [cli, "worker", tasks, "--concurrency", String(CONCURRENCY)], {
+        env: { ...process.env, NATS_URL: server.url, TROUPE_LOG_LEVEL: "info" },
+        stdio: ["ignore", "pipe", "ignore"],
+      });
+      children.push(child);
+      await new Promise<void>((resolve, reject) => {
+        child.stdout?.on("data", (d: Buffer) => d.toString().includes("worker started") && resolve());
+        child.once("exit", (code) => reject(new Error(`worker process exited (${code})`)));
+      });
+    }
+    const troupe = await Troupe.connect({ servers: server.url, logger: quiet });
+    const results: Array<Promise<number>> = new Array(N);
+    const started = performance.now();
+    await window(N, IN_FLIGHT, async (i) => {
+      results[i] = (await troupe.submit(noop, { i, pad: PAD })).result();
+    });
+    const outputs = await Promise.all(results);
+    const perSecond = N / ((performance.now() - started) / 1000);
+    await troupe.close();
+    return { perSecond, correct: outputs.every((r, i) => r === i) };
+  } finally {
+    for (const child of children) child.kill("SIGKILL");
     await server.stop();
   }
 };
@@ -313,7 +375,20 @@ const main = async () => {
       ...common,
     });
     const latency = await troupeLatency(server.url);
-    emit({ bench: "submit-to-start", system: "troupe", unit: "ms", p50: latency.p50, p99: latency.p99, inFlight: 4 });
+    emit({ bench: "submit-to-start", system: "troupe", worker: "busy", unit: "ms", p50: latency.p50, p99: latency.p99, inFlight: 4 });
+    const idleMs = Number(process.env.BENCH_IDLE_MS ?? 10_000);
+    const idle = await idleLatency(server.url, idleMs, 3);
+    emit({ bench: "submit-to-start", system: "troupe", worker: `idle ${idleMs} ms`, unit: "ms", ...idle });
+    const two = await scaleOut(2);
+    emit({
+      bench: "scale-out",
+      system: "troupe",
+      shape: "1 client process + 2 worker processes",
+      unit: "tasks/s",
+      value: Math.round(two.perSecond),
+      correct: two.correct,
+      overOneProcess: round3(two.perSecond / plain),
+    });
     const wf = await workflowOverhead(server.url);
     emit({ bench: "workflow", system: "troupe", steps: wf.steps, unit: "ms", value: Math.round(wf.workflowMs), shape: "1 → 998 → 1" });
     emit({
