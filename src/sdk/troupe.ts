@@ -148,6 +148,8 @@ export class Troupe {
           notify: this.results.notify,
           idempotencyKey: key,
           runAt: delay === undefined ? undefined : Date.now() + delay,
+          // A chosen id or key stands for one task for ever: its record is created first.
+          unique: key !== undefined || options.id !== undefined,
         },
         // Registered before the work is published, so the terminal notification cannot beat it.
         () => (settled = this.results.expect(id)),

@@ -1,7 +1,10 @@
 /**
  * The task store: the only code that writes a task record (KV `troupe-tasks`).
  *
- * - `enqueue` creates the QUEUED record and publishes its work message.
+ * - `enqueue` publishes a task's work message, the QUEUED record itself. A task that must
+ *   be one for ever (an idempotency key, a chosen id, a workflow step) also has its record
+ *   created first; any other is first written in KV by its first attempt's claim, a create
+ *   (revision 0), which a cancel that created CANCELLED first still fences.
  * - `save` writes a record an attempt's actor arrived at (compare-and-set on the revision
  *   it saw), then announces it.
  * - `apply` takes the stored record, applies one task-machine event with the machine's pure
@@ -22,7 +25,7 @@ import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { isTransientPublishError, isWrongLastSequence, type PublishRejected, type PublishTimeout } from "../nats/publisher.js";
 import { retryNats, withRetry } from "../nats/retry.js";
-import { eventSubject, Headers, kvSubject, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
+import { EVENTS_STREAM, eventSubject, Headers, kvSubject, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
 
 /** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
 export interface Stored {
@@ -49,6 +52,8 @@ export interface NewTask {
   readonly idempotencyKey?: string | undefined;
   /** Not before (epoch ms). */
   readonly runAt?: number | undefined;
+  /** Create the KV record before the work message: this id stands for one task for ever. */
+  readonly unique?: boolean;
 }
 
 /** Room kept under the server's payload limit for headers and the record's own growth. */
@@ -79,17 +84,27 @@ export class TaskStore {
     );
   }
 
-  /** `read` for Promise callers. */
-  get(id: string): Promise<Stored | undefined> {
-    return Effect.runPromise(this.read(id));
+  /**
+   * The record as a client sees it: KV, or, for a task no attempt has claimed yet, the
+   * QUEUED record its `queued` event carries (revision 0: not in KV).
+   */
+  async get(id: string): Promise<Stored | undefined> {
+    const stored = await Effect.runPromise(this.read(id));
+    if (stored !== undefined) return stored;
+    const queued = await this.nats.jsm.streams
+      .getMessage(EVENTS_STREAM, { last_by_subj: eventSubject("task", id, "queued") })
+      .catch(() => null);
+    const decoded = queued === null ? undefined : decodeWith(TaskRecordSchema, queued.data, "task record");
+    return decoded?.ok && decoded.value.id === id ? { record: decoded.value, revision: 0 } : undefined;
   }
 
   /**
-   * Record a task QUEUED and publish its work message. Resolves `created: false` with the
-   * existing record when the id is taken (an idempotency key seen before); if that one is
-   * still QUEUED its work message is published again under the same message id, in case
-   * the first enqueue died in between. `onRecorded` runs between the two writes. A work
-   * message that cannot be published fails the task (`NatsFailure`) and rejects with it.
+   * Enqueue a task: its work message carries the QUEUED record; a `unique` one has the record
+   * created first. Resolves `created: false` with the existing record when a unique id is
+   * taken (an idempotency key seen before); if that one is still QUEUED its work message is
+   * published again under the same message id, in case the first enqueue died in between.
+   * `onRecorded` runs before the work message can be taken. A work message that cannot be
+   * published fails the task (`NatsFailure`) and rejects with it.
    */
   async enqueue(task: NewTask, onRecorded?: () => void): Promise<{ readonly created: boolean; readonly stored: Stored }> {
     const record: TaskRecord = {
@@ -108,7 +123,7 @@ export class TaskStore {
     if (payload.length > this.maxPayload) {
       throw new Serialization({ message: `input of task "${task.task}" is ${payload.length} bytes, over the server's payload limit` });
     }
-    const revision = await this.create(record, payload, task.idempotencyKey !== undefined);
+    const revision = task.unique ? await this.create(record, payload, task.idempotencyKey !== undefined) : 0;
     if (revision === undefined) {
       const existing = await this.get(task.id);
       if (existing === undefined) throw new NatsFailure({ message: `task ${task.id} exists and vanished while enqueueing` });
@@ -122,7 +137,9 @@ export class TaskStore {
     } catch (e) {
       const failure = natsFailure(`could not enqueue task ${task.id}`)(e);
       await Effect.runPromise(
-        Effect.ignore(this.apply(task.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() })),
+        Effect.ignore(
+          this.apply(task.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() }, { fallback: record }),
+        ),
       );
       throw failure;
     }
@@ -199,8 +216,9 @@ export class TaskStore {
   /**
    * Apply `event` to the stored record and write the result. From `from` (a record the caller
    * acted on) the write is one compare-and-set and a conflict is `Fenced`; without it the
-   * record is read, and read again after a conflict. `fallback` stands in for a record that
-   * cannot be read, so that an unreadable task can still be failed. Resolves with the new
+   * record is read, and read again after a conflict. `fallback` (the work message's record)
+   * stands in for a record not in KV yet (revision 0: the write creates it) or one that
+   * cannot be read, so that such a task can still be failed. Resolves with the new
    * record, or `undefined` when the event changes nothing; `Internal` when the stored record
    * is unreadable and there is no fallback.
    */
@@ -217,6 +235,7 @@ export class TaskStore {
     };
     if (options.from !== undefined) return once(options.from);
     const current = this.read(id).pipe(
+      Effect.map((stored) => stored ?? (options.fallback === undefined ? undefined : { record: options.fallback, revision: 0 })),
       Effect.catchTag("Internal", (e) => this.unreadable(id, options.fallback, e)),
     );
     return Effect.flatMap(current, once).pipe(

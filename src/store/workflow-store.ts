@@ -104,6 +104,7 @@ export class WorkflowStore {
       queue: def.queue,
       input: record.steps[step]?.input,
       notify: stepsSubject(record.id, step),
+      unique: true,
     });
   }
 

@@ -39,10 +39,12 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
     return reject(lease, deps, `no handler for task "${message.task}" on ${lease.msg.subject}`);
   }
 
-  // The first delivery carries the QUEUED record and its revision: no read needed.
+  // The work message is the QUEUED record, with the revision it has in KV (0: not there
+  // yet). The first delivery needs no read; a later one reads what attempts wrote.
   const headerRevision = Number(lease.msg.headers?.get(Headers.revision) ?? NaN);
+  if (!Number.isInteger(headerRevision)) return reject(lease, deps, "work message without a Troupe-Revision header");
   let stored: Stored | undefined;
-  if (lease.info.deliveryCount === 1 && Number.isInteger(headerRevision)) {
+  if (lease.info.deliveryCount === 1) {
     stored = { record: message, revision: headerRevision };
   } else {
     const read = await Effect.runPromise(Effect.result(store.read(message.id)));
@@ -55,7 +57,8 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
       lease.ack();
       return "failed";
     }
-    stored = read.success;
+    // Not in KV: no attempt ever claimed it (a delayed task, a lease that lapsed before the claim).
+    stored = read.success ?? (headerRevision === 0 ? { record: message, revision: 0 } : undefined);
   }
   if (stored === undefined) return reject(lease, deps, `task ${message.id} has no record in KV`);
   const id = stored.record.id;

@@ -5,6 +5,7 @@
  * delivery and writes what a worker would, then stops where a SIGKILL would stop it.
  */
 import { afterEach, describe, expect, it, vi } from "vitest";
+import type { JsMsg } from "@nats-io/jetstream";
 import { defineTask, Internal, Schema, type TaskRecord } from "../../src/index.js";
 import { connectionOf, ensureTaskConsumer, nextRecord, Topology, type Stored } from "../../src/internals.js";
 import { encodeJson } from "../../src/nats/codec.js";
@@ -36,13 +37,17 @@ const takeDelivery = async (troupe: Parameters<typeof connectionOf>[0], task: ty
   return delivery!;
 };
 
-/** Write what a worker's attempt writes, RUNNING then COMPLETED, each a compare-and-set, and nothing else. */
-const writeLikeAWorker = async (troupe: Parameters<typeof connectionOf>[0], id: string, output: unknown): Promise<TaskRecord> => {
+/**
+ * Write what a worker's attempt writes, RUNNING then COMPLETED, and nothing else: the claim
+ * starts from the delivered record and the revision it carries (0: a create).
+ */
+const writeLikeAWorker = async (troupe: Parameters<typeof connectionOf>[0], delivery: JsMsg, output: unknown): Promise<TaskRecord> => {
   const tasks = connectionOf(troupe).tasks;
-  const entry = (await tasks.get(id))!;
-  const queued: Stored = { record: entry.json<TaskRecord>(), revision: entry.revision };
+  const queued: Stored = { record: delivery.json<TaskRecord>(), revision: Number(delivery.headers?.get("Troupe-Revision")) };
+  const id = queued.record.id;
   const running = nextRecord(queued, { type: "START", workerId: "w-dead", at: Date.now() })!;
-  const revision = await tasks.update(id, encodeJson(running), queued.revision);
+  const revision =
+    queued.revision === 0 ? await tasks.create(id, encodeJson(running)) : await tasks.update(id, encodeJson(running), queued.revision);
   const completed = nextRecord({ record: running, revision }, { type: "EXECUTED", execution: { ok: true, output, at: Date.now() } })!;
   await tasks.update(id, encodeJson(completed), revision);
   return completed;
@@ -53,8 +58,7 @@ describe("the task store", () => {
     calls = 0;
     const troupe = await connect(server());
     const run = await troupe.submit(echo, { text: "kept" });
-    await takeDelivery(troupe, echo);
-    await writeLikeAWorker(troupe, run.id, "kept");
+    await writeLikeAWorker(troupe, await takeDelivery(troupe, echo), "kept");
     const completed = Topology.eventSubject("task", run.id, "completed");
     expect(await eventCount(troupe, completed)).toBe(0); // it died before announcing
 
@@ -68,7 +72,7 @@ describe("the task store", () => {
     const troupe = await connect(server());
     const run = await troupe.submit(echo, { text: "quiet" });
     const delivery = await takeDelivery(troupe, echo);
-    await writeLikeAWorker(troupe, run.id, "quiet");
+    await writeLikeAWorker(troupe, delivery, "quiet");
     delivery.ack(); // settled, never announced: no redelivery will repair it
     expect(await run.result({ timeout: "20 seconds" })).toBe("quiet");
     expect(await troupe.run(echo, run.id).result({ timeout: "20 seconds" })).toBe("quiet");
