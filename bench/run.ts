@@ -102,23 +102,17 @@ const troupeThroughput = async (task: typeof noop) => {
     await troupe.worker({ tasks: [task], concurrency: CONCURRENCY });
     const jsm = connectionOf(troupe).jsm;
     const before = await serverCounts(server, jsm);
-    const results: Array<Promise<number>> = new Array(N);
-    const started = performance.now();
-    await window(N, IN_FLIGHT, async (i) => {
-      results[i] = (await troupe.submit(task, { i, pad: PAD })).result();
-    });
-    const outputs = await Promise.all(results);
-    const seconds = (performance.now() - started) / 1000;
+    const { perSecond, correct } = await submitAll(troupe, task);
     const after = await serverCounts(server, jsm);
     await troupe.close();
     const storedPerTask: Record<string, number> = {};
     for (const [name, seq] of Object.entries(after.stored)) {
       const delta = seq - (before.stored[name] ?? 0);
-      if (delta > 0) storedPerTask[name] = round3(delta / N);
+      if (round3(delta / N) > 0) storedPerTask[name] = round3(delta / N);
     }
     return {
-      perSecond: N / seconds,
-      correct: outputs.every((r, i) => r === i),
+      perSecond,
+      correct,
       inMsgsPerTask: round3((after.inMsgs - before.inMsgs) / N),
       storedPerTask,
     };
@@ -127,14 +121,11 @@ const troupeThroughput = async (task: typeof noop) => {
   }
 };
 
-/**
- * Submit → handler start on a worker that has been idle for `idleMs` (its pull request has
- * expired and been renewed meanwhile): what a first task of the morning waits.
- */
-const idleLatency = async (url: string, idleMs: number, samples: number) => {
+/** A task whose handler notes when it started, by input `i`. */
+const stampedTask = (name: string) => {
   const starts = new Map<number, number>();
-  const timed = defineTask({
-    name: "bench.idle",
+  const task = defineTask({
+    name,
     input: Schema.Struct({ i: Schema.Number }),
     output: Schema.Number,
     handler: async ({ i }) => {
@@ -142,6 +133,26 @@ const idleLatency = async (url: string, idleMs: number, samples: number) => {
       return i;
     },
   });
+  return { task, starts };
+};
+
+/** Submit a no-op N times, `IN_FLIGHT` at a time, and await every result: tasks/s, and whether each output is right. */
+const submitAll = async (troupe: Troupe, task: typeof noop = noop) => {
+  const results: Array<Promise<number>> = new Array(N);
+  const started = performance.now();
+  await window(N, IN_FLIGHT, async (i) => {
+    results[i] = (await troupe.submit(task, { i, pad: PAD })).result();
+  });
+  const outputs = await Promise.all(results);
+  return { perSecond: N / ((performance.now() - started) / 1000), correct: outputs.every((r, i) => r === i) };
+};
+
+/**
+ * Submit → handler start on a worker that has been idle for `idleMs` (its pull request has
+ * expired and been renewed meanwhile): what a first task of the morning waits.
+ */
+const idleLatency = async (url: string, idleMs: number, samples: number) => {
+  const { task: timed, starts } = stampedTask("bench.idle");
   const troupe = await Troupe.connect({ servers: url, logger: quiet });
   await troupe.worker({ tasks: [timed], concurrency: 8 });
   const waits: number[] = [];
@@ -177,15 +188,9 @@ const scaleOut = async (workers: number) => {
       });
     }
     const troupe = await Troupe.connect({ servers: server.url, logger: quiet });
-    const results: Array<Promise<number>> = new Array(N);
-    const started = performance.now();
-    await window(N, IN_FLIGHT, async (i) => {
-      results[i] = (await troupe.submit(noop, { i, pad: PAD })).result();
-    });
-    const outputs = await Promise.all(results);
-    const perSecond = N / ((performance.now() - started) / 1000);
+    const measured = await submitAll(troupe);
     await troupe.close();
-    return { perSecond, correct: outputs.every((r, i) => r === i) };
+    return measured;
   } finally {
     for (const child of children) child.kill("SIGKILL");
     await server.stop();
@@ -194,16 +199,7 @@ const scaleOut = async (workers: number) => {
 
 /** Submit → handler start, a few tasks in flight at a time (latency, not load). */
 const troupeLatency = async (url: string) => {
-  const starts = new Map<number, number>();
-  const timed = defineTask({
-    name: "bench.timed",
-    input: Schema.Struct({ i: Schema.Number }),
-    output: Schema.Number,
-    handler: async ({ i }) => {
-      starts.set(i, performance.now());
-      return i;
-    },
-  });
+  const { task: timed, starts } = stampedTask("bench.timed");
   const troupe = await Troupe.connect({ servers: url, logger: quiet });
   await troupe.worker({ tasks: [timed], concurrency: 8 });
   const samples: number[] = [];
