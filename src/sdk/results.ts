@@ -1,7 +1,9 @@
 /**
  * Waiting for results. A client hears the terminal records of the tasks it submitted on
  * one subscription (`troupe.notify.<client>.*`, the record's `notify`), and of any other
- * task on that task's events. Neither is the only way: a notify or an event can be lost
+ * task on that task's events. A wait starts when someone asks for a result, not at
+ * submit: what ends before anyone asks is kept in a bounded buffer of recent results, so
+ * a client that submits a million tasks and awaits none holds no state for them. Neither is the only way: a notify or an event can be lost
  * (a worker or a server killed at the wrong moment), so every wait that lasts re-reads
  * the record now and then (after 5 s, then less and less often), and all of them after a
  * reconnect. Closing the client ends every wait with `NatsFailure`.
@@ -29,6 +31,8 @@ const ENDS: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
 /** When a wait first re-reads its record, and the longest it goes between two reads. */
 const FIRST_CHECK_MS = 5_000;
 const MAX_CHECK_MS = 30_000;
+/** Terminal records of own tasks nobody waits for yet, kept for a wait that starts late (the oldest go first). */
+const RECENT_MAX = 10_000;
 /** Records re-read per second at most, oldest waits first: a large backlog of waits costs the server little. */
 const CHECKS_PER_TICK = 100;
 
@@ -46,6 +50,7 @@ interface Waiter<R> {
 export class Results {
   private readonly tasks = new Map<string, Waiter<TaskRecord>>();
   private readonly runs = new Map<string, Waiter<WorkflowRecord>>();
+  private readonly recent = new Map<string, TaskRecord>();
   private notifySub: Subscription | undefined;
   private readonly timer: NodeJS.Timeout;
   private checking = false;
@@ -63,15 +68,30 @@ export class Results {
     void this.watchReconnects();
   }
 
-  /** Register a wait for a task this client is about to enqueue (before its work is published). */
-  expect(id: string): Promise<TaskRecord> {
-    this.listen();
-    return this.waiter(this.tasks, id).promise;
+  /** Hear the terminal records of this client's tasks: call before the first work message is published. */
+  listen(): void {
+    if (this.notifySub !== undefined || this.closed) return;
+    this.notifySub = this.nats.nc.subscribe(`${this.notify}.*`, {
+      callback: (_e, msg) => {
+        const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");
+        if (decoded.ok) this.settleOwn(decoded.value);
+      },
+    });
   }
 
-  /** Forget a wait for a task that was never enqueued. */
-  forget(id: string): void {
-    this.tasks.delete(id);
+  /**
+   * The terminal record of a task this client submitted: from the recent results if it
+   * already ended, else a wait on its notify (re-read now and then, as every wait).
+   */
+  own(id: string): Promise<TaskRecord> {
+    const waiting = this.tasks.get(id);
+    if (waiting !== undefined) return waiting.promise;
+    const ended = this.recent.get(id);
+    if (ended !== undefined) {
+      this.recent.delete(id);
+      return Promise.resolve(ended);
+    }
+    return this.waiter(this.tasks, id).promise;
   }
 
   /** The task's terminal record, however and wherever it ends. */
@@ -132,21 +152,12 @@ export class Results {
     this.closed = true;
     clearInterval(this.timer);
     this.notifySub?.unsubscribe();
+    this.recent.clear();
     for (const map of [this.tasks, this.runs] as const) {
       for (const id of [...map.keys()]) {
         this.end(map as Map<string, Waiter<unknown>>, id, (w) => w.reject(new NatsFailure({ message: `client closed while waiting for ${id}` })));
       }
     }
-  }
-
-  private listen(): void {
-    if (this.notifySub !== undefined || this.closed) return;
-    this.notifySub = this.nats.nc.subscribe(`${this.notify}.*`, {
-      callback: (_e, msg) => {
-        const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");
-        if (decoded.ok) this.settleTask(decoded.value);
-      },
-    });
   }
 
   private waiter<R>(map: Map<string, Waiter<R>>, id: string): Waiter<R> {
@@ -169,6 +180,14 @@ export class Results {
     map.delete(id);
     waiter.sub?.unsubscribe();
     how(waiter);
+  }
+
+  /** A notify: the wait for it, or the recent results until someone asks. */
+  private settleOwn(record: TaskRecord): void {
+    if (!TerminalStatuses.has(record.status)) return;
+    if (this.tasks.has(record.id)) return this.settleTask(record);
+    this.recent.set(record.id, record);
+    if (this.recent.size > RECENT_MAX) this.recent.delete(this.recent.keys().next().value!);
   }
 
   private settleTask(record: TaskRecord): void {

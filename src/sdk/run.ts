@@ -24,15 +24,15 @@ export const waitTimeout = (options: WaitOptions): number | undefined =>
   options.timeout === undefined ? undefined : durationOption("timeout", options.timeout, (message) => new InvalidOption({ message }));
 
 export class TaskRun<O> {
+  private settled: Promise<TaskRecord> | undefined;
+
   constructor(
     private readonly client: TaskRunClient,
     readonly id: string,
     readonly task: TaskDefinition,
-    private readonly settled: Promise<TaskRecord>,
-  ) {
-    // A run whose result nobody asks for must not raise an unhandled rejection.
-    settled.catch(() => undefined);
-  }
+    /** Starts the wait for the terminal record: on the first ask, not at submit. */
+    private readonly wait: () => Promise<TaskRecord>,
+  ) {}
 
   /**
    * The task's output, decoded with its schema; rejects with the typed error of a failed or
@@ -49,7 +49,9 @@ export class TaskRun<O> {
 
   /** The terminal record, whatever the outcome; `ResultTimeout` when `timeout` passes first. */
   settledRecord(options: WaitOptions = {}): Promise<TaskRecord> {
-    return withTimeout(this.settled, waitTimeout(options), this.id, "task");
+    const timeout = waitTimeout(options);
+    this.settled ??= this.wait();
+    return withTimeout(this.settled, timeout, this.id, "task");
   }
 
   /** Cancel this task (see `Troupe.cancel`). */

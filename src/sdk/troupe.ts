@@ -137,30 +137,21 @@ export class Troupe {
     if (options.id !== undefined && !TASK_ID.test(options.id)) throw invalid(`id "${options.id}": letters, digits, "_" and "-" only`);
     const key = options.idempotencyKey;
     const id = key === undefined ? (options.id ?? nuid.next()) : idempotentId(task, key);
-    let settled: Promise<TaskRecord> | undefined;
-    try {
-      const { created } = await this.tasks.enqueue(
-        {
-          id,
-          task: task.name,
-          queue: task.queue,
-          input: encoded.value,
-          notify: this.results.notify,
-          idempotencyKey: key,
-          runAt: delay === undefined ? undefined : Date.now() + delay,
-          // A chosen id or key stands for one task for ever: its record is created first.
-          unique: key !== undefined || options.id !== undefined,
-        },
-        // Registered before the work is published, so the terminal notification cannot beat it.
-        () => (settled = this.results.expect(id)),
-      );
-      if (!created) return this.run(task, id);
-    } catch (e) {
-      this.results.forget(id);
-      throw e;
-    }
+    this.results.listen();
+    const { created } = await this.tasks.enqueue({
+      id,
+      task: task.name,
+      queue: task.queue,
+      input: encoded.value,
+      notify: this.results.notify,
+      idempotencyKey: key,
+      runAt: delay === undefined ? undefined : Date.now() + delay,
+      // A chosen id or key stands for one task for ever: its record is created first.
+      unique: key !== undefined || options.id !== undefined,
+    });
+    if (!created) return this.run(task, id);
     void this.warnIfUnserved(task);
-    return new TaskRun<OutputOf<T>>(this, id, task, settled!);
+    return new TaskRun<OutputOf<T>>(this, id, task, () => this.results.own(id));
   }
 
   /** The task's state record, or `undefined` when there is none. */
@@ -170,7 +161,7 @@ export class Troupe {
 
   /** A handle on an existing task, to await its result from any client. */
   run<T extends TaskDefinition>(task: T, id: string): TaskRun<OutputOf<T>> {
-    return new TaskRun<OutputOf<T>>(this, id, task, this.results.task(id));
+    return new TaskRun<OutputOf<T>>(this, id, task, () => this.results.task(id));
   }
 
   /**

@@ -103,10 +103,9 @@ export class TaskStore {
    * created first. Resolves `created: false` with the existing record when a unique id is
    * taken (an idempotency key seen before); if that one is still QUEUED its work message is
    * published again under the same message id, in case the first enqueue died in between.
-   * `onRecorded` runs before the work message can be taken. A work message that cannot be
-   * published fails the task (`NatsFailure`) and rejects with it.
+   * A work message that cannot be published fails the task (`NatsFailure`) and rejects with it.
    */
-  async enqueue(task: NewTask, onRecorded?: () => void): Promise<{ readonly created: boolean; readonly stored: Stored }> {
+  async enqueue(task: NewTask): Promise<{ readonly created: boolean; readonly stored: Stored }> {
     const record: TaskRecord = {
       id: task.id,
       task: task.task,
@@ -131,7 +130,6 @@ export class TaskStore {
       return { created: false, stored: existing };
     }
     const stored = { record, revision };
-    onRecorded?.();
     try {
       await this.publishWork(stored, payload);
     } catch (e) {

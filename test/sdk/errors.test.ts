@@ -223,6 +223,16 @@ describe("every wait can end", () => {
     expect(await other.run(typed, run.id).result({ timeout: "20 seconds" })).toBe(5);
   });
 
+  it("a result asked for after the task ended comes from the recent results at once", async () => {
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [typed] });
+    const run = await troupe.submit(typed, { n: 9 });
+    // Ended, and its notify heard, before anyone asked: no wait was registered at submit.
+    await vi.waitFor(async () => expect((await troupe.get(run.id))?.status).toBe("COMPLETED"));
+    // Well under the 5 s after which a wait re-reads its record: the answer was kept.
+    expect(await run.result({ timeout: "2 seconds" })).toBe(9);
+  });
+
   it("a handler returning an Effect keeps its typed failure's message as Execution", async () => {
     const effectful = defineTask({ ...typedOptions("waits.effect"), handler: () => Effect.fail(new Error("refused")) });
     const troupe = await connect(server());
