@@ -16,6 +16,7 @@
 import { connect as tcpConnect } from "node:net";
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { readFile } from "node:fs/promises";
 import { jetstream } from "@nats-io/jetstream";
 import { pino } from "pino";
 import { defineTask, defineWorkflow, Schema, Troupe } from "../src/index.js";
@@ -193,6 +194,47 @@ const scaleOut = async (workers: number) => {
     return measured;
   } finally {
     for (const child of children) child.kill("SIGKILL");
+    await server.stop();
+  }
+};
+
+/** A process's resident memory, in MiB (Linux). */
+const rssMiB = async (pid: number): Promise<number> => {
+  const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => "");
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  return Math.round(kb / 1024);
+};
+
+/**
+ * Memory while `total` tasks wait queued: this client's RSS as it submits them (nobody
+ * awaits them), and a `troupe worker` process's RSS after running a while with that many
+ * queued, at each mark. Opt-in (`BENCH_MEMORY=1`): a million submissions take minutes.
+ */
+const memory = async (marks: ReadonlyArray<number>) => {
+  const server = await NatsServer.start();
+  const troupe = await Troupe.connect({ servers: server.url, logger: quiet });
+  const cli = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
+  const tasks = fileURLToPath(new URL("./tasks.js", import.meta.url));
+  try {
+    let submitted = 0;
+    for (const mark of marks) {
+      await window(mark - submitted, IN_FLIGHT, async () => {
+        await troupe.submit(noop, { i: submitted++, pad: PAD });
+      });
+      global.gc?.();
+      const client = await rssMiB(process.pid);
+      const child = spawn(process.execPath, [cli, "worker", tasks, "--concurrency", String(CONCURRENCY)], {
+        env: { ...process.env, NATS_URL: server.url, TROUPE_LOG_LEVEL: "info" },
+        stdio: ["ignore", "pipe", "ignore"],
+      });
+      await new Promise<void>((resolve) => child.stdout?.on("data", (d: Buffer) => d.toString().includes("worker started") && resolve()));
+      await new Promise((r) => setTimeout(r, 3_000)); // running, with the rest still queued
+      const worker = await rssMiB(child.pid!);
+      child.kill("SIGKILL");
+      emit({ bench: "memory", system: "troupe", submitted: mark, unit: "MiB", clientRss: client, workerRss: worker });
+    }
+  } finally {
+    await troupe.close();
     await server.stop();
   }
 };
@@ -395,6 +437,7 @@ const main = async () => {
       plainTasksMs: Math.round(wf.plainMs),
       workflowOverPlain: Number((wf.workflowMs / wf.plainMs).toFixed(2)),
     });
+    if (process.env.BENCH_MEMORY === "1") await memory([100_000, 500_000, 1_000_000]);
     emit({
       bench: "throughput-ratio",
       troupeOverRaw: round3(plain / raw),
