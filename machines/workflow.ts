@@ -126,6 +126,14 @@ export const unresolvedInput = (steps: Readonly<Record<string, { readonly input:
  */
 export const schedule = (record: WorkflowRecord): Record<string, StepState> => {
   const steps: Record<string, StepState> = { ...record.steps };
+  // What `${...}` may reference: no step completes during a pass, so this is built once.
+  let scope: Record<string, unknown> | undefined;
+  const resolveScope = () => {
+    if (scope !== undefined) return scope;
+    scope = { input: record.input };
+    for (const [other, state] of Object.entries(steps)) if (state.status === "COMPLETED") scope[other] = state.output;
+    return scope;
+  };
   let changed = true;
   while (changed) {
     changed = false;
@@ -138,10 +146,8 @@ export const schedule = (record: WorkflowRecord): Record<string, StepState> => {
         continue;
       }
       if (!deps.every((s) => s === "COMPLETED")) continue;
-      const scope: Record<string, unknown> = { input: record.input };
-      for (const [other, state] of Object.entries(steps)) if (state.status === "COMPLETED") scope[other] = state.output;
       try {
-        steps[name] = { status: "RUNNING", taskId: stepTaskId(record.id, name), input: resolveTemplate(def.input, scope) };
+        steps[name] = { status: "RUNNING", taskId: stepTaskId(record.id, name), input: resolveTemplate(def.input, resolveScope()) };
       } catch (e) {
         steps[name] = { status: "FAILED", error: { _tag: "InvalidInput", message: `step "${name}": ${(e as Error).message}` } };
         changed = true;

@@ -29,6 +29,14 @@ export interface StoredRun {
 export type RunDefinition = Pick<WorkflowRecord, "policy"> & { readonly name: string; readonly steps: WorkflowRecord["definition"]["steps"] };
 
 
+/**
+ * Whether a transition changed the run: its status or a step's. Every change the machine
+ * makes moves a status (a step settles, is scheduled, skipped or cancelled; the run ends),
+ * so this is enough, and far cheaper than comparing two serialised runs of many steps.
+ */
+const changed = (before: WorkflowRecord, after: WorkflowRecord): boolean =>
+  before.status !== after.status || Object.entries(after.steps).some(([name, step]) => before.steps[name]?.status !== step.status);
+
 export class WorkflowStore {
   constructor(
     private readonly nats: NatsHandle,
@@ -65,9 +73,10 @@ export class WorkflowStore {
       createdAt: new Date(now).toISOString(),
     };
     const running = advance(pending, { type: "START", at: now });
-    const written = await this.write(id, running, 0);
+    const payload = encodeJson(running);
+    const written = await this.write(id, payload, 0);
     if (written === undefined) throw new NatsFailure({ message: `workflow run ${id} exists already` });
-    await this.carryOut(pending, running, log);
+    await this.carryOut(pending, running, payload, log);
     return running;
   }
 
@@ -82,14 +91,16 @@ export class WorkflowStore {
       const current = await this.read(id);
       if (current === undefined) return undefined;
       const next = advance(current.record, event);
-      if (JSON.stringify(next) === JSON.stringify(current.record)) {
+      if (!changed(current.record, next)) {
         // Nothing new: a completion seen before, redelivered because whoever applied it died
         // before acknowledging. Redo what that transition had to carry out (idempotent).
         if (event.type === "STEPS_SETTLED") await this.redo(current.record, event.settled.map((s) => s.step));
         return current.record;
       }
-      if ((await this.write(id, next, current.revision)) === undefined) continue;
-      await this.carryOut(current.record, next, log);
+      // Encoded once: the write and the run's event carry the same bytes.
+      const payload = encodeJson(next);
+      if ((await this.write(id, payload, current.revision)) === undefined) continue;
+      await this.carryOut(current.record, next, payload, log);
       return next;
     }
     throw new NatsFailure({ message: `workflow run ${id} kept changing; gave up applying ${event.type}` });
@@ -109,9 +120,9 @@ export class WorkflowStore {
   }
 
   /** The new revision, or `undefined` when the run moved past `expected`. */
-  private async write(id: string, record: WorkflowRecord, expected: number): Promise<number | undefined> {
+  private async write(id: string, payload: Uint8Array, expected: number): Promise<number | undefined> {
     const publish = Effect.tryPromise({
-      try: () => this.nats.publisher.publish(kvSubject(WORKFLOWS_BUCKET, id), encodeJson(record), { lastSubjectSequence: expected }),
+      try: () => this.nats.publisher.publish(kvSubject(WORKFLOWS_BUCKET, id), payload, { lastSubjectSequence: expected }),
       catch: (e) => e as PublishRejected | PublishTimeout,
     });
     const written = await Effect.runPromise(Effect.result(retryNats(this.nats.nc, publish, isTransientPublishError)));
@@ -121,7 +132,7 @@ export class WorkflowStore {
   }
 
   /** Carry out what changed between two records of a run: enqueue, cancel, publish. */
-  private async carryOut(before: WorkflowRecord, after: WorkflowRecord, log: Logger): Promise<void> {
+  private async carryOut(before: WorkflowRecord, after: WorkflowRecord, payload: Uint8Array, log: Logger): Promise<void> {
     const work: Array<Promise<unknown>> = [];
     for (const [name, step] of Object.entries(after.steps)) {
       const was = before.steps[name];
@@ -133,7 +144,7 @@ export class WorkflowStore {
     }
     await Promise.all(work);
     const event = before.status === after.status ? "progress" : after.status.toLowerCase();
-    this.nats.nc.publish(eventSubject("workflow", after.id, event), encodeJson(after));
+    this.nats.nc.publish(eventSubject("workflow", after.id, event), payload);
     if (before.status !== after.status) log.info({ workflowId: after.id, workflow: after.workflow, status: after.status }, "workflow transition");
   }
 
