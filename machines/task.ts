@@ -207,6 +207,9 @@ export const taskMachine = setup({
           entry: "execute",
           exit: "interrupt",
           on: {
+            // Cancelled while the handler runs; during the claim a CANCEL would race the
+            // claim's own answer, so the host holds it until the claim is saved.
+            CANCEL: { target: "#task.CANCELLED", actions: "markCancelled" },
             EXECUTED: [
               {
                 guard: "succeeded",
@@ -269,7 +272,8 @@ export const taskMachine = setup({
         },
       },
       on: {
-        ...waiting,
+        START: waiting.START,
+        FAIL: waiting.FAIL,
         HEARTBEAT: { actions: ["heartbeat", "scheduleHeartbeat"] },
       },
     },

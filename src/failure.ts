@@ -30,7 +30,14 @@ const retryableByTag: Readonly<Record<FailureTag, boolean>> = {
 
 const isFailureTag = (tag: unknown): tag is FailureTag => typeof tag === "string" && Object.hasOwn(retryableByTag, tag);
 
-const messageOf = (e: unknown): string => {
+/** Failures are recorded with the task: a message or a stack is kept to a size a record can carry. */
+const MAX_MESSAGE = 4_096;
+const MAX_STACK = 16_384;
+const cap = (text: string, max: number) => (text.length <= max ? text : `${text.slice(0, max)}… (${text.length - max} more characters)`);
+
+const messageOf = (e: unknown): string => cap(rawMessage(e), MAX_MESSAGE);
+
+const rawMessage = (e: unknown): string => {
   if (e instanceof Error) return e.message;
   if (typeof e === "string") return e;
   try {
@@ -59,7 +66,7 @@ export const failureFrom = (e: unknown): TaskFailure => {
   return {
     _tag: "Execution",
     message: messageOf(e),
-    ...(stack === undefined ? {} : { stack }),
+    ...(stack === undefined ? {} : { stack: cap(stack, MAX_STACK) }),
     retryable: !(e instanceof NonRetryableError),
   };
 };

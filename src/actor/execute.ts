@@ -43,11 +43,13 @@ export const execute = (definition: TaskDefinition, record: TaskRecord, context:
       : yield* Effect.tryPromise({ try: () => Promise.resolve(returned), catch: (e) => e });
     const encoded = encodeOutput(definition, output);
     if (Exit.isFailure(encoded)) return failed(failureFrom(Cause.squash(encoded.cause)));
-    // Only an object or a long string can be near the limit; a number needs no measuring.
+    // The record with its output must fit the server's payload limit. Only an object or a
+    // long string can be near it; a number needs no measuring.
     const value = encoded.value;
-    const size = typeof value === "object" || (typeof value === "string" && value.length > 4_096) ? encodeJson(value).length : 0;
+    const large = typeof value === "object" || (typeof value === "string" && value.length > 4_096);
+    const size = large ? encodeJson({ ...record, status: "COMPLETED", output: value, finishedAt: new Date(0).toISOString() }).length : 0;
     if (size > context.maxPayload) {
-      return failed({ _tag: "Serialization", message: `output is ${size} bytes, over the server's payload limit`, retryable: false });
+      return failed({ _tag: "Serialization", message: `the record with its output is ${size} bytes, over the server's payload limit`, retryable: false });
     }
     return { ok: true, output: value, at: context.now() } satisfies Execution;
   }).pipe(

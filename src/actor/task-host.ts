@@ -25,7 +25,8 @@ import type { FiberClock } from "./fiber-clock.js";
 
 /** What an attempt writes through: the task store, or an in-memory one for `runTask`. */
 export interface AttemptStore {
-  save(record: TaskRecord, expected: number): Effect.Effect<number, Fenced | NatsFailure>;
+  /** `onRetry`: after each failed try of a write that will be tried again. */
+  save(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<number, Fenced | NatsFailure>;
   apply(id: string, event: TaskEvent, options: { readonly from: Stored }): Effect.Effect<Stored | undefined, Fenced | Internal | NatsFailure>;
 }
 
@@ -72,6 +73,8 @@ class Attempt {
   readonly ended: Promise<AttemptOutcome>;
   private end!: (outcome: AttemptOutcome) => void;
   private readonly mailbox: TaskEvent[] = [];
+  /** Resolved after each event is processed: for a caller waiting on the state (a cancel during the claim). */
+  private stepped: { promise: Promise<void>; resolve: () => void } | undefined;
   private busy = false;
   private done = false;
   /** Delayed events by id, as the fiber clock holds them. */
@@ -100,15 +103,36 @@ class Attempt {
         const actions = this.host.step(this, next);
         for (const action of actions) this.host.carryOut(this, action);
         if (isSettled(this.snapshot)) this.finish(false);
+        this.stepped?.resolve();
+        this.stepped = undefined;
       }
     } catch (error) {
       this.log().error({ err: error }, "task actor failed");
       this.finish(false);
-      void this.host.failInternal(this, error).then((snapshot) => this.end({ snapshot, stopped: false }));
+      // Failed `Internal` through the store; if even that cannot be written, the delivery is handed back.
+      void this.host.failInternal(this, error).then(
+        (snapshot) => this.end({ snapshot, stopped: false }),
+        () => this.end({ snapshot: this.snapshot, stopped: true }),
+      );
       return;
     } finally {
       this.busy = false;
     }
+  }
+
+  /** Resolves once the next event has been processed (or the attempt ended). */
+  nextStep(): Promise<void> {
+    if (this.done) return Promise.resolve();
+    if (this.stepped === undefined) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.stepped = { promise, resolve };
+    }
+    return Promise.race([this.stepped.promise, this.ended.then(() => undefined)]);
+  }
+
+  get isDone(): boolean {
+    return this.done;
   }
 
   schedule(id: string, event: AnyEventObject, delay: number, clock: FiberClock): void {
@@ -229,7 +253,9 @@ export class TaskHost {
 
   /** Write the record the actor arrived at; answer SAVED or FENCED. */
   private persist(attempt: Attempt, context: TaskContext): void {
-    const program = this.deps.store.save(context.record, context.revision).pipe(
+    // While a write is retried (a reconnect), the lease is still extended: a terminal
+    // write must not lose its delivery to another worker while it waits.
+    const program = this.deps.store.save(context.record, context.revision, () => attempt.lease.working()).pipe(
       Effect.match({
         onSuccess: (revision) => {
           attempt.saved = { record: context.record, revision };
@@ -287,7 +313,9 @@ export class TaskHost {
    */
   async cancel(id: string, reason: string): Promise<TaskRecord | undefined> {
     const attempt = this.attempts.get(id);
-    if (attempt === undefined || !attempt.snapshot.matches("RUNNING")) return undefined;
+    // A claim in flight answers first: the handler starts (or the attempt is lost) before the cancel.
+    while (attempt !== undefined && !attempt.isDone && attempt.snapshot.matches({ RUNNING: "claiming" })) await attempt.nextStep();
+    if (attempt === undefined || attempt.isDone || !attempt.snapshot.matches({ RUNNING: "executing" })) return undefined;
     attempt.send({ type: "CANCEL", reason, at: this.clock.now() });
     const { snapshot, stopped } = await attempt.ended;
     return stopped || snapshot.hasTag("lost") ? undefined : snapshot.context.record;

@@ -105,21 +105,33 @@ export class Coordinator {
    * created are enqueued; ones whose task ended without a completion on record are applied.
    */
   async reconcile(): Promise<void> {
+    let ids: string[];
     try {
-      for (const id of await this.workflows.ids()) {
-        const run = await this.workflows.read(id);
-        if (run === undefined || isWorkflowTerminal(run.record.status)) continue;
-        for (const [step, state] of Object.entries(run.record.steps)) {
-          if (state.status !== "RUNNING" || state.taskId === undefined) continue;
-          const task = await this.tasks.get(state.taskId);
-          if (task === undefined) await this.workflows.enqueueStep(run.record, step);
-          else if (TerminalStatuses.has(task.record.status)) {
-            await this.workflows.apply(id, settledEvent([settlement(step, task.record)]), this.log);
-          }
-        }
-      }
+      ids = await this.workflows.ids();
     } catch (err) {
       this.log.warn({ err }, "reconciliation pass failed");
+      return;
+    }
+    for (const id of ids) {
+      try {
+        await this.reconcileRun(id);
+      } catch (err) {
+        // One run's trouble (an unreadable record) does not stop the others'.
+        this.log.warn({ err, workflowId: id }, "reconciliation of a run failed");
+      }
+    }
+  }
+
+  private async reconcileRun(id: string): Promise<void> {
+    const run = await this.workflows.read(id);
+    if (run === undefined || isWorkflowTerminal(run.record.status)) return;
+    for (const [step, state] of Object.entries(run.record.steps)) {
+      if (state.status !== "RUNNING" || state.taskId === undefined) continue;
+      const task = await this.tasks.get(state.taskId);
+      if (task === undefined) await this.workflows.enqueueStep(run.record, step, this.log);
+      else if (TerminalStatuses.has(task.record.status)) {
+        await this.workflows.apply(id, settledEvent([settlement(step, task.record)]), this.log);
+      }
     }
   }
 

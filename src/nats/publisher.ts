@@ -86,7 +86,10 @@ export class AckedPublisher {
         this.nc.publish(subject, payload, h === undefined ? { reply: `${this.prefix}.${id}` } : { reply: `${this.prefix}.${id}`, headers: h });
       } catch (e) {
         this.pending.delete(id);
-        reject(new PublishRejected({ message: `cannot publish to ${subject}: ${(e as Error).message}`, errCode: 0, code: 0 }));
+        // Refused before sending (too large for the server, a bad subject) is final; a
+        // closing connection is not this write's fault (and its retries stop anyway).
+        const code = this.nc.isClosed() || this.nc.isDraining() ? 0 : 400;
+        reject(new PublishRejected({ message: `cannot publish to ${subject}: ${(e as Error).message}`, errCode: 0, code }));
       }
     });
   }

@@ -1,7 +1,8 @@
 /**
  * The one retry policy for NATS writes: through a reconnect or a leader election, a
  * write that got no answer (or a transient refusal) is tried again, exponentially from
- * 100 ms and at most 2 s apart, for about half a minute, never once the connection is closed.
+ * 100 ms and at most 2 s apart, up to 20 times (half a minute of waiting, two minutes when
+ * every try also waits out its 5 s PubAck timeout), never once the connection is closed.
  */
 import { Duration, Effect, Schedule } from "effect";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -15,8 +16,14 @@ export const retryNats = <A, E>(
   nc: NatsConnection,
   effect: Effect.Effect<A, E>,
   transient: (e: E) => boolean,
+  /** Called after each failed try (an attempt extends its lease meanwhile). */
+  onRetry?: () => void,
 ): Effect.Effect<A, E> =>
-  Effect.retry(effect, { schedule: natsSchedule, times: 20, while: (e: E) => transient(e) && !nc.isClosed() });
+  Effect.retry(onRetry === undefined ? effect : Effect.tapError(effect, () => Effect.sync(onRetry)), {
+    schedule: natsSchedule,
+    times: 20,
+    while: (e: E) => transient(e) && !nc.isClosed(),
+  });
 
 /**
  * `attempt` once as a plain promise (the hot path pays for no fiber), then, after a

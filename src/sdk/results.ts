@@ -135,7 +135,12 @@ export class Results {
         if (decoded.ok) settle(decoded.value);
       },
     });
-    await this.nats.nc.flush();
+    try {
+      await this.nats.nc.flush();
+    } catch (e) {
+      this.end(map, id, (w) => w.reject(e));
+      return waiter.promise;
+    }
     if (read !== undefined) {
       const now = await read().catch((e: unknown) => {
         this.end(map, id, (w) => w.reject(e));
@@ -145,6 +150,11 @@ export class Results {
       else if (now !== null) settle(now);
     }
     return waiter.promise;
+  }
+
+  /** End the wait for a run that was never started. */
+  abandon(id: string, reason: unknown): void {
+    this.end(this.runs, id, (w) => w.reject(reason));
   }
 
   /** End every wait: the client is closing. */
@@ -204,12 +214,17 @@ export class Results {
     this.checking = true;
     try {
       const now = Date.now();
-      const due = <R>(map: Map<string, Waiter<R>>) =>
-        [...map].filter(([, w]) => w.nextCheck <= now).slice(0, CHECKS_PER_TICK).map(([id, w]) => {
+      const due = <R>(map: Map<string, Waiter<R>>) => {
+        const ids: string[] = [];
+        for (const [id, w] of map) {
+          if (w.nextCheck > now) continue;
           w.interval = Math.min(MAX_CHECK_MS, w.interval * 2);
           w.nextCheck = now + w.interval;
-          return id;
-        });
+          ids.push(id);
+          if (ids.length === CHECKS_PER_TICK) break;
+        }
+        return ids;
+      };
       await Promise.all([
         ...due(this.tasks).map(async (id) => {
           const stored = await this.taskStore.get(id).catch(() => undefined);

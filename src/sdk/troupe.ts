@@ -146,8 +146,9 @@ export class Troupe {
       notify: this.results.notify,
       idempotencyKey: key,
       runAt: delay === undefined ? undefined : Date.now() + delay,
-      // A chosen id or key stands for one task for ever: its record is created first.
-      unique: key !== undefined || options.id !== undefined,
+      // A chosen id or key stands for one task for ever, and a delayed task may wait longer
+      // than the events are kept: their record is created first.
+      unique: key !== undefined || options.id !== undefined || delay !== undefined,
     });
     if (!created) return this.run(task, id);
     void this.warnIfUnserved(task);
@@ -209,7 +210,9 @@ export class Troupe {
     try {
       await this.workflows.start({ name: workflow.name, steps: workflow.steps, policy: workflow.policy }, encoded.value, this.log, id);
     } catch (e) {
-      throw new NatsFailure({ message: `cannot start workflow ${workflow.name}: ${(e as Error).message}`, cause: e });
+      const failure = new NatsFailure({ message: `cannot start workflow ${workflow.name}: ${(e as Error).message}`, cause: e });
+      this.results.abandon(id, failure);
+      throw failure;
     }
     return new WorkflowRun(this, id, settled, workflow.tasks);
   }

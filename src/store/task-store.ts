@@ -18,6 +18,7 @@
 import { Effect } from "effect";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { transition } from "xstate";
+import { JetStreamApiError } from "@nats-io/jetstream";
 import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
 import { eventOf, hydrate, taskMachine, type TaskEvent, type TaskPolicy } from "../../machines/task.js";
 import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
@@ -93,7 +94,11 @@ export class TaskStore {
     if (stored !== undefined) return stored;
     const queued = await this.nats.jsm.streams
       .getMessage(EVENTS_STREAM, { last_by_subj: eventSubject("task", id, "queued") })
-      .catch(() => null);
+      .catch((e: unknown) => {
+        // Only "no such message" means there is no such task; anything else is an error to report.
+        if (e instanceof JetStreamApiError && e.code === 10037) return null;
+        throw natsFailure(`cannot read task ${id}`)(e);
+      });
     const decoded = queued === null ? undefined : decodeWith(TaskRecordSchema, queued.data, "task record");
     return decoded?.ok && decoded.value.id === id ? { record: decoded.value, revision: 0 } : undefined;
   }
@@ -136,7 +141,8 @@ export class TaskStore {
       const failure = natsFailure(`could not enqueue task ${task.id}`)(e);
       await Effect.runPromise(
         Effect.ignore(
-          this.apply(task.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() }, { fallback: record }),
+          // From the record as enqueued: had the message landed after all and been claimed, this loses.
+          this.apply(task.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() }, { from: stored }),
         ),
       );
       throw failure;
@@ -178,7 +184,7 @@ export class TaskStore {
    * `Fenced`, unless a retry finds the very record it wrote (the first try landed and only
    * its ack was lost).
    */
-  save(record: TaskRecord, expected: number): Effect.Effect<number, Fenced | NatsFailure> {
+  save(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<number, Fenced | NatsFailure> {
     const payload = encodeJson(record);
     let tries = 0;
     const write = Effect.tryPromise({
@@ -190,7 +196,7 @@ export class TaskStore {
     });
     // Made only when a write loses: an error object (with its stack) per save showed in the profile.
     const fenced = () => new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${expected}` });
-    return retryNats(this.nats.nc, write, isTransientPublishError).pipe(
+    return retryNats(this.nats.nc, write, isTransientPublishError, onRetry).pipe(
       Effect.map((ack) => ack.seq),
       Effect.catch((e): Effect.Effect<number, Fenced | NatsFailure> => {
         if (!isWrongLastSequence(e)) return Effect.fail(natsFailure(`cannot write task ${record.id}`)(e));

@@ -11,7 +11,7 @@ import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { advance, isWorkflowTerminal, stepTaskId, type WorkflowEvent } from "../../machines/workflow.js";
 import { WorkflowRecord as WorkflowRecordSchema, type WorkflowRecord } from "../../machines/records.js";
-import { Internal, NatsFailure } from "../errors.js";
+import { Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { isTransientPublishError, isWrongLastSequence, type PublishRejected, type PublishTimeout } from "../nats/publisher.js";
@@ -94,7 +94,7 @@ export class WorkflowStore {
       if (!changed(current.record, next)) {
         // Nothing new: a completion seen before, redelivered because whoever applied it died
         // before acknowledging. Redo what that transition had to carry out (idempotent).
-        if (event.type === "STEPS_SETTLED") await this.redo(current.record, event.settled.map((s) => s.step));
+        if (event.type === "STEPS_SETTLED") await this.redo(current.record, event.settled.map((s) => s.step), log);
         return current.record;
       }
       // Encoded once: the write and the run's event carry the same bytes.
@@ -106,8 +106,21 @@ export class WorkflowStore {
     throw new NatsFailure({ message: `workflow run ${id} kept changing; gave up applying ${event.type}` });
   }
 
-  /** Enqueue a RUNNING step's task (a no-op when it exists: its id is deterministic). */
-  enqueueStep(record: WorkflowRecord, step: string): Promise<unknown> {
+  /**
+   * Enqueue a RUNNING step's task (a no-op when it exists: its id is deterministic). A step
+   * whose input cannot be sent (over the payload limit) fails, with `Serialization`.
+   */
+  async enqueueStep(record: WorkflowRecord, step: string, log: Logger): Promise<void> {
+    try {
+      await this.enqueueTask(record, step);
+    } catch (e) {
+      if (!(e instanceof Serialization)) throw e;
+      const failed = { step, status: "FAILED" as const, error: { _tag: "Serialization", message: e.message } };
+      await this.apply(record.id, { type: "STEPS_SETTLED", settled: [failed], at: Date.now() }, log);
+    }
+  }
+
+  private enqueueTask(record: WorkflowRecord, step: string): Promise<unknown> {
     const def = record.definition.steps[step]!;
     return this.tasks.enqueue({
       id: stepTaskId(record.id, step),
@@ -136,7 +149,7 @@ export class WorkflowStore {
     const work: Array<Promise<unknown>> = [];
     for (const [name, step] of Object.entries(after.steps)) {
       const was = before.steps[name];
-      if (step.status === "RUNNING" && was?.status !== "RUNNING") work.push(this.enqueueStep(after, name));
+      if (step.status === "RUNNING" && was?.status !== "RUNNING") work.push(this.enqueueStep(after, name, log));
       if (step.status === "CANCELLED" && was?.status === "RUNNING" && was.taskId !== undefined) {
         const reason = `workflow ${after.id} ${after.status === "CANCELLED" ? "cancelled" : "failed fast"}`;
         work.push(cancelTask(this.nats.nc, this.tasks, was.taskId, reason).catch(() => undefined));
@@ -153,12 +166,12 @@ export class WorkflowStore {
    * enqueued). Cancellations are not redone: a late completion of a failed run is normal and
    * must stay cheap, so a coordinator that dies while cancelling leaves those steps to finish.
    */
-  private async redo(record: WorkflowRecord, settled: ReadonlyArray<string>): Promise<void> {
+  private async redo(record: WorkflowRecord, settled: ReadonlyArray<string>, log: Logger): Promise<void> {
     if (isWorkflowTerminal(record.status)) return;
     const work: Array<Promise<unknown>> = [];
     for (const [name, step] of Object.entries(record.steps)) {
       const def = record.definition.steps[name]!;
-      if (step.status === "RUNNING" && def.after.some((d) => settled.includes(d))) work.push(this.enqueueStep(record, name));
+      if (step.status === "RUNNING" && def.after.some((d) => settled.includes(d))) work.push(this.enqueueStep(record, name, log));
     }
     await Promise.all(work);
   }

@@ -88,6 +88,26 @@ describe("every failure reaches run.result() with its tag", () => {
     expect(await cancelled.result().catch((e: unknown) => e)).toBeInstanceOf(Cancelled);
   });
 
+  it("Serialization, at once, when the record with its output would be over the payload limit", async () => {
+    let calls = 0;
+    const bulky = defineTask({
+      name: "tags.bulky",
+      input: Schema.Struct({ text: Schema.String }),
+      output: Schema.String,
+      retry: { attempts: 3, delay: 10 },
+      handler: async ({ text }) => {
+        calls++;
+        return text + text; // each part fits; the record with both does not
+      },
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [bulky] });
+    const run = await troupe.submit(bulky, { text: "x".repeat(450_000) });
+    expect(await run.result({ timeout: "20 seconds" }).catch((e: unknown) => e)).toBeInstanceOf(Serialization);
+    expect(await run.get()).toMatchObject({ status: "FAILED", attempt: 1, error: { _tag: "Serialization" } });
+    expect(calls).toBe(1); // not retried: it would not fit the next time either
+  });
+
   it("WorkerLost, when the deliveries run out on workers that never answer", async () => {
     const abandoned = defineTask({ ...typedOptions("tags.abandoned"), heartbeatTimeout: 400, maxDeliveries: 1 });
     const troupe = await connect(server());
