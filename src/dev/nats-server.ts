@@ -113,10 +113,13 @@ export class NatsServer {
       const files = existsSync(portsDir) ? await readdir(portsDir) : [];
       const file = files.find((f) => f.endsWith(".ports"));
       if (file !== undefined) {
-        const ports = JSON.parse(await readFile(join(portsDir, file), "utf8")) as { nats: string[]; monitoring?: string[] };
-        const url = ports.nats[0];
-        if (url !== undefined && (!this.options.monitoring || ports.monitoring?.[0] !== undefined)) {
-          this.monitoringUrl = ports.monitoring?.[0];
+        // The server may still be writing the file: one that does not parse yet is not ready yet.
+        const ports = await readFile(join(portsDir, file), "utf8")
+          .then((text) => JSON.parse(text) as { nats?: string[]; monitoring?: string[] })
+          .catch(() => undefined);
+        const url = ports?.nats?.[0];
+        if (url !== undefined && (!this.options.monitoring || ports?.monitoring?.[0] !== undefined)) {
+          this.monitoringUrl = ports?.monitoring?.[0];
           this.port = Number(new URL(url).port);
           return;
         }
