@@ -72,6 +72,11 @@ export const TaskRecord = Schema.Struct({
   runAt: Schema.optional(Schema.String),
   /** Where the submitter hears the terminal record (`troupe.notify.<client>` or a step's subject). */
   notify: Schema.optional(Schema.String),
+  /**
+   * The stream sequence of the work message the current attempt came from: a delivery of
+   * any other message for the task is a duplicate, not a sign that this attempt was lost.
+   */
+  message: Schema.optional(Schema.Number),
 });
 export type TaskRecord = typeof TaskRecord.Type;
 

@@ -53,7 +53,14 @@ export type Execution =
 
 export type TaskEvent =
   /** A worker holds the delivery: a new attempt. From RUNNING it means the last worker vanished. */
-  | { readonly type: "START"; readonly workerId: string; readonly at: number; readonly random?: number }
+  | {
+      readonly type: "START";
+      readonly workerId: string;
+      readonly at: number;
+      readonly random?: number;
+      /** The stream sequence of the work message this attempt came from. */
+      readonly message?: number;
+    }
   | { readonly type: "CANCEL"; readonly reason: string; readonly at: number }
   /** A failure imposed from outside the attempt: deliveries exhausted, enqueue failed, a defect. */
   | { readonly type: "FAIL"; readonly failure: TaskFailure; readonly at: number }
@@ -137,6 +144,7 @@ export const taskMachine = setup({
           status: "RUNNING" as const,
           attempt: context.record.attempt + 1,
           workerId: event.workerId,
+          message: event.message,
           startedAt: iso(event.at),
           finishedAt: undefined,
           error: undefined,

@@ -200,7 +200,7 @@ export class TaskHost {
    * Run one attempt from the stored record: START, then wait until it is settled (saved
    * COMPLETED, FAILED, CANCELLED or RETRYING), lost, or stopped by a shutdown. Never throws.
    */
-  async attempt(stored: Stored, definition: TaskDefinition, lease: Heartbeat): Promise<AttemptOutcome> {
+  async attempt(stored: Stored, definition: TaskDefinition, lease: Heartbeat, message?: number): Promise<AttemptOutcome> {
     const { deps } = this;
     const id = stored.record.id;
     let child: Logger | undefined;
@@ -211,7 +211,7 @@ export class TaskHost {
     const attempt = new Attempt(this, definition, lease, log, stored);
     this.attempts.set(id, attempt);
     try {
-      attempt.send({ type: "START", workerId: deps.workerId, at: deps.clock.now(), random: deps.random() });
+      attempt.send({ type: "START", workerId: deps.workerId, at: deps.clock.now(), random: deps.random(), message });
       return await attempt.ended;
     } finally {
       attempt.finish(true);

@@ -8,7 +8,7 @@
 import { Effect } from "effect";
 import type { Logger } from "pino";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { TaskRecord as TaskRecordSchema, TerminalStatuses } from "../../machines/records.js";
+import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
 import type { AttemptOutcome, TaskHost } from "../actor/task-host.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { Lease } from "../nats/lease.js";
@@ -74,13 +74,24 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
     lease.nak(wait);
     return "skipped";
   }
+  if (heldByAnother(stored.record, lease)) {
+    // Another work message for a task an attempt of another message holds: a duplicate
+    // (republished past the duplicate window), not a lost worker. That attempt settles it.
+    log.warn({ taskId: id, message: lease.info.streamSequence, claimedBy: stored.record.message }, "duplicate work message acknowledged");
+    lease.ack();
+    return "skipped";
+  }
   if (host.has(id)) {
     // A redelivery while this worker still runs the task (its lease lapsed): keep the one running.
     log.warn({ taskId: id }, "duplicate delivery of a running task ignored");
     return "skipped";
   }
-  return settle(await host.attempt(stored, definition, lease), lease, deps);
+  return settle(await host.attempt(stored, definition, lease, lease.info.streamSequence), lease, deps);
 };
+
+/** RUNNING under an attempt of another work message for the same task: this delivery is a duplicate. */
+const heldByAnother = (record: TaskRecord, lease: Lease) =>
+  record.status === "RUNNING" && record.message !== undefined && record.message !== lease.info.streamSequence;
 
 /** Settle the lease after an attempt. */
 const settle = async ({ snapshot, stopped }: AttemptOutcome, lease: Lease, deps: DeliveryDeps): Promise<DeliveryOutcome> => {
@@ -93,9 +104,13 @@ const settle = async ({ snapshot, stopped }: AttemptOutcome, lease: Lease, deps:
   if (snapshot.hasTag("lost")) {
     log().warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
     // Settled meanwhile (a cancel, another worker): make sure it was announced, and ack.
-    const now = await Effect.runPromise(Effect.result(deps.store.read(record.id)));
-    if (now._tag === "Success" && now.success !== undefined && TerminalStatuses.has(now.success.record.status)) {
-      deps.store.announce(now.success);
+    // Held by an attempt of another work message: this one is a duplicate, ack it too.
+    const read = await Effect.runPromise(Effect.result(deps.store.read(record.id)));
+    const now = read._tag === "Success" ? read.success : undefined;
+    if (now !== undefined && TerminalStatuses.has(now.record.status)) {
+      deps.store.announce(now);
+      lease.ack();
+    } else if (now !== undefined && heldByAnother(now.record, lease)) {
       lease.ack();
     }
     return "lost";

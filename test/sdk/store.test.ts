@@ -6,6 +6,7 @@
  */
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { JsMsg } from "@nats-io/jetstream";
+import { headers } from "@nats-io/transport-node";
 import { defineTask, Internal, Schema, type TaskRecord } from "../../src/index.js";
 import { connectionOf, ensureTaskConsumer, nextRecord, Topology, type Stored } from "../../src/internals.js";
 import { encodeJson } from "../../src/nats/codec.js";
@@ -109,5 +110,44 @@ describe("the task store", () => {
     expect((error as Internal).message).toContain("unreadable");
     const record = await recordWhere(troupe, run.id, (r) => r.status === "FAILED");
     expect(record.error).toMatchObject({ _tag: "Internal" });
+  });
+
+  it("a second work message for a running task is a duplicate, not a lost worker: the handler runs once", async () => {
+    let calls = 0;
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const held = defineTask({
+      name: "store.held",
+      input: Schema.Struct({ text: Schema.String }),
+      output: Schema.String,
+      heartbeatTimeout: 600,
+      handler: async ({ text }) => {
+        calls++;
+        await released;
+        return text;
+      },
+    });
+    const troupe = await connect(server());
+    const nats = connectionOf(troupe);
+    await troupe.worker({ tasks: [held] });
+    await troupe.worker({ tasks: [held] }); // free to take the duplicate while the first is busy
+    const run = await troupe.submit(held, { text: "once" });
+    await recordWhere(troupe, run.id, (r) => r.status === "RUNNING");
+    // The same QUEUED record again under another message id: as a re-enqueue past the duplicate window would.
+    const queued = await nats.jsm.streams.getMessage(Topology.EVENTS_STREAM, { last_by_subj: Topology.eventSubject("task", run.id, "queued") });
+    const h = headers();
+    h.set("Troupe-Revision", "0");
+    await nats.js.publish(Topology.taskSubject(held.queue, held.name), queued!.data, { msgID: `${run.id}-again`, headers: h });
+    // The duplicate is acknowledged; only the running attempt's message stays pending.
+    const consumer = Topology.consumerName(held.queue, held.name);
+    await vi.waitFor(async () => {
+      const info = await nats.jsm.consumers.info(Topology.TASKS_STREAM, consumer);
+      expect(info.num_pending + info.num_ack_pending).toBe(1);
+      expect(info.delivered.stream_seq).toBeGreaterThanOrEqual(2);
+    }, { timeout: 10_000 });
+    release();
+    expect(await run.result({ timeout: "20 seconds" })).toBe("once");
+    expect(calls).toBe(1);
+    expect(await run.get()).toMatchObject({ status: "COMPLETED", attempt: 1 });
   });
 });
