@@ -135,23 +135,24 @@ class Attempt {
     return this.done;
   }
 
-  schedule(id: string, event: AnyEventObject, delay: number, clock: FiberClock): void {
-    this.cancel(id, clock);
-    this.timers.set(id, clock.setTimeout(() => this.send(event as TaskEvent), delay));
+  /** A delayed event on the host's fiber clock; one of the same id is replaced. */
+  schedule(id: string, event: AnyEventObject, delay: number): void {
+    this.cancel(id);
+    this.timers.set(id, this.host.clock.setTimeout(() => this.send(event as TaskEvent), delay));
   }
 
-  cancel(id: string, clock: FiberClock): void {
+  cancel(id: string): void {
     const timer = this.timers.get(id);
     if (timer === undefined) return;
     this.timers.delete(id);
-    clock.clearTimeout(timer);
+    this.host.clock.clearTimeout(timer);
   }
 
   /** No more events; timers cleared; the handler, if still running, aborted. */
-  finish(stopped: boolean, clock?: FiberClock): void {
+  finish(stopped: boolean): void {
     if (this.done) return;
     this.done = true;
-    for (const id of [...this.timers.keys()]) this.cancel(id, clock ?? this.host.clock);
+    for (const id of [...this.timers.keys()]) this.cancel(id);
     if (this.running) this.abort.abort();
     if (!stopped && this.snapshot.status === "active" && !isSettled(this.snapshot)) return; // an error: ended by failInternal
     this.end({ snapshot: this.snapshot, stopped });
@@ -232,11 +233,11 @@ export class TaskHost {
     switch (action.type) {
       case "xstate.raise": {
         const { event, id, delay } = action.params as { event: AnyEventObject; id?: string; delay?: number };
-        if (delay !== undefined) attempt.schedule(id ?? event.type, event, delay, this.clock);
+        if (delay !== undefined) attempt.schedule(id ?? event.type, event, delay);
         return;
       }
       case "xstate.cancel":
-        attempt.cancel((action.params as { sendId: string }).sendId, this.clock);
+        attempt.cancel((action.params as { sendId: string }).sendId);
         return;
       case "persist":
         return this.persist(attempt, context);

@@ -85,7 +85,8 @@ export const WORKERS_TTL = 30_000;
 const isApiError = (e: unknown, ...codes: number[]) =>
   e instanceof JetStreamApiError && codes.includes(e.code);
 
-const asFailure = (what: string) => (cause: unknown) =>
+/** A NATS error as a `NatsFailure` saying what was being done. */
+export const asFailure = (what: string) => (cause: unknown) =>
   new NatsFailure({ message: `${what}: ${cause instanceof Error ? cause.message : String(cause)}`, cause });
 
 export const connectNats = async (options: ConnectOptions = {}): Promise<NatsConnection> => {

@@ -23,10 +23,11 @@ import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } fro
 import { eventOf, hydrate, taskMachine, type TaskEvent, type TaskPolicy } from "../../machines/task.js";
 import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
-import type { NatsHandle } from "../nats/connection.js";
-import { isTransientPublishError, isWrongLastSequence, type PublishRejected, type PublishTimeout } from "../nats/publisher.js";
+import { asFailure, type NatsHandle } from "../nats/connection.js";
+import { compareAndSet, kvEntry } from "../nats/compare-and-set.js";
+import { isTransientPublishError } from "../nats/publisher.js";
 import { retryNats, withRetry } from "../nats/retry.js";
-import { EVENTS_STREAM, eventSubject, Headers, kvSubject, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
+import { EVENTS_STREAM, eventSubject, Headers, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
 
 /** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
 export interface Stored {
@@ -60,8 +61,6 @@ export interface NewTask {
 /** Room kept under the server's payload limit for headers and the record's own growth. */
 const PAYLOAD_MARGIN = 8_192;
 
-const natsFailure = (what: string) => (e: unknown) =>
-  new NatsFailure({ message: `${what}: ${e instanceof Error ? e.message : String(e)}`, cause: e });
 
 export class TaskStore {
   constructor(private readonly nats: NatsHandle) {}
@@ -73,8 +72,7 @@ export class TaskStore {
 
   /** The record and its revision; `undefined` when there is none; `Internal` when it cannot be read as a task record. */
   read(id: string): Effect.Effect<Stored | undefined, Internal | NatsFailure> {
-    const get = Effect.tryPromise({ try: () => this.nats.tasks.get(id), catch: natsFailure(`cannot read task ${id}`) });
-    return retryNats(this.nats.nc, get, () => true).pipe(
+    return retryNats(this.nats.nc, kvEntry(this.nats.tasks, id), () => true).pipe(
       Effect.flatMap((entry) => {
         if (entry === null || entry.operation !== "PUT") return Effect.succeed(undefined);
         const decoded = decodeWith(TaskRecordSchema, entry.value, "task record");
@@ -97,7 +95,7 @@ export class TaskStore {
       .catch((e: unknown) => {
         // Only "no such message" means there is no such task; anything else is an error to report.
         if (e instanceof JetStreamApiError && e.code === 10037) return null;
-        throw natsFailure(`cannot read task ${id}`)(e);
+        throw asFailure(`cannot read task ${id}`)(e);
       });
     const decoded = queued === null ? undefined : decodeWith(TaskRecordSchema, queued.data, "task record");
     return decoded?.ok && decoded.value.id === id ? { record: decoded.value, revision: 0 } : undefined;
@@ -127,7 +125,7 @@ export class TaskStore {
     if (payload.length > this.maxPayload) {
       throw new Serialization({ message: `input of task "${task.task}" is ${payload.length} bytes, over the server's payload limit` });
     }
-    const revision = task.unique ? await this.create(record, payload, task.idempotencyKey !== undefined) : 0;
+    const revision = task.unique ? await this.create(record, payload) : 0;
     if (revision === undefined) {
       const existing = await this.get(task.id);
       if (existing === undefined) throw new NatsFailure({ message: `task ${task.id} exists and vanished while enqueueing` });
@@ -138,7 +136,7 @@ export class TaskStore {
     try {
       await this.publishWork(stored, payload);
     } catch (e) {
-      const failure = natsFailure(`could not enqueue task ${task.id}`)(e);
+      const failure = asFailure(`could not enqueue task ${task.id}`)(e);
       await Effect.runPromise(
         Effect.ignore(
           // From the record as enqueued: had the message landed after all and been claimed, this loses.
@@ -151,23 +149,12 @@ export class TaskStore {
     return { created: true, stored };
   }
 
-  /**
-   * Create the record: its revision, or `undefined` when the id is taken. A retry that finds
-   * the key taken by the very same record found its own first try.
-   */
-  private async create(record: TaskRecord, payload: Uint8Array, keyed: boolean): Promise<number | undefined> {
-    let tries = 0;
-    const attempt = () => {
-      tries++;
-      return this.nats.publisher.publish(kvSubject(TASKS_BUCKET, record.id), payload, { lastSubjectSequence: 0 });
-    };
-    try {
-      return (await withRetry(this.nats.nc, attempt, isTransientPublishError)).seq;
-    } catch (e) {
-      if (!isWrongLastSequence(e)) throw natsFailure(`cannot record task ${record.id}`)(e);
-      if (keyed || tries === 1) return undefined;
-      return (await Effect.runPromise(this.ours(record.id, payload))) ?? undefined;
-    }
+  /** Create the record: its revision, or `undefined` when the id is taken (by another task than this one). */
+  private async create(record: TaskRecord, payload: Uint8Array): Promise<number | undefined> {
+    const created = await Effect.runPromise(Effect.result(this.compareAndSet(record.id, payload, 0)));
+    if (created._tag === "Success") return created.success;
+    if (created.failure._tag === "Fenced") return undefined;
+    throw created.failure;
   }
 
   /** The work message: the QUEUED record, with its revision (the first attempt's fencing token). */
@@ -186,35 +173,13 @@ export class TaskStore {
    */
   save(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<number, Fenced | NatsFailure> {
     const payload = encodeJson(record);
-    let tries = 0;
-    const write = Effect.tryPromise({
-      try: () => {
-        tries++;
-        return this.nats.publisher.publish(kvSubject(TASKS_BUCKET, record.id), payload, { lastSubjectSequence: expected });
-      },
-      catch: (e) => e as PublishRejected | PublishTimeout,
-    });
-    // Made only when a write loses: an error object (with its stack) per save showed in the profile.
-    const fenced = () => new Fenced({ id: record.id, message: `task ${record.id} changed since revision ${expected}` });
-    return retryNats(this.nats.nc, write, isTransientPublishError, onRetry).pipe(
-      Effect.map((ack) => ack.seq),
-      Effect.catch((e): Effect.Effect<number, Fenced | NatsFailure> => {
-        if (!isWrongLastSequence(e)) return Effect.fail(natsFailure(`cannot write task ${record.id}`)(e));
-        if (tries === 1) return Effect.fail(fenced());
-        return this.ours(record.id, payload).pipe(
-          Effect.mapError(fenced),
-          Effect.flatMap((revision) => (revision === undefined ? Effect.fail(fenced()) : Effect.succeed(revision))),
-        );
-      }),
+    return this.compareAndSet(record.id, payload, expected, onRetry).pipe(
       Effect.tap((revision) => Effect.sync(() => this.announce({ record, revision }, payload))),
     );
   }
 
-  /** The revision of the stored record when it is byte for byte `payload`. */
-  private ours(id: string, payload: Uint8Array): Effect.Effect<number | undefined, NatsFailure> {
-    return Effect.tryPromise({ try: () => this.nats.tasks.get(id), catch: natsFailure(`cannot read task ${id}`) }).pipe(
-      Effect.map((entry) => (entry !== null && Buffer.from(entry.value).equals(payload) ? entry.revision : undefined)),
-    );
+  private compareAndSet(id: string, payload: Uint8Array, expected: number, onRetry?: () => void) {
+    return compareAndSet(this.nats, { handle: this.nats.tasks, bucket: TASKS_BUCKET }, id, payload, expected, onRetry);
   }
 
   /**
@@ -250,7 +215,7 @@ export class TaskStore {
   /** An unreadable record's revision with `fallback` in its place, so that it can be written over. */
   private unreadable(id: string, fallback: TaskRecord | undefined, error: Internal): Effect.Effect<Stored, Internal | NatsFailure> {
     if (fallback === undefined) return Effect.fail(error);
-    return Effect.tryPromise({ try: () => this.nats.tasks.get(id), catch: natsFailure(`cannot read task ${id}`) }).pipe(
+    return kvEntry(this.nats.tasks, id).pipe(
       Effect.flatMap((entry) => (entry === null ? Effect.fail(error) : Effect.succeed({ record: fallback, revision: entry.revision }))),
     );
   }

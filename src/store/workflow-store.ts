@@ -14,9 +14,8 @@ import { WorkflowRecord as WorkflowRecordSchema, type WorkflowRecord } from "../
 import { Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { isTransientPublishError, isWrongLastSequence, type PublishRejected, type PublishTimeout } from "../nats/publisher.js";
-import { retryNats } from "../nats/retry.js";
-import { eventSubject, kvSubject, stepsSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
+import { compareAndSet } from "../nats/compare-and-set.js";
+import { eventSubject, stepsSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
 import { cancelTask } from "./cancel.js";
 import type { TaskStore } from "./task-store.js";
 
@@ -134,14 +133,11 @@ export class WorkflowStore {
 
   /** The new revision, or `undefined` when the run moved past `expected`. */
   private async write(id: string, payload: Uint8Array, expected: number): Promise<number | undefined> {
-    const publish = Effect.tryPromise({
-      try: () => this.nats.publisher.publish(kvSubject(WORKFLOWS_BUCKET, id), payload, { lastSubjectSequence: expected }),
-      catch: (e) => e as PublishRejected | PublishTimeout,
-    });
-    const written = await Effect.runPromise(Effect.result(retryNats(this.nats.nc, publish, isTransientPublishError)));
-    if (written._tag === "Success") return written.success.seq;
-    if (isWrongLastSequence(written.failure)) return undefined;
-    throw new NatsFailure({ message: `cannot write workflow run ${id}: ${written.failure.message}`, cause: written.failure });
+    const cas = compareAndSet(this.nats, { handle: this.nats.workflows, bucket: WORKFLOWS_BUCKET }, id, payload, expected);
+    const written = await Effect.runPromise(Effect.result(cas));
+    if (written._tag === "Success") return written.success;
+    if (written.failure._tag === "Fenced") return undefined;
+    throw written.failure;
   }
 
   /** Carry out what changed between two records of a run: enqueue, cancel, publish. */

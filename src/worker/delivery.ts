@@ -8,7 +8,7 @@
 import { Effect } from "effect";
 import type { Logger } from "pino";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
+import { TaskRecord as TaskRecordSchema, TerminalStatuses } from "../../machines/records.js";
 import type { AttemptOutcome, TaskHost } from "../actor/task-host.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { Lease } from "../nats/lease.js";
@@ -62,23 +62,11 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
   }
   if (stored === undefined) return reject(lease, deps, `task ${message.id} has no record in KV`);
   const id = stored.record.id;
-  if (TerminalStatuses.has(stored.record.status)) {
-    log.debug({ taskId: id, status: stored.record.status }, "delivery of a settled task: announced again and acknowledged");
-    store.announce(stored);
-    lease.ack();
-    return "skipped";
-  }
+  if (handledElsewhere(stored, lease, deps)) return "skipped";
   const wait = Date.parse(stored.record.runAt ?? "") - deps.now();
   if (stored.record.status === "QUEUED" && wait > 0) {
     // A delayed task: back on the server until it is due; no attempt, no slot held.
     lease.nak(wait);
-    return "skipped";
-  }
-  if (heldByAnother(stored.record, lease)) {
-    // Another work message for a task an attempt of another message holds: a duplicate
-    // (republished past the duplicate window), not a lost worker. That attempt settles it.
-    log.warn({ taskId: id, message: lease.info.streamSequence, claimedBy: stored.record.message }, "duplicate work message acknowledged");
-    lease.ack();
     return "skipped";
   }
   if (host.has(id)) {
@@ -89,9 +77,26 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
   return settle(await host.attempt(stored, definition, lease, lease.info.streamSequence), lease, deps);
 };
 
-/** RUNNING under an attempt of another work message for the same task: this delivery is a duplicate. */
-const heldByAnother = (record: TaskRecord, lease: Lease) =>
-  record.status === "RUNNING" && record.message !== undefined && record.message !== lease.info.streamSequence;
+/**
+ * A delivery with nothing left to do, acknowledged: the task already ended (announced again,
+ * in case whoever ended it died before announcing), or an attempt of another work message
+ * for it holds it (this one is a duplicate, republished past the duplicate window, not a
+ * sign of a lost worker: that attempt settles the task).
+ */
+const handledElsewhere = ({ record, revision }: Stored, lease: Lease, deps: DeliveryDeps): boolean => {
+  if (TerminalStatuses.has(record.status)) {
+    deps.log.debug({ taskId: record.id, status: record.status }, "delivery of a settled task: announced again and acknowledged");
+    deps.store.announce({ record, revision });
+    lease.ack();
+    return true;
+  }
+  if (record.status === "RUNNING" && record.message !== undefined && record.message !== lease.info.streamSequence) {
+    deps.log.warn({ taskId: record.id, message: lease.info.streamSequence, claimedBy: record.message }, "duplicate work message acknowledged");
+    lease.ack();
+    return true;
+  }
+  return false;
+};
 
 /** Settle the lease after an attempt. */
 const settle = async ({ snapshot, stopped }: AttemptOutcome, lease: Lease, deps: DeliveryDeps): Promise<DeliveryOutcome> => {
@@ -103,16 +108,10 @@ const settle = async ({ snapshot, stopped }: AttemptOutcome, lease: Lease, deps:
   }
   if (snapshot.hasTag("lost")) {
     log().warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
-    // Settled meanwhile (a cancel, another worker): make sure it was announced, and ack.
-    // Held by an attempt of another work message: this one is a duplicate, ack it too.
+    // Settled meanwhile (a cancel, another worker), or held by another message's attempt:
+    // acknowledged; otherwise left to redelivery.
     const read = await Effect.runPromise(Effect.result(deps.store.read(record.id)));
-    const now = read._tag === "Success" ? read.success : undefined;
-    if (now !== undefined && TerminalStatuses.has(now.record.status)) {
-      deps.store.announce(now);
-      lease.ack();
-    } else if (now !== undefined && heldByAnother(now.record, lease)) {
-      lease.ack();
-    }
+    if (read._tag === "Success" && read.success !== undefined) handledElsewhere(read.success, lease, deps);
     return "lost";
   }
   switch (record.status) {

@@ -1,0 +1,52 @@
+/**
+ * The one compare-and-set write to a KV key: a publish to `$KV.<bucket>.<key>` expecting the
+ * key's last revision, retried through transient failures on the one schedule. A retry that
+ * finds the revision moved may be looking at its own first try (it landed, its ack was
+ * lost): the stored value is read back, and if it is byte for byte this write, that is its
+ * revision. Otherwise the write lost: `Fenced`.
+ */
+import { Effect } from "effect";
+import type { KV } from "@nats-io/kv";
+import { Fenced, type NatsFailure } from "../errors.js";
+import { asFailure, type NatsHandle } from "./connection.js";
+import { isTransientPublishError, isWrongLastSequence, type PublishRejected, type PublishTimeout } from "./publisher.js";
+import { retryNats } from "./retry.js";
+import { kvSubject } from "./topology.js";
+
+/** A key's raw entry, as a failure-typed Effect. */
+export const kvEntry = (kv: KV, key: string) =>
+  Effect.tryPromise({ try: () => kv.get(key), catch: asFailure(`cannot read ${key}`) });
+
+export const compareAndSet = (
+  nats: NatsHandle,
+  kv: { readonly handle: KV; readonly bucket: string },
+  key: string,
+  payload: Uint8Array,
+  expected: number,
+  /** After each failed try that will be tried again (an attempt extends its lease meanwhile). */
+  onRetry?: () => void,
+): Effect.Effect<number, Fenced | NatsFailure> => {
+  let tries = 0;
+  const write = Effect.tryPromise({
+    try: () => {
+      tries++;
+      return nats.publisher.publish(kvSubject(kv.bucket, key), payload, { lastSubjectSequence: expected });
+    },
+    catch: (e) => e as PublishRejected | PublishTimeout,
+  });
+  // Made only when a write loses: an error object (with its stack) per write showed in the profile.
+  const fenced = () => new Fenced({ id: key, message: `${key} changed since revision ${expected}` });
+  return retryNats(nats.nc, write, isTransientPublishError, onRetry).pipe(
+    Effect.map((ack) => ack.seq),
+    Effect.catch((e): Effect.Effect<number, Fenced | NatsFailure> => {
+      if (!isWrongLastSequence(e)) return Effect.fail(asFailure(`cannot write ${key}`)(e));
+      if (tries === 1) return Effect.fail(fenced());
+      return kvEntry(kv.handle, key).pipe(
+        Effect.mapError(fenced),
+        Effect.flatMap((entry) =>
+          entry !== null && Buffer.from(entry.value).equals(payload) ? Effect.succeed(entry.revision) : Effect.fail(fenced()),
+        ),
+      );
+    }),
+  );
+};
