@@ -80,6 +80,38 @@ export const TaskRecord = Schema.Struct({
 });
 export type TaskRecord = typeof TaskRecord.Type;
 
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
+/**
+ * `record` with `changes` (a key set to `undefined` is cleared). Every record made this way
+ * has one shape, every key in one order: spreading a record and adding keys made V8 build a
+ * new object shape per write, ten times slower than this on the hot path. `JSON` leaves out
+ * the keys that are `undefined`, so the wire form is the same.
+ */
+export const recordWith = (record: TaskRecord, changes: Partial<TaskRecord>): TaskRecord => {
+  const next: Mutable<TaskRecord> = {
+    id: record.id,
+    task: record.task,
+    queue: record.queue,
+    status: record.status,
+    attempt: record.attempt,
+    input: record.input,
+    output: record.output,
+    error: record.error,
+    createdAt: record.createdAt,
+    startedAt: record.startedAt,
+    finishedAt: record.finishedAt,
+    retryAt: record.retryAt,
+    workerId: record.workerId,
+    idempotencyKey: record.idempotencyKey,
+    lostAttempts: record.lostAttempts,
+    runAt: record.runAt,
+    notify: record.notify,
+    message: record.message,
+  };
+  return Object.assign(next, changes);
+};
+
 export const WorkflowStatuses = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"] as const;
 export const WorkflowStatus = Schema.Literals(WorkflowStatuses);
 export type WorkflowStatus = typeof WorkflowStatus.Type;

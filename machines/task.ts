@@ -14,7 +14,7 @@
  */
 import { assign, cancel, raise, setup, type SnapshotFrom } from "xstate";
 import { retryWait, type RetryPolicy } from "./backoff.js";
-import type { TaskFailure, TaskRecord, TaskStatus } from "./records.js";
+import { recordWith, type TaskFailure, type TaskRecord, type TaskStatus } from "./records.js";
 
 export { TaskStatuses, TerminalStatuses, type TaskFailure, type TaskRecord, type TaskStatus } from "./records.js";
 export type { RetryPolicy } from "./backoff.js";
@@ -139,9 +139,8 @@ export const taskMachine = setup({
     begin: assign(({ context, event }) => {
       if (event.type !== "START") return {};
       return {
-        record: {
-          ...context.record,
-          status: "RUNNING" as const,
+        record: recordWith(context.record, {
+          status: "RUNNING",
           attempt: context.record.attempt + 1,
           workerId: event.workerId,
           message: event.message,
@@ -151,7 +150,7 @@ export const taskMachine = setup({
           retryAt: undefined,
           // Still RUNNING when a worker starts it again: the attempt before lost its worker.
           lostAttempts: (context.record.lostAttempts ?? 0) + (context.record.status === "RUNNING" ? 1 : 0),
-        },
+        }),
         deadlineAt: context.policy.timeout === undefined ? undefined : event.at + context.policy.timeout,
         random: event.random ?? 0.5,
       };
@@ -162,26 +161,54 @@ export const taskMachine = setup({
       event.type !== "CANCEL"
         ? {}
         : {
-            record: {
-              ...context.record,
-              status: "CANCELLED" as const,
-              error: { _tag: "Cancelled" as const, message: event.reason, retryable: false },
+            record: recordWith(context.record, {
+              status: "CANCELLED",
+              error: { _tag: "Cancelled", message: event.reason, retryable: false },
               finishedAt: iso(event.at),
-            },
+            }),
           },
     ),
     markFailed: assign(({ context, event }) =>
       event.type !== "FAIL"
         ? {}
-        : {
-            record: {
-              ...context.record,
-              status: "FAILED" as const,
-              error: { ...event.failure, retryable: false },
-              finishedAt: iso(event.at),
-            },
-          },
+        : { record: recordWith(context.record, { status: "FAILED", error: { ...event.failure, retryable: false }, finishedAt: iso(event.at) }) },
     ),
+    /** The handler returned: the output recorded. */
+    complete: assign(({ context, event }) =>
+      event.type === "EXECUTED" && event.execution.ok
+        ? { record: recordWith(context.record, { status: "COMPLETED", output: event.execution.output, finishedAt: iso(event.execution.at) }) }
+        : {},
+    ),
+    /** The handler failed: its error recorded, to be retried or not. */
+    recordError: assign(({ context, event }) =>
+      event.type === "EXECUTED" && !event.execution.ok
+        ? { record: recordWith(context.record, { error: event.execution.error, finishedAt: iso(event.execution.at) }) }
+        : {},
+    ),
+    /** The attempt ran past its deadline. */
+    recordTimeout: assign(({ context }) => ({
+      record: recordWith(context.record, {
+        error: {
+          _tag: "Timeout",
+          message: `attempt ${context.record.attempt} ran past its ${context.policy.timeout} ms timeout`,
+          retryable: true,
+        },
+        finishedAt: iso(context.deadlineAt ?? 0),
+      }),
+    })),
+    /** Another attempt follows, after the backoff: `retryAt` is when. */
+    scheduleRetry: assign(({ context }) => {
+      const finished = Date.parse(context.record.finishedAt ?? "") || 0;
+      const wait = retryWait(context.policy.retry, context.record.attempt, context.random);
+      return { record: recordWith(context.record, { status: "RETRYING", retryAt: iso(finished + wait) }) };
+    }),
+    /** No attempt follows: the recorded error says so. */
+    giveUp: assign(({ context }) => ({
+      record: recordWith(context.record, {
+        status: "FAILED",
+        error: context.record.error === undefined ? undefined : { ...context.record.error, retryable: false },
+      }),
+    })),
   },
   guards: {
     succeeded: ({ event }) => event.type === "EXECUTED" && event.execution.ok,
@@ -219,63 +246,18 @@ export const taskMachine = setup({
             // claim's own answer, so the host holds it until the claim is saved.
             CANCEL: { target: "#task.CANCELLED", actions: "markCancelled" },
             EXECUTED: [
-              {
-                guard: "succeeded",
-                target: "#task.COMPLETED",
-                actions: assign(({ context, event }) =>
-                  event.execution.ok
-                    ? { record: { ...context.record, status: "COMPLETED" as const, output: event.execution.output, finishedAt: iso(event.execution.at) } }
-                    : {},
-                ),
-              },
-              {
-                target: "failing",
-                actions: assign(({ context, event }) =>
-                  event.execution.ok ? {} : { record: { ...context.record, error: event.execution.error, finishedAt: iso(event.execution.at) } },
-                ),
-              },
+              { guard: "succeeded", target: "#task.COMPLETED", actions: "complete" },
+              { target: "failing", actions: "recordError" },
             ],
           },
           after: {
-            deadline: {
-              guard: "hasDeadline",
-              target: "failing",
-              actions: assign(({ context }) => ({
-                record: {
-                  ...context.record,
-                  error: {
-                    _tag: "Timeout" as const,
-                    message: `attempt ${context.record.attempt} ran past its ${context.policy.timeout} ms timeout`,
-                    retryable: true,
-                  },
-                  finishedAt: iso(context.deadlineAt ?? 0),
-                },
-              })),
-            },
+            deadline: { guard: "hasDeadline", target: "failing", actions: "recordTimeout" },
           },
         },
         failing: {
           always: [
-            {
-              guard: "canRetry",
-              target: "#task.RETRYING",
-              actions: assign(({ context }) => {
-                const finished = Date.parse(context.record.finishedAt ?? "") || 0;
-                const wait = retryWait(context.policy.retry, context.record.attempt, context.random);
-                return { record: { ...context.record, status: "RETRYING" as const, retryAt: iso(finished + wait) } };
-              }),
-            },
-            {
-              target: "#task.FAILED",
-              // No attempt follows: the recorded error says so.
-              actions: assign(({ context }) => ({
-                record: {
-                  ...context.record,
-                  status: "FAILED" as const,
-                  error: context.record.error === undefined ? undefined : { ...context.record.error, retryable: false },
-                },
-              })),
-            },
+            { guard: "canRetry", target: "#task.RETRYING", actions: "scheduleRetry" },
+            { target: "#task.FAILED", actions: "giveUp" },
           ],
         },
       },

@@ -22,8 +22,11 @@ export interface WorkerInput {
 
 export type WorkerEvent =
   | { readonly type: "STARTED" }
-  | { readonly type: "TASK_STARTED" }
-  | { readonly type: "TASK_FINISHED"; readonly ok: boolean }
+  /**
+   * Tasks started and finished since the last report (`failed` of the finished). The host
+   * reports them in batches, not one event per task: under load, one event per tick.
+   */
+  | { readonly type: "TASKS"; readonly started: number; readonly finished: number; readonly failed: number }
   | { readonly type: "DISCONNECTED" }
   | { readonly type: "RECONNECTED" }
   | { readonly type: "STOP" }
@@ -54,12 +57,11 @@ export const workerMachine = setup({
   context: ({ input }) => ({ concurrency: input.concurrency, heartbeatMs: input.heartbeatMs, running: 0, processed: 0, failed: 0 }),
   initial: "starting",
   on: {
-    TASK_STARTED: { actions: assign({ running: ({ context }) => context.running + 1 }) },
-    TASK_FINISHED: {
+    TASKS: {
       actions: assign(({ context, event }) => ({
-        running: context.running - 1,
-        processed: context.processed + 1,
-        failed: context.failed + (event.ok ? 0 : 1),
+        running: context.running + event.started - event.finished,
+        processed: context.processed + event.finished,
+        failed: context.failed + event.failed,
       })),
     },
     BEAT: { actions: ["beat", "scheduleBeat"] },

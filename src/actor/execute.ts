@@ -14,7 +14,8 @@ import { decodeInput, encodeOutput, type TaskDefinition, type TaskRunContext } f
 
 export interface ExecutionContext {
   readonly attempt: number;
-  readonly signal: AbortSignal;
+  /** The attempt's abort signal, made on first use. */
+  readonly signal: () => AbortSignal;
   /** The attempt's logger, made on first use (most attempts never log). */
   readonly log: () => Logger;
   readonly heartbeat: (details?: unknown) => void;
@@ -25,22 +26,22 @@ export interface ExecutionContext {
 
 export const execute = (definition: TaskDefinition, record: TaskRecord, context: ExecutionContext): Effect.Effect<Execution> => {
   const failed = (error: TaskFailure): Execution => ({ ok: false, error, at: context.now() });
+  const input = decodeInput(definition, record.input);
+  if (Exit.isFailure(input)) return Effect.sync(() => failed(failureFrom(Cause.squash(input.cause))));
   const ctx: TaskRunContext = {
     taskId: record.id,
     attempt: context.attempt,
-    signal: context.signal,
+    // Made on first use: most handlers never look at their signal.
+    get signal() {
+      return context.signal();
+    },
     get log() {
       return context.log();
     },
     heartbeat: context.heartbeat,
   };
-  return Effect.gen(function* () {
-    const input = decodeInput(definition, record.input);
-    if (Exit.isFailure(input)) return failed(failureFrom(Cause.squash(input.cause)));
-    const returned = yield* Effect.try({ try: () => definition.handler(input.value, ctx), catch: (e) => e });
-    const output = Effect.isEffect(returned)
-      ? yield* (returned as Effect.Effect<unknown, unknown>)
-      : yield* Effect.tryPromise({ try: () => Promise.resolve(returned), catch: (e) => e });
+  /** The output, encoded and measured: the attempt's outcome. */
+  const finished = (output: unknown): Execution => {
     const encoded = encodeOutput(definition, output);
     if (Exit.isFailure(encoded)) return failed(failureFrom(Cause.squash(encoded.cause)));
     // The record with its output must fit the server's payload limit. Only an object or a
@@ -51,10 +52,22 @@ export const execute = (definition: TaskDefinition, record: TaskRecord, context:
     if (size > context.maxPayload) {
       return failed({ _tag: "Serialization", message: `the record with its output is ${size} bytes, over the server's payload limit`, retryable: false });
     }
-    return { ok: true, output: value, at: context.now() } satisfies Execution;
-  }).pipe(
+    return { ok: true, output: value, at: context.now() };
+  };
+  return Effect.try({ try: () => definition.handler(input.value, ctx), catch: (e) => e }).pipe(
+    Effect.flatMap((returned) =>
+      Effect.isEffect(returned)
+        ? (returned as Effect.Effect<unknown, unknown>)
+        : isThenable(returned)
+          ? Effect.tryPromise({ try: () => returned, catch: (e) => e })
+          : Effect.succeed(returned),
+    ),
+    Effect.map(finished),
     // A failure or a defect (a throw inside the handler's Effect) is the attempt's outcome;
     // an interruption (deadline, cancellation, shutdown) stays one.
     Effect.catchCause((cause) => (Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.succeed(failed(failureFrom(Cause.squash(cause)))))),
   );
 };
+
+const isThenable = (value: unknown): value is PromiseLike<unknown> =>
+  value !== null && (typeof value === "object" || typeof value === "function") && typeof (value as { then?: unknown }).then === "function";

@@ -12,10 +12,10 @@
  * overwrite a newer one. No path leaves a task RUNNING because something threw: an attempt
  * whose transition throws is answered with a `FAIL` (`Internal`) from the last state it saved.
  */
-import { Effect } from "effect";
+import { Effect, Exit, type Fiber } from "effect";
 import { createActor, type ActorScope, type AnyActorRef, type AnyEventObject } from "xstate";
 import type { Logger } from "pino";
-import { hydrate, taskMachine, type TaskContext, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
+import { hydrate, taskMachine, type Execution, type TaskContext, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
 import type { TaskRecord } from "../../machines/records.js";
 import type { Fenced, Internal, NatsFailure } from "../errors.js";
 import type { Stored } from "../store/task-store.js";
@@ -67,9 +67,10 @@ class Attempt {
   snapshot: TaskSnapshot;
   /** The last record this attempt wrote (or started from), and its revision. */
   saved: Stored;
-  /** The handler is running (started, not returned). */
-  running = false;
-  readonly abort = new AbortController();
+  /** The handler's fiber while it runs (started, not returned). */
+  handler: Fiber.Fiber<Execution> | undefined;
+  /** The handler's `ctx.signal`, made the first time a handler asks for it. */
+  private controller: AbortController | undefined;
   readonly ended: Promise<AttemptOutcome>;
   private end!: (outcome: AttemptOutcome) => void;
   private readonly mailbox: TaskEvent[] = [];
@@ -148,12 +149,25 @@ class Attempt {
     this.host.clock.clearTimeout(timer);
   }
 
+  get signal(): AbortSignal {
+    return (this.controller ??= new AbortController()).signal;
+  }
+
+  /** Abort the running handler: its signal aborts and its fiber is interrupted. */
+  interrupt(): void {
+    const fiber = this.handler;
+    if (fiber === undefined) return;
+    this.handler = undefined;
+    this.controller?.abort();
+    fiber.interruptUnsafe();
+  }
+
   /** No more events; timers cleared; the handler, if still running, aborted. */
   finish(stopped: boolean): void {
     if (this.done) return;
     this.done = true;
     for (const id of [...this.timers.keys()]) this.cancel(id);
-    if (this.running) this.abort.abort();
+    this.interrupt();
     if (!stopped && this.snapshot.status === "active" && !isSettled(this.snapshot)) return; // an error: ended by failInternal
     this.end({ snapshot: this.snapshot, stopped });
   }
@@ -244,7 +258,7 @@ export class TaskHost {
       case "execute":
         return this.execute(attempt, context);
       case "interrupt":
-        if (attempt.running) attempt.abort.abort();
+        attempt.interrupt();
         return;
       case "heartbeat":
         attempt.lease.working();
@@ -256,36 +270,35 @@ export class TaskHost {
   private persist(attempt: Attempt, context: TaskContext): void {
     // While a write is retried (a reconnect), the lease is still extended: a terminal
     // write must not lose its delivery to another worker while it waits.
-    const program = this.deps.store.save(context.record, context.revision, () => attempt.lease.working()).pipe(
-      Effect.match({
-        onSuccess: (revision) => {
-          attempt.saved = { record: context.record, revision };
-          attempt.send({ type: "SAVED", revision });
-        },
-        onFailure: (e) => attempt.send({ type: "FENCED", reason: e.message }),
-      }),
-    );
-    Effect.runFork(program);
+    const fiber = Effect.runFork(this.deps.store.save(context.record, context.revision, () => attempt.lease.working()));
+    fiber.addObserver((exit) => {
+      if (Exit.isSuccess(exit)) {
+        attempt.saved = { record: context.record, revision: exit.value };
+        attempt.send({ type: "SAVED", revision: exit.value });
+      } else {
+        const reason = Exit.findErrorOption(exit);
+        attempt.send({ type: "FENCED", reason: reason._tag === "Some" ? reason.value.message : "the write was interrupted" });
+      }
+    });
   }
 
   /** Run the handler on a fiber, interrupted through the attempt's signal; answer EXECUTED. */
   private execute(attempt: Attempt, context: TaskContext): void {
-    attempt.running = true;
     const program = execute(attempt.definition, context.record, {
       attempt: context.record.attempt,
-      signal: attempt.abort.signal,
+      signal: () => attempt.signal,
       log: attempt.log,
       heartbeat: (details) => attempt.lease.working(details),
       now: this.clock.now,
       maxPayload: this.deps.maxPayload,
     });
-    void Effect.runPromise(program, { signal: attempt.abort.signal }).then(
-      (execution) => {
-        attempt.running = false;
-        attempt.send({ type: "EXECUTED", execution });
-      },
-      () => (attempt.running = false),
-    );
+    const fiber = Effect.runFork(program);
+    attempt.handler = fiber;
+    fiber.addObserver((exit) => {
+      if (attempt.handler !== fiber) return; // interrupted: no outcome
+      attempt.handler = undefined;
+      if (Exit.isSuccess(exit)) attempt.send({ type: "EXECUTED", execution: exit.value });
+    });
   }
 
   /**

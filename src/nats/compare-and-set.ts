@@ -26,27 +26,34 @@ export const compareAndSet = (
   /** After each failed try that will be tried again (an attempt extends its lease meanwhile). */
   onRetry?: () => void,
 ): Effect.Effect<number, Fenced | NatsFailure> => {
-  let tries = 0;
+  const subject = kvSubject(kv.bucket, key);
   const write = Effect.tryPromise({
-    try: () => {
-      tries++;
-      return nats.publisher.publish(kvSubject(kv.bucket, key), payload, { lastSubjectSequence: expected });
-    },
+    try: () => nats.publisher.publish(subject, payload, { lastSubjectSequence: expected }),
     catch: (e) => e as PublishRejected | PublishTimeout,
   });
   // Made only when a write loses: an error object (with its stack) per write showed in the profile.
   const fenced = () => new Fenced({ id: key, message: `${key} changed since revision ${expected}` });
-  return retryNats(nats.nc, write, isTransientPublishError, onRetry).pipe(
-    Effect.map((ack) => ack.seq),
-    Effect.catch((e): Effect.Effect<number, Fenced | NatsFailure> => {
-      if (!isWrongLastSequence(e)) return Effect.fail(asFailure(`cannot write ${key}`)(e));
-      if (tries === 1) return Effect.fail(fenced());
-      return kvEntry(kv.handle, key).pipe(
-        Effect.mapError(fenced),
-        Effect.flatMap((entry) =>
-          entry !== null && Buffer.from(entry.value).equals(payload) ? Effect.succeed(entry.revision) : Effect.fail(fenced()),
-        ),
-      );
+  const failed = (e: PublishRejected | PublishTimeout, retried: boolean): Effect.Effect<number, Fenced | NatsFailure> => {
+    if (!isWrongLastSequence(e)) return Effect.fail(asFailure(`cannot write ${key}`)(e));
+    if (!retried) return Effect.fail(fenced());
+    return kvEntry(kv.handle, key).pipe(
+      Effect.mapError(fenced),
+      Effect.flatMap((entry) =>
+        entry !== null && Buffer.from(entry.value).equals(payload) ? Effect.succeed(entry.revision) : Effect.fail(fenced()),
+      ),
+    );
+  };
+  // The first try is one step; the retry schedule is built only behind a transient failure.
+  return write.pipe(
+    Effect.matchEffect({
+      onSuccess: (ack) => Effect.succeed(ack.seq),
+      onFailure: (e) => {
+        if (!isTransientPublishError(e) || nats.nc.isClosed()) return failed(e, false);
+        onRetry?.();
+        return retryNats(nats.nc, write, isTransientPublishError, onRetry).pipe(
+          Effect.matchEffect({ onSuccess: (ack) => Effect.succeed(ack.seq), onFailure: (e) => failed(e, true) }),
+        );
+      },
     }),
   );
 };

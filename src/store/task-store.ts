@@ -19,7 +19,7 @@ import { Effect } from "effect";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { transition } from "xstate";
 import { JetStreamApiError } from "@nats-io/jetstream";
-import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
+import { recordWith, TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
 import { eventOf, hydrate, taskMachine, type TaskEvent, type TaskPolicy } from "../../machines/task.js";
 import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
@@ -57,6 +57,9 @@ export interface NewTask {
   /** Create the KV record before the work message: this id stands for one task for ever. */
   readonly unique?: boolean;
 }
+
+/** What every new record starts from. */
+const QUEUED: TaskRecord = { id: "", task: "", queue: "", status: "QUEUED", attempt: 0, input: null, createdAt: "" };
 
 /** Room kept under the server's payload limit for headers and the record's own growth. */
 const PAYLOAD_MARGIN = 8_192;
@@ -109,18 +112,16 @@ export class TaskStore {
    * A work message that cannot be published fails the task (`NatsFailure`) and rejects with it.
    */
   async enqueue(task: NewTask): Promise<{ readonly created: boolean; readonly stored: Stored }> {
-    const record: TaskRecord = {
+    const record = recordWith(QUEUED, {
       id: task.id,
       task: task.task,
       queue: task.queue,
-      status: "QUEUED",
-      attempt: 0,
       input: task.input,
       createdAt: new Date().toISOString(),
-      ...(task.idempotencyKey === undefined ? {} : { idempotencyKey: task.idempotencyKey }),
-      ...(task.runAt === undefined ? {} : { runAt: new Date(task.runAt).toISOString() }),
-      ...(task.notify === undefined ? {} : { notify: task.notify }),
-    };
+      idempotencyKey: task.idempotencyKey,
+      runAt: task.runAt === undefined ? undefined : new Date(task.runAt).toISOString(),
+      notify: task.notify,
+    });
     const payload = encodeJson(record);
     if (payload.length > this.maxPayload) {
       throw new Serialization({ message: `input of task "${task.task}" is ${payload.length} bytes, over the server's payload limit` });
@@ -173,9 +174,10 @@ export class TaskStore {
    */
   save(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<number, Fenced | NatsFailure> {
     const payload = encodeJson(record);
-    return this.compareAndSet(record.id, payload, expected, onRetry).pipe(
-      Effect.tap((revision) => Effect.sync(() => this.announce({ record, revision }, payload))),
-    );
+    return Effect.map(this.compareAndSet(record.id, payload, expected, onRetry), (revision) => {
+      this.announce({ record, revision }, payload);
+      return revision;
+    });
   }
 
   private compareAndSet(id: string, payload: Uint8Array, expected: number, onRetry?: () => void) {

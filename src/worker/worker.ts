@@ -59,6 +59,9 @@ export class Worker {
   private readonly inFlight = new Set<Promise<unknown>>();
   private stopping: Promise<void> | undefined;
   private readonly startedAt = new Date().toISOString();
+  /** Tasks started and finished since the actor last heard: reported once per tick, not per task. */
+  private readonly unreported = { started: 0, finished: 0, failed: 0 };
+  private reportQueued = false;
   /** The first registry write: a worker is listed once `start` resolves. */
   private registered: Promise<void> = Promise.resolve();
 
@@ -94,7 +97,7 @@ export class Worker {
       expires: pullExpires,
       log,
       onLease: (lease) => {
-        this.actor.send({ type: "TASK_STARTED" });
+        this.count(1, 0, 0);
         const run = runDelivery(lease, deliveries)
           .catch((err) => {
             log.error({ err }, "delivery failed unexpectedly");
@@ -102,7 +105,7 @@ export class Worker {
           })
           .then((outcome) => {
             this.inFlight.delete(run);
-            this.actor.send({ type: "TASK_FINISHED", ok: outcome !== "failed" });
+            this.count(0, 1, outcome === "failed" ? 1 : 0);
             this.loop.release();
           });
         this.inFlight.add(run);
@@ -194,12 +197,32 @@ export class Worker {
     this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency }, "worker started");
   }
 
+  /** Note tasks started and finished; the worker actor hears them at the end of this tick. */
+  private count(started: number, finished: number, failed: number): void {
+    this.unreported.started += started;
+    this.unreported.finished += finished;
+    this.unreported.failed += failed;
+    if (this.reportQueued) return;
+    this.reportQueued = true;
+    setImmediate(() => this.report());
+  }
+
+  private report(): void {
+    this.reportQueued = false;
+    const { started, finished, failed } = this.unreported;
+    if (started === 0 && finished === 0) return;
+    this.unreported.started = this.unreported.finished = this.unreported.failed = 0;
+    this.actor.send({ type: "TASKS", started, finished, failed });
+  }
+
   get stats(): WorkerStats {
+    this.report();
     const s = this.actor.getSnapshot();
     return { id: this.id, state: String(s.value), running: s.context.running, processed: s.context.processed, failed: s.context.failed };
   }
 
   private writeRegistry(): Promise<void> {
+    this.report();
     const s = this.actor.getSnapshot();
     const entry: WorkerInfo = {
       id: this.id,
@@ -243,6 +266,7 @@ export class Worker {
       }
       this.service?.stop();
       await this.reaper?.stop();
+      this.report();
       this.actor.send({ type: "DRAINED" });
       this.actor.stop();
       this.log.info(this.stats, "worker stopped");

@@ -17,13 +17,17 @@ describe("worker machine", () => {
     actor.send({ type: "STARTED" });
     expect(register).toHaveBeenCalledTimes(1);
     expect(actor.getSnapshot().value).toBe("ready");
-    actor.send({ type: "TASK_STARTED" });
+    actor.send({ type: "TASKS", started: 1, finished: 0, failed: 0 });
     expect(actor.getSnapshot().value).toBe("ready");
-    actor.send({ type: "TASK_STARTED" });
+    actor.send({ type: "TASKS", started: 1, finished: 0, failed: 0 });
     expect(actor.getSnapshot().value).toBe("busy");
-    actor.send({ type: "TASK_FINISHED", ok: false });
+    actor.send({ type: "TASKS", started: 0, finished: 1, failed: 1 });
     expect(actor.getSnapshot().value).toBe("ready");
     expect(actor.getSnapshot().context).toMatchObject({ running: 1, processed: 1, failed: 1 });
+    // A batch: two started and three finished in one report.
+    actor.send({ type: "TASKS", started: 2, finished: 3, failed: 0 });
+    expect(actor.getSnapshot().value).toBe("ready");
+    expect(actor.getSnapshot().context).toMatchObject({ running: 0, processed: 4, failed: 1 });
 
     clock.increment(999);
     expect(beat).toHaveBeenCalledTimes(0);
