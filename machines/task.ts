@@ -285,9 +285,10 @@ export const taskMachine = setup({
 
 export type TaskSnapshot = SnapshotFrom<typeof taskMachine>;
 
-/** The snapshot a stored record stands for, ready to take an event. */
-export const hydrate = (input: TaskInput): TaskSnapshot =>
-  taskMachine.resolveState({
-    value: stateOf(input.record.status),
-    context: { record: input.record, revision: input.revision, policy: input.policy, random: 0.5 },
-  });
+/** The snapshot a stored record stands for, ready to take an event; `resolve` is a host's own machine's. */
+export const hydrate = (
+  input: TaskInput,
+  resolve: (value: ReturnType<typeof stateOf>, context: TaskContext) => TaskSnapshot = (value, context) =>
+    taskMachine.resolveState({ value, context }),
+): TaskSnapshot =>
+  resolve(stateOf(input.record.status), { record: input.record, revision: input.revision, policy: input.policy, random: 0.5 });

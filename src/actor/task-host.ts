@@ -13,7 +13,7 @@
  * whose transition throws is answered with a `FAIL` (`Internal`) from the last state it saved.
  */
 import { Effect, Exit, type Fiber } from "effect";
-import { createActor, type ActorScope, type AnyActorRef, type AnyEventObject } from "xstate";
+import type { AnyEventObject } from "xstate";
 import type { Logger } from "pino";
 import { hydrate, taskMachine, type Execution, type TaskContext, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
 import type { TaskRecord } from "../../machines/records.js";
@@ -22,6 +22,7 @@ import type { Stored } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
 import { execute } from "./execute.js";
 import type { FiberClock } from "./fiber-clock.js";
+import { TransitionPlans, type PlannedAction } from "./transition-plans.js";
 
 /** What an attempt writes through: the task store, or an in-memory one for `runTask`. */
 export interface AttemptStore {
@@ -53,11 +54,7 @@ export interface AttemptOutcome {
 }
 
 /** An action a transition names, as the machine reports it. */
-interface NamedAction {
-  readonly type: string;
-  readonly params?: unknown;
-  readonly info: { readonly context: TaskContext };
-}
+type NamedAction = PlannedAction & { readonly info: { readonly context: TaskContext } };
 
 /** A snapshot an attempt can stop at: saved to a final or waiting status, or lost. */
 const isSettled = (s: TaskSnapshot) => s.hasTag("settled") || s.hasTag("lost");
@@ -89,7 +86,7 @@ class Attempt {
     stored: Stored,
   ) {
     this.saved = stored;
-    this.snapshot = hydrate({ ...stored, policy: definition.policy });
+    this.snapshot = hydrate({ ...stored, policy: definition.policy }, host.resolve);
     this.ended = new Promise((resolve) => (this.end = resolve));
   }
 
@@ -175,36 +172,28 @@ class Attempt {
 
 export class TaskHost {
   private readonly attempts = new Map<string, Attempt>();
-  private readonly machine;
-  /** One scope for every transition of this host: the machine's actions are collected, not run. */
-  private readonly scope: ActorScope<TaskSnapshot, TaskEvent>;
-  private collected: NamedAction[] = [];
+  /** The task machine's transitions, computed by XState once per path and replayed after. */
+  private readonly plans: TransitionPlans<TaskSnapshot, TaskEvent>;
   readonly clock: FiberClock;
 
   constructor(private readonly deps: TaskHostDeps) {
     this.clock = deps.clock;
-    this.machine = taskMachine.provide({
+    const machine = taskMachine.provide({
       delays: {
         // The deadline is absolute; a rehydrated actor waits only for what is left.
         deadline: ({ context }) =>
           context.deadlineAt === undefined ? Number.POSITIVE_INFINITY : Math.max(0, context.deadlineAt - deps.clock.now()),
       },
     });
-    const self = createActor(this.machine, {
-      input: { record: { id: "", task: "", queue: "", status: "QUEUED", attempt: 0, input: null, createdAt: "" }, revision: 0, policy: { retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 }, heartbeatMs: 1 } },
-    }) as unknown as AnyActorRef;
-    this.scope = {
-      self,
-      id: "",
-      sessionId: "",
-      system: self.system,
-      logger: () => {},
-      defer: () => {},
-      emit: () => {},
-      stopChild: () => {},
-      actionExecutor: (action: unknown) => void this.collected.push(action as NamedAction),
-    } as unknown as ActorScope<TaskSnapshot, TaskEvent>;
+    this.plans = new TransitionPlans(machine, {
+      record: { id: "", task: "", queue: "", status: "QUEUED", attempt: 0, input: null, createdAt: "" },
+      revision: 0,
+      policy: { retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 }, heartbeatMs: 1 },
+    });
   }
+
+  /** A snapshot of this host's machine. */
+  readonly resolve = (value: unknown, context: TaskContext): TaskSnapshot => this.plans.resolve(value, context);
 
   /** Whether this host runs an attempt of the task now. */
   has(id: string): boolean {
@@ -236,9 +225,9 @@ export class TaskHost {
 
   /** Apply one event to an attempt's state; the actions it names, to carry out. */
   step(attempt: Attempt, event: TaskEvent): NamedAction[] {
-    this.collected = [];
-    attempt.snapshot = this.machine.transition(attempt.snapshot, event, this.scope) as TaskSnapshot;
-    return this.collected;
+    const { snapshot, actions } = this.plans.transition(attempt.snapshot, event);
+    attempt.snapshot = snapshot;
+    return actions as NamedAction[];
   }
 
   /** Carry out one action a transition named. */
@@ -317,8 +306,8 @@ export class TaskHost {
     const after = failed._tag === "Success" ? failed.success : undefined;
     return after === undefined
       ? // Fenced: a newer write owns the task.
-        taskMachine.resolveState({ value: "LOST", context: { record, revision, policy, random: 0.5, lostReason: message } })
-      : hydrate({ ...after, policy });
+        this.resolve("LOST", { record, revision, policy, random: 0.5, lostReason: message })
+      : hydrate({ ...after, policy }, this.resolve);
   }
 
   /**

@@ -17,10 +17,10 @@
  */
 import { Effect } from "effect";
 import { headers as natsHeaders } from "@nats-io/transport-node";
-import { transition } from "xstate";
 import { JetStreamApiError } from "@nats-io/jetstream";
 import { recordWith, TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
-import { eventOf, hydrate, taskMachine, type TaskEvent, type TaskPolicy } from "../../machines/task.js";
+import { eventOf, hydrate, taskMachine, type TaskContext, type TaskEvent, type TaskPolicy, type TaskSnapshot } from "../../machines/task.js";
+import { TransitionPlans } from "../actor/transition-plans.js";
 import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import { asFailure, type NatsHandle } from "../nats/connection.js";
@@ -35,13 +35,20 @@ export interface Stored {
   readonly revision: number;
 }
 
+/** What every new record starts from. */
+const QUEUED: TaskRecord = { id: "", task: "", queue: "", status: "QUEUED", attempt: 0, input: null, createdAt: "" };
+
 /** Transitions applied from outside an attempt (cancel, give-up) consult no policy; this stands in. */
 const NO_POLICY: TaskPolicy = { retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 }, heartbeatMs: 1 };
 
+/** The task machine's transitions for the store: computed once per path, replayed after. */
+const plans = new TransitionPlans<TaskSnapshot, TaskEvent>(taskMachine, { record: QUEUED, revision: 0, policy: NO_POLICY });
+const resolve = (value: unknown, context: TaskContext) => plans.resolve(value, context);
+
 /** The record `event` leads to from `stored`, or `undefined` when it changes nothing (a settled task, an event that does not apply). */
 export const nextRecord = (stored: Stored, event: TaskEvent, policy: TaskPolicy = NO_POLICY): TaskRecord | undefined => {
-  const [next] = transition(taskMachine, hydrate({ ...stored, policy }), event);
-  return next.context.record === stored.record ? undefined : next.context.record;
+  const next = plans.transition(hydrate({ ...stored, policy }, resolve), event).snapshot.context.record;
+  return next === stored.record ? undefined : next;
 };
 
 /** What `enqueue` needs to make the QUEUED record. */
@@ -57,9 +64,6 @@ export interface NewTask {
   /** Create the KV record before the work message: this id stands for one task for ever. */
   readonly unique?: boolean;
 }
-
-/** What every new record starts from. */
-const QUEUED: TaskRecord = { id: "", task: "", queue: "", status: "QUEUED", attempt: 0, input: null, createdAt: "" };
 
 /** Room kept under the server's payload limit for headers and the record's own growth. */
 const PAYLOAD_MARGIN = 8_192;
