@@ -73,7 +73,12 @@ export type TaskEvent =
   /** Extend the lease (raised on the `heartbeat` delay while RUNNING). */
   | { readonly type: "HEARTBEAT" };
 
-const iso = (ms: number) => new Date(ms).toISOString();
+/** An ISO time; the last one is kept, since many transitions share a millisecond under load. */
+let lastIso: { ms: number; text: string } = { ms: Number.NaN, text: "" };
+const iso = (ms: number): string => {
+  if (ms !== lastIso.ms) lastIso = { ms, text: new Date(ms).toISOString() };
+  return lastIso.text;
+};
 
 /** The event a write of this status publishes on `troupe.events.task.<id>.<event>`. */
 export const eventOf = (status: TaskStatus): string =>

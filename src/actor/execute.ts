@@ -54,18 +54,17 @@ export const execute = (definition: TaskDefinition, record: TaskRecord, context:
     }
     return { ok: true, output: value, at: context.now() };
   };
-  return Effect.try({ try: () => definition.handler(input.value, ctx), catch: (e) => e }).pipe(
-    Effect.flatMap((returned) =>
-      Effect.isEffect(returned)
-        ? (returned as Effect.Effect<unknown, unknown>)
-        : isThenable(returned)
-          ? Effect.tryPromise({ try: () => returned, catch: (e) => e })
-          : Effect.succeed(returned),
-    ),
-    Effect.map(finished),
-    // A failure or a defect (a throw inside the handler's Effect) is the attempt's outcome;
-    // an interruption (deadline, cancellation, shutdown) stays one.
-    Effect.catchCause((cause) => (Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.succeed(failed(failureFrom(Cause.squash(cause)))))),
+  // A throw, a rejection or a failure of the handler's Effect is the attempt's outcome; an
+  // interruption (deadline, cancellation, shutdown) stays one.
+  return Effect.suspend(() => {
+    const returned = definition.handler(input.value, ctx);
+    if (Effect.isEffect(returned)) return returned as Effect.Effect<unknown, unknown>;
+    return isThenable(returned) ? Effect.promise(() => returned) : Effect.succeed(returned);
+  }).pipe(
+    Effect.matchCauseEffect({
+      onSuccess: (output) => Effect.succeed(finished(output)),
+      onFailure: (cause) => (Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.succeed(failed(failureFrom(Cause.squash(cause))))),
+    }),
   );
 };
 

@@ -54,6 +54,8 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
   /** Transitions computed by XState, and transitions replayed. */
   readonly counts = { learned: 0, replayed: 0 };
   private readonly keys = new WeakMap<object, string>();
+  /** Snapshots XState resolved, by value: templates for `resolve`. */
+  private readonly resolved = new Map<string, Record<string, unknown>>();
   /** Steps of the transition XState is computing now; instrumentation writes here. */
   private trace: Step[] | undefined;
   private readonly scope: ActorScope<any, any>;
@@ -118,9 +120,16 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
     } as unknown as ActorScope<any, any>;
   }
 
-  /** The snapshot of `value` with `context`, belonging to this machine. */
+  /** The snapshot of `value` with `context`, belonging to this machine (XState resolves each value once). */
   resolve(value: unknown, context: unknown): S {
-    return this.machine.resolveState({ value: value as never, context: context as never }) as unknown as S;
+    const key = typeof value === "string" ? value : JSON.stringify(value);
+    let template = this.resolved.get(key);
+    if (template === undefined) {
+      template = this.machine.resolveState({ value: value as never, context: context as never }) as unknown as Record<string, unknown>;
+      this.resolved.set(key, template);
+      return template as unknown as S;
+    }
+    return { ...template, context } as unknown as S;
   }
 
   /** The snapshot `event` leads to from `snapshot`, and the actions to carry out, in order. */

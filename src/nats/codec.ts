@@ -2,12 +2,12 @@
 import { Cause, Exit, Schema } from "effect";
 import { Serialization } from "../errors.js";
 
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 export type Decoded<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: Serialization };
 
-export const encodeJson = (value: unknown): Uint8Array => encoder.encode(JSON.stringify(value));
+/** JSON bytes (a `Buffer`: for the short payloads of the hot path, twice as fast as a `TextEncoder`). */
+export const encodeJson = (value: unknown): Uint8Array => Buffer.from(JSON.stringify(value));
 
 export const decodeJson = (bytes: Uint8Array): Decoded<unknown> => {
   if (bytes.length === 0) return { ok: false, error: new Serialization({ message: "empty payload" }) };
@@ -21,7 +21,7 @@ export const decodeJson = (bytes: Uint8Array): Decoded<unknown> => {
 /** JSON bytes decoded with `schema`: a value of its type, or why it is not one (`what` names it). */
 export const decodeWith = <T>(schema: Schema.Decoder<T, never>, bytes: Uint8Array, what: string): Decoded<T> => {
   const json = decodeJson(bytes);
-  return json.ok ? decodeValue(schema, json.value, what) : json;
+  return json.ok ? decodeValueWith(schema, json.value, what) : json;
 };
 
 /** One decoder per schema, made on first use. */
@@ -36,7 +36,7 @@ const decoderOf = <T>(schema: Schema.Decoder<T, never>) => {
 };
 
 /** A value already parsed, decoded with `schema`. */
-const decodeValue = <T>(schema: Schema.Decoder<T, never>, value: unknown, what: string): Decoded<T> => {
+export const decodeValueWith = <T>(schema: Schema.Decoder<T, never>, value: unknown, what: string): Decoded<T> => {
   const exit = decoderOf(schema)(value);
   if (Exit.isSuccess(exit)) return { ok: true, value: exit.value };
   const reason = (Cause.squash(exit.cause) as Error).message ?? "";

@@ -28,8 +28,12 @@ export const consumerName = (queue: string, type: string) => `troupe-${queue}-${
 /** The subject a KV put to `bucket`/`key` is published on (what `nats kv` does underneath). */
 export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`;
 
-/** Where a client asks to hear about the end of the tasks it submitted. */
-export const notifyPrefix = (clientId: string) => `troupe.notify.${clientId}`;
+/**
+ * Where a client hears about the end of the tasks it submitted: `troupe.notify.<client>`,
+ * core NATS, each message a JSON array of terminal records (those that ended in one tick).
+ */
+export const NOTIFY_ROOT = "troupe.notify.";
+export const notifySubject = (clientId: string) => `${NOTIFY_ROOT}${clientId}`;
 
 /** A worker's control subjects (its micro service endpoints): `troupe.control.<workerId>.{cancel,stats}`. */
 export const controlSubject = (workerId: string, verb: "cancel" | "stats") => `troupe.control.${workerId}.${verb}`;

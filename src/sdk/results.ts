@@ -1,6 +1,6 @@
 /**
  * Waiting for results. A client hears the terminal records of the tasks it submitted on
- * one subscription (`troupe.notify.<client>.*`, the record's `notify`), and of any other
+ * one subscription (`troupe.notify.<client>`, the record's `notify`: each message the records that ended in one tick), and of any other
  * task on that task's events. A wait starts when someone asks for a result, not at
  * submit: what ends before anyone asks is kept in a bounded buffer of recent results, so
  * a client that submits a million tasks and awaits none holds no state for them. Neither is the only way: a notify or an event can be lost
@@ -8,7 +8,7 @@
  * the record now and then (after 5 s, then less and less often), and all of them after a
  * reconnect. Closing the client ends every wait with `NatsFailure`.
  */
-import type { Schema } from "effect";
+import { Schema } from "effect";
 import type { Subscription } from "@nats-io/transport-node";
 import {
   TaskRecord as TaskRecordSchema,
@@ -19,11 +19,14 @@ import {
 } from "../../machines/records.js";
 import { isWorkflowTerminal } from "../../machines/workflow.js";
 import { NatsFailure, ResultTimeout, TaskNotFound, WorkflowNotFound } from "../errors.js";
-import { decodeWith } from "../nats/codec.js";
+import { decodeValueWith, decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { eventSubject } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { WorkflowStore } from "../store/workflow-store.js";
+
+/** What a client's notify subject carries: the terminal records of its tasks, each decoded on its own. */
+const Notification = Schema.Array(Schema.Unknown);
 
 /** The events that end a task or a run (`troupe.events.<kind>.<id>.<event>`). */
 const ENDS: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
@@ -60,7 +63,7 @@ export class Results {
     private readonly nats: NatsHandle,
     private readonly taskStore: TaskStore,
     private readonly workflowStore: WorkflowStore,
-    /** Where workers notify this client: `<prefix>.<taskId>`. */
+    /** Where workers notify this client (`troupe.notify.<client>`). */
     readonly notify: string,
   ) {
     this.timer = setInterval(() => void this.check(), 1_000);
@@ -71,10 +74,14 @@ export class Results {
   /** Hear the terminal records of this client's tasks: call before the first work message is published. */
   listen(): void {
     if (this.notifySub !== undefined || this.closed) return;
-    this.notifySub = this.nats.nc.subscribe(`${this.notify}.*`, {
+    this.notifySub = this.nats.nc.subscribe(this.notify, {
       callback: (_e, msg) => {
-        const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");
-        if (decoded.ok) this.settleOwn(decoded.value);
+        const batch = decodeWith(Notification, msg.data, "notification");
+        if (!batch.ok) return;
+        for (const item of batch.value) {
+          const decoded = decodeValueWith(TaskRecordSchema, item, "task record");
+          if (decoded.ok) this.settleOwn(decoded.value);
+        }
       },
     });
   }

@@ -14,7 +14,7 @@ import { InvalidInput, InvalidOption, NatsFailure, WorkflowNotFound } from "../e
 import { durationOption, type DurationInput } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { notifyPrefix } from "../nats/topology.js";
+import { notifySubject } from "../nats/topology.js";
 import { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
 import { rootLogger } from "../log.js";
 import { cancelTask, type CancelResult } from "../store/cancel.js";
@@ -88,7 +88,7 @@ export class Troupe {
     handles.set(this, nats);
     this.tasks = new TaskStore(nats);
     this.workflows = new WorkflowStore(nats, this.tasks);
-    this.results = new Results(nats, this.tasks, this.workflows, notifyPrefix(nuid.next()));
+    this.results = new Results(nats, this.tasks, this.workflows, notifySubject(nuid.next()));
   }
 
   /** Connect to a NATS server (or cluster) and make sure the Troupe layout exists. */

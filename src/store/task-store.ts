@@ -27,7 +27,7 @@ import { asFailure, type NatsHandle } from "../nats/connection.js";
 import { compareAndSet, kvEntry } from "../nats/compare-and-set.js";
 import { isTransientPublishError } from "../nats/publisher.js";
 import { retryNats, withRetry } from "../nats/retry.js";
-import { EVENTS_STREAM, eventSubject, Headers, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
+import { EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
 
 /** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
 export interface Stored {
@@ -243,6 +243,44 @@ export class TaskStore {
     const h = natsHeaders();
     h.set("Nats-Msg-Id", `${record.id}:${revision}`);
     nc.publish(subject, payload, { headers: h });
-    if (record.notify !== undefined) nc.publish(`${record.notify}.${record.id}`, payload);
+    if (record.notify === undefined) return;
+    // A workflow step's notify is a stream subject, one record per message; a client's
+    // notifications are gathered, one message per client per tick.
+    if (!record.notify.startsWith(NOTIFY_ROOT)) nc.publish(`${record.notify}.${record.id}`, payload);
+    else this.notifyLater(record.notify, payload);
+  }
+
+  /** Terminal records for clients, by notify subject, sent at the end of this tick. */
+  private readonly notifies = new Map<string, Uint8Array[]>();
+
+  private notifyLater(subject: string, payload: Uint8Array): void {
+    const pending = this.notifies.get(subject);
+    if (pending !== undefined) {
+      pending.push(payload);
+      return;
+    }
+    this.notifies.set(subject, [payload]);
+    if (this.notifies.size === 1) queueMicrotask(() => this.flushNotifies());
+  }
+
+  /** One message per client: a JSON array of the terminal records, their encodings joined. */
+  flushNotifies(): void {
+    const nc = this.nats.nc;
+    for (const [subject, payloads] of this.notifies) {
+      if (nc.isClosed()) break;
+      nc.publish(subject, jsonArray(payloads));
+    }
+    this.notifies.clear();
   }
 }
+
+const OPEN = Buffer.from("[");
+const COMMA = Buffer.from(",");
+const CLOSE = Buffer.from("]");
+/** `[a,b,…]` from the JSON encodings of a, b, …, without encoding anything again. */
+const jsonArray = (items: ReadonlyArray<Uint8Array>): Uint8Array => {
+  const parts: Uint8Array[] = [OPEN];
+  items.forEach((item, i) => parts.push(...(i === 0 ? [item] : [COMMA, item])));
+  parts.push(CLOSE);
+  return Buffer.concat(parts);
+};
