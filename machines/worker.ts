@@ -24,7 +24,7 @@ export type WorkerEvent =
   | { readonly type: "STARTED" }
   /**
    * Tasks started and finished since the last report (`failed` of the finished). The host
-   * reports them in batches, not one event per task: under load, one event per tick.
+   * reports them in batches, not one event per task.
    */
   | { readonly type: "TASKS"; readonly started: number; readonly finished: number; readonly failed: number }
   | { readonly type: "DISCONNECTED" }

@@ -26,6 +26,9 @@ import { PullLoop, type PullSource } from "./pull.js";
 /** The body of a request to a worker's `cancel` endpoint. */
 export const CancelRequest = Schema.Struct({ id: Schema.String, reason: Schema.optional(Schema.String) });
 
+/** How long the worker actor may go without hearing of tasks started and finished. */
+const REPORT_MS = 50;
+
 export interface WorkerOptions {
   /** The tasks this worker runs; it never receives other types. */
   readonly tasks: ReadonlyArray<TaskDefinition>;
@@ -59,7 +62,7 @@ export class Worker {
   private readonly inFlight = new Set<Promise<unknown>>();
   private stopping: Promise<void> | undefined;
   private readonly startedAt = new Date().toISOString();
-  /** Tasks started and finished since the actor last heard: reported once per tick, not per task. */
+  /** Tasks started and finished since the actor last heard: reported every few milliseconds, not per task. */
   private readonly unreported = { started: 0, finished: 0, failed: 0 };
   private reportQueued = false;
   /** The first registry write: a worker is listed once `start` resolves. */
@@ -197,14 +200,14 @@ export class Worker {
     this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency }, "worker started");
   }
 
-  /** Note tasks started and finished; the worker actor hears them at the end of this tick. */
+  /** Note tasks started and finished; the worker actor hears them within `REPORT_MS` (at once when its stats are read). */
   private count(started: number, finished: number, failed: number): void {
     this.unreported.started += started;
     this.unreported.finished += finished;
     this.unreported.failed += failed;
     if (this.reportQueued) return;
     this.reportQueued = true;
-    setImmediate(() => this.report());
+    setTimeout(() => this.report(), REPORT_MS).unref();
   }
 
   private report(): void {
