@@ -46,8 +46,8 @@ interface Waiter<R> {
   /** Re-read the record then (epoch ms). */
   nextCheck: number;
   interval: number;
-  /** Events of a task or run this client did not submit. */
-  sub?: Subscription | undefined;
+  /** The ending events of a task or run this client did not submit. */
+  subs?: Subscription[] | undefined;
 }
 
 export class Results {
@@ -134,14 +134,16 @@ export class Results {
     missing: () => unknown,
   ): Promise<R> {
     const waiter = this.waiter(map, id);
-    waiter.sub = this.nats.nc.subscribe(eventSubject(kind, id, "*"), {
-      callback: (_e, msg) => {
-        // The event names the status: only an end is worth decoding (a run's record can be large).
-        if (!ENDS.has(msg.subject.slice(msg.subject.lastIndexOf(".") + 1))) return;
-        const decoded = decodeWith(schema, msg.data, `${kind} record`);
-        if (decoded.ok) settle(decoded.value);
-      },
-    });
+    // Only the events that end it: a run's progress events carry the whole run, and a
+    // large run's would cost the waiter a copy per write for nothing.
+    waiter.subs = [...ENDS].map((end) =>
+      this.nats.nc.subscribe(eventSubject(kind, id, end), {
+        callback: (_e, msg) => {
+          const decoded = decodeWith(schema, msg.data, `${kind} record`);
+          if (decoded.ok) settle(decoded.value);
+        },
+      }),
+    );
     try {
       await this.nats.nc.flush();
     } catch (e) {
@@ -195,7 +197,7 @@ export class Results {
     const waiter = map.get(id);
     if (waiter === undefined) return;
     map.delete(id);
-    waiter.sub?.unsubscribe();
+    for (const sub of waiter.subs ?? []) sub.unsubscribe();
     how(waiter);
   }
 

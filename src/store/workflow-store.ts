@@ -93,10 +93,13 @@ export class WorkflowStore {
     for (let i = 0; i < 50; i++) {
       // The run as this store last wrote it, if it did: the compare-and-set tells whether
       // that is still the stored one, which saves reading and decoding a large run per batch.
-      const current = (i === 0 ? this.written.get(id) : undefined) ?? (await this.read(id));
+      const remembered = i === 0 ? this.written.get(id) : undefined;
+      const current = remembered ?? (await this.read(id));
       if (current === undefined) return undefined;
       const next = advance(current.record, event);
       if (!changed(current.record, next)) {
+        // Only the stored run can say nothing is new: the remembered one may be stale.
+        if (remembered !== undefined) continue;
         // Nothing new: a completion seen before, redelivered because whoever applied it died
         // before acknowledging. Redo what that transition had to carry out (idempotent).
         if (event.type === "STEPS_SETTLED") await this.redo(current.record, event.settled.map((s) => s.step), log);
