@@ -264,13 +264,18 @@ export class TaskStore {
   }
 
   /** One message per client: a JSON array of the terminal records, their encodings joined. */
-  flushNotifies(): void {
+  private flushNotifies(): void {
     const nc = this.nats.nc;
-    for (const [subject, payloads] of this.notifies) {
-      if (nc.isClosed()) break;
-      nc.publish(subject, jsonArray(payloads));
+    try {
+      for (const [subject, payloads] of this.notifies) {
+        if (nc.isClosed()) break;
+        nc.publish(subject, jsonArray(payloads));
+      }
+    } catch {
+      // A connection draining or closing: the waits re-read the records they wait for.
+    } finally {
+      this.notifies.clear();
     }
-    this.notifies.clear();
   }
 }
 

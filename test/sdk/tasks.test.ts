@@ -50,6 +50,33 @@ describe("tasks end to end", () => {
     expect(events).toEqual(["QUEUED", "RUNNING", "COMPLETED"]);
   });
 
+  it("tells each client of its own tasks' ends on troupe.notify.<client>: JSON arrays of their terminal records", async () => {
+    const a = await connect(server());
+    const b = await connect(server());
+    await a.worker({ tasks: [add], concurrency: 8 });
+    const seen: Array<{ subject: string; records: Array<{ id: string; status: string; notify: string }> }> = [];
+    const watcher = connectionOf(a).nc.subscribe("troupe.notify.>", {
+      callback: (_e, msg) => {
+        const decoded = decodeJson(msg.data);
+        if (decoded.ok) seen.push({ subject: msg.subject, records: decoded.value as never });
+      },
+    });
+    await connectionOf(a).nc.flush();
+    const runs = await Promise.all(Array.from({ length: 60 }, (_, i) => (i % 2 === 0 ? a : b).submit(add, { a: i, b: 1 })));
+    expect(await Promise.all(runs.map((r) => r.result()))).toEqual(runs.map((_, i) => i + 1));
+    await connectionOf(a).nc.flush();
+    watcher.unsubscribe();
+    // Every message is an array of one client's records: none of another client's, none twice.
+    for (const { subject, records } of seen) {
+      expect(Array.isArray(records)).toBe(true);
+      for (const r of records) expect(r).toMatchObject({ status: "COMPLETED", notify: subject });
+    }
+    const ids = seen.flatMap((m) => m.records.map((r) => r.id));
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(new Set(ids)).toEqual(new Set(runs.map((r) => r.id)));
+    expect(new Set(seen.map((m) => m.subject)).size).toBe(2);
+  });
+
   it("rejects bad input at submit with InvalidInput naming the field, and publishes nothing", async () => {
     const troupe = await connect(server());
     const jsm = await jetstreamManager(connectionOf(troupe).nc);
