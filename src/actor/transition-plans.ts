@@ -106,18 +106,7 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
       ),
     };
     this.machine = machine.provide(instrumented as never);
-    const self = createActor(this.machine, { input: input as never }) as unknown as AnyActorRef;
-    this.scope = {
-      self,
-      id: "",
-      sessionId: "",
-      system: self.system,
-      logger: () => {},
-      defer: () => {},
-      emit: () => {},
-      stopChild: () => {},
-      actionExecutor: () => {},
-    } as unknown as ActorScope<any, any>;
+    this.scope = collectingScope(this.machine, input, () => {});
   }
 
   /** The snapshot of `value` with `context`, belonging to this machine (XState resolves each value once). */
@@ -191,7 +180,7 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
         trace.push({ kind: "action", type: action.type, params: action.params });
         actions.push(action);
       },
-    } as unknown as ActorScope<any, any>;
+    };
     try {
       next = this.machine.transition(snapshot as never, event, scope) as unknown as S;
     } finally {
@@ -216,6 +205,25 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
     return key;
   }
 }
+
+/**
+ * The scope a transition runs in, outside any running actor: the actions it names go to
+ * `collect` instead of being executed. `input` is any the machine's context accepts.
+ */
+export const collectingScope = (machine: AnyStateMachine, input: unknown, collect: (action: PlannedAction) => void): ActorScope<any, any> => {
+  const self = createActor(machine, { input: input as never }) as unknown as AnyActorRef;
+  return {
+    self,
+    id: "",
+    sessionId: "",
+    system: self.system,
+    logger: () => {},
+    defer: () => {},
+    emit: () => {},
+    stopChild: () => {},
+    actionExecutor: collect,
+  } as unknown as ActorScope<any, any>;
+};
 
 /**
  * Refuse a machine whose guards or assigns are written inline: only named ones are

@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { assign, setup, type ActorScope, type AnyActorRef, createActor } from "xstate";
+import { assign, setup } from "xstate";
 import { hydrate, taskMachine, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
 import type { TaskRecord } from "../../machines/records.js";
-import { TransitionPlans, type PlannedAction } from "../../src/actor/transition-plans.js";
+import { collectingScope, TransitionPlans, type PlannedAction } from "../../src/actor/transition-plans.js";
 
 /** A small deterministic generator, so a failure can be replayed. */
 const seeded = (seed: number) => () => {
@@ -30,19 +30,8 @@ describe("transition plans", () => {
     const input = { record: record("QUEUED", 0), revision: 0, policy: { retry: { attempts: 1, backoff: "fixed" as const, delay: 0, maxDelay: 0, jitter: 0 }, heartbeatMs: 1 } };
     const plans = new TransitionPlans<TaskSnapshot, TaskEvent>(machine, input);
     // The reference: XState's own transition, with its actions collected.
-    const self = createActor(plans.machine, { input }) as unknown as AnyActorRef;
     let collected: PlannedAction[] = [];
-    const scope = {
-      self,
-      id: "",
-      sessionId: "",
-      system: self.system,
-      logger: () => {},
-      defer: () => {},
-      emit: () => {},
-      stopChild: () => {},
-      actionExecutor: (a: PlannedAction) => void collected.push(a),
-    } as unknown as ActorScope<TaskSnapshot, TaskEvent>;
+    const scope = collectingScope(plans.machine, input, (a) => void collected.push(a));
     const reference = (snapshot: TaskSnapshot, event: TaskEvent) => {
       collected = [];
       const next = plans.machine.transition(snapshot, event, scope) as TaskSnapshot;
