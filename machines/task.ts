@@ -4,13 +4,14 @@
  *
  * Pure: no I/O, no clock reads, no randomness. Time and the jitter draw come in on events.
  * Two hosts run this one definition:
- * - a worker, holding the task's delivery (its lease), runs it as a live actor and
- *   `.provide()`s `persist`, `execute`, `interrupt` and `heartbeat`, which start Effect
- *   programs and answer with events (`SAVED`, `FENCED`, `EXECUTED`);
- * - the task store applies one event at a time to a stored record with `transition()`
- *   (a cancel, a give-up, a failed enqueue) and writes the result itself.
- * Both start from `hydrate(record)`, the state the record's status stands for. The same
- * definition is what the visualizer draws.
+ * - a worker, holding the task's delivery (its lease), runs it as a live actor and carries
+ *   out the actions its transitions name, `persist`, `execute`, `interrupt` and
+ *   `heartbeat`, as Effect programs that answer with events (`SAVED`, `FENCED`, `EXECUTED`);
+ * - the task store applies one event at a time to a stored record (a cancel, a give-up, a
+ *   failed enqueue) and writes the result itself.
+ * Both start from `hydrate(record)`, the state the record's status stands for, and take the
+ * machine's transitions through transition plans (`src/actor/transition-plans.ts`), which
+ * need every guard and assign named here. The same definition is what the visualizer draws.
  */
 import { assign, cancel, raise, setup, type SnapshotFrom } from "xstate";
 import { retryWait, type RetryPolicy } from "./backoff.js";
