@@ -45,6 +45,17 @@ class TimerHeap {
     return this.items[0];
   }
 
+  get size(): number {
+    return this.items.length;
+  }
+
+  /** Keep only the timers `keep` says are live. */
+  rebuild(keep: (t: Timer) => boolean): void {
+    const live = this.items.filter(keep);
+    this.items.length = 0;
+    for (const t of live) this.push(t);
+  }
+
   push(t: Timer): void {
     const h = this.items;
     h.push(t);
@@ -127,7 +138,12 @@ export const fiberClockFrom = (services: Context.Context<never>): FiberClock => 
       return id;
     },
     clearTimeout(id: number) {
-      if (live.delete(id) && live.size === 0) arm();
+      if (!live.delete(id)) return;
+      if (live.size === 0) return arm();
+      // Cleared timers wait in the heap until they would have fired (a heartbeat's 10 s):
+      // under load that is tens of thousands of dead entries kept alive, so drop them
+      // once they are most of the heap.
+      if (heap.size > 1_024 && heap.size > 4 * live.size) heap.rebuild((t) => live.has(t.id));
     },
     pending: () => live.size,
     now,
