@@ -56,6 +56,23 @@ describe("fiber clock", () => {
     await Effect.runPromise(Effect.provide(program, TestClock.layer()));
   });
 
+  it("still fires every live timer, in order, after most timers were cleared (and dropped from its heap)", async () => {
+    const program = Effect.gen(function* () {
+      const clock = yield* makeFiberClock;
+      const fired: number[] = [];
+      const ids = Array.from({ length: 5_000 }, (_, i) => clock.setTimeout(() => fired.push(i), 1_000 + i));
+      // Clear all but every 500th: far more dead timers than live ones.
+      ids.forEach((id, i) => i % 500 !== 0 && clock.clearTimeout(id));
+      expect(clock.pending()).toBe(10);
+      yield* TestClock.adjust("999 millis");
+      expect(fired).toEqual([]);
+      yield* TestClock.adjust("5 seconds");
+      expect(fired).toEqual(Array.from({ length: 10 }, (_, k) => k * 500));
+      expect(clock.pending()).toBe(0);
+    });
+    await Effect.runPromise(Effect.provide(program, TestClock.layer()));
+  });
+
   it("interrupts the timer fiber when the state is left first", async () => {
     const program = Effect.gen(function* () {
       const clock = yield* makeFiberClock;
