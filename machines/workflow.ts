@@ -134,18 +134,32 @@ export const schedule = (record: WorkflowRecord): Record<string, StepState> => {
     for (const [other, state] of Object.entries(steps)) if (state.status === "COMPLETED") scope[other] = state.output;
     return scope;
   };
+  const definitions = record.definition.steps;
+  const names = Object.keys(definitions);
   let changed = true;
   while (changed) {
     changed = false;
-    for (const [name, def] of Object.entries(record.definition.steps)) {
+    for (const name of names) {
       if (steps[name]?.status !== "PENDING") continue;
-      const deps = def.after.map((d) => steps[d]?.status);
-      if (deps.some((s) => s === "FAILED" || s === "CANCELLED" || s === "SKIPPED")) {
+      const def = definitions[name]!;
+      // Plain loops: a fan-in step has as many dependencies as the run has steps, and this
+      // runs for every batch of completions.
+      let blocked = false;
+      let ready = true;
+      for (const d of def.after) {
+        const status = steps[d]?.status;
+        if (status === "FAILED" || status === "CANCELLED" || status === "SKIPPED") {
+          blocked = true;
+          break;
+        }
+        if (status !== "COMPLETED") ready = false;
+      }
+      if (blocked) {
         steps[name] = { status: "SKIPPED" };
         changed = true;
         continue;
       }
-      if (!deps.every((s) => s === "COMPLETED")) continue;
+      if (!ready) continue;
       try {
         steps[name] = { status: "RUNNING", taskId: stepTaskId(record.id, name), input: resolveTemplate(def.input, resolveScope()) };
       } catch (e) {
