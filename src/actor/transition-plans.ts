@@ -14,8 +14,8 @@
  * transition finding the same transition sets for every task; a replay is a few calls.
  *
  * It holds for machines whose guards, assigns and delays are named implementations (given to
- * `setup`), pure, and whose assigns are functions; whose action params are static; that
- * spawn nothing. `test/actor/transition-plans.test.ts` checks replays against XState.
+ * `setup`), pure, and whose assigns are functions; whose params are static (not functions
+ * of context); that spawn nothing. `test/actor/transition-plans.test.ts` checks replays against XState.
  */
 import { assign, type ActorScope, type AnyActorRef, type AnyEventObject, type AnyStateMachine, createActor } from "xstate";
 
@@ -30,9 +30,9 @@ type Args = { readonly context: any; readonly event: AnyEventObject };
 type Fn = (args: any, params?: unknown) => any;
 
 type Step =
-  | { readonly kind: "guard"; readonly fn: Fn; readonly answer: boolean }
-  | { readonly kind: "assign"; readonly fn: Fn }
-  | { readonly kind: "delay"; readonly fn: Fn | number }
+  | { readonly kind: "guard"; readonly fn: Fn; readonly params: unknown; readonly answer: boolean }
+  | { readonly kind: "assign"; readonly fn: Fn; readonly params: unknown }
+  | { readonly kind: "delay"; readonly fn: Fn | number; readonly params: unknown }
   | { readonly kind: "action"; readonly type: string; readonly params: unknown };
 
 interface Plan {
@@ -75,7 +75,7 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
           name,
           (args: Args, params?: unknown) => {
             const answer = Boolean(fn(args, params));
-            record({ kind: "guard", fn, answer });
+            record({ kind: "guard", fn, params, answer });
             return answer;
           },
         ]),
@@ -89,7 +89,7 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
             return [
               name,
               assign((args: Args, params?: unknown) => {
-                record({ kind: "assign", fn });
+                record({ kind: "assign", fn, params });
                 return fn(args, params);
               }),
             ];
@@ -99,7 +99,7 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
         Object.entries(delays).map(([name, delay]) => [
           name,
           (args: Args, params?: unknown) => {
-            record({ kind: "delay", fn: delay });
+            record({ kind: "delay", fn: delay, params });
             return typeof delay === "function" ? delay(args, params) : delay;
           },
         ]),
@@ -144,13 +144,13 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
     for (const step of plan.steps) {
       switch (step.kind) {
         case "guard":
-          if (Boolean(step.fn({ context, event })) !== step.answer) return undefined;
+          if (Boolean(step.fn({ context, event }, step.params)) !== step.answer) return undefined;
           break;
         case "assign":
-          context = Object.assign({}, context, step.fn({ context, event }));
+          context = Object.assign({}, context, step.fn({ context, event }, step.params));
           break;
         case "delay":
-          delay = typeof step.fn === "function" ? step.fn({ context, event }) : step.fn;
+          delay = typeof step.fn === "function" ? step.fn({ context, event }, step.params) : step.fn;
           break;
         case "action": {
           let params = step.params;
