@@ -61,10 +61,9 @@ export const execute = (definition: TaskDefinition, record: TaskRecord, context:
     if (Effect.isEffect(returned)) return returned as Effect.Effect<unknown, unknown>;
     return isThenable(returned) ? Effect.promise(() => returned) : Effect.succeed(returned);
   }).pipe(
-    Effect.matchCauseEffect({
-      onSuccess: (output) => Effect.succeed(finished(output)),
-      onFailure: (cause) => (Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.succeed(failed(failureFrom(Cause.squash(cause))))),
-    }),
+    // Encoding and measuring the output may throw too (a BigInt, a cycle): caught below.
+    Effect.map(finished),
+    Effect.catchCause((cause) => (Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.succeed(failed(failureFrom(Cause.squash(cause)))))),
   );
 };
 

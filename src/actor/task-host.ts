@@ -12,7 +12,7 @@
  * overwrite a newer one. No path leaves a task RUNNING because something threw: an attempt
  * whose transition throws is answered with a `FAIL` (`Internal`) from the last state it saved.
  */
-import { Effect, Exit, type Fiber } from "effect";
+import { Cause, Effect, Exit, type Fiber } from "effect";
 import type { AnyEventObject } from "xstate";
 import type { Logger } from "pino";
 import { hydrate, taskMachine, type Execution, type TaskContext, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
@@ -20,6 +20,7 @@ import type { TaskRecord } from "../../machines/records.js";
 import type { Fenced, Internal, NatsFailure } from "../errors.js";
 import type { Stored } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
+import { failureFrom } from "../failure.js";
 import { execute } from "./execute.js";
 import type { FiberClock } from "./fiber-clock.js";
 import { TransitionPlans, type PlannedAction } from "./transition-plans.js";
@@ -146,8 +147,13 @@ class Attempt {
     this.host.clock.clearTimeout(timer);
   }
 
+  /** Set once the handler was interrupted: a signal first asked for after that is aborted already. */
+  private interrupted = false;
+
   get signal(): AbortSignal {
-    return (this.controller ??= new AbortController()).signal;
+    const controller = (this.controller ??= new AbortController());
+    if (this.interrupted && !controller.signal.aborted) controller.abort();
+    return controller.signal;
   }
 
   /** Abort the running handler: its signal aborts and its fiber is interrupted. */
@@ -155,6 +161,7 @@ class Attempt {
     const fiber = this.handler;
     if (fiber === undefined) return;
     this.handler = undefined;
+    this.interrupted = true;
     this.controller?.abort();
     fiber.interruptUnsafe();
   }
@@ -264,10 +271,15 @@ export class TaskHost {
       if (Exit.isSuccess(exit)) {
         attempt.saved = { record: context.record, revision: exit.value };
         attempt.send({ type: "SAVED", revision: exit.value });
-      } else {
-        const reason = Exit.findErrorOption(exit);
-        attempt.send({ type: "FENCED", reason: reason._tag === "Some" ? reason.value.message : "the write was interrupted" });
+        return;
       }
+      const error = Exit.findErrorOption(exit);
+      if (error._tag === "Some") return attempt.send({ type: "FENCED", reason: error.value.message });
+      // A defect or an interruption: this attempt cannot know what was written, so it stops
+      // owning the task; the delivery's settlement reads the record.
+      const reason = `the write did not finish: ${String(Cause.squash(exit.cause))}`;
+      attempt.log().error({ reason }, "task write failed unexpectedly");
+      attempt.send({ type: "FENCED", reason });
     });
   }
 
@@ -284,9 +296,15 @@ export class TaskHost {
     const fiber = Effect.runFork(program);
     attempt.handler = fiber;
     fiber.addObserver((exit) => {
-      if (attempt.handler !== fiber) return; // interrupted: no outcome
+      if (attempt.handler !== fiber) return; // interrupted by this host: no outcome
       attempt.handler = undefined;
-      if (Exit.isSuccess(exit)) attempt.send({ type: "EXECUTED", execution: exit.value });
+      if (Exit.isSuccess(exit)) return attempt.send({ type: "EXECUTED", execution: exit.value });
+      // The handler's Effect interrupted itself (or a defect escaped): a failed attempt,
+      // never one left RUNNING.
+      const error = Cause.hasInterruptsOnly(exit.cause)
+        ? { _tag: "Execution" as const, message: "the handler was interrupted" }
+        : failureFrom(Cause.squash(exit.cause));
+      attempt.send({ type: "EXECUTED", execution: { ok: false, error, at: this.clock.now() } });
     });
   }
 

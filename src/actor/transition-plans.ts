@@ -114,9 +114,10 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
     const key = typeof value === "string" ? value : JSON.stringify(value);
     let template = this.resolved.get(key);
     if (template === undefined) {
-      template = this.machine.resolveState({ value: value as never, context: context as never }) as unknown as Record<string, unknown>;
-      this.resolved.set(key, template);
-      return template as unknown as S;
+      const resolved = this.machine.resolveState({ value: value as never, context: context as never }) as unknown as Record<string, unknown>;
+      // Kept without its context: the first record a host saw need not live as long as the host.
+      this.resolved.set(key, { ...resolved, context: undefined });
+      return resolved as unknown as S;
     }
     return { ...template, context } as unknown as S;
   }
@@ -187,7 +188,7 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
       this.trace = undefined;
     }
     const plans = this.plans.get(key) ?? [];
-    plans.push({ steps: trace, template: next as unknown as Record<string, unknown> });
+    plans.push({ steps: trace, template: { ...(next as unknown as Record<string, unknown>), context: undefined } });
     this.plans.set(key, plans);
     return { snapshot: next, actions };
   }
@@ -245,7 +246,15 @@ const checkNamed = (machine: AnyStateMachine): void => {
       if (typeof a === "function" && (a as { type?: string }).type === "xstate.assign") {
         throw new Error(`transition plans: an inline assign in state "${node.id}"; name it in setup()`);
       }
+      if (typeof a === "object" && a !== null && typeof (a as { params?: unknown }).params === "function") {
+        throw new Error(`transition plans: params computed from context in state "${node.id}"; a replay would repeat the first`);
+      }
     }
   };
+  for (const [name, action] of Object.entries((machine.implementations.actions ?? {}) as Record<string, any>)) {
+    if (action?.type === "xstate.raise" && typeof action.event === "function") {
+      throw new Error(`transition plans: action "${name}" raises an event computed from context; a replay would repeat the first`);
+    }
+  }
   visit(machine.root);
 };

@@ -10,7 +10,7 @@ import type { KV } from "@nats-io/kv";
 import { Fenced, type NatsFailure } from "../errors.js";
 import { asFailure, type NatsHandle } from "./connection.js";
 import { isTransientPublishError, isWrongLastSequence, type PublishRejected, type PublishTimeout } from "./publisher.js";
-import { retryNats } from "./retry.js";
+import { retryAfterFirst } from "./retry.js";
 import { kvSubject } from "./topology.js";
 
 /** A key's raw entry, as a failure-typed Effect. */
@@ -50,7 +50,7 @@ export const compareAndSet = (
       onFailure: (e) => {
         if (!isTransientPublishError(e) || nats.nc.isClosed()) return failed(e, false);
         onRetry?.();
-        return retryNats(nats.nc, write, isTransientPublishError, onRetry).pipe(
+        return retryAfterFirst(nats.nc, write, isTransientPublishError, onRetry).pipe(
           Effect.matchEffect({ onSuccess: (ack) => Effect.succeed(ack.seq), onFailure: (e) => failed(e, true) }),
         );
       },

@@ -18,12 +18,24 @@ export const retryNats = <A, E>(
   transient: (e: E) => boolean,
   /** Called after each failed try (an attempt extends its lease meanwhile). */
   onRetry?: () => void,
+  times = RETRIES,
 ): Effect.Effect<A, E> =>
   Effect.retry(onRetry === undefined ? effect : Effect.tapError(effect, () => Effect.sync(onRetry)), {
     schedule: natsSchedule,
-    times: 20,
+    times,
     while: (e: E) => transient(e) && !nc.isClosed(),
   });
+
+const RETRIES = 20;
+
+/**
+ * The retries of a write whose first try (made outside this schedule, the hot path's one
+ * step) failed: after the schedule's first wait, the other 19 tries on it.
+ */
+export const retryAfterFirst = <A, E>(nc: NatsConnection, effect: Effect.Effect<A, E>, transient: (e: E) => boolean, onRetry?: () => void) =>
+  Effect.andThen(Effect.sleep(FIRST_WAIT), retryNats(nc, effect, transient, onRetry, RETRIES - 1));
+
+const FIRST_WAIT = Duration.millis(100);
 
 /**
  * `attempt` once as a plain promise (the hot path pays for no fiber), then, after a

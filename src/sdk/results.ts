@@ -25,8 +25,8 @@ import { eventSubject } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { WorkflowStore } from "../store/workflow-store.js";
 
-/** What a client's notify subject carries: the terminal records of its tasks, each decoded on its own. */
-const Notification = Schema.Array(Schema.Unknown);
+/** What a client's notify subjects carry: terminal records (an array, or one), each decoded on its own. */
+const Notification = Schema.Unknown;
 
 /** The events that end a task or a run (`troupe.events.<kind>.<id>.<event>`). */
 const ENDS: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
@@ -55,6 +55,7 @@ export class Results {
   private readonly runs = new Map<string, Waiter<WorkflowRecord>>();
   private readonly recent = new Map<string, TaskRecord>();
   private notifySub: Subscription | undefined;
+  private singleSub: Subscription | undefined;
   private readonly timer: NodeJS.Timeout;
   private checking = false;
   private closed = false;
@@ -74,16 +75,22 @@ export class Results {
   /** Hear the terminal records of this client's tasks: call before the first work message is published. */
   listen(): void {
     if (this.notifySub !== undefined || this.closed) return;
+    // `<notify>` carries arrays of records; `<notify>.<id>` one record, as earlier workers
+    // sent them, so a client upgraded before its workers still hears them.
     this.notifySub = this.nats.nc.subscribe(this.notify, {
-      callback: (_e, msg) => {
-        const batch = decodeWith(Notification, msg.data, "notification");
-        if (!batch.ok) return;
-        for (const item of batch.value) {
-          const decoded = decodeValueWith(TaskRecordSchema, item, "task record");
-          if (decoded.ok) this.settleOwn(decoded.value);
-        }
-      },
+      callback: (_e, msg) => this.heard(msg.data),
     });
+    this.singleSub = this.nats.nc.subscribe(`${this.notify}.*`, { callback: (_e, msg) => this.heard(msg.data) });
+  }
+
+  /** A notification: an array of terminal records, or one record. */
+  private heard(data: Uint8Array): void {
+    const decoded = decodeWith(Notification, data, "notification");
+    if (!decoded.ok) return;
+    for (const item of Array.isArray(decoded.value) ? decoded.value : [decoded.value]) {
+      const record = decodeValueWith(TaskRecordSchema, item, "task record");
+      if (record.ok) this.settleOwn(record.value);
+    }
   }
 
   /**
@@ -171,6 +178,7 @@ export class Results {
     this.closed = true;
     clearInterval(this.timer);
     this.notifySub?.unsubscribe();
+    this.singleSub?.unsubscribe();
     this.recent.clear();
     for (const map of [this.tasks, this.runs] as const) {
       for (const id of [...map.keys()]) {

@@ -263,21 +263,43 @@ export class TaskStore {
     if (this.notifies.size === 1) queueMicrotask(() => this.flushNotifies());
   }
 
-  /** One message per client: a JSON array of the terminal records, their encodings joined. */
+  /**
+   * One message per client (more when they would pass the server's payload limit): a JSON
+   * array of the terminal records, their encodings joined.
+   */
   private flushNotifies(): void {
     const nc = this.nats.nc;
-    try {
-      for (const [subject, payloads] of this.notifies) {
-        if (nc.isClosed()) break;
-        nc.publish(subject, jsonArray(payloads));
+    const limit = nc.info?.max_payload ?? 1024 * 1024;
+    for (const [subject, payloads] of this.notifies) {
+      for (const chunk of chunks(payloads, limit)) {
+        try {
+          if (!nc.isClosed()) nc.publish(subject, jsonArray(chunk));
+        } catch {
+          // A connection draining or closing: the waits re-read the records they wait for.
+        }
       }
-    } catch {
-      // A connection draining or closing: the waits re-read the records they wait for.
-    } finally {
-      this.notifies.clear();
     }
+    this.notifies.clear();
   }
 }
+
+/** `items` in runs whose JSON array stays within `limit` bytes (each item fits alone: records are capped below it). */
+const chunks = (items: ReadonlyArray<Uint8Array>, limit: number): Uint8Array[][] => {
+  const out: Uint8Array[][] = [];
+  let current: Uint8Array[] = [];
+  let size = 2;
+  for (const item of items) {
+    if (current.length > 0 && size + 1 + item.length > limit) {
+      out.push(current);
+      current = [];
+      size = 2;
+    }
+    current.push(item);
+    size += item.length + 1;
+  }
+  if (current.length > 0) out.push(current);
+  return out;
+};
 
 const OPEN = Buffer.from("[");
 const COMMA = Buffer.from(",");

@@ -77,6 +77,30 @@ describe("tasks end to end", () => {
     expect(new Set(seen.map((m) => m.subject)).size).toBe(2);
   });
 
+  it("still hears a terminal record sent alone on troupe.notify.<client>.<id>, as earlier workers sent them", async () => {
+    const troupe = await connect(server());
+    const run = await troupe.submit(add, { a: 2, b: 2 }); // no worker serves it
+    const queued = await run.get();
+    const done = { ...queued, status: "COMPLETED", attempt: 1, output: 4, finishedAt: new Date().toISOString() };
+    connectionOf(troupe).nc.publish(`${queued.notify}.${run.id}`, JSON.stringify(done));
+    expect(await run.result({ timeout: "3 seconds" })).toBe(4);
+  });
+
+  it("splits a client's notifications at the server's payload limit: large results that end together all arrive", async () => {
+    const big = defineTask({
+      name: "big.output",
+      input: Schema.Struct({ i: Schema.Number }),
+      output: Schema.String,
+      handler: async ({ i }) => String(i).padEnd(400_000, "x"),
+    });
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [big], concurrency: 8 });
+    const runs = await Promise.all(Array.from({ length: 8 }, (_, i) => troupe.submit(big, { i })));
+    // Well before a wait's first re-read of KV (5 s): these come from the notifications.
+    const outputs = await Promise.all(runs.map((r) => r.result({ timeout: "4 seconds" })));
+    expect(outputs.map((o) => o.length)).toEqual(runs.map(() => 400_000));
+  });
+
   it("rejects bad input at submit with InvalidInput naming the field, and publishes nothing", async () => {
     const troupe = await connect(server());
     const jsm = await jetstreamManager(connectionOf(troupe).nc);

@@ -33,4 +33,46 @@ describe("troupe/testing runTask", () => {
     });
     expect(await runTask(stuck, {}).catch((e: unknown) => e)).toBeInstanceOf(Timeout);
   });
+
+  it("fails an attempt whose output cannot be encoded, at once (never left running)", async () => {
+    const odd = defineTask({
+      name: "odd.output",
+      input: Schema.Struct({}),
+      output: Schema.Unknown,
+      timeout: "10 seconds",
+      handler: async () => ({ n: 1n }),
+    });
+    const started = Date.now();
+    const error = await runTask(odd, {}).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Execution);
+    expect((error as Execution).message).toContain("BigInt");
+    expect(Date.now() - started).toBeLessThan(5_000); // not the deadline's Timeout
+  });
+
+  it("fails an attempt whose handler's Effect interrupts itself", async () => {
+    const quits = defineTask({ name: "quits", input: Schema.Struct({}), output: Schema.Void, timeout: "10 seconds", handler: () => Effect.interrupt });
+    const error = await runTask(quits, {}).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Execution);
+    expect((error as Execution).message).toContain("interrupted");
+  });
+
+  it("gives an aborted signal to a handler that first asks for it after its deadline", async () => {
+    let seen: boolean | undefined;
+    let done!: () => void;
+    const finished = new Promise<void>((r) => (done = r));
+    const late = defineTask({
+      name: "late.signal",
+      input: Schema.Struct({}),
+      output: Schema.Void,
+      timeout: 30,
+      handler: async (_input, ctx) => {
+        await new Promise((r) => setTimeout(r, 150));
+        seen = ctx.signal.aborted;
+        done();
+      },
+    });
+    expect(await runTask(late, {}).catch((e: unknown) => e)).toBeInstanceOf(Timeout);
+    await finished;
+    expect(seen).toBe(true);
+  });
 });
