@@ -291,6 +291,18 @@ export const taskMachine = setup({
 
 export type TaskSnapshot = SnapshotFrom<typeof taskMachine>;
 
+/**
+ * A record at rest under no policy: what a host's idle actor scope is made from, and where a
+ * new record starts. Transitions applied from outside an attempt (cancel, give-up) consult
+ * no policy either.
+ */
+export const NO_POLICY: TaskPolicy = { retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 }, heartbeatMs: 1 };
+export const RESTING: TaskInput = {
+  record: { id: "", task: "", queue: "", status: "QUEUED", attempt: 0, input: null, createdAt: "" },
+  revision: 0,
+  policy: NO_POLICY,
+};
+
 /** The snapshot a stored record stands for, ready to take an event; `resolve` is a host's own machine's. */
 export const hydrate = (
   input: TaskInput,

@@ -15,7 +15,7 @@
 import { Cause, Effect, Exit, type Fiber } from "effect";
 import type { AnyEventObject } from "xstate";
 import type { Logger } from "pino";
-import { hydrate, taskMachine, type Execution, type TaskContext, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
+import { hydrate, RESTING, taskMachine, type Execution, type TaskContext, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
 import type { TaskRecord } from "../../machines/records.js";
 import type { Fenced, Internal, NatsFailure } from "../errors.js";
 import type { Stored } from "../store/task-store.js";
@@ -69,6 +69,8 @@ class Attempt {
   handler: Fiber.Fiber<Execution> | undefined;
   /** The handler's `ctx.signal`, made the first time a handler asks for it. */
   private controller: AbortController | undefined;
+  /** Set once the handler was interrupted: a signal first asked for after that is aborted already. */
+  private interrupted = false;
   readonly ended: Promise<AttemptOutcome>;
   private end!: (outcome: AttemptOutcome) => void;
   private readonly mailbox: TaskEvent[] = [];
@@ -147,9 +149,6 @@ class Attempt {
     this.host.clock.clearTimeout(timer);
   }
 
-  /** Set once the handler was interrupted: a signal first asked for after that is aborted already. */
-  private interrupted = false;
-
   get signal(): AbortSignal {
     const controller = (this.controller ??= new AbortController());
     if (this.interrupted && !controller.signal.aborted) controller.abort();
@@ -192,11 +191,7 @@ export class TaskHost {
           context.deadlineAt === undefined ? Number.POSITIVE_INFINITY : Math.max(0, context.deadlineAt - deps.clock.now()),
       },
     });
-    this.plans = new TransitionPlans(machine, {
-      record: { id: "", task: "", queue: "", status: "QUEUED", attempt: 0, input: null, createdAt: "" },
-      revision: 0,
-      policy: { retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 }, heartbeatMs: 1 },
-    });
+    this.plans = new TransitionPlans(machine, RESTING);
   }
 
   /** A snapshot of this host's machine. */

@@ -44,6 +44,6 @@ const FIRST_WAIT = Duration.millis(100);
 export const withRetry = <A, E>(nc: NatsConnection, attempt: () => Promise<A>, transient: (e: E) => boolean): Promise<A> =>
   attempt().catch((e: E) =>
     transient(e) && !nc.isClosed()
-      ? Effect.runPromise(retryNats(nc, Effect.tryPromise({ try: attempt, catch: (x) => x as E }), transient))
+      ? Effect.runPromise(retryAfterFirst(nc, Effect.tryPromise({ try: attempt, catch: (x) => x as E }), transient))
       : Promise.reject(e),
   );

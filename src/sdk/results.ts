@@ -1,14 +1,14 @@
 /**
- * Waiting for results. A client hears the terminal records of the tasks it submitted on
- * one subscription (`troupe.notify.<client>`, the record's `notify`: each message the records that ended in one tick), and of any other
- * task on that task's events. A wait starts when someone asks for a result, not at
+ * Waiting for results. A client hears the terminal records of the tasks it submitted on its
+ * notify subject (`troupe.notify.<client>`, the record's `notify`: each message the records
+ * that ended in one tick), and of any other task on that task's events. A wait starts when someone asks for a result, not at
  * submit: what ends before anyone asks is kept in a bounded buffer of recent results, so
  * a client that submits a million tasks and awaits none holds no state for them. Neither is the only way: a notify or an event can be lost
  * (a worker or a server killed at the wrong moment), so every wait that lasts re-reads
  * the record now and then (after 5 s, then less and less often), and all of them after a
  * reconnect. Closing the client ends every wait with `NatsFailure`.
  */
-import { Schema } from "effect";
+import type { Schema } from "effect";
 import type { Subscription } from "@nats-io/transport-node";
 import {
   TaskRecord as TaskRecordSchema,
@@ -19,14 +19,11 @@ import {
 } from "../../machines/records.js";
 import { isWorkflowTerminal } from "../../machines/workflow.js";
 import { NatsFailure, ResultTimeout, TaskNotFound, WorkflowNotFound } from "../errors.js";
-import { decodeValueWith, decodeWith } from "../nats/codec.js";
+import { decodeJson, decodeValueWith, decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { eventSubject } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { WorkflowStore } from "../store/workflow-store.js";
-
-/** What a client's notify subjects carry: terminal records (an array, or one), each decoded on its own. */
-const Notification = Schema.Unknown;
 
 /** The events that end a task or a run (`troupe.events.<kind>.<id>.<event>`). */
 const ENDS: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
@@ -85,7 +82,8 @@ export class Results {
 
   /** A notification: an array of terminal records, or one record. */
   private heard(data: Uint8Array): void {
-    const decoded = decodeWith(Notification, data, "notification");
+    // Parsed as JSON here; each record is decoded on its own below.
+    const decoded = decodeJson(data);
     if (!decoded.ok) return;
     for (const item of Array.isArray(decoded.value) ? decoded.value : [decoded.value]) {
       const record = decodeValueWith(TaskRecordSchema, item, "task record");

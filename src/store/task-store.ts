@@ -19,7 +19,7 @@ import { Effect } from "effect";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { JetStreamApiError } from "@nats-io/jetstream";
 import { recordWith, TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
-import { eventOf, hydrate, taskMachine, type TaskContext, type TaskEvent, type TaskPolicy, type TaskSnapshot } from "../../machines/task.js";
+import { eventOf, hydrate, NO_POLICY, RESTING, taskMachine, type TaskContext, type TaskEvent, type TaskPolicy, type TaskSnapshot } from "../../machines/task.js";
 import { TransitionPlans } from "../actor/transition-plans.js";
 import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
@@ -35,14 +35,8 @@ export interface Stored {
   readonly revision: number;
 }
 
-/** What every new record starts from. */
-const QUEUED: TaskRecord = { id: "", task: "", queue: "", status: "QUEUED", attempt: 0, input: null, createdAt: "" };
-
-/** Transitions applied from outside an attempt (cancel, give-up) consult no policy; this stands in. */
-const NO_POLICY: TaskPolicy = { retry: { attempts: 1, backoff: "fixed", delay: 0, maxDelay: 0, jitter: 0 }, heartbeatMs: 1 };
-
 /** The task machine's transitions for the store: computed once per path, replayed after. */
-const plans = new TransitionPlans<TaskSnapshot, TaskEvent>(taskMachine, { record: QUEUED, revision: 0, policy: NO_POLICY });
+const plans = new TransitionPlans<TaskSnapshot, TaskEvent>(taskMachine, RESTING);
 const resolve = (value: unknown, context: TaskContext) => plans.resolve(value, context);
 
 /** The record `event` leads to from `stored`, or `undefined` when it changes nothing (a settled task, an event that does not apply). */
@@ -116,7 +110,7 @@ export class TaskStore {
    * A work message that cannot be published fails the task (`NatsFailure`) and rejects with it.
    */
   async enqueue(task: NewTask): Promise<{ readonly created: boolean; readonly stored: Stored }> {
-    const record = recordWith(QUEUED, {
+    const record = recordWith(RESTING.record, {
       id: task.id,
       task: task.task,
       queue: task.queue,
@@ -307,7 +301,10 @@ const CLOSE = Buffer.from("]");
 /** `[a,b,…]` from the JSON encodings of a, b, …, without encoding anything again. */
 const jsonArray = (items: ReadonlyArray<Uint8Array>): Uint8Array => {
   const parts: Uint8Array[] = [OPEN];
-  items.forEach((item, i) => parts.push(...(i === 0 ? [item] : [COMMA, item])));
+  for (const item of items) {
+    if (parts.length > 1) parts.push(COMMA);
+    parts.push(item);
+  }
   parts.push(CLOSE);
   return Buffer.concat(parts);
 };
