@@ -22,6 +22,7 @@ export const TerminalStatuses: ReadonlySet<TaskStatus> = new Set(["COMPLETED", "
  * - `Timeout`: the attempt ran past its deadline.
  * - `WorkerLost`: every worker that took the task died or lost its lease.
  * - `Cancelled`: cancelled by request.
+ * - `OutOfMemory`: the executor running the handler went over its memory limit (isolated execution).
  * - `NatsFailure`: the task was recorded but could not be enqueued.
  * - `Internal`: a defect in Troupe itself or an unreadable record; never a RUNNING task left behind.
  */
@@ -32,6 +33,7 @@ const FailureTags = [
   "Timeout",
   "WorkerLost",
   "Cancelled",
+  "OutOfMemory",
   "NatsFailure",
   "Internal",
 ] as const;
@@ -77,6 +79,8 @@ export const TaskRecord = Schema.Struct({
    * any other message for the task is a duplicate, not a sign that this attempt was lost.
    */
   message: Schema.optional(Schema.Number),
+  /** The latest `ctx.progress(data)` of the attempt that runs (or ran) the task, and when. */
+  progress: Schema.optional(Schema.Struct({ data: Schema.Unknown, at: Schema.String })),
 });
 export type TaskRecord = typeof TaskRecord.Type;
 
@@ -108,6 +112,7 @@ export const recordWith = (record: TaskRecord, changes: Partial<TaskRecord>): Ta
     runAt: record.runAt,
     notify: record.notify,
     message: record.message,
+    progress: record.progress,
   };
   return Object.assign(next, changes);
 };
@@ -159,6 +164,18 @@ export const WorkflowRecord = Schema.Struct({
 });
 export type WorkflowRecord = typeof WorkflowRecord.Type;
 
+/** One executor of a worker's pool, as its registry entry and `troupe workers` show it. */
+export const ExecutorInfo = Schema.Struct({
+  id: Schema.String,
+  pid: Schema.Number,
+  /** The task it runs now, if any. */
+  taskId: Schema.optional(Schema.String),
+  ran: Schema.Number,
+  /** Executors this slot had before this one: terminated past a deadline, out of memory, crashed. */
+  replaced: Schema.Number,
+});
+export type ExecutorInfo = typeof ExecutorInfo.Type;
+
 /** What the `troupe-workers` KV bucket holds under a worker id: its registry entry, refreshed by its heartbeat. */
 export const WorkerInfo = Schema.Struct({
   id: Schema.String,
@@ -172,5 +189,9 @@ export const WorkerInfo = Schema.Struct({
   failed: Schema.Number,
   startedAt: Schema.String,
   heartbeatAt: Schema.String,
+  /** `thread` or `process` when handlers run in executors; absent for in-process handlers. */
+  isolation: Schema.optional(Schema.String),
+  /** The executors of an isolated worker: each one's pid (a thread's is the worker's), the task it runs, its counters. */
+  executors: Schema.optional(Schema.Array(ExecutorInfo)),
 });
 export type WorkerInfo = typeof WorkerInfo.Type;

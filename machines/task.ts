@@ -72,7 +72,11 @@ export type TaskEvent =
   /** The host's answer to `execute`. */
   | { readonly type: "EXECUTED"; readonly execution: Execution }
   /** Extend the lease (raised on the `heartbeat` delay while RUNNING). */
-  | { readonly type: "HEARTBEAT" };
+  | { readonly type: "HEARTBEAT" }
+  /** The handler reported progress (`ctx.progress(data)`): kept in the record, written while it runs. */
+  | { readonly type: "PROGRESS"; readonly data: unknown; readonly at: number }
+  /** The host's answer to `persistProgress`: the record with its progress is written at this revision. */
+  | { readonly type: "PROGRESS_SAVED"; readonly revision: number };
 
 /** An ISO time; the last one is kept, since many transitions share a millisecond under load. */
 let lastIso: { ms: number; text: string } = { ms: Number.NaN, text: "" };
@@ -138,6 +142,12 @@ export const taskMachine = setup({
     execute: () => {},
     /** Host: abort the running handler (deadline, cancellation). */
     interrupt: () => {},
+    /**
+     * Host: write the record with its latest progress (publishing `progress`), after any
+     * write of this attempt in flight and before any that follows; answer PROGRESS_SAVED or
+     * FENCED. Progress reported while one is written is coalesced into the next write.
+     */
+    persistProgress: () => {},
     /** Host: extend the lease (a JetStream in-progress ack). */
     heartbeat: () => {},
     scheduleHeartbeat: raise({ type: "HEARTBEAT" }, { delay: "heartbeat", id: "heartbeat" }),
@@ -154,6 +164,7 @@ export const taskMachine = setup({
           finishedAt: undefined,
           error: undefined,
           retryAt: undefined,
+          progress: undefined,
           // Still RUNNING when a worker starts it again: the attempt before lost its worker.
           lostAttempts: (context.record.lostAttempts ?? 0) + (context.record.status === "RUNNING" ? 1 : 0),
         }),
@@ -161,7 +172,10 @@ export const taskMachine = setup({
         random: event.random ?? 0.5,
       };
     }),
-    adoptRevision: assign(({ event }) => (event.type === "SAVED" ? { revision: event.revision } : {})),
+    adoptRevision: assign(({ event }) => (event.type === "SAVED" || event.type === "PROGRESS_SAVED" ? { revision: event.revision } : {})),
+    recordProgress: assign(({ context, event }) =>
+      event.type === "PROGRESS" ? { record: recordWith(context.record, { progress: { data: event.data, at: iso(event.at) } }) } : {},
+    ),
     recordLoss: assign(({ event }) => (event.type === "FENCED" ? { lostReason: event.reason } : {})),
     markCancelled: assign(({ context, event }) =>
       event.type !== "CANCEL"
@@ -251,6 +265,10 @@ export const taskMachine = setup({
             // Cancelled while the handler runs; during the claim a CANCEL would race the
             // claim's own answer, so the host holds it until the claim is saved.
             CANCEL: { target: "#task.CANCELLED", actions: "markCancelled" },
+            PROGRESS: { actions: ["recordProgress", "persistProgress"] },
+            PROGRESS_SAVED: { actions: "adoptRevision" },
+            // A progress write lost: another attempt owns the task.
+            FENCED: { target: "#task.LOST", actions: "recordLoss" },
             EXECUTED: [
               { guard: "succeeded", target: "#task.COMPLETED", actions: "complete" },
               { target: "failing", actions: "recordError" },

@@ -29,6 +29,9 @@ export class WorkerLost extends Data.TaggedError("WorkerLost")<{ readonly messag
 /** The task was cancelled (`troupe.cancel`, `run.cancel`, a workflow failing fast). */
 export class Cancelled extends Data.TaggedError("Cancelled")<{ readonly message: string }> {}
 
+/** The executor running the handler went over the worker's `memoryLimitMb`; retried by the task's policy. */
+export class OutOfMemory extends Data.TaggedError("OutOfMemory")<{ readonly message: string }> {}
+
 /** NATS could not be reached or refused a request; on a task, it was recorded but could not be enqueued. */
 export class NatsFailure extends Data.TaggedError("NatsFailure")<{ readonly message: string; readonly cause?: unknown }> {}
 
@@ -36,7 +39,7 @@ export class NatsFailure extends Data.TaggedError("NatsFailure")<{ readonly mess
 export class Internal extends Data.TaggedError("Internal")<{ readonly message: string }> {}
 
 /** The union of what a task run can fail with, as the client sees it. */
-export type TaskError = InvalidInput | Serialization | Execution | Timeout | WorkerLost | Cancelled | NatsFailure | Internal;
+export type TaskError = InvalidInput | Serialization | Execution | Timeout | WorkerLost | Cancelled | OutOfMemory | NatsFailure | Internal;
 
 /** Thrown by a handler to fail the task at once, without retries. */
 export class NonRetryableError extends Error {

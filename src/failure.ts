@@ -10,6 +10,7 @@ import {
   InvalidInput,
   NatsFailure,
   NonRetryableError,
+  OutOfMemory,
   Serialization,
   Timeout,
   WorkerLost,
@@ -24,6 +25,7 @@ const retryableByTag: Readonly<Record<FailureTag, boolean>> = {
   Timeout: true,
   WorkerLost: true,
   Cancelled: false,
+  OutOfMemory: true,
   NatsFailure: true,
   Internal: false,
 };
@@ -85,6 +87,8 @@ export const errorFrom = (failure: TaskFailure, record?: Pick<TaskRecord, "task"
       return new WorkerLost({ message });
     case "Cancelled":
       return new Cancelled({ message });
+    case "OutOfMemory":
+      return new OutOfMemory({ message });
     case "NatsFailure":
       return new NatsFailure({ message });
     case "Internal":

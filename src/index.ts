@@ -30,6 +30,7 @@ export {
   NatsFailure,
   NatsServerNotFound,
   NonRetryableError,
+  OutOfMemory,
   ResultTimeout,
   Serialization,
   TaskNotFound,

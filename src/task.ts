@@ -24,6 +24,12 @@ export interface TaskRunContext {
   readonly log: Logger;
   /** Extends the lease now; for handlers that block the event loop between awaits. */
   readonly heartbeat: (details?: unknown) => void;
+  /**
+   * Report progress: the latest `data` (JSON) is kept in the task record, published on
+   * `troupe.events.task.<id>.progress` and heard by `run.progress()`. Calls close together
+   * are coalesced: the record keeps the last.
+   */
+  readonly progress: (data: unknown) => void;
 }
 
 export type HandlerResult<O> = O | Promise<O> | Effect.Effect<O, unknown, never>;

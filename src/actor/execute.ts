@@ -19,6 +19,7 @@ export interface ExecutionContext {
   /** The attempt's logger, made on first use (most attempts never log). */
   readonly log: () => Logger;
   readonly heartbeat: (details?: unknown) => void;
+  readonly progress: (data: unknown) => void;
   readonly now: () => number;
   /** Largest output the store takes, in bytes. */
   readonly maxPayload: number;
@@ -39,6 +40,7 @@ export const execute = (definition: TaskDefinition, record: TaskRecord, context:
       return context.log();
     },
     heartbeat: context.heartbeat,
+    progress: context.progress,
   };
   /** The output, encoded and measured: the attempt's outcome. */
   const finished = (output: unknown): Execution => {

@@ -18,8 +18,9 @@ import type { Logger } from "pino";
 import { hydrate, RESTING, taskMachine, type Execution, type TaskContext, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
 import type { TaskRecord } from "../../machines/records.js";
 import type { Fenced, Internal, NatsFailure } from "../errors.js";
+import type { ExecutorPool } from "../pool/pool.js";
 import type { Stored } from "../store/task-store.js";
-import type { TaskDefinition } from "../task.js";
+import { decodeOutput, type TaskDefinition } from "../task.js";
 import { failureFrom } from "../failure.js";
 import { execute } from "./execute.js";
 import type { FiberClock } from "./fiber-clock.js";
@@ -28,7 +29,7 @@ import { TransitionPlans, type PlannedAction } from "./transition-plans.js";
 /** What an attempt writes through: the task store, or an in-memory one for `runTask`. */
 export interface AttemptStore {
   /** `onRetry`: after each failed try of a write that will be tried again. */
-  save(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<number, Fenced | NatsFailure>;
+  save(record: TaskRecord, expected: number, onRetry?: () => void, event?: string): Effect.Effect<number, Fenced | NatsFailure>;
   apply(id: string, event: TaskEvent, options: { readonly from: Stored }): Effect.Effect<Stored | undefined, Fenced | Internal | NatsFailure>;
 }
 
@@ -41,6 +42,8 @@ export interface TaskHostDeps {
   readonly maxPayload: number;
   /** The jitter draw of each attempt, in [0, 1). */
   readonly random: () => number;
+  /** Executors to run handlers in (an isolated worker); in this process when absent. */
+  readonly pool?: ExecutorPool | undefined;
 }
 
 /** The lease an attempt holds: extended on every heartbeat (`details` from `ctx.heartbeat(details)`). */
@@ -71,6 +74,16 @@ class Attempt {
   private controller: AbortController | undefined;
   /** Set once the handler was interrupted: a signal first asked for after that is aborted already. */
   private interrupted = false;
+  /**
+   * Resolved once an interrupted handler has really stopped (an executor's handler may take
+   * its grace period, or be terminated): writes after an interruption wait for it, and so
+   * does the end of the attempt, so its slot is free only then.
+   */
+  stopping: Promise<void> | undefined;
+  /** The end of this attempt's last write: writes go one after another. */
+  private lastWrite: Promise<void> | undefined;
+  /** The progress record waiting to be written (a newer report replaces it). */
+  pendingProgress: TaskContext | undefined;
   readonly ended: Promise<AttemptOutcome>;
   private end!: (outcome: AttemptOutcome) => void;
   private readonly mailbox: TaskEvent[] = [];
@@ -162,7 +175,20 @@ class Attempt {
     this.handler = undefined;
     this.interrupted = true;
     this.controller?.abort();
+    this.stopping = new Promise((resolve) => fiber.addObserver(() => resolve()));
     fiber.interruptUnsafe();
+  }
+
+  /**
+   * A write of this attempt, after the ones before it and after an interrupted handler has
+   * stopped; `run` is given the revision of this attempt's last write.
+   */
+  write<A, E>(run: (expected: number) => Effect.Effect<A, E>): Effect.Effect<A, E> {
+    const before = this.lastWrite === undefined && this.stopping === undefined ? undefined : Promise.all([this.lastWrite, this.stopping]);
+    const program = before === undefined ? Effect.suspend(() => run(this.saved.revision)) : Effect.promise(() => before).pipe(Effect.flatMap(() => run(this.saved.revision)));
+    let done!: () => void;
+    this.lastWrite = new Promise<void>((resolve) => (done = resolve));
+    return Effect.ensuring(program, Effect.sync(() => done()));
   }
 
   /** No more events; timers cleared; the handler, if still running, aborted. */
@@ -221,6 +247,8 @@ export class TaskHost {
       return await attempt.ended;
     } finally {
       attempt.finish(true);
+      // The slot is free once the handler has really stopped (an executor's, within its grace period).
+      await attempt.stopping;
       this.attempts.delete(id);
     }
   }
@@ -246,6 +274,8 @@ export class TaskHost {
         return;
       case "persist":
         return this.persist(attempt, context);
+      case "persistProgress":
+        return this.persistProgress(attempt, context);
       case "execute":
         return this.execute(attempt, context);
       case "interrupt":
@@ -261,13 +291,38 @@ export class TaskHost {
   private persist(attempt: Attempt, context: TaskContext): void {
     // While a write is retried (a reconnect), the lease is still extended: a terminal
     // write must not lose its delivery to another worker while it waits.
-    const fiber = Effect.runFork(this.deps.store.save(context.record, context.revision, () => attempt.lease.working()));
+    const write = attempt.write((expected) => this.deps.store.save(context.record, expected, () => attempt.lease.working()));
+    this.answer(attempt, write, (revision) => {
+      attempt.saved = { record: context.record, revision };
+      attempt.send({ type: "SAVED", revision });
+    });
+  }
+
+  /** Write the record with its latest progress; reports made while one waits are coalesced into it. */
+  private persistProgress(attempt: Attempt, context: TaskContext): void {
+    const queued = attempt.pendingProgress !== undefined;
+    attempt.pendingProgress = context;
+    if (queued) return;
+    const write = attempt.write((expected) => {
+      const latest = attempt.pendingProgress;
+      attempt.pendingProgress = undefined;
+      // The attempt moved on (its outcome is being written, or it ended): that write carries the progress.
+      if (latest === undefined || attempt.isDone || !attempt.snapshot.matches({ RUNNING: "executing" })) return Effect.succeed(undefined);
+      const record = latest.record;
+      return Effect.map(this.deps.store.save(record, expected, () => attempt.lease.working(), "progress"), (revision) => ({ record, revision }));
+    });
+    this.answer(attempt, write, (saved) => {
+      if (saved === undefined) return;
+      attempt.saved = saved;
+      attempt.send({ type: "PROGRESS_SAVED", revision: saved.revision });
+    });
+  }
+
+  /** Run a write; its success to `saved`, a lost compare-and-set (or a defect) as FENCED. */
+  private answer<A>(attempt: Attempt, write: Effect.Effect<A, Fenced | NatsFailure>, saved: (value: A) => void): void {
+    const fiber = Effect.runFork(write);
     fiber.addObserver((exit) => {
-      if (Exit.isSuccess(exit)) {
-        attempt.saved = { record: context.record, revision: exit.value };
-        attempt.send({ type: "SAVED", revision: exit.value });
-        return;
-      }
+      if (Exit.isSuccess(exit)) return saved(exit.value);
       const error = Exit.findErrorOption(exit);
       if (error._tag === "Some") return attempt.send({ type: "FENCED", reason: error.value.message });
       // A defect or an interruption: this attempt cannot know what was written, so it stops
@@ -278,16 +333,38 @@ export class TaskHost {
     });
   }
 
-  /** Run the handler on a fiber, interrupted through the attempt's signal; answer EXECUTED. */
+  /** Progress a handler reported: an event of its attempt. */
+  private progress(attempt: Attempt, data: unknown): void {
+    attempt.send({ type: "PROGRESS", data, at: this.clock.now() });
+  }
+
+  /** Run the handler on a fiber (here, or on an executor of the pool), interrupted through the attempt's signal; answer EXECUTED. */
   private execute(attempt: Attempt, context: TaskContext): void {
-    const program = execute(attempt.definition, context.record, {
-      attempt: context.record.attempt,
-      signal: () => attempt.signal,
-      log: attempt.log,
-      heartbeat: (details) => attempt.lease.working(details),
-      now: this.clock.now,
-      maxPayload: this.deps.maxPayload,
-    });
+    const { definition } = attempt;
+    const pool = this.deps.pool;
+    const program =
+      pool === undefined
+        ? execute(definition, context.record, {
+            attempt: context.record.attempt,
+            signal: () => attempt.signal,
+            log: attempt.log,
+            heartbeat: (details) => attempt.lease.working(details),
+            progress: (data) => this.progress(attempt, data),
+            now: this.clock.now,
+            maxPayload: this.deps.maxPayload,
+          })
+        : Effect.map(
+            pool.run(context.record, context.record.attempt, {
+              heartbeat: (details) => attempt.lease.working(details),
+              progress: (data) => this.progress(attempt, data),
+            }),
+            // The executor encoded the output with the task's schema; it is checked here too.
+            (execution): Execution => {
+              if (!execution.ok || Exit.isSuccess(decodeOutput(definition, execution.output))) return execution;
+              const message = `output of task "${definition.name}" from its executor does not match its schema`;
+              return { ok: false, error: { _tag: "Serialization", message, retryable: false }, at: execution.at };
+            },
+          );
     const fiber = Effect.runFork(program);
     attempt.handler = fiber;
     fiber.addObserver((exit) => {

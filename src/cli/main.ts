@@ -3,15 +3,16 @@
  * The `troupe` command: dev, worker, submit, get, demo.
  * Connection from `NATS_URL` or `--server`, plus credentials and TLS flags.
  */
-import { dirname, resolve } from "node:path";
+import { dirname } from "node:path";
 import { existsSync, readFileSync, realpathSync } from "node:fs";
 import { createServer } from "node:net";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { pino } from "pino";
 import { NatsServer } from "../dev/nats-server.js";
 import { runDemo } from "../dev/demo.js";
-import { untypedTask, type TaskDefinition } from "../task.js";
+import { untypedTask } from "../task.js";
+import { loadTasks } from "../tasks-module.js";
 import { connectionOf, Troupe, type TroupeOptions } from "../sdk/troupe.js";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { parse as parseYaml } from "yaml";
@@ -136,19 +137,6 @@ const withClient = async (flags: Flags, use: (troupe: Troupe) => Promise<void>):
   } finally {
     await troupe.close();
   }
-};
-
-const isTask = (value: unknown): value is TaskDefinition =>
-  typeof value === "object" && value !== null && (value as { _tag?: unknown })._tag === "TaskDefinition";
-
-/** Every task definition a module exports, directly or in an exported array. */
-export const loadTasks = async (file: string): Promise<TaskDefinition[]> => {
-  const mod = (await import(pathToFileURL(resolve(file)).href)) as Record<string, unknown>;
-  const found = new Map<string, TaskDefinition>();
-  for (const value of Object.values(mod)) {
-    for (const item of Array.isArray(value) ? value : [value]) if (isTask(item)) found.set(item.name, item);
-  }
-  return [...found.values()];
 };
 
 const waitForSignal = () =>

@@ -36,6 +36,8 @@ import {
   consumerName,
   EVENTS_STREAM,
   EVENTS_SUBJECTS,
+  LOGS_STREAM,
+  LOGS_SUBJECTS,
   TASKS_BUCKET,
   TASKS_STREAM,
   TASKS_SUBJECTS,
@@ -65,6 +67,10 @@ export interface ConnectOptions {
   readonly replicas?: number;
   /** How long TROUPE_EVENTS keeps events (ms); 7 days by default. */
   readonly eventsMaxAge?: number;
+  /** How long TROUPE_LOGS keeps handlers' log lines (ms); 3 days by default. */
+  readonly logsMaxAge?: number;
+  /** How many bytes TROUPE_LOGS keeps at most, the oldest lines dropped first; 1 GiB by default. */
+  readonly logsMaxBytes?: number;
 }
 
 export interface NatsHandle {
@@ -173,6 +179,16 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       num_replicas: replicas,
       discard: DiscardPolicy.Old,
       max_age: (options.eventsMaxAge ?? 7 * 24 * 3600 * 1000) * 1_000_000,
+    });
+    await ensureStream(jsm, {
+      name: LOGS_STREAM,
+      subjects: [LOGS_SUBJECTS],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      num_replicas: replicas,
+      discard: DiscardPolicy.Old,
+      max_age: (options.logsMaxAge ?? 3 * 24 * 3600 * 1000) * 1_000_000,
+      max_bytes: options.logsMaxBytes ?? 1024 ** 3,
     });
     await ensureStream(jsm, {
       name: ADVISORIES_STREAM,

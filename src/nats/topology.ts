@@ -20,6 +20,14 @@ export const eventSubject = (kind: ActorKind, id: string, event: string) => `tro
 export const EVENTS_SUBJECTS = "troupe.events.>";
 
 /**
+ * `troupe.logs.<workerId>.<taskId>`: every line a handler logs through `ctx.log` (pino
+ * JSON), captured by TROUPE_LOGS (age and size limits).
+ */
+export const LOGS_STREAM = "TROUPE_LOGS";
+export const LOGS_SUBJECTS = "troupe.logs.>";
+export const logSubject = (workerId: string, taskId: string) => `troupe.logs.${workerId}.${taskId}`;
+
+/**
  * `troupe-<queue>-<type>`: consumer names cannot hold dots, so each dot becomes `_`.
  * Two names that map to the same consumer are refused when the consumer is ensured.
  */
@@ -35,8 +43,8 @@ export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`
 export const NOTIFY_ROOT = "troupe.notify.";
 export const notifySubject = (clientId: string) => `${NOTIFY_ROOT}${clientId}`;
 
-/** A worker's control subjects (its micro service endpoints): `troupe.control.<workerId>.{cancel,stats}`. */
-export const controlSubject = (workerId: string, verb: "cancel" | "stats") => `troupe.control.${workerId}.${verb}`;
+/** A worker's control subjects (its micro service endpoints): `troupe.control.<workerId>.{cancel,stats,drain,shutdown}`. */
+export const controlSubject = (workerId: string, verb: "cancel" | "stats" | "drain" | "shutdown") => `troupe.control.${workerId}.${verb}`;
 
 /**
  * JetStream's advisory when a task message ran out of deliveries (its workers kept dying);

@@ -17,6 +17,20 @@ export interface WaitOptions {
 export interface TaskRunClient {
   get(id: string): Promise<TaskRecord | undefined>;
   cancel(id: string, reason?: string): Promise<CancelResult>;
+  /** The task's `progress` events from now on (core NATS), until `close`. */
+  progressEvents(id: string): ProgressEvents;
+}
+
+export interface ProgressEvents {
+  /** The next record a `progress` event carried. */
+  next(): Promise<TaskRecord>;
+  close(): void;
+}
+
+/** A progress report: what the handler gave `ctx.progress`, and when. */
+export interface TaskProgress {
+  readonly data: unknown;
+  readonly at: string;
 }
 
 /** A wait's timeout in milliseconds, checked. */
@@ -52,6 +66,45 @@ export class TaskRun<O> {
     const timeout = waitTimeout(options);
     this.settled ??= this.wait();
     return withTimeout(this.settled, timeout, this.id, "task");
+  }
+
+  /**
+   * The task's progress as its handler reports it (`ctx.progress`): the latest report first,
+   * if there is one, then each new one, ending when the task ends (with its last report).
+   * Reports close together may be coalesced. `timeout` ends the wait with `ResultTimeout`.
+   */
+  async *progress(options: WaitOptions = {}): AsyncGenerator<TaskProgress> {
+    const timeout = waitTimeout(options);
+    // Listening first, then reading the record: no report falls between the two.
+    const events = this.client.progressEvents(this.id);
+    let last: TaskProgress | undefined;
+    /** A report newer than the last one yielded (ISO times compare as strings). */
+    const fresh = (record: TaskRecord | undefined) => {
+      const p = record?.progress;
+      if (p === undefined) return undefined;
+      if (last !== undefined && (p.at < last.at || (p.at === last.at && JSON.stringify(p.data) === JSON.stringify(last.data)))) return undefined;
+      last = p;
+      return p;
+    };
+    try {
+      const settled = this.settledRecord(timeout === undefined ? {} : { timeout });
+      settled.catch(() => undefined);
+      const current = fresh(await this.client.get(this.id));
+      if (current !== undefined) yield current;
+      const end = settled.then((record) => ({ end: record }));
+      for (;;) {
+        const next = await Promise.race([events.next().then((record) => ({ record })), end]);
+        if ("end" in next) {
+          const final = fresh(next.end);
+          if (final !== undefined) yield final;
+          return;
+        }
+        const update = fresh(next.record);
+        if (update !== undefined) yield update;
+      }
+    } finally {
+      events.close();
+    }
   }
 
   /** Cancel this task (see `Troupe.cancel`). */

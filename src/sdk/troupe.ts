@@ -14,7 +14,10 @@ import { InvalidInput, InvalidOption, NatsFailure, WorkflowNotFound } from "../e
 import { durationOption, type DurationInput } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { notifySubject } from "../nats/topology.js";
+import { eventSubject, notifySubject } from "../nats/topology.js";
+import { TaskRecord as TaskRecordSchema } from "../../machines/records.js";
+import { readLogs, type LogFilter, type LogLine } from "./logs.js";
+import type { ProgressEvents } from "./run.js";
 import { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
 import { rootLogger } from "../log.js";
 import { cancelTask, type CancelResult } from "../store/cancel.js";
@@ -171,6 +174,39 @@ export class Troupe {
    */
   cancel(id: string, reason = "cancelled by request"): Promise<CancelResult> {
     return cancelTask(this.nats.nc, this.tasks, id, reason);
+  }
+
+  /** The task's `progress` events from now on, for `run.progress()`. */
+  progressEvents(id: string): ProgressEvents {
+    const queued: TaskRecord[] = [];
+    let waiting: ((record: TaskRecord) => void) | undefined;
+    const sub = this.nats.nc.subscribe(eventSubject("task", id, "progress"), {
+      callback: (_error, msg) => {
+        const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");
+        if (!decoded.ok) return;
+        if (waiting === undefined) queued.push(decoded.value);
+        else {
+          const resolve = waiting;
+          waiting = undefined;
+          resolve(decoded.value);
+        }
+      },
+    });
+    return {
+      next: () => {
+        const record = queued.shift();
+        return record !== undefined ? Promise.resolve(record) : new Promise((resolve) => (waiting = resolve));
+      },
+      close: () => sub.unsubscribe(),
+    };
+  }
+
+  /**
+   * Handlers' log lines from TROUPE_LOGS (pino JSON objects), oldest first: those stored now,
+   * or with `follow` new ones too, until the loop breaks or `timeout` passes.
+   */
+  logs(filter: LogFilter = {}): AsyncGenerator<LogLine> {
+    return readLogs(this.nats, filter);
   }
 
   /** The live workers (their registry entries), optionally only those that serve `task`. */

@@ -9,7 +9,8 @@
  *   it saw), then announces it.
  * - `apply` takes the stored record, applies one task-machine event with the machine's pure
  *   transition (a cancel, a give-up, a failed enqueue), writes the result, announces it.
- * - `announce` publishes a write's event and, for a terminal record (its event deduplicated
+ * - `announce` publishes a write's event (the status's, or `progress` for a record whose
+ *   attempt reported progress) and, for a terminal record (its event deduplicated
  *   by message id `<id>:<revision>`), the submitter's notify. Whoever finds a terminal record whose
  *   announcement may be missing calls it again: a transition is complete or repairable.
  *
@@ -170,10 +171,10 @@ export class TaskStore {
    * `Fenced`, unless a retry finds the very record it wrote (the first try landed and only
    * its ack was lost).
    */
-  save(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<number, Fenced | NatsFailure> {
+  save(record: TaskRecord, expected: number, onRetry?: () => void, event?: string): Effect.Effect<number, Fenced | NatsFailure> {
     const payload = encodeJson(record);
     return Effect.map(this.compareAndSet(record.id, payload, expected, onRetry), (revision) => {
-      this.announce({ record, revision }, payload);
+      this.announce({ record, revision }, payload, event);
       return revision;
     });
   }
@@ -225,11 +226,11 @@ export class TaskStore {
    * event, the one that may be announced again, carries message id `<id>:<revision>`, so
    * TROUPE_EVENTS keeps it once.
    */
-  announce(stored: Stored, payload = encodeJson(stored.record)): void {
+  announce(stored: Stored, payload = encodeJson(stored.record), event = eventOf(stored.record.status)): void {
     const { record, revision } = stored;
     const nc = this.nats.nc;
     if (nc.isClosed()) return;
-    const subject = eventSubject("task", record.id, eventOf(record.status));
+    const subject = eventSubject("task", record.id, event);
     if (!TerminalStatuses.has(record.status)) {
       nc.publish(subject, payload);
       return;

@@ -115,7 +115,7 @@ describe("tasks end to end", () => {
   });
 
   it("gives the handler its context and accepts an Effect as the result", async () => {
-    const seen: Array<Omit<TaskRunContext, "log" | "heartbeat"> & { hasLog: boolean }> = [];
+    const seen: Array<Omit<TaskRunContext, "log" | "heartbeat" | "progress"> & { hasLog: boolean }> = [];
     const greet = defineTask({
       name: "greet",
       input: Schema.Struct({ name: Schema.String }),

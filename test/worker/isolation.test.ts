@@ -1,0 +1,93 @@
+/**
+ * Isolated execution against a real server and real threads and processes: hard deadlines,
+ * memory limits, cancellation, spreading over executors, progress and logs through NATS.
+ */
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { pino } from "pino";
+import { OutOfMemory, Timeout, Troupe } from "../../src/index.js";
+import { hog, spin, steps, waits, where } from "../fixtures/pool-tasks.js";
+import { clients, useNatsServer } from "../helpers/nats.js";
+import { recordWhere } from "../helpers/records.js";
+
+const MODULE = "test/fixtures/pool-tasks.ts";
+const server = useNatsServer();
+const { connect, closeAll } = clients();
+const opened: Troupe[] = [];
+afterEach(async () => {
+  await Promise.all(opened.splice(0).map((t) => t.close()));
+  await closeAll();
+});
+
+describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
+  it("a synchronous loop past its deadline ends Timeout within the grace period; nothing of it runs on; the worker goes on", async () => {
+    const troupe = await connect(server());
+    const worker = await troupe.worker({ module: MODULE, isolation, executors: 1, gracePeriod: 200 });
+    const mark = join(mkdtempSync(join(tmpdir(), "troupe-spin-")), "mark");
+    const run = await troupe.submit(spin, { ms: 4_000, mark });
+    const error = await run.result({ timeout: 20_000 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Timeout);
+    // The executor was replaced and the next task runs on the new one.
+    const next = await troupe.submit(where, {});
+    expect((await next.result({ timeout: 20_000 })).pid).toBeGreaterThan(0);
+    expect(worker.stats.executors?.[0]?.replaced).toBe(1);
+    // The loop was stopped: its side effect never happens, even once the loop's own end has passed.
+    const record = await run.get();
+    const loopEnd = Date.parse(record.startedAt ?? "") + 4_500;
+    while (Date.now() < loopEnd) await (await troupe.submit(where, { ms: 100 })).result({ timeout: 20_000 });
+    expect(existsSync(mark) ? readFileSync(mark, "utf8") : "").toBe("");
+  });
+
+  it("a handler over its memory limit ends OutOfMemory while another task of the worker completes", async () => {
+    const troupe = await connect(server());
+    await troupe.worker({ module: MODULE, isolation, executors: 2, memoryLimitMb: 48 });
+    const other = await troupe.submit(where, { ms: 300 });
+    const run = await troupe.submit(hog, {});
+    const error = await run.result({ timeout: 30_000 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(OutOfMemory);
+    expect((await other.result({ timeout: 20_000 })).pid).toBeGreaterThan(0);
+    // The executor was replaced: the worker still runs tasks.
+    expect((await (await troupe.submit(where, {})).result({ timeout: 20_000 })).pid).toBeGreaterThan(0);
+  });
+
+  it("a cancelled handler stops, and its executor runs the next task", async () => {
+    const troupe = await connect(server());
+    await troupe.worker({ module: MODULE, isolation, executors: 1, gracePeriod: 5_000 });
+    const run = await troupe.submit(waits, {});
+    await recordWhere(troupe, run.id, (r) => r.status === "RUNNING");
+    const result = await run.cancel("enough");
+    expect(result.cancelled).toBe(true);
+    expect((await run.get()).status).toBe("CANCELLED");
+    expect((await (await troupe.submit(where, {})).result({ timeout: 20_000 })).pid).toBeGreaterThan(0);
+  });
+
+  it("reports progress in the record and to run.progress(), and its logs reach TROUPE_LOGS", async () => {
+    // Handlers log at the worker's level: info here (the worker's own lines go nowhere).
+    const troupe = await Troupe.connect({ servers: server().url, logger: pino({ level: "info" }, pino.destination("/dev/null")) });
+    opened.push(troupe);
+    const worker = await troupe.worker({ module: MODULE, isolation, executors: 1 });
+    const run = await troupe.submit(steps, { steps: 3, pauseMs: 50 });
+    const seen: unknown[] = [];
+    for await (const update of run.progress({ timeout: 20_000 })) seen.push(update.data);
+    expect(seen.at(-1)).toEqual({ done: 3, of: 3 });
+    expect(await run.result()).toBe(3);
+    expect((await run.get()).progress?.data).toEqual({ done: 3, of: 3 });
+    const lines: Array<Record<string, unknown>> = [];
+    for await (const line of troupe.logs({ task: run.id, follow: true, timeout: 20_000 })) if (lines.push(line) === 3) break;
+    expect(lines.map((l) => l.step)).toEqual([1, 2, 3]);
+    expect(lines.every((l) => l.workerId === worker.id && l.taskId === run.id)).toBe(true);
+  });
+});
+
+describe("isolation: pools", () => {
+  it("a pool of 2 processes spreads tasks over 2 pids", async () => {
+    const troupe = await connect(server());
+    await troupe.worker({ module: MODULE, isolation: "process", executors: 2 });
+    const runs = await Promise.all(Array.from({ length: 6 }, () => troupe.submit(where, { ms: 200 })));
+    const pids = new Set((await Promise.all(runs.map((r) => r.result({ timeout: 20_000 })))).map((r) => r.pid));
+    expect(pids.size).toBe(2);
+    expect(pids.has(process.pid)).toBe(false);
+  });
+});
