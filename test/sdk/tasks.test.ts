@@ -229,7 +229,7 @@ describe("workers as NATS micro services", () => {
     expect(info.ok && info.value).toMatchObject({
       type: "io.nats.micro.v1.info_response",
       metadata: { tasks: "math.add", concurrency: "3" },
-      endpoints: [{ name: "cancel" }, { name: "stats" }],
+      endpoints: [{ name: "cancel" }, { name: "stats" }, { name: "drain" }, { name: "shutdown" }],
     });
     const stats = await ask(`$SRV.STATS.troupe-worker.${worker.id}`);
     const endpoints = (stats.ok ? (stats.value as { endpoints: Array<{ name: string; data: unknown }> }) : { endpoints: [] }).endpoints;
