@@ -223,6 +223,11 @@ export class TaskHost {
   /** A snapshot of this host's machine. */
   readonly resolve = (value: unknown, context: TaskContext): TaskSnapshot => this.plans.resolve(value, context);
 
+  /** The tasks whose attempts this host runs now. */
+  runningIds(): string[] {
+    return [...this.attempts.keys()];
+  }
+
   /** Whether this host runs an attempt of the task now. */
   has(id: string): boolean {
     return this.attempts.has(id);

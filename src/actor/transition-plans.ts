@@ -109,6 +109,11 @@ export class TransitionPlans<S extends Snapshot, E extends AnyEventObject> {
     this.scope = collectingScope(this.machine, input, () => {});
   }
 
+  /** The machine's initial snapshot for `input` (its initial state's entry actions are the host's to run; the machines hosted so far have none). */
+  initial(input: unknown): S {
+    return this.machine.getInitialSnapshot(this.scope, input) as unknown as S;
+  }
+
   /** The snapshot of `value` with `context`, belonging to this machine (XState resolves each value once). */
   resolve(value: unknown, context: unknown): S {
     const key = typeof value === "string" ? value : JSON.stringify(value);

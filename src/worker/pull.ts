@@ -44,7 +44,10 @@ interface Source extends PullSource {
 }
 
 export interface PullOptions {
+  /** Tasks the worker runs at once. */
   readonly concurrency: number;
+  /** Slots free now, as the worker actor counts them (none while it is not ready). */
+  readonly capacity: () => number;
   /** How long one pull request waits on the server for messages (ms). */
   readonly expires: number;
   readonly onLease: (lease: Lease) => void;
@@ -56,7 +59,6 @@ export class PullLoop {
   private readonly pulls = new Map<number, PullRequest>();
   private seq = 0;
   private reserved = 0;
-  private running = 0;
   private next = 0;
   private readonly sources: Source[];
   private probe: NodeJS.Timeout | undefined;
@@ -80,9 +82,27 @@ export class PullLoop {
     this.schedule();
   }
 
-  /** Call when a task started through `onLease` has settled its lease. */
-  release(): void {
-    this.running--;
+  /** Ask again for work: a slot came free. */
+  wake(): void {
+    this.schedule();
+  }
+
+  /**
+   * Back from a disconnection: the pull requests open before it are gone with the old
+   * connection (the server drops a request whose client left), so they are forgotten and
+   * work is asked for at once, from every consumer, rather than after their expiry.
+   */
+  resume(): void {
+    for (const pull of this.pulls.values()) {
+      clearTimeout(pull.timer);
+      pull.sub.unsubscribe();
+    }
+    this.pulls.clear();
+    this.reserved = 0;
+    for (const source of this.sources) {
+      source.open = 0;
+      this.goActive(source);
+    }
     this.schedule();
   }
 
@@ -121,7 +141,7 @@ export class PullLoop {
   private pump(): void {
     if (this.stopping || this.nc.isClosed()) return;
     const limit = this.options.concurrency;
-    let free = limit - this.running - this.reserved;
+    let free = this.options.capacity() - this.reserved;
     if (free <= 0) return;
     // Active consumers first; batch up while a request is open.
     const active = this.sources.filter((s) => s.active);
@@ -223,7 +243,6 @@ export class PullLoop {
       lease.nak();
       return;
     }
-    this.running++;
     this.options.onLease(lease);
   }
 }

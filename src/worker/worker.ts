@@ -4,11 +4,10 @@
  */
 import { availableParallelism, hostname } from "node:os";
 import { nuid } from "@nats-io/transport-node";
-import { createActor, type Actor } from "xstate";
-import { workerMachine } from "../../machines/worker.js";
+import { workerMachine, type WorkerContext, type WorkerEvent } from "../../machines/worker.js";
 import type { ExecutorInfo, WorkerInfo } from "../../machines/records.js";
 import type { Logger } from "pino";
-import { InvalidDefinition, InvalidOption } from "../errors.js";
+import { InvalidDefinition, InvalidOption, NatsFailure } from "../errors.js";
 import { Schema } from "effect";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connection.js";
@@ -17,6 +16,8 @@ import { startReaper } from "./reaper.js";
 import { MicroService } from "./service.js";
 import { VERSION } from "../version.js";
 import { TaskHost } from "../actor/task-host.js";
+import { HostedActor } from "../actor/hosted-actor.js";
+import { TransitionPlans } from "../actor/transition-plans.js";
 import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
@@ -29,8 +30,17 @@ import { PullLoop, type PullSource } from "./pull.js";
 /** The body of a request to a worker's `cancel` endpoint. */
 export const CancelRequest = Schema.Struct({ id: Schema.String, reason: Schema.optional(Schema.String) });
 
-/** How long the worker actor may go without hearing of tasks started and finished. */
-const REPORT_MS = 50;
+/** The worker machine's transitions, learned once per process and replayed by every worker. */
+const plans = new TransitionPlans<WorkerSnapshot, WorkerEvent>(workerMachine, { concurrency: 1, heartbeatMs: 1 });
+
+interface WorkerSnapshot {
+  readonly value: string | Record<string, unknown>;
+  readonly context: WorkerContext;
+  readonly status: string;
+}
+
+/** A worker state's name as the registry shows it: its top-level state (`draining`, not its substate). */
+const stateName = (value: WorkerSnapshot["value"]): string => (typeof value === "string" ? value : (Object.keys(value)[0] ?? "?"));
 
 export interface WorkerOptions {
   /** The tasks this worker runs, in this process; it never receives other types. */
@@ -57,6 +67,14 @@ export interface WorkerOptions {
   readonly id?: string;
   /** How long one pull request waits on the server (ms, default 5000). */
   readonly pullExpires?: number;
+  /**
+   * How long the worker may be cut off from NATS before it gives up (default 30 s; `false`:
+   * never): it interrupts its tasks (other workers take them after their lease) and, with
+   * `exitOnDisconnect`, exits the process non-zero so that its supervisor restarts it.
+   */
+  readonly disconnectTimeout?: DurationInput | false;
+  /** Exit the process (code 1) when the worker gives up on NATS (default true); else `run()` rejects with `NatsFailure`. */
+  readonly exitOnDisconnect?: boolean;
 }
 
 export interface StopOptions {
@@ -76,6 +94,8 @@ export interface WorkerStats {
   /** `thread` or `process` for an isolated worker. */
   readonly isolation?: Isolation;
   readonly executors?: ReadonlyArray<ExecutorInfo>;
+  /** The ids of the tasks it runs now. */
+  readonly tasks: ReadonlyArray<string>;
 }
 
 export class Worker {
@@ -83,17 +103,17 @@ export class Worker {
   private readonly host: TaskHost;
   private service: MicroService | undefined;
   private reaper: { stop: () => Promise<void> } | undefined;
-  private readonly actor: Actor<typeof workerMachine>;
+  /** The worker actor: the one owner of capacity and lifecycle. */
+  private readonly actor: HostedActor<WorkerSnapshot, WorkerEvent>;
   private readonly inFlight = new Set<Promise<unknown>>();
-  private stopping: Promise<void> | undefined;
   private readonly startedAt = new Date().toISOString();
-  /** Tasks started and finished since the actor last heard: reported every few milliseconds, not per task. */
-  private readonly unreported = { started: 0, finished: 0, failed: 0 };
-  private reportQueued = false;
   /** The first registry write: a worker is listed once `start` resolves. */
   private registered: Promise<void> = Promise.resolve();
-  /** Set when stop must not wait any longer (a second signal). */
-  private hurry: (() => void) | undefined;
+  /** Resolved (or rejected, when it gave up on NATS) once the worker actor reached `stopped` and everything is released. */
+  private readonly ended: Promise<void>;
+  private end!: (error?: unknown) => void;
+  private loopStopped: Promise<void> = Promise.resolve();
+  private interrupted = false;
 
   private constructor(
     readonly id: string,
@@ -106,29 +126,35 @@ export class Worker {
     clock: FiberClock,
     pullExpires: number,
     private readonly pool: ExecutorPool | undefined,
+    disconnectTimeoutMs: number | undefined,
+    private readonly exitOnDisconnect: boolean,
   ) {
-    this.actor = createActor(
-      workerMachine.provide({
-        actions: {
-          // After the transition, so the entry shows the state it leads to.
-          register: () => queueMicrotask(() => (this.registered = this.writeRegistry())),
-          beat: () => queueMicrotask(() => void this.writeRegistry()),
-          deregister: () => {
-            void nats.workers.delete(id).catch(() => undefined);
-          },
-        },
-      }),
-      { input: { concurrency, heartbeatMs: Math.floor(WORKERS_TTL / 3) }, clock },
-    );
+    this.ended = new Promise<void>((resolve, reject) => (this.end = (error) => (error === undefined ? resolve() : reject(error))));
+    this.ended.catch(() => undefined);
+    const input = { concurrency, heartbeatMs: Math.floor(WORKERS_TTL / 3), disconnectTimeoutMs };
+    this.actor = new HostedActor(plans, plans.initial(input), clock, {
+      register: () => (this.registered = this.writeRegistry()),
+      beat: () => void this.writeRegistry(),
+      deregister: () => void nats.workers.delete(id).catch(() => undefined),
+      pullNow: () => this.loop.resume(),
+      stopPulling: () => (this.loopStopped = this.loop.stop()),
+      interruptAll: () => this.interruptAll(),
+      finish: () => void this.finish(),
+    });
     const host = new TaskHost({ store, clock, workerId: id, log, maxPayload: store.maxPayload, random: Math.random, pool });
     this.host = host;
     const deliveries: DeliveryDeps = { nc: nats.nc, store, host, definitions, workerId: id, log, now: clock.now };
     this.loop = new PullLoop(nats.nc, consumers, {
       concurrency,
+      // The actor's free slots: none unless it is ready.
+      capacity: () => {
+        const s = this.actor.snapshot;
+        return s.value === "ready" ? s.context.concurrency - s.context.running : 0;
+      },
       expires: pullExpires,
       log,
       onLease: (lease) => {
-        this.count(1, 0, 0);
+        this.actor.send({ type: "LEASED" });
         const run = runDelivery(lease, deliveries)
           .catch((err) => {
             log.error({ err }, "delivery failed unexpectedly");
@@ -136,8 +162,8 @@ export class Worker {
           })
           .then((outcome) => {
             this.inFlight.delete(run);
-            this.count(0, 1, outcome === "failed" ? 1 : 0);
-            this.loop.release();
+            this.actor.send({ type: "RELEASED", failed: outcome === "failed" });
+            this.loop.wake();
           });
         this.inFlight.add(run);
       },
@@ -173,6 +199,12 @@ export class Worker {
       throw invalid(`memoryLimitMb must be an integer of at least 16, got ${String(memoryLimitMb)}`);
     }
     const gracePeriod = options.gracePeriod === undefined ? 5_000 : durationOption("gracePeriod", options.gracePeriod, invalid);
+    const disconnectTimeout =
+      options.disconnectTimeout === false
+        ? undefined
+        : options.disconnectTimeout === undefined
+          ? 30_000
+          : durationOption("disconnectTimeout", options.disconnectTimeout, invalid);
     const concurrency = options.concurrency ?? (isolation === undefined ? 1 : executors);
     if (!Number.isInteger(concurrency) || concurrency < 1) {
       throw new InvalidDefinition({ message: `worker concurrency must be an integer ≥ 1, got ${concurrency}` });
@@ -217,13 +249,25 @@ export class Worker {
             maxPayload: store.maxPayload,
             onLog: (taskId, line) => publishLog(nats, id, taskId, line),
           });
-    const worker = new Worker(id, nats, store, definitions, consumers, concurrency, workerLog, clock, options.pullExpires ?? 5_000, pool);
+    const worker = new Worker(
+      id,
+      nats,
+      store,
+      definitions,
+      consumers,
+      concurrency,
+      workerLog,
+      clock,
+      options.pullExpires ?? 5_000,
+      pool,
+      disconnectTimeout,
+      options.exitOnDisconnect ?? true,
+    );
     await worker.begin();
     return worker;
   }
 
   private async begin(): Promise<void> {
-    this.actor.start();
     this.actor.send({ type: "STARTED" });
     // One micro service per worker: `nats micro ls/info/stats troupe-worker`. Its `cancel`
     // endpoint is how `troupe.cancel` asks the worker holding a task to interrupt it.
@@ -288,40 +332,27 @@ export class Worker {
       }
     })().catch(() => undefined);
     await this.registered;
-    this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency }, "worker started");
-  }
-
-  /** Note tasks started and finished; the worker actor hears them within `REPORT_MS` (at once when its stats are read). */
-  private count(started: number, finished: number, failed: number): void {
-    this.unreported.started += started;
-    this.unreported.finished += finished;
-    this.unreported.failed += failed;
-    if (this.reportQueued) return;
-    this.reportQueued = true;
-    setTimeout(() => this.report(), REPORT_MS).unref();
-  }
-
-  private report(): void {
-    this.reportQueued = false;
-    const { started, finished, failed } = this.unreported;
-    if (started === 0 && finished === 0) return;
-    this.unreported.started = this.unreported.finished = this.unreported.failed = 0;
-    this.actor.send({ type: "TASKS", started, finished, failed });
+    this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency, isolation: this.pool?.options.isolation }, "worker started");
   }
 
   get stats(): WorkerStats {
-    this.report();
-    const s = this.actor.getSnapshot();
-    const stats = { id: this.id, state: String(s.value), running: s.context.running, processed: s.context.processed, failed: s.context.failed };
+    const s = this.actor.snapshot;
+    const stats = {
+      id: this.id,
+      state: stateName(s.value),
+      running: s.context.running,
+      processed: s.context.processed,
+      failed: s.context.failed,
+      tasks: this.host.runningIds(),
+    };
     return this.pool === undefined ? stats : { ...stats, isolation: this.pool.options.isolation, executors: this.pool.info() };
   }
 
   private writeRegistry(): Promise<void> {
-    this.report();
-    const s = this.actor.getSnapshot();
+    const s = this.actor.snapshot;
     const entry: WorkerInfo = {
       id: this.id,
-      state: String(s.value),
+      state: stateName(s.value),
       hostname: hostname(),
       pid: process.pid,
       tasks: [...this.definitions.values()].map((t) => ({ name: t.name, queue: t.queue })),
@@ -334,7 +365,8 @@ export class Worker {
       ...(this.pool === undefined ? {} : { isolation: this.pool.options.isolation, executors: this.pool.info() }),
     };
     const payload = encodeJson(entry);
-    if (!this.nats.nc.isClosed()) this.nats.nc.publish(eventSubject("worker", this.id, "heartbeat"), payload);
+    if (this.nats.nc.isClosed()) return Promise.resolve();
+    this.nats.nc.publish(eventSubject("worker", this.id, "heartbeat"), payload);
     return this.nats.workers.put(this.id, payload).then(
       () => undefined,
       (err: unknown) => this.log.warn({ err }, "worker registry write failed"),
@@ -343,7 +375,8 @@ export class Worker {
 
   /**
    * Run until SIGTERM or SIGINT, then stop gracefully (`stop(options)`); a second signal
-   * stops at once, handing running tasks back. Resolves once the worker has stopped.
+   * stops at once, handing running tasks back. Resolves once the worker has stopped; rejects
+   * with `NatsFailure` when it gave up on NATS (and `exitOnDisconnect` is off).
    */
   async run(options: StopOptions = {}): Promise<void> {
     let signals = 0;
@@ -354,70 +387,64 @@ export class Worker {
         void this.stop(options);
       } else {
         this.log.warn({ signal }, "second signal: stopping at once");
-        this.hurry?.();
+        this.actor.send({ type: "HURRY" });
       }
     };
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
     try {
-      await new Promise<void>((resolve) => {
-        this.stopped = resolve;
-        if (this.stopping !== undefined) void this.stopping.then(resolve);
-      });
-      await this.stopping;
+      await this.ended;
     } finally {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
     }
   }
 
-  /** Resolves `run()` once a stop has finished, however it was asked for. */
-  private stopped: (() => void) | undefined;
-
   /**
    * Stop pulling, let running tasks finish (up to `timeout`), then interrupt the rest (an
    * executor's handler within its grace period, or its executor terminated) and hand them
-   * back to other workers.
+   * back to other workers. Asked again with `timeout: 0` while stopping, it stops at once.
    */
   stop(options: StopOptions = {}): Promise<void> {
-    if (this.stopping !== undefined) {
-      // Asked again with a shorter timeout (a shutdown after a drain): hurry up.
-      if (options.timeout !== undefined && (parseDuration(options.timeout) ?? 1) === 0) this.hurry?.();
-      return this.stopping;
+    const timeoutMs =
+      options.timeout === undefined ? 30_000 : durationOption("timeout", options.timeout, (message) => new InvalidOption({ message: `worker.stop: ${message}` }));
+    const state = stateName(this.actor.snapshot.value);
+    if (state === "draining" || state === "lost") {
+      if (timeoutMs === 0) this.actor.send({ type: "HURRY" });
+    } else {
+      this.actor.send({ type: "STOP", timeoutMs });
     }
-    const timeout = options.timeout === undefined ? 30_000 : durationOption("timeout", options.timeout, (message) => new InvalidOption({ message: `worker.stop: ${message}` }));
-    this.stopping = (async () => {
-      this.actor.send({ type: "STOP" });
-      await this.loop.stop();
-      let timer: NodeJS.Timeout | undefined;
-      const drained = Promise.all(this.inFlight).then(() => true);
-      const expired = new Promise<false>((resolve) => {
-        this.hurry = () => resolve(false);
-        timer = setTimeout(() => resolve(false), timeout);
-      });
-      const finished = await Promise.race([drained, expired]);
-      clearTimeout(timer);
-      if (!finished) {
-        this.log.warn({ running: this.inFlight.size }, "stop timeout: running tasks interrupted and left to redelivery");
-        this.host.interruptAll();
-        // Executors that are still busy are terminated now rather than after their grace period.
-        const pool = this.pool;
-        if (pool !== undefined) {
-          this.hurry = () => void pool.stop();
-          if (timeout === 0) void pool.stop();
-        }
-        await Promise.all(this.inFlight);
-      }
-      await this.pool?.stop();
-      this.service?.stop();
-      await this.reaper?.stop();
-      this.report();
-      this.actor.send({ type: "DRAINED" });
-      this.actor.stop();
-      this.log.info(this.stats, "worker stopped");
-    })();
-    void this.stopping.then(() => this.stopped?.());
-    return this.stopping;
+    // A worker that gave up on NATS has stopped too: `stop` resolves; `run` says why.
+    return this.ended.catch(() => undefined);
+  }
+
+  /** The first time, every running attempt is interrupted; again (a hurry), busy executors are terminated now. */
+  private interruptAll(): void {
+    if (this.interrupted) {
+      void this.pool?.stop();
+      return;
+    }
+    this.interrupted = true;
+    if (this.inFlight.size > 0) this.log.warn({ running: this.inFlight.size }, "running tasks interrupted and left to redelivery");
+    this.host.interruptAll();
+  }
+
+  /** The actor reached `stopped`: release the executors, the service, the reaper. */
+  private async finish(): Promise<void> {
+    await this.loopStopped;
+    await Promise.all(this.inFlight);
+    await this.pool?.stop();
+    this.service?.stop();
+    await this.reaper?.stop();
+    const lost = this.actor.snapshot.context.lost;
+    this.actor.stop();
+    this.log.info(this.stats, "worker stopped");
+    if (!lost) return this.end();
+    const timeout = this.actor.snapshot.context.disconnectTimeoutMs;
+    const message = `worker ${this.id} could not reach NATS for ${timeout} ms: its tasks were interrupted and are left to other workers`;
+    this.log.error({ disconnectTimeoutMs: timeout }, message);
+    if (this.exitOnDisconnect) process.exit(1);
+    this.end(new NatsFailure({ message }));
   }
 }
 
