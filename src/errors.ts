@@ -60,6 +60,9 @@ export class WorkflowFailed extends Data.TaggedError("WorkflowFailed")<{
 /** No workflow run under that id. */
 export class WorkflowNotFound extends Data.TaggedError("WorkflowNotFound")<{ readonly message: string; readonly id: string }> {}
 
+/** No live worker under that id answered. */
+export class WorkerNotFound extends Data.TaggedError("WorkerNotFound")<{ readonly message: string; readonly id: string }> {}
+
 /** No task record under that id. */
 export class TaskNotFound extends Data.TaggedError("TaskNotFound")<{ readonly message: string; readonly id: string }> {}
 

@@ -3,8 +3,9 @@
  * machines, topology, stores and hosts in `troupe/internals`.
  */
 export { Schema } from "effect";
-export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type CancelResult, type WorkerInfo } from "./sdk/troupe.js";
-export { TaskRun, type WaitOptions } from "./sdk/run.js";
+export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type CancelResult, type WorkerInfo, type WorkerStatus } from "./sdk/troupe.js";
+export { TaskRun, type WaitOptions, type TaskProgress } from "./sdk/run.js";
+export type { LogFilter, LogLine } from "./sdk/logs.js";
 export { WorkflowRun, type WorkflowCancelResult } from "./sdk/workflow-run.js";
 export {
   defineTask,
@@ -18,6 +19,7 @@ export {
 } from "./task.js";
 export { defineWorkflow, type WorkflowDefinition, type WorkflowStep, type WorkflowOptions } from "./workflow.js";
 export type { Worker, WorkerOptions, StopOptions, WorkerStats } from "./worker/worker.js";
+export type { Isolation } from "./pool/pool.js";
 export type { Coordinator, CoordinatorOptions } from "./coordinator/coordinator.js";
 export type { ConnectOptions, TlsConnectOptions } from "./nats/connection.js";
 export {
@@ -37,6 +39,7 @@ export {
   Timeout,
   TopologyConflict,
   WorkerLost,
+  WorkerNotFound,
   WorkflowFailed,
   WorkflowNotFound,
   type TaskError,

@@ -44,6 +44,8 @@ export interface TaskHostDeps {
   readonly random: () => number;
   /** Executors to run handlers in (an isolated worker); in this process when absent. */
   readonly pool?: ExecutorPool | undefined;
+  /** The logger of one attempt (`ctx.log`, and the host's lines about it); a child of `log` when absent. */
+  readonly taskLog?: (bindings: { readonly taskId: string; readonly task: string; readonly attempt: number }) => Logger;
 }
 
 /** The lease an attempt holds: extended on every heartbeat (`details` from `ctx.heartbeat(details)`). */
@@ -241,7 +243,8 @@ export class TaskHost {
     const { deps } = this;
     const id = stored.record.id;
     let child: Logger | undefined;
-    const log = () => (child ??= deps.log.child({ taskId: id, task: definition.name, attempt: stored.record.attempt + 1 }));
+    const bindings = { taskId: id, task: definition.name, attempt: stored.record.attempt + 1 };
+    const log = () => (child ??= deps.taskLog?.(bindings) ?? deps.log.child(bindings));
     if (stored.record.status === "RUNNING") {
       log().warn({ lostWorker: stored.record.workerId }, "previous attempt lost its worker (WorkerLost); running again");
     }

@@ -31,8 +31,20 @@ Usage:
                                              an embedded nats-server -js (port 4222 when free), a
                                              coordinator and the inspector; writes its URL to .troupe/url
   troupe demo [--tasks N]                    run the demo on its own embedded server
-  troupe worker <module> [--concurrency N]   run the tasks a module exports, N at a time (default 1);
-                                             SIGTERM/SIGINT stop it gracefully
+  troupe worker <module> [--concurrency N] [--threads N | --processes N] [--memory-limit MB]
+                [--grace T] [--stop-timeout T] [--disconnect-timeout T]
+                                             run the tasks a module exports, N at a time (default 1;
+                                             with executors, one per executor); --threads/--processes
+                                             run handlers in a pool of N worker threads or child
+                                             processes; SIGTERM/SIGINT stop it gracefully (finish
+                                             running tasks, up to --stop-timeout, default 30s), a
+                                             second signal at once
+  troupe workers [--json]                    list live workers: state, executors, running tasks, counters
+  troupe worker stop <id> [--timeout T]      drain a worker: no new work, running tasks finish (up to T),
+                                             then it exits
+  troupe worker shutdown <id>                stop a worker now: running tasks are handed back
+  troupe logs [--task ID] [--worker ID] [--follow]
+                                             handlers' log lines (pino JSON) from TROUPE_LOGS
   troupe submit <task> '<json>' [--wait [--timeout T]] [--queue Q] [--module FILE]
                                              submit a task; --wait prints its final record
   troupe get <id>                            print a task's state record (JSON)
@@ -66,6 +78,16 @@ const options = {
   "tls-key": { type: "string" },
   replicas: { type: "string" },
   concurrency: { type: "string" },
+  threads: { type: "string" },
+  processes: { type: "string" },
+  "memory-limit": { type: "string" },
+  grace: { type: "string" },
+  "stop-timeout": { type: "string" },
+  "disconnect-timeout": { type: "string" },
+  task: { type: "string" },
+  worker: { type: "string" },
+  follow: { type: "boolean" },
+  json: { type: "boolean" },
   store: { type: "string" },
   port: { type: "string" },
   tasks: { type: "string" },
@@ -95,13 +117,15 @@ const serverUrl = (flags: Flags): string | undefined => {
   return existsSync(DEV_URL_FILE) ? readFileSync(DEV_URL_FILE, "utf8").trim() || undefined : undefined;
 };
 
-const timeoutFlag = (flags: Flags): number | undefined => {
-  if (flags.timeout === undefined) return undefined;
-  const text = flags.timeout.trim();
+const durationFlag = (value: string | undefined, name: string): number | undefined => {
+  if (value === undefined) return undefined;
+  const text = value.trim();
   const ms = parseDuration(text !== "" && Number.isFinite(Number(text)) ? Number(text) : text);
-  if (ms === undefined) throw new UsageError(`--timeout must be milliseconds or a duration such as 30s or "30 seconds", got "${flags.timeout}"`);
+  if (ms === undefined) throw new UsageError(`--${name} must be milliseconds or a duration such as 30s or "30 seconds", got "${value}"`);
   return ms;
 };
+
+const timeoutFlag = (flags: Flags): number | undefined => durationFlag(flags.timeout, "timeout");
 
 const int = (value: string | undefined, name: string, fallback: number): number => {
   if (value === undefined) return fallback;
@@ -313,16 +337,94 @@ const dev = async (flags: Flags) => {
 };
 
 const worker = async (flags: Flags, positionals: string[]) => {
-  const file = positionals[0];
+  const [first, id] = positionals;
+  if ((first === "stop" || first === "shutdown") && positionals.length === 2 && id !== undefined) return controlWorker(flags, first, id);
+  const file = first;
   if (file === undefined) throw new UsageError("troupe worker needs a module that exports tasks");
+  if (flags.threads !== undefined && flags.processes !== undefined) throw new UsageError("give --threads or --processes, not both");
   const tasks = await loadTasks(file);
   if (tasks.length === 0) throw new UsageError(`${file} exports no task definitions (defineTask)`);
+  const executors = flags.threads ?? flags.processes;
+  const isolated =
+    executors === undefined
+      ? { tasks }
+      : {
+          module: file,
+          isolation: flags.threads !== undefined ? ("thread" as const) : ("process" as const),
+          executors: int(executors, flags.threads !== undefined ? "threads" : "processes", 1),
+          ...(flags["memory-limit"] === undefined ? {} : { memoryLimitMb: int(flags["memory-limit"], "memory-limit", 0) }),
+          ...(flags.grace === undefined ? {} : { gracePeriod: durationFlag(flags.grace, "grace")! }),
+        };
+  const disconnect = durationFlag(flags["disconnect-timeout"], "disconnect-timeout");
   const troupe = await Troupe.connect(connection(flags));
-  const w = await troupe.worker({ tasks, concurrency: int(flags.concurrency, "concurrency", 1) });
-  const signal = await waitForSignal();
-  troupe.log.info({ workerId: w.id, signal }, "stopping worker");
-  await w.stop();
-  await troupe.close();
+  try {
+    const w = await troupe.worker({
+      ...isolated,
+      ...(flags.concurrency === undefined ? {} : { concurrency: int(flags.concurrency, "concurrency", 1) }),
+      ...(disconnect === undefined ? {} : { disconnectTimeout: disconnect }),
+    });
+    const stopTimeout = durationFlag(flags["stop-timeout"], "stop-timeout");
+    await w.run(stopTimeout === undefined ? {} : { timeout: stopTimeout });
+  } finally {
+    await troupe.close();
+  }
+};
+
+/** `troupe worker stop|shutdown <id>`: the worker's drain or shutdown endpoint. */
+const controlWorker = async (flags: Flags, verb: "stop" | "shutdown", id: string) => {
+  const timeout = timeoutFlag(flags);
+  await withClient(flags, async (troupe) => {
+    const reply = await troupe.controlWorker(id, verb === "stop" ? "drain" : "shutdown", timeout === undefined ? {} : { timeout });
+    process.stdout.write(
+      verb === "stop"
+        ? `worker ${id} draining: ${reply.running} running task(s) finish, then it stops\n`
+        : `worker ${id} stopping now: ${reply.running} running task(s) handed back\n`,
+    );
+  });
+};
+
+/** `troupe workers`: each live worker with its executors and running tasks. */
+const workers = async (flags: Flags) => {
+  await withClient(flags, async (troupe) => {
+    const list = await troupe.workerStats();
+    if (flags.json) {
+      process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+      return;
+    }
+    if (list.length === 0) {
+      process.stdout.write("no live workers\n");
+      return;
+    }
+    for (const w of list) {
+      const isolation = w.isolation === undefined ? "in-process" : `${w.executors?.length ?? 0} ${w.isolation === "process" ? "process" : "thread"}${(w.executors?.length ?? 0) === 1 ? "" : w.isolation === "process" ? "es" : "s"}`;
+      process.stdout.write(
+        `${w.id}  ${w.state}  ${w.hostname}:${w.pid}  ${isolation}  running ${w.running}/${w.concurrency}  processed ${w.processed}  failed ${w.failed}  tasks ${w.tasks.map((t) => t.name).join(",")}\n`,
+      );
+      for (const e of w.executors ?? []) {
+        process.stdout.write(`    ${e.id}  pid ${e.pid}  ${e.taskId === undefined ? "idle" : `running ${e.taskId}`}  ran ${e.ran}  replaced ${e.replaced}\n`);
+      }
+      for (const t of w.runningTasks) if (!(w.executors ?? []).some((e) => e.taskId === t)) process.stdout.write(`    running ${t}\n`);
+    }
+  });
+};
+
+/** `troupe logs`: lines from TROUPE_LOGS, as JSON, one per line. */
+const logs = async (flags: Flags) => {
+  await withClient(flags, async (troupe) => {
+    const filter = {
+      ...(flags.task === undefined ? {} : { task: flags.task }),
+      ...(flags.worker === undefined ? {} : { worker: flags.worker }),
+      follow: flags.follow === true,
+    };
+    const lines = troupe.logs(filter);
+    if (flags.follow) {
+      // Until Ctrl-C: the loop ends when the signal closes the iterator.
+      const stop = () => void lines.return(undefined);
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+    }
+    for await (const line of lines) process.stdout.write(`${JSON.stringify(line)}\n`);
+  });
 };
 
 const submit = async (flags: Flags, positionals: string[]) => {
@@ -402,6 +504,10 @@ export const main = async (argv: string[]): Promise<void> => {
         return await runDemo({ tasks: int(flags.tasks, "tasks", 2_000), concurrency: int(flags.concurrency, "concurrency", 32) });
       case "worker":
         return await worker(flags, rest);
+      case "workers":
+        return await workers(flags);
+      case "logs":
+        return await logs(flags);
       case "submit":
         return await submit(flags, rest);
       case "get":

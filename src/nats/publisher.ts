@@ -41,9 +41,19 @@ export const isTransientPublishError = (e: PublishRejected | PublishTimeout): bo
 interface Pending {
   readonly resolve: (ack: PubAck) => void;
   readonly reject: (e: PublishRejected | PublishTimeout) => void;
-  readonly expires: number;
+  expires: number;
   readonly subject: string;
 }
+
+/**
+ * After a reconnect the server may still be bringing JetStream up (a restart): a publish
+ * then can vanish without an answer. For a while after a reconnect, and for the writes
+ * that were waiting when the connection dropped, no answer within `SETTLING_TIMEOUT_MS`
+ * counts as a timeout, so that the write is tried again (safely: message ids and
+ * compare-and-set) in under a second rather than after the full timeout.
+ */
+const SETTLING_MS = 3_000;
+const SETTLING_TIMEOUT_MS = 750;
 
 export interface PublishExpectations {
   /** Compare-and-set: the subject's last sequence must be this (0: no message yet). */
@@ -61,14 +71,24 @@ export class AckedPublisher {
   private readonly sub: Subscription;
   private readonly sweeper: NodeJS.Timeout;
   private seq = 0;
+  private reconnectedAt = Number.NEGATIVE_INFINITY;
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly timeoutMs = 5_000,
   ) {
     this.sub = nc.subscribe(`${this.prefix}.*`, { callback: (_e, msg) => this.receive(msg) });
-    this.sweeper = setInterval(() => this.sweep(), Math.min(500, timeoutMs));
+    this.sweeper = setInterval(() => this.sweep(), Math.min(250, timeoutMs));
     this.sweeper.unref();
+    void (async () => {
+      for await (const status of nc.status()) if (status.type === "reconnect") this.reconnected();
+    })().catch(() => undefined);
+  }
+
+  private reconnected(): void {
+    const now = Date.now();
+    this.reconnectedAt = now;
+    for (const p of this.pending.values()) p.expires = Math.min(p.expires, now + SETTLING_TIMEOUT_MS);
   }
 
   publish(subject: string, payload: Uint8Array, expect: PublishExpectations = {}): Promise<PubAck> {
@@ -81,7 +101,9 @@ export class AckedPublisher {
       for (const [k, v] of Object.entries(expect.headers ?? {})) h.set(k, v);
     }
     return new Promise<PubAck>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, expires: Date.now() + this.timeoutMs, subject });
+      const now = Date.now();
+      const timeout = now - this.reconnectedAt < SETTLING_MS ? SETTLING_TIMEOUT_MS : this.timeoutMs;
+      this.pending.set(id, { resolve, reject, expires: now + timeout, subject });
       try {
         this.nc.publish(subject, payload, h === undefined ? { reply: `${this.prefix}.${id}` } : { reply: `${this.prefix}.${id}`, headers: h });
       } catch (e) {
@@ -127,7 +149,7 @@ export class AckedPublisher {
     for (const [id, p] of this.pending) {
       if (p.expires > now) continue;
       this.pending.delete(id);
-      p.reject(new PublishTimeout({ message: `no PubAck for ${p.subject} within ${this.timeoutMs} ms` }));
+      p.reject(new PublishTimeout({ message: `no PubAck for ${p.subject} in time` }));
     }
   }
 

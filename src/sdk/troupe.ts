@@ -5,16 +5,17 @@
  * is `Results`'.
  */
 import { createHash } from "node:crypto";
-import { Cause, Effect, Exit } from "effect";
+import { Cause, Effect, Exit, Schema } from "effect";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { unresolvedInput } from "../../machines/workflow.js";
-import { WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
-import { InvalidInput, InvalidOption, NatsFailure, WorkflowNotFound } from "../errors.js";
+import { ExecutorInfo, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
+import { InvalidInput, InvalidOption, NatsFailure, WorkerNotFound, WorkflowNotFound } from "../errors.js";
 import { durationOption, type DurationInput } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { eventSubject, notifySubject } from "../nats/topology.js";
+import { controlSubject, eventSubject, notifySubject } from "../nats/topology.js";
+import { encodeJson } from "../nats/codec.js";
 import { TaskRecord as TaskRecordSchema } from "../../machines/records.js";
 import { readLogs, type LogFilter, type LogLine } from "./logs.js";
 import type { ProgressEvents } from "./run.js";
@@ -57,6 +58,20 @@ export interface SubmitOptions {
 
 /** A live worker, as its registry entry in `troupe-workers` describes it. */
 export type { WorkerInfo } from "../../machines/records.js";
+
+/** A live worker as `workerStats` reports it: its registry entry, its live figures, and the tasks it runs now. */
+export type WorkerStatus = WorkerInfo & { readonly runningTasks: ReadonlyArray<string> };
+
+/** What a worker's `stats` endpoint answers (the parts `workerStats` takes). */
+const LiveStats = Schema.Struct({
+  state: Schema.String,
+  running: Schema.Number,
+  processed: Schema.Number,
+  failed: Schema.Number,
+  tasks: Schema.Array(Schema.String),
+  executors: Schema.optional(Schema.Array(ExecutorInfo)),
+});
+const ControlReply = Schema.Struct({ running: Schema.Number });
 
 /** The task id an idempotency key stands for. */
 export const idempotentId = (task: Pick<TaskDefinition, "name" | "queue">, key: string) =>
@@ -220,6 +235,42 @@ export class Troupe {
       if (task === undefined || info.value.tasks.some((t) => t.name === task.name && t.queue === task.queue)) found.push(info.value);
     }
     return found;
+  }
+
+  /**
+   * The live workers as they are now: each registry entry completed by the worker's own
+   * `stats` (its state, counters, executors and the tasks it runs, asked live; the entry's
+   * as last written when the worker does not answer within a second).
+   */
+  async workerStats(): Promise<WorkerStatus[]> {
+    const entries = await this.workers();
+    return Promise.all(
+      entries.map(async (entry) => {
+        const live = await this.nats.nc
+          .request(controlSubject(entry.id, "stats"), undefined, { timeout: 1_000 })
+          .then((msg) => decodeWith(LiveStats, msg.data, "worker stats"))
+          .catch(() => undefined);
+        if (live === undefined || !live.ok) return { ...entry, runningTasks: [] };
+        const { tasks, ...rest } = live.value;
+        return { ...entry, ...rest, runningTasks: tasks };
+      }),
+    );
+  }
+
+  /**
+   * Ask a worker to drain (stop taking work, let running tasks finish within `timeout` ms,
+   * then stop) or to shut down (stop now, handing running tasks back). Rejects with
+   * `WorkerNotFound` when no live worker has that id.
+   */
+  async controlWorker(id: string, verb: "drain" | "shutdown", options: { readonly timeout?: number } = {}): Promise<{ readonly running: number }> {
+    const body = verb === "drain" && options.timeout !== undefined ? encodeJson({ timeout: options.timeout }) : encodeJson({});
+    const reply = await this.nats.nc.request(controlSubject(id, verb), body, { timeout: 5_000 }).catch((e: unknown) => {
+      throw new WorkerNotFound({ id, message: `no live worker ${id} answered (${(e as Error).message})` });
+    });
+    const error = reply.headers?.get("Nats-Service-Error");
+    if (error) throw new InvalidOption({ message: `worker ${id} refused the ${verb}: ${error}` });
+    const decoded = decodeWith(ControlReply, reply.data, `${verb} reply`);
+    return { running: decoded.ok ? decoded.value.running : 0 };
   }
 
   /** Start a worker for these tasks on this connection. */

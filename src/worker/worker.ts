@@ -6,7 +6,7 @@ import { availableParallelism, hostname } from "node:os";
 import { nuid } from "@nats-io/transport-node";
 import { workerMachine, type WorkerContext, type WorkerEvent } from "../../machines/worker.js";
 import type { ExecutorInfo, WorkerInfo } from "../../machines/records.js";
-import type { Logger } from "pino";
+import { pino, type Logger } from "pino";
 import { InvalidDefinition, InvalidOption, NatsFailure } from "../errors.js";
 import { Schema } from "effect";
 import { decodeWith, encodeJson } from "../nats/codec.js";
@@ -29,6 +29,9 @@ import { PullLoop, type PullSource } from "./pull.js";
 
 /** The body of a request to a worker's `cancel` endpoint. */
 export const CancelRequest = Schema.Struct({ id: Schema.String, reason: Schema.optional(Schema.String) });
+
+/** How long a worker that gave up on NATS waits for its consumers to close before it exits. */
+const LOST_CLEANUP_MS = 2_000;
 
 /** The worker machine's transitions, learned once per process and replayed by every worker. */
 const plans = new TransitionPlans<WorkerSnapshot, WorkerEvent>(workerMachine, { concurrency: 1, heartbeatMs: 1 });
@@ -141,7 +144,17 @@ export class Worker {
       interruptAll: () => this.interruptAll(),
       finish: () => void this.finish(),
     });
-    const host = new TaskHost({ store, clock, workerId: id, log, maxPayload: store.maxPayload, random: Math.random, pool });
+    const host = new TaskHost({
+      store,
+      clock,
+      workerId: id,
+      log,
+      maxPayload: store.maxPayload,
+      random: Math.random,
+      pool,
+      // An in-process attempt's lines go where the worker's go, and to NATS as an executor's do.
+      taskLog: (bindings) => teeLogger(log, bindings, (line) => publishLog(nats, id, bindings.taskId, line)),
+    });
     this.host = host;
     const deliveries: DeliveryDeps = { nc: nats.nc, store, host, definitions, workerId: id, log, now: clock.now };
     this.loop = new PullLoop(nats.nc, consumers, {
@@ -247,7 +260,11 @@ export class Worker {
             workerId: id,
             log: workerLog,
             maxPayload: store.maxPayload,
-            onLog: (taskId, line) => publishLog(nats, id, taskId, line),
+            // An executor's line: to this process's stdout (the pool's one place) and to NATS.
+            onLog: (taskId, line) => {
+              process.stdout.write(line.endsWith("\n") ? line : `${line}\n`);
+              publishLog(nats, id, taskId, line);
+            },
           });
     const worker = new Worker(
       id,
@@ -431,12 +448,17 @@ export class Worker {
 
   /** The actor reached `stopped`: release the executors, the service, the reaper. */
   private async finish(): Promise<void> {
-    await this.loopStopped;
-    await Promise.all(this.inFlight);
-    await this.pool?.stop();
-    this.service?.stop();
-    await this.reaper?.stop();
     const lost = this.actor.snapshot.context.lost;
+    const released = (async () => {
+      await this.loopStopped;
+      await Promise.all(this.inFlight);
+      await this.pool?.stop();
+      this.service?.stop();
+      await this.reaper?.stop();
+    })();
+    // Cut off from NATS, the consumers cannot be closed cleanly: the worker does not wait long for them.
+    if (lost) await Promise.race([released, new Promise((resolve) => setTimeout(resolve, LOST_CLEANUP_MS).unref())]);
+    else await released;
     this.actor.stop();
     this.log.info(this.stats, "worker stopped");
     if (!lost) return this.end();
@@ -451,9 +473,25 @@ export class Worker {
 /** The body of a `drain` request: how long running tasks may take, in ms (default 30 s). */
 const StopRequest = Schema.Struct({ timeout: Schema.optional(Schema.Number) });
 
-/** A handler's log line, to `troupe.logs.<workerId>.<taskId>` (TROUPE_LOGS) and this process's stdout. */
+/**
+ * A logger for one attempt: each line is written to `log`'s own destination and given to
+ * `publish`, with the attempt's ids bound.
+ */
+const teeLogger = (log: Logger, bindings: Record<string, unknown>, publish: (line: string) => void): Logger => {
+  const destination = (log as unknown as Record<symbol, { write(line: string): void } | undefined>)[pino.symbols.streamSym];
+  return pino(
+    { level: log.level, base: { ...(log as unknown as { bindings(): Record<string, unknown> }).bindings(), ...bindings } },
+    {
+      write: (line: string) => {
+        destination?.write(line);
+        publish(line);
+      },
+    },
+  );
+};
+
+/** A handler's log line to `troupe.logs.<workerId>.<taskId>` (TROUPE_LOGS). */
 const publishLog = (nats: NatsHandle, workerId: string, taskId: string, line: string): void => {
-  process.stdout.write(line.endsWith("\n") ? line : `${line}\n`);
   if (nats.nc.isClosed()) return;
   try {
     nats.nc.publish(logSubject(workerId, taskId), line.endsWith("\n") ? line.slice(0, -1) : line);

@@ -85,9 +85,12 @@ export interface WorkerProcess {
   readonly exited: Promise<number | null>;
 }
 
-/** A `troupe worker <module>` child process, resolved once it has started. */
-export const startWorkerProcess = async (url: string, module: string, concurrency = 4): Promise<WorkerProcess> => {
-  const child = spawnCli(["worker", module, "--concurrency", String(concurrency)], { NATS_URL: url, TROUPE_LOG_LEVEL: "info" });
+/** A `troupe worker <module>` child process, resolved once it has started; `args` are more flags. */
+export const startWorkerProcess = async (url: string, module: string, concurrency: number | null = 4, args: string[] = []): Promise<WorkerProcess> => {
+  const child = spawnCli(["worker", module, ...(concurrency === null ? [] : ["--concurrency", String(concurrency)]), ...args], {
+    NATS_URL: url,
+    TROUPE_LOG_LEVEL: "info",
+  });
   const lines: Array<Record<string, unknown>> = [];
   const waiters: Array<{ predicate: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }> = [];
   let buffer = "";
@@ -111,12 +114,14 @@ export const startWorkerProcess = async (url: string, module: string, concurrenc
       }
     }
   });
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => (stderr = `${stderr}${d.toString()}`.slice(-4_000)));
   const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
   const waitForLog = (predicate: (l: Record<string, unknown>) => boolean, timeoutMs = 30_000) =>
     new Promise<Record<string, unknown>>((res, rej) => {
       const seen = lines.find(predicate);
       if (seen !== undefined) return res(seen);
-      const timer = setTimeout(() => rej(new Error("log line not seen in time")), timeoutMs);
+      const timer = setTimeout(() => rej(new Error(`log line not seen in time; stderr: ${stderr}`)), timeoutMs);
       waiters.push({
         predicate,
         resolve: (l) => {
@@ -125,6 +130,9 @@ export const startWorkerProcess = async (url: string, module: string, concurrenc
         },
       });
     });
-  const started = await waitForLog((l) => l.msg === "worker started");
+  const started = await Promise.race([
+    waitForLog((l) => l.msg === "worker started"),
+    exited.then((code) => Promise.reject(new Error(`troupe worker exited (${code}) before it started; stderr: ${stderr}`))),
+  ]);
   return { child, id: String(started.workerId), lines, waitForLog, exited };
 };

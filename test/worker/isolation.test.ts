@@ -26,7 +26,7 @@ describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
     const troupe = await connect(server());
     const worker = await troupe.worker({ module: MODULE, isolation, executors: 1, gracePeriod: 200 });
     const mark = join(mkdtempSync(join(tmpdir(), "troupe-spin-")), "mark");
-    const run = await troupe.submit(spin, { ms: 4_000, mark });
+    const run = await troupe.submit(spin, { ms: 2_000, mark });
     const error = await run.result({ timeout: 20_000 }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(Timeout);
     // The executor was replaced and the next task runs on the new one.
@@ -35,7 +35,7 @@ describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
     expect(worker.stats.executors?.[0]?.replaced).toBe(1);
     // The loop was stopped: its side effect never happens, even once the loop's own end has passed.
     const record = await run.get();
-    const loopEnd = Date.parse(record.startedAt ?? "") + 4_500;
+    const loopEnd = Date.parse(record.startedAt ?? "") + 2_500;
     while (Date.now() < loopEnd) await (await troupe.submit(where, { ms: 100 })).result({ timeout: 20_000 });
     expect(existsSync(mark) ? readFileSync(mark, "utf8") : "").toBe("");
   });
@@ -78,6 +78,39 @@ describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
     for await (const line of troupe.logs({ task: run.id, follow: true, timeout: 20_000 })) if (lines.push(line) === 3) break;
     expect(lines.map((l) => l.step)).toEqual([1, 2, 3]);
     expect(lines.every((l) => l.workerId === worker.id && l.taskId === run.id)).toBe(true);
+  });
+});
+
+describe("isolation: options and in-process handlers", () => {
+  it("refuses options that cannot work, naming them, and a module its executors cannot load", async () => {
+    const troupe = await connect(server());
+    const refused = async (options: Parameters<typeof troupe.worker>[0]) => (await troupe.worker(options).catch((e: unknown) => e)) as Error;
+    expect((await refused({ tasks: [where], isolation: "thread" }))._tag).toBe("InvalidDefinition");
+    expect((await refused({ tasks: [where], isolation: "thread" })).message).toContain("isolation needs a module");
+    expect((await refused({ module: MODULE, isolation: "fiber" as never })).message).toContain('isolation must be "thread" or "process"');
+    expect((await refused({ module: MODULE, isolation: "thread", executors: 1, concurrency: 2 })).message).toContain("cannot exceed executors");
+    expect((await refused({ module: MODULE, isolation: "thread", memoryLimitMb: 4 })).message).toContain("memoryLimitMb");
+    expect((await refused({ tasks: [where], memoryLimitMb: 64 })).message).toContain("applies to an isolated worker");
+    const broken = await refused({ module: "test/fixtures/broken-tasks.ts", isolation: "thread", executors: 1 });
+    expect(broken._tag).toBe("InvalidDefinition");
+    expect(broken.message).toContain("this module refuses to load in an executor");
+  });
+
+  it("in process too: progress in the record and to run.progress(), ctx.log lines to TROUPE_LOGS", async () => {
+    const troupe = await Troupe.connect({ servers: server().url, logger: pino({ level: "info" }, pino.destination("/dev/null")) });
+    opened.push(troupe);
+    const worker = await troupe.worker({ tasks: [steps] });
+    const run = await troupe.submit(steps, { steps: 2, pauseMs: 20 });
+    const seen: unknown[] = [];
+    for await (const update of run.progress({ timeout: 20_000 })) seen.push(update.data);
+    expect(seen.at(-1)).toEqual({ done: 2, of: 2 });
+    expect((await run.get()).progress?.data).toEqual({ done: 2, of: 2 });
+    const lines: Array<Record<string, unknown>> = [];
+    for await (const line of troupe.logs({ worker: worker.id, follow: true, timeout: 20_000 })) if (lines.push(line) === 2) break;
+    expect(lines.map((l) => [l.step, l.taskId, l.workerId])).toEqual([
+      [1, run.id, worker.id],
+      [2, run.id, worker.id],
+    ]);
   });
 });
 
