@@ -206,6 +206,47 @@ const scaleOut = async (workers: number) => {
   }
 };
 
+/**
+ * The same no-op tasks on one worker in this process, with its handlers in process, in a pool
+ * of threads, and in a pool of processes (`executors` each, one handler per executor at a
+ * time, so the same concurrency for all three): what crossing into an executor costs.
+ */
+const ISOLATION_EXECUTORS = 4;
+const isolation = async () => {
+  const n = Math.max(1_000, Math.floor(N / 4));
+  const tasks = fileURLToPath(new URL("./tasks.js", import.meta.url));
+  const rates: Record<string, number> = {};
+  for (const mode of ["none", "thread", "process"] as const) {
+    const server = await NatsServer.start();
+    try {
+      const troupe = await Troupe.connect({ servers: server.url, logger: quiet });
+      await troupe.worker(
+        mode === "none"
+          ? { tasks: [noop], concurrency: ISOLATION_EXECUTORS }
+          : { module: tasks, isolation: mode, executors: ISOLATION_EXECUTORS, concurrency: ISOLATION_EXECUTORS },
+      );
+      await submitAll(troupe, noop, Math.floor(n / 4)); // warm-up
+      const { perSecond, correct } = await submitAll(troupe, noop, n);
+      rates[mode] = perSecond;
+      emit({
+        bench: "isolation",
+        system: "troupe",
+        isolation: mode === "none" ? "in-process" : mode,
+        executors: mode === "none" ? 0 : ISOLATION_EXECUTORS,
+        concurrency: ISOLATION_EXECUTORS,
+        unit: "tasks/s",
+        value: Math.round(perSecond),
+        correct,
+        tasks: n,
+        ...(mode === "none" ? {} : { overInProcess: round3(perSecond / (rates.none ?? perSecond)) }),
+      });
+      await troupe.close();
+    } finally {
+      await server.stop();
+    }
+  }
+};
+
 /** A process's CPU time so far, user and system, in ms (Linux; 0 elsewhere). */
 const cpuMs = (pid: number | undefined): number => {
   try {
@@ -448,6 +489,7 @@ const main = async () => {
       correct: two.correct,
       overOneProcess: round3(two.perSecond / plain),
     });
+    await isolation();
     const wf = await workflowOverhead(server.url);
     emit({ bench: "workflow", system: "troupe", steps: wf.steps, unit: "ms", value: Math.round(wf.workflowMs), shape: "1 → 998 → 1" });
     emit({

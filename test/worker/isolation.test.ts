@@ -84,7 +84,7 @@ describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
 describe("isolation: options and in-process handlers", () => {
   it("refuses options that cannot work, naming them, and a module its executors cannot load", async () => {
     const troupe = await connect(server());
-    const refused = async (options: Parameters<typeof troupe.worker>[0]) => (await troupe.worker(options).catch((e: unknown) => e)) as Error;
+    const refused = async (options: Parameters<typeof troupe.worker>[0]) => (await troupe.worker(options).catch((e: unknown) => e)) as Error & { _tag?: string };
     expect((await refused({ tasks: [where], isolation: "thread" }))._tag).toBe("InvalidDefinition");
     expect((await refused({ tasks: [where], isolation: "thread" })).message).toContain("isolation needs a module");
     expect((await refused({ module: MODULE, isolation: "fiber" as never })).message).toContain('isolation must be "thread" or "process"');
