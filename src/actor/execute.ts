@@ -9,6 +9,7 @@ import type { Logger } from "pino";
 import type { Execution } from "../../machines/task.js";
 import type { TaskFailure, TaskRecord } from "../../machines/records.js";
 import { failureFrom } from "../failure.js";
+import { Serialization } from "../errors.js";
 import { encodeJson } from "../nats/codec.js";
 import { decodeInput, encodeOutput, type TaskDefinition, type TaskRunContext } from "../task.js";
 
@@ -40,7 +41,7 @@ export const execute = (definition: TaskDefinition, record: TaskRecord, context:
       return context.log();
     },
     heartbeat: context.heartbeat,
-    progress: context.progress,
+    progress: (data) => context.progress(checkedProgress(definition, data)),
   };
   /** The output, encoded and measured: the attempt's outcome. */
   const finished = (output: unknown): Execution => {
@@ -67,6 +68,25 @@ export const execute = (definition: TaskDefinition, record: TaskRecord, context:
     Effect.map(finished),
     Effect.catchCause((cause) => (Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.succeed(failed(failureFrom(Cause.squash(cause)))))),
   );
+};
+
+/** The most a progress report may take, encoded: it is written into the task record. */
+const MAX_PROGRESS_BYTES = 64 * 1024;
+
+/** Progress data as it will be recorded: JSON of at most 64 KiB, or a `Serialization` thrown in the handler. */
+const checkedProgress = (definition: TaskDefinition, data: unknown): unknown => {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(data);
+  } catch (e) {
+    throw new Serialization({ message: `progress of task "${definition.name}" is not JSON: ${(e as Error).message}` });
+  }
+  if (text === undefined) throw new Serialization({ message: `progress of task "${definition.name}" is not JSON (got ${typeof data})` });
+  const bytes = Buffer.byteLength(text);
+  if (bytes > MAX_PROGRESS_BYTES) {
+    throw new Serialization({ message: `progress of task "${definition.name}" is ${bytes} bytes encoded, over ${MAX_PROGRESS_BYTES}` });
+  }
+  return JSON.parse(text) as unknown;
 };
 
 const isThenable = (value: unknown): value is PromiseLike<unknown> =>

@@ -39,12 +39,14 @@ const el = (tag, attrs = {}, ...children) => {
   return e;
 };
 const stateOf = (kind, record) => !record ? "?" : kind === "worker" ? record.state : record.status;
+// A running task's latest ctx.progress, short.
+const progressOf = (record) => record && record.progress ? JSON.stringify(record.progress.data).slice(0, 60) : "";
 const renderList = () => {
   const list = document.getElementById("list");
   list.replaceChildren(...[...actors.values()].sort((a, b) => b.at - a.at).slice(0, 500).map((a) => {
     const row = el("div", { class: "actor" + (selected && selected.id === a.id ? " selected" : "") },
       el("span", {}, el("span", { class: "kind" }, a.kind), a.id),
-      el("span", { class: "status " + a.state }, a.state));
+      el("span", { class: "status " + a.state }, a.state + (a.progress ? " · " + a.progress : "")));
     row.onclick = () => select(a.kind, a.id);
     return row;
   }));
@@ -68,7 +70,8 @@ const select = async (kind, id) => {
   const res = await fetch("/api/actors/" + kind + "/" + id);
   const body = await res.json();
   const current = stateOf(kind, body.record);
-  document.getElementById("title").textContent = kind + " " + id + " — " + current;
+  const progress = progressOf(body.record);
+  document.getElementById("title").textContent = kind + " " + id + " — " + current + (progress ? " · progress " + progress : "");
   const m = machines[kind];
   document.getElementById("machine").replaceChildren(m ? drawState(m.id, m, current) : "");
   const rows = (body.events || []).map((e) => el("tr", {}, el("td", {}, e.event), el("td", {}, stateOf(kind, e.record) || ""),
@@ -76,7 +79,7 @@ const select = async (kind, id) => {
   document.getElementById("history").replaceChildren(el("h2", {}, "History"), el("table", {}, ...rows),
     el("h2", {}, "Record"), el("pre", {}, JSON.stringify(body.record, null, 2)));
 };
-const seen = (e, at) => actors.set(e.kind + ":" + e.id, { kind: e.kind, id: e.id, state: stateOf(e.kind, e.record), at });
+const seen = (e, at) => actors.set(e.kind + ":" + e.id, { kind: e.kind, id: e.id, state: stateOf(e.kind, e.record), progress: progressOf(e.record), at });
 const start = async () => {
   machines = await (await fetch("/api/machines")).json();
   const recent = await (await fetch("/api/recent")).json();
