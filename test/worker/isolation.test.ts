@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { pino } from "pino";
 import { OutOfMemory, Timeout, Troupe } from "../../src/index.js";
-import { hog, spin, steps, waits, where } from "../fixtures/pool-tasks.js";
+import { hog, spin, spinLong, steps, waits, where } from "../fixtures/pool-tasks.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { recordWhere } from "../helpers/records.js";
 
@@ -61,6 +61,22 @@ describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
     expect(result.cancelled).toBe(true);
     expect((await run.get()).status).toBe("CANCELLED");
     expect((await (await troupe.submit(where, {})).result({ timeout: 20_000 })).pid).toBeGreaterThan(0);
+  });
+
+  it("a cancelled CPU-bound handler stops: its executor is terminated after the grace period and nothing of it runs on", async () => {
+    const troupe = await connect(server());
+    const worker = await troupe.worker({ module: MODULE, isolation, executors: 1, gracePeriod: 200 });
+    const mark = join(mkdtempSync(join(tmpdir(), "troupe-cancel-")), "mark");
+    const run = await troupe.submit(spinLong, { ms: 2_000, mark });
+    const running = await recordWhere(troupe, run.id, (r) => r.status === "RUNNING");
+    const result = await run.cancel("stop spinning");
+    expect(result).toMatchObject({ cancelled: true, status: "CANCELLED" });
+    // The executor was replaced and runs the next task, long before the loop would have ended.
+    expect((await (await troupe.submit(where, {})).result({ timeout: 20_000 })).pid).toBeGreaterThan(0);
+    expect(worker.stats.executors?.[0]?.replaced).toBe(1);
+    const loopEnd = Date.parse(running.startedAt ?? "") + 2_500;
+    while (Date.now() < loopEnd) await (await troupe.submit(where, { ms: 100 })).result({ timeout: 20_000 });
+    expect(existsSync(mark) ? readFileSync(mark, "utf8") : "").toBe("");
   });
 
   it("reports progress in the record and to run.progress(), and its logs reach TROUPE_LOGS", async () => {
