@@ -26,7 +26,7 @@ describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
     const troupe = await connect(server());
     const worker = await troupe.worker({ module: MODULE, isolation, executors: 1, gracePeriod: 200 });
     const mark = join(mkdtempSync(join(tmpdir(), "troupe-spin-")), "mark");
-    const run = await troupe.submit(spin, { ms: 2_000, mark });
+    const run = await troupe.submit(spin, { ms: 5_000, mark });
     const error = await run.result({ timeout: 20_000 }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(Timeout);
     // The executor was replaced and the next task runs on the new one.
@@ -35,7 +35,7 @@ describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
     expect(worker.stats.executors?.[0]?.replaced).toBe(1);
     // The loop was stopped: its side effect never happens, even once the loop's own end has passed.
     const record = await run.get();
-    const loopEnd = Date.parse(record.startedAt ?? "") + 2_500;
+    const loopEnd = Date.parse(record.startedAt ?? "") + 5_500;
     while (Date.now() < loopEnd) await (await troupe.submit(where, { ms: 100 })).result({ timeout: 20_000 });
     expect(existsSync(mark) ? readFileSync(mark, "utf8") : "").toBe("");
   });
@@ -67,14 +67,14 @@ describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
     const troupe = await connect(server());
     const worker = await troupe.worker({ module: MODULE, isolation, executors: 1, gracePeriod: 200 });
     const mark = join(mkdtempSync(join(tmpdir(), "troupe-cancel-")), "mark");
-    const run = await troupe.submit(spinLong, { ms: 2_000, mark });
+    const run = await troupe.submit(spinLong, { ms: 5_000, mark });
     const running = await recordWhere(troupe, run.id, (r) => r.status === "RUNNING");
     const result = await run.cancel("stop spinning");
     expect(result).toMatchObject({ cancelled: true, status: "CANCELLED" });
     // The executor was replaced and runs the next task, long before the loop would have ended.
     expect((await (await troupe.submit(where, {})).result({ timeout: 20_000 })).pid).toBeGreaterThan(0);
     expect(worker.stats.executors?.[0]?.replaced).toBe(1);
-    const loopEnd = Date.parse(running.startedAt ?? "") + 2_500;
+    const loopEnd = Date.parse(running.startedAt ?? "") + 5_500;
     while (Date.now() < loopEnd) await (await troupe.submit(where, { ms: 100 })).result({ timeout: 20_000 });
     expect(existsSync(mark) ? readFileSync(mark, "utf8") : "").toBe("");
   });
