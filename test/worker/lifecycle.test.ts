@@ -25,7 +25,8 @@ describe("worker lifecycle", () => {
   it("SIGTERM drains (the running task goes on); a second signal stops at once and hands the task back", { timeout: 120_000 }, async () => {
     const troupe = await connect(server());
     const a = await startWorkerProcess(server().url, FAULTS, 2);
-    const run = await troupe.submit(sleep, { ms: 4_000 });
+    // Long enough to outlast any load on the machine: the test ends it with a cancel.
+    const run = await troupe.submit(sleep, { ms: 120_000 });
     await recordWhere(troupe, run.id, (r) => r.status === "RUNNING" && r.workerId === a.id);
     a.child.kill("SIGTERM");
     await a.waitForLog((l) => l.msg === "stopping worker; a second signal stops it at once");
@@ -36,8 +37,8 @@ describe("worker lifecycle", () => {
     expect(await a.exited).toBe(0);
     // Handed back: another worker takes it at once (a NAK), long before its lease would lapse.
     const b = await troupe.worker({ tasks: [sleep] });
-    expect(await run.result({ timeout: 30_000 })).toBe(process.pid);
-    expect(await run.get()).toMatchObject({ status: "COMPLETED", workerId: b.id, attempt: 2 });
+    await recordWhere(troupe, run.id, (r) => r.status === "RUNNING" && r.workerId === b.id && r.attempt === 2);
+    expect((await run.cancel()).cancelled).toBe(true);
   });
 
   it("`troupe workers` lists a pool's executors; `troupe worker stop` drains it and it exits", { timeout: 120_000 }, async () => {
@@ -64,28 +65,32 @@ describe("worker lifecycle", () => {
   it("`troupe worker shutdown` stops a worker at once, handing its running task back", { timeout: 120_000 }, async () => {
     const troupe = await connect(server());
     const busy = await startWorkerProcess(server().url, FAULTS, 1);
-    const run = await troupe.submit(sleep, { ms: 4_000 });
+    const run = await troupe.submit(sleep, { ms: 120_000 });
     await recordWhere(troupe, run.id, (r) => r.status === "RUNNING" && r.workerId === busy.id);
     const shutdown = await runCli(["worker", "shutdown", busy.id], env());
     expect(shutdown.code).toBe(0);
     expect(shutdown.stdout).toContain("1 running task(s) handed back");
     expect(await busy.exited).toBe(0);
-    await troupe.worker({ tasks: [sleep] });
-    expect(await run.result({ timeout: 30_000 })).toBe(process.pid);
+    const other = await troupe.worker({ tasks: [sleep] });
+    await recordWhere(troupe, run.id, (r) => r.status === "RUNNING" && r.workerId === other.id && r.attempt === 2);
+    expect((await run.cancel()).cancelled).toBe(true);
   });
 
   it("a worker cut off from NATS past its disconnectTimeout interrupts its tasks and exits non-zero; they complete elsewhere", { timeout: 120_000 }, async () => {
     const troupe = await connect(server());
     const proxy = await startProxy({ host: "127.0.0.1", port: server().port });
     const cut: WorkerProcess = await startWorkerProcess(proxy.url, FAULTS, 2, ["--disconnect-timeout", "1s"]);
-    const run = await troupe.submit(sleep, { ms: 3_000 });
+    const run = await troupe.submit(sleep, { ms: 120_000 });
+    const quick = await troupe.submit(sleep, { ms: 1 });
     await recordWhere(troupe, run.id, (r) => r.status === "RUNNING" && r.workerId === cut.id);
     const other = await troupe.worker({ tasks: [sleep] });
     await proxy.cut();
     expect(await cut.exited).toBe(1);
     expect(cut.lines.some((l) => typeof l.msg === "string" && l.msg.includes("could not reach NATS"))).toBe(true);
-    expect(await run.result({ timeout: 30_000 })).toBe(process.pid);
-    expect(await run.get()).toMatchObject({ status: "COMPLETED", workerId: other.id });
+    // The long one goes to the other worker once its lease lapses; the test ends it there.
+    await recordWhere(troupe, run.id, (r) => r.status === "RUNNING" && r.workerId === other.id);
+    expect((await run.cancel()).cancelled).toBe(true);
+    expect(await quick.result({ timeout: 30_000 })).toEqual(expect.any(Number));
   });
 
   it("back from a nats-server restart, a worker pulls at once", async () => {
