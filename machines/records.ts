@@ -79,6 +79,8 @@ export const TaskRecord = Schema.Struct({
    * any other message for the task is a duplicate, not a sign that this attempt was lost.
    */
   message: Schema.optional(Schema.Number),
+  /** 1 (first) to 5 (last); absent: 3, the default. */
+  priority: Schema.optional(Schema.Number),
   /** The latest `ctx.progress(data)` of the attempt that runs (or ran) the task, and when. */
   progress: Schema.optional(Schema.Struct({ data: Schema.Unknown, at: Schema.String })),
 });
@@ -112,6 +114,7 @@ export const recordWith = (record: TaskRecord, changes: Partial<TaskRecord>): Ta
     runAt: record.runAt,
     notify: record.notify,
     message: record.message,
+    priority: record.priority,
     progress: record.progress,
   };
   return Object.assign(next, changes);
@@ -164,6 +167,16 @@ export const WorkflowRecord = Schema.Struct({
 });
 export type WorkflowRecord = typeof WorkflowRecord.Type;
 
+/** What `troupe-pauses` holds under `<queue>` or `<queue>.<type>`. */
+export const PauseEntry = Schema.Struct({
+  queue: Schema.String,
+  /** The task type; a whole queue when absent. */
+  task: Schema.optional(Schema.String),
+  reason: Schema.optional(Schema.String),
+  pausedAt: Schema.String,
+});
+export type PauseEntry = typeof PauseEntry.Type;
+
 /** One executor of a worker's pool, as its registry entry and `troupe workers` show it. */
 export const ExecutorInfo = Schema.Struct({
   id: Schema.String,
@@ -191,6 +204,8 @@ export const WorkerInfo = Schema.Struct({
   heartbeatAt: Schema.String,
   /** `thread` or `process` when handlers run in executors; absent for in-process handlers. */
   isolation: Schema.optional(Schema.String),
+  /** The pauses in effect for its tasks (`<queue>` or `<queue>.<type>`): it starts none of that work. */
+  paused: Schema.optional(Schema.Array(Schema.String)),
   /** The executors of an isolated worker: each one's pid (a thread's is the worker's), the task it runs, its counters. */
   executors: Schema.optional(Schema.Array(ExecutorInfo)),
 });

@@ -3,7 +3,7 @@
  * machines, topology, stores and hosts in `troupe/internals`.
  */
 export { Schema } from "effect";
-export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type CancelResult, type WorkerInfo, type WorkerStatus } from "./sdk/troupe.js";
+export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type CancelResult, type WorkerInfo, type WorkerStatus, type PauseTarget } from "./sdk/troupe.js";
 export { TaskRun, type WaitOptions, type TaskProgress } from "./sdk/run.js";
 export type { LogFilter, LogLine } from "./sdk/logs.js";
 export { WorkflowRun, type WorkflowCancelResult } from "./sdk/workflow-run.js";
@@ -45,6 +45,7 @@ export {
   type TaskError,
 } from "./errors.js";
 export type {
+  PauseEntry,
   FailurePolicy,
   FailureTag,
   StepState,

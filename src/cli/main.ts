@@ -43,10 +43,16 @@ Usage:
   troupe worker stop <id> [--timeout T]      drain a worker: no new work, running tasks finish (up to T),
                                              then it exits
   troupe worker shutdown <id>                stop a worker now: running tasks are handed back
+  troupe pause [<task>] [--queue Q] [--reason TEXT]
+                                             pause a task type (or with only --queue, a whole queue):
+                                             workers start none of it until resumed; with neither,
+                                             list what is paused
+  troupe resume [<task>] [--queue Q]         resume it (exit 1 if it was not paused)
   troupe logs [--task ID] [--worker ID] [--follow]
                                              handlers' log lines (pino JSON) from TROUPE_LOGS
-  troupe submit <task> '<json>' [--wait [--timeout T]] [--queue Q] [--module FILE]
-                                             submit a task; --wait prints its final record
+  troupe submit <task> '<json>' [--wait [--timeout T]] [--queue Q] [--module FILE] [--priority 1-5]
+                                             submit a task; --wait prints its final record;
+                                             --priority 1 runs first, 5 last (default 3)
   troupe get <id>                            print a task's state record (JSON)
   troupe cancel <id> [--reason TEXT]         cancel a task (exit 1 if it had already finished)
   troupe coordinator                         advance workflow runs (run any number of them)
@@ -88,6 +94,7 @@ const options = {
   worker: { type: "string" },
   follow: { type: "boolean" },
   json: { type: "boolean" },
+  priority: { type: "string" },
   store: { type: "string" },
   port: { type: "string" },
   tasks: { type: "string" },
@@ -400,11 +407,40 @@ const workers = async (flags: Flags) => {
       process.stdout.write(
         `${w.id}  ${w.state}  ${w.hostname}:${w.pid}  ${isolation}  running ${w.running}/${w.concurrency}  processed ${w.processed}  failed ${w.failed}  tasks ${w.tasks.map((t) => t.name).join(",")}\n`,
       );
+      if ((w.paused ?? []).length > 0) process.stdout.write(`    paused: ${(w.paused ?? []).join(", ")}\n`);
       for (const e of w.executors ?? []) {
         process.stdout.write(`    ${e.id}  pid ${e.pid}  ${e.taskId === undefined ? "idle" : `running ${e.taskId}`}  ran ${e.ran}  replaced ${e.replaced}\n`);
       }
       for (const t of w.runningTasks) if (!(w.executors ?? []).some((e) => e.taskId === t)) process.stdout.write(`    running ${t}\n`);
     }
+  });
+};
+
+/** `troupe pause` / `troupe resume`: a task type (by name, on --queue or `default`) or, with only --queue, a queue. */
+const pauseOrResume = async (flags: Flags, positionals: string[], verb: "pause" | "resume") => {
+  const [task] = positionals;
+  if (task === undefined && flags.queue === undefined) {
+    if (verb === "resume") throw new UsageError("troupe resume needs a task name or --queue");
+    await withClient(flags, async (troupe) => {
+      const list = await troupe.paused();
+      if (list.length === 0) process.stdout.write("nothing is paused\n");
+      for (const p of list) {
+        process.stdout.write(`${p.task === undefined ? `queue ${p.queue}` : `${p.task} (queue ${p.queue})`}  since ${p.pausedAt}${p.reason === undefined ? "" : `  ${p.reason}`}\n`);
+      }
+    });
+    return;
+  }
+  const target = { queue: flags.queue ?? "default", ...(task === undefined ? {} : { task }) };
+  const what = task === undefined ? `queue ${target.queue}` : `${task} (queue ${target.queue})`;
+  await withClient(flags, async (troupe) => {
+    if (verb === "pause") {
+      await troupe.pause(target, flags.reason === undefined ? {} : { reason: flags.reason });
+      process.stdout.write(`paused ${what}: workers start none of it until \`troupe resume\`\n`);
+      return;
+    }
+    const resumed = await troupe.resume(target);
+    process.stdout.write(resumed ? `resumed ${what}\n` : `${what} was not paused\n`);
+    if (!resumed) process.exitCode = 1;
   });
 };
 
@@ -445,7 +481,8 @@ const submit = async (flags: Flags, positionals: string[]) => {
   const task = known ?? untypedTask(name, flags.queue);
   const timeout = timeoutFlag(flags);
   await withClient(flags, async (troupe) => {
-    const run = await troupe.submit(task, input);
+    const priority = flags.priority === undefined ? undefined : int(flags.priority, "priority", 3);
+    const run = await troupe.submit(task, input, priority === undefined ? {} : { priority });
     await warnUnserved(troupe, "submit", [task]);
     if (!flags.wait) {
       process.stdout.write(`${run.id}\n`);
@@ -508,6 +545,9 @@ export const main = async (argv: string[]): Promise<void> => {
         return await workers(flags);
       case "logs":
         return await logs(flags);
+      case "pause":
+      case "resume":
+        return await pauseOrResume(flags, rest, verb);
       case "submit":
         return await submit(flags, rest);
       case "get":

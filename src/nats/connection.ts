@@ -44,6 +44,7 @@ import {
   taskSubject,
   WORKERS_BUCKET,
   WORKFLOWS_BUCKET,
+  PAUSES_BUCKET,
 } from "./topology.js";
 
 export interface TlsConnectOptions {
@@ -80,6 +81,8 @@ export interface NatsHandle {
   readonly tasks: KV;
   readonly workers: KV;
   readonly workflows: KV;
+  /** Paused queues and task types (`troupe.pause`). */
+  readonly pauses: KV;
   readonly replicas: number;
   /** Pipelined acked publishes: the KV writes and work messages of the hot path. */
   readonly publisher: AckedPublisher;
@@ -221,12 +224,13 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       }
     }
     const kvm = new Kvm(js);
-    const [tasks, workers, workflows] = await Promise.all([
+    const [tasks, workers, workflows, pauses] = await Promise.all([
       ensureBucket(jsm, kvm, TASKS_BUCKET, { history: 1, replicas }),
       ensureBucket(jsm, kvm, WORKERS_BUCKET, { history: 1, replicas, ttl: WORKERS_TTL }),
       ensureBucket(jsm, kvm, WORKFLOWS_BUCKET, { history: 1, replicas }),
+      ensureBucket(jsm, kvm, PAUSES_BUCKET, { history: 1, replicas }),
     ]);
-    return { nc, js, jsm, tasks, workers, workflows, replicas, publisher: new AckedPublisher(nc) };
+    return { nc, js, jsm, tasks, workers, workflows, pauses, replicas, publisher: new AckedPublisher(nc) };
   } catch (e) {
     if (e instanceof TopologyConflict) throw e;
     throw asFailure("cannot create the Troupe streams and buckets")(e);
@@ -246,9 +250,10 @@ export const ensureTaskConsumer = async (
   queue: string,
   type: string,
   settings: ConsumerSettings,
+  priority?: number,
 ): Promise<string> => {
-  const name = consumerName(queue, type);
-  const filter = taskSubject(queue, type);
+  const name = consumerName(queue, type, priority);
+  const filter = taskSubject(queue, type, priority);
   const config = {
     durable_name: name,
     ack_policy: AckPolicy.Explicit,

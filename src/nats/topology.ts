@@ -7,12 +7,34 @@ export const EVENTS_STREAM = "TROUPE_EVENTS";
 export const TASKS_BUCKET = "troupe-tasks";
 export const WORKFLOWS_BUCKET = "troupe-workflows";
 export const WORKERS_BUCKET = "troupe-workers";
+/** Paused work: key `<queue>` (a whole queue) or `<queue>.<type>` (one task type). */
+export const PAUSES_BUCKET = "troupe-pauses";
+export const pauseKey = (target: { readonly queue: string; readonly task?: string | undefined }) =>
+  target.task === undefined ? target.queue : `${target.queue}.${target.task}`;
 
 export const DEFAULT_QUEUE = "default";
 
-/** `troupe.tasks.<queue>.<type>`: the work. A dotted type name spans several tokens. */
-export const taskSubject = (queue: string, type: string) => `troupe.tasks.${queue}.${type}`;
+/** Priorities, 1 first to 5 last; 3 unless a submit says otherwise. */
+export const PRIORITIES = [1, 2, 3, 4, 5] as const;
+export const DEFAULT_PRIORITY = 3;
+export const isPriority = (value: unknown): value is number => typeof value === "number" && Number.isInteger(value) && value >= 1 && value <= 5;
+
+/**
+ * `troupe.tasks.<queue>.<type>`: the work at the default priority (3); another priority
+ * adds a last token `@<priority>` (`troupe.tasks.default.math.add.@1`), which no task name
+ * can end with, since name segments have no `@`. A dotted type name spans several tokens.
+ */
+export const taskSubject = (queue: string, type: string, priority: number = DEFAULT_PRIORITY) =>
+  priority === DEFAULT_PRIORITY ? `troupe.tasks.${queue}.${type}` : `troupe.tasks.${queue}.${type}.@${priority}`;
 export const TASKS_SUBJECTS = "troupe.tasks.>";
+/** Every priority but the default of one type: `troupe.tasks.<queue>.<type>.*`. */
+export const prioritySubjects = (queue: string, type: string) => `${taskSubject(queue, type)}.*`;
+/** The priority a work subject carries, and the subject of its type at the default priority. */
+export const parseWorkSubject = (subject: string): { readonly base: string; readonly priority: number } => {
+  const at = subject.lastIndexOf(".@");
+  const priority = at < 0 ? DEFAULT_PRIORITY : Number(subject.slice(at + 2));
+  return at < 0 || !isPriority(priority) ? { base: subject, priority: DEFAULT_PRIORITY } : { base: subject.slice(0, at), priority };
+};
 
 export type ActorKind = "task" | "workflow" | "worker";
 /** `troupe.events.<kind>.<id>.<event>`: every transition, captured by TROUPE_EVENTS. */
@@ -28,10 +50,12 @@ export const LOGS_SUBJECTS = "troupe.logs.>";
 export const logSubject = (workerId: string, taskId: string) => `troupe.logs.${workerId}.${taskId}`;
 
 /**
- * `troupe-<queue>-<type>`: consumer names cannot hold dots, so each dot becomes `_`.
+ * `troupe-<queue>-<type>` (`troupe-<queue>-<type>@<priority>` for another priority than 3):
+ * consumer names cannot hold dots, so each dot becomes `_`.
  * Two names that map to the same consumer are refused when the consumer is ensured.
  */
-export const consumerName = (queue: string, type: string) => `troupe-${queue}-${type.replaceAll(".", "_")}`;
+export const consumerName = (queue: string, type: string, priority: number = DEFAULT_PRIORITY) =>
+  `troupe-${queue}-${type.replaceAll(".", "_")}${priority === DEFAULT_PRIORITY ? "" : `@${priority}`}`;
 
 /** The subject a KV put to `bucket`/`key` is published on (what `nats kv` does underneath). */
 export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`;

@@ -9,12 +9,12 @@ import { Cause, Effect, Exit, Schema } from "effect";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { unresolvedInput } from "../../machines/workflow.js";
-import { ExecutorInfo, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
+import { ExecutorInfo, PauseEntry, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
 import { InvalidInput, InvalidOption, NatsFailure, WorkerNotFound, WorkflowNotFound } from "../errors.js";
 import { durationOption, type DurationInput } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { controlSubject, eventSubject, notifySubject } from "../nats/topology.js";
+import { controlSubject, eventSubject, isPriority, isValidQueueName, isValidTaskName, notifySubject, pauseKey } from "../nats/topology.js";
 import { encodeJson } from "../nats/codec.js";
 import { TaskRecord as TaskRecordSchema } from "../../machines/records.js";
 import { readLogs, type LogFilter, type LogLine } from "./logs.js";
@@ -54,10 +54,26 @@ export interface SubmitOptions {
   readonly idempotencyKey?: string;
   /** Start no sooner than this from now: milliseconds or a duration such as `"10 minutes"`. */
   readonly delay?: DurationInput;
+  /**
+   * 1 (first) to 5 (last), default 3: among the waiting tasks of one type, a worker starts
+   * a higher priority first; equal priorities stay first in, first out.
+   */
+  readonly priority?: number;
 }
 
 /** A live worker, as its registry entry in `troupe-workers` describes it. */
 export type { WorkerInfo } from "../../machines/records.js";
+
+/** What `pause` and `resume` take: a task (its definition, or its name and queue) or a whole queue. */
+export type PauseTarget = Pick<TaskDefinition, "name" | "queue"> | { readonly queue: string; readonly task?: string };
+
+const pauseTarget = (target: PauseTarget): { queue: string; task?: string | undefined } => {
+  const queue = target.queue;
+  const task = "name" in target ? target.name : target.task;
+  if (typeof queue !== "string" || !isValidQueueName(queue)) throw new InvalidOption({ message: `pause: queue "${String(queue)}" is not a queue name` });
+  if (task !== undefined && !isValidTaskName(task)) throw new InvalidOption({ message: `pause: "${task}" is not a task name` });
+  return { queue, task };
+};
 
 /** A live worker as `workerStats` reports it: its registry entry, its live figures, and the tasks it runs now. */
 export type WorkerStatus = WorkerInfo & { readonly runningTasks: ReadonlyArray<string> };
@@ -69,6 +85,7 @@ const LiveStats = Schema.Struct({
   processed: Schema.Number,
   failed: Schema.Number,
   tasks: Schema.Array(Schema.String),
+  paused: Schema.optional(Schema.Array(Schema.String)),
   executors: Schema.optional(Schema.Array(ExecutorInfo)),
 });
 const ControlReply = Schema.Struct({ running: Schema.Number });
@@ -153,6 +170,7 @@ export class Troupe {
     const invalid = (message: string) => new InvalidOption({ message: `submit of task "${task.name}": ${message}` });
     const delay = options.delay === undefined ? undefined : durationOption("delay", options.delay, invalid);
     if (options.id !== undefined && !TASK_ID.test(options.id)) throw invalid(`id "${options.id}": letters, digits, "_" and "-" only`);
+    if (options.priority !== undefined && !isPriority(options.priority)) throw invalid(`priority must be an integer from 1 (first) to 5 (last), got ${String(options.priority)}`);
     const key = options.idempotencyKey;
     const id = key === undefined ? (options.id ?? nuid.next()) : idempotentId(task, key);
     this.results.listen();
@@ -164,6 +182,7 @@ export class Troupe {
       notify: this.results.notify,
       idempotencyKey: key,
       runAt: delay === undefined ? undefined : Date.now() + delay,
+      priority: options.priority,
       // A chosen id or key stands for one task for ever, and a delayed task may wait longer
       // than the events are kept: their record is created first.
       unique: key !== undefined || options.id !== undefined || delay !== undefined,
@@ -271,6 +290,42 @@ export class Troupe {
     if (error) throw new InvalidOption({ message: `worker ${id} refused the ${verb}: ${error}` });
     const decoded = decodeWith(ControlReply, reply.data, `${verb} reply`);
     return { running: decoded.ok ? decoded.value.running : 0 };
+  }
+
+  /**
+   * Pause a task type (its definition, or `{ queue, task }` by name) or a whole queue
+   * (`{ queue }`): every worker stops starting that work within a second; running attempts
+   * finish; queued ones wait. Stored in KV `troupe-pauses` until `resume`.
+   */
+  async pause(target: PauseTarget, options: { readonly reason?: string } = {}): Promise<PauseEntry> {
+    const { queue, task } = pauseTarget(target);
+    const entry: PauseEntry = { queue, ...(task === undefined ? {} : { task }), ...(options.reason === undefined ? {} : { reason: options.reason }), pausedAt: new Date().toISOString() };
+    await this.nats.pauses.put(pauseKey({ queue, task }), encodeJson(entry)).catch((e: unknown) => {
+      throw new NatsFailure({ message: `cannot pause ${pauseKey({ queue, task })}: ${(e as Error).message}`, cause: e });
+    });
+    return entry;
+  }
+
+  /** Resume paused work; resolves `false` when it was not paused (a queue's pause and a type's are separate). */
+  async resume(target: PauseTarget): Promise<boolean> {
+    const key = pauseKey(pauseTarget(target));
+    const entry = await this.nats.pauses.get(key).catch(() => null);
+    if (entry === null || entry.operation !== "PUT") return false;
+    await this.nats.pauses.delete(key).catch((e: unknown) => {
+      throw new NatsFailure({ message: `cannot resume ${key}: ${(e as Error).message}`, cause: e });
+    });
+    return true;
+  }
+
+  /** The pauses in effect. */
+  async paused(): Promise<PauseEntry[]> {
+    const found: PauseEntry[] = [];
+    for await (const key of await this.nats.pauses.keys()) {
+      const entry = await this.nats.pauses.get(key).catch(() => null);
+      const decoded = entry?.operation === "PUT" ? decodeWith(PauseEntry, entry.value, "pause entry") : undefined;
+      if (decoded?.ok) found.push(decoded.value);
+    }
+    return found;
   }
 
   /** Start a worker for these tasks on this connection. */

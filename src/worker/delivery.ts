@@ -12,7 +12,7 @@ import { TaskRecord as TaskRecordSchema, TerminalStatuses } from "../../machines
 import type { AttemptOutcome, TaskHost } from "../actor/task-host.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { Lease } from "../nats/lease.js";
-import { eventSubject, Headers } from "../nats/topology.js";
+import { eventSubject, Headers, parseWorkSubject, taskSubject } from "../nats/topology.js";
 import type { Stored, TaskStore } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
 
@@ -35,7 +35,7 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
   if (!decoded.ok) return reject(lease, deps, decoded.error.message);
   const message = decoded.value;
   const definition = deps.definitions.get(message.task);
-  if (definition === undefined || !lease.msg.subject.endsWith(`.${definition.queue}.${definition.name}`)) {
+  if (definition === undefined || parseWorkSubject(lease.msg.subject).base !== taskSubject(definition.queue, definition.name)) {
     return reject(lease, deps, `no handler for task "${message.task}" on ${lease.msg.subject}`);
   }
 

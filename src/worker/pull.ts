@@ -27,12 +27,20 @@ interface PullRequest {
   remaining: number;
   readonly timer: NodeJS.Timeout;
   readonly sub: Subscription;
+  /** A waiting request (a doorbell), not a `no_wait` one. */
+  readonly waiting: boolean;
+  /** Being withdrawn: its slots come free once the server has dropped it. */
+  withdrawing: boolean;
 }
 
 /** A consumer this worker reads, and the subject its work is published on. */
 export interface PullSource {
   readonly consumer: string;
   readonly subject: string;
+  /** The task type it serves (`<queue>.<type>`): of a type's consumers, the first priority that has work is asked first. */
+  readonly group?: string;
+  /** 1 (first) to 5 (last); 3 when absent. */
+  readonly priority?: number;
 }
 
 interface Source extends PullSource {
@@ -84,6 +92,69 @@ export class PullLoop {
 
   /** Ask again for work: a slot came free. */
   wake(): void {
+    this.schedule();
+  }
+
+  /** Another consumer to read (a priority of a type seen for the first time); asked at once. */
+  addSource(source: PullSource): void {
+    if (this.sources.some((s) => s.consumer === source.consumer)) return;
+    const added: Source = { ...source, active: true, open: 0, bell: undefined };
+    this.sources.push(added);
+    this.makeRoom(added);
+    this.schedule();
+  }
+
+  /**
+   * Work rang for `source` while every free slot is held by a waiting request (a doorbell)
+   * on another consumer: that request is withdrawn, so the work that rang can be asked for
+   * now instead of when the doorbell expires. Its slots come free only once the server has
+   * dropped it (the reply subscription drained): a message already on its way still arrives
+   * and runs, and no more are asked for than there are slots.
+   */
+  private makeRoom(source: Source): void {
+    if (this.stopping || this.options.capacity() - this.reserved > 0) return;
+    for (const [seq, pull] of this.pulls) {
+      if (!pull.waiting || pull.withdrawing || pull.consumer === source) continue;
+      pull.withdrawing = true;
+      void pull.sub.drain().catch(() => undefined).then(() => this.finish(seq));
+      return;
+    }
+  }
+
+  /** Task types (`<queue>.<type>`) whose work is not started now. */
+  private paused: (group: string) => boolean = () => false;
+
+  /**
+   * Which types are paused: their consumers are no longer asked, their waiting requests are
+   * withdrawn, and a message of theirs that still arrives is handed back (NAK) unstarted.
+   * Called again when pauses change; a type that is no longer paused is asked at once.
+   */
+  setPaused(paused: (group: string) => boolean): void {
+    this.paused = paused;
+    for (const [seq, pull] of this.pulls) {
+      if (!pull.waiting || pull.withdrawing || !this.isPaused(pull.consumer)) continue;
+      pull.withdrawing = true;
+      void pull.sub.drain().catch(() => undefined).then(() => this.finish(seq));
+    }
+    for (const source of this.sources) if (!this.isPaused(source)) this.goActive(source);
+    this.schedule();
+  }
+
+  private isPaused(source: Source): boolean {
+    return this.paused(source.group ?? source.consumer);
+  }
+
+  /** Whether this consumer is read. */
+  has(consumer: string): boolean {
+    return this.sources.some((s) => s.consumer === consumer);
+  }
+
+  /** Work was published for this consumer: ask it at once (a bell rung from outside). */
+  ring(consumer: string): void {
+    const source = this.sources.find((s) => s.consumer === consumer);
+    if (source === undefined) return;
+    this.goActive(source);
+    this.makeRoom(source);
     this.schedule();
   }
 
@@ -143,8 +214,9 @@ export class PullLoop {
     const limit = this.options.concurrency;
     let free = this.options.capacity() - this.reserved;
     if (free <= 0) return;
-    // Active consumers first; batch up while a request is open.
-    const active = this.sources.filter((s) => s.active);
+    // Active consumers first, of each type only its first priority that has work; batch up
+    // while a request is open.
+    const active = this.heads();
     if (active.length > 0 && !(this.reserved > 0 && free < Math.max(1, Math.floor(limit / 4)))) {
       const shares = new Array<number>(active.length).fill(0);
       for (let i = 0; free > 0; i++, free--) shares[(this.next + i) % active.length]!++;
@@ -155,7 +227,7 @@ export class PullLoop {
     // for all free slots; with several, one slot on one idle consumer at a time, rotating,
     // so the rest of the capacity stays free for the bells.
     if (free <= 0 || active.length > 0) return;
-    const idle = this.sources.filter((s) => !s.active);
+    const idle = this.sources.filter((s) => !s.active && !this.isPaused(s));
     if (this.sources.length === 1) {
       if (idle[0] !== undefined && idle[0].open === 0) this.request(idle[0], free, false);
       return;
@@ -165,12 +237,31 @@ export class PullLoop {
     this.request(source, 1, false, idle.length > 1 ? Math.min(1_000, this.options.expires) : this.options.expires);
   }
 
+  /** The active consumers to ask: per type, the one of the first priority (lowest number) among its active ones. */
+  private heads(): Source[] {
+    // One consumer per type (no priority seen): every active one.
+    if (!this.sources.some((s) => s.priority !== undefined && s.priority !== 3)) return this.sources.filter((s) => s.active && !this.isPaused(s));
+    const heads: Source[] = [];
+    const byGroup = new Map<string, number>();
+    for (const source of this.sources) {
+      if (!source.active || this.isPaused(source)) continue;
+      const group = source.group ?? source.consumer;
+      const at = byGroup.get(group);
+      if (at === undefined) {
+        byGroup.set(group, heads.length);
+        heads.push(source);
+      } else if ((source.priority ?? 3) < (heads[at]!.priority ?? 3)) heads[at] = source;
+    }
+    return heads;
+  }
+
   private goIdle(source: Source): void {
     if (!source.active) return;
     source.active = false;
     source.bell ??= this.nc.subscribe(source.subject, {
       callback: () => {
         this.goActive(source);
+        this.makeRoom(source);
         this.schedule();
       },
     });
@@ -189,7 +280,7 @@ export class PullLoop {
     timer.unref();
     const reply = `${this.inbox}.${seq}`;
     const sub = this.nc.subscribe(reply, { callback: (_err, msg) => this.receive(seq, msg) });
-    this.pulls.set(seq, { consumer: source, remaining: batch, timer, sub });
+    this.pulls.set(seq, { consumer: source, remaining: batch, timer, sub, waiting: !noWait, withdrawing: false });
     source.open++;
     this.reserved += batch;
     const body = noWait ? { batch, no_wait: true } : { batch, expires: expires * 1_000_000 };
@@ -238,8 +329,8 @@ export class PullLoop {
       return;
     }
     const lease = new Lease(this.nc, msg, info);
-    if (this.stopping) {
-      // Arrived after stop(): hand it straight back to another worker.
+    if (this.stopping || (pull !== undefined && this.isPaused(pull.consumer))) {
+      // Arrived after stop(), or for work paused meanwhile: handed straight back, unstarted.
       lease.nak();
       return;
     }

@@ -5,13 +5,25 @@
 import { availableParallelism, hostname } from "node:os";
 import { nuid } from "@nats-io/transport-node";
 import { workerMachine, type WorkerContext, type WorkerEvent } from "../../machines/worker.js";
-import type { ExecutorInfo, WorkerInfo } from "../../machines/records.js";
+import { PauseEntry, type ExecutorInfo, type WorkerInfo } from "../../machines/records.js";
+import { KvWatchInclude } from "@nats-io/kv";
 import { pino, type Logger } from "pino";
 import { InvalidDefinition, InvalidOption, NatsFailure } from "../errors.js";
 import { Schema } from "effect";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connection.js";
-import { controlSubject, eventSubject, logSubject, taskSubject } from "../nats/topology.js";
+import {
+  consumerName,
+  controlSubject,
+  DEFAULT_PRIORITY,
+  eventSubject,
+  logSubject,
+  parseWorkSubject,
+  prioritySubjects,
+  TASKS_STREAM,
+  taskSubject,
+} from "../nats/topology.js";
+import type { Subscription } from "@nats-io/transport-node";
 import { startReaper } from "./reaper.js";
 import { MicroService } from "./service.js";
 import { VERSION } from "../version.js";
@@ -99,6 +111,8 @@ export interface WorkerStats {
   readonly executors?: ReadonlyArray<ExecutorInfo>;
   /** The ids of the tasks it runs now. */
   readonly tasks: ReadonlyArray<string>;
+  /** The pauses in effect for its tasks (`<queue>` or `<queue>.<type>`). */
+  readonly paused: ReadonlyArray<string>;
 }
 
 export class Worker {
@@ -140,7 +154,11 @@ export class Worker {
       beat: () => void this.writeRegistry(),
       deregister: () => void nats.workers.delete(id).catch(() => undefined),
       pullNow: () => this.loop.resume(),
-      stopPulling: () => (this.loopStopped = this.loop.stop()),
+      stopPulling: () => {
+        this.pauseWatch?.stop();
+        for (const sub of this.prioritySubs.splice(0)) sub.unsubscribe();
+        this.loopStopped = this.loop.stop();
+      },
       interruptAll: () => this.interruptAll(),
       finish: () => void this.finish(),
     });
@@ -240,12 +258,16 @@ export class Worker {
       }
       definitions.set(task.name, task);
     }
-    const consumers = await Promise.all(
-      [...definitions.values()].map(async (t) => ({
-        consumer: await ensureTaskConsumer(nats.jsm, t.queue, t.name, { ackWaitMs: t.heartbeatTimeout, maxDeliver: t.maxDeliveries }),
-        subject: taskSubject(t.queue, t.name),
-      })),
-    );
+    // Each type's consumer at the default priority, and those of the other priorities that
+    // have work waiting; a priority first published later is added when its work is.
+    const consumers = (
+      await Promise.all(
+        [...definitions.values()].map(async (t) => {
+          const waiting = await waitingPriorities(nats, t);
+          return Promise.all([DEFAULT_PRIORITY, ...waiting].map((priority) => prioritySource(nats, t, priority)));
+        }),
+      )
+    ).flat();
     const id = options.id ?? `w-${nuid.next()}`;
     const workerLog = log.child({ workerId: id });
     const pool =
@@ -341,7 +363,9 @@ export class Worker {
     );
     this.service.start();
     this.reaper = await startReaper(this.nats, this.store, this.log);
+    await this.watchPauses();
     this.loop.start();
+    this.listenForPriorities();
     void (async () => {
       for await (const status of this.nats.nc.status()) {
         if (status.type === "disconnect") this.actor.send({ type: "DISCONNECTED" });
@@ -350,6 +374,84 @@ export class Worker {
     })().catch(() => undefined);
     await this.registered;
     this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency, isolation: this.pool?.options.isolation }, "worker started");
+  }
+
+  /** Pauses in effect, by key (`<queue>` or `<queue>.<type>`), from `troupe-pauses`. */
+  private readonly pauses = new Map<string, PauseEntry>();
+  private pauseWatch: { stop(): void } | undefined;
+
+  /**
+   * Follow `troupe-pauses`: the pull loop starts none of the paused work (within the watch's
+   * delivery, milliseconds), and is told again on every change.
+   */
+  private async watchPauses(): Promise<void> {
+    // Updates from now on, then what is there already: no pause falls between the two.
+    const watch = await this.nats.pauses.watch({ include: KvWatchInclude.UpdatesOnly });
+    this.pauseWatch = watch;
+    for await (const key of await this.nats.pauses.keys()) {
+      const entry = await this.nats.pauses.get(key).catch(() => null);
+      const decoded = entry?.operation === "PUT" ? decodeWith(PauseEntry, entry.value, "pause entry") : undefined;
+      if (decoded?.ok) this.pauses.set(key, decoded.value);
+    }
+    this.applyPauses();
+    void (async () => {
+      for await (const e of watch) {
+        const decoded = e.operation === "PUT" ? decodeWith(PauseEntry, e.value, "pause entry") : undefined;
+        if (decoded?.ok) this.pauses.set(e.key, decoded.value);
+        else this.pauses.delete(e.key);
+        this.applyPauses();
+      }
+    })().catch(() => undefined);
+  }
+
+  private applyPauses(): void {
+    this.loop.setPaused((group) => this.pauses.has(group) || this.pauses.has(group.slice(0, group.indexOf("."))));
+    const paused = this.pausedHere();
+    if (paused.length > 0) this.log.info({ paused }, "paused work is not started");
+    else this.log.debug("no work paused");
+    if (this.service !== undefined) void this.writeRegistry();
+  }
+
+  /** The pauses that apply to this worker's tasks. */
+  private pausedHere(): string[] {
+    const here = new Set<string>();
+    for (const t of this.definitions.values()) {
+      if (this.pauses.has(t.queue)) here.add(t.queue);
+      if (this.pauses.has(`${t.queue}.${t.name}`)) here.add(`${t.queue}.${t.name}`);
+    }
+    return [...here];
+  }
+
+  /** Priority consumers already read, by name, and those being ensured. */
+  private readonly priorityConsumers = new Map<string, Promise<void>>();
+  private readonly prioritySubs: Subscription[] = [];
+
+  /**
+   * Work published at a priority other than the default rings here (`troupe.tasks.<queue>.<type>.*`,
+   * core NATS: nothing arrives while no one uses priorities): a consumer read already is
+   * asked at once; a priority seen for the first time gets its consumer, read from then on.
+   */
+  private listenForPriorities(): void {
+    for (const t of this.definitions.values()) {
+      const sub = this.nats.nc.subscribe(prioritySubjects(t.queue, t.name), {
+        callback: (_error, msg) => {
+          const { priority } = parseWorkSubject(msg.subject);
+          if (priority === DEFAULT_PRIORITY) return;
+          const name = consumerName(t.queue, t.name, priority);
+          if (this.loop.has(name)) return this.loop.ring(name);
+          if (this.priorityConsumers.has(name)) return;
+          const added = prioritySource(this.nats, t, priority).then(
+            (source) => this.loop.addSource(source),
+            (err: unknown) => {
+              this.priorityConsumers.delete(name);
+              this.log.warn({ err, task: t.name, priority }, "could not read a priority's consumer; tried again on its next message");
+            },
+          );
+          this.priorityConsumers.set(name, added);
+        },
+      });
+      this.prioritySubs.push(sub);
+    }
   }
 
   get stats(): WorkerStats {
@@ -361,6 +463,7 @@ export class Worker {
       processed: s.context.processed,
       failed: s.context.failed,
       tasks: this.host.runningIds(),
+      paused: this.pausedHere(),
     };
     return this.pool === undefined ? stats : { ...stats, isolation: this.pool.options.isolation, executors: this.pool.info() };
   }
@@ -379,6 +482,7 @@ export class Worker {
       failed: s.context.failed,
       startedAt: this.startedAt,
       heartbeatAt: new Date().toISOString(),
+      paused: this.pausedHere(),
       ...(this.pool === undefined ? {} : { isolation: this.pool.options.isolation, executors: this.pool.info() }),
     };
     const payload = encodeJson(entry);
@@ -472,6 +576,22 @@ export class Worker {
 
 /** The body of a `drain` request: how long running tasks may take, in ms (default 30 s). */
 const StopRequest = Schema.Struct({ timeout: Schema.optional(Schema.Number) });
+
+/** The pull source of one priority of a task type, its consumer ensured. */
+const prioritySource = async (nats: NatsHandle, t: TaskDefinition, priority: number): Promise<PullSource> => ({
+  consumer: await ensureTaskConsumer(nats.jsm, t.queue, t.name, { ackWaitMs: t.heartbeatTimeout, maxDeliver: t.maxDeliveries }, priority),
+  subject: taskSubject(t.queue, t.name, priority),
+  group: `${t.queue}.${t.name}`,
+  priority,
+});
+
+/** The priorities other than the default with messages waiting for this type (the stream's subjects). */
+const waitingPriorities = async (nats: NatsHandle, t: TaskDefinition): Promise<number[]> => {
+  const info = await nats.jsm.streams.info(TASKS_STREAM, { subjects_filter: prioritySubjects(t.queue, t.name) });
+  return Object.keys(info.state.subjects ?? {})
+    .map((subject) => parseWorkSubject(subject).priority)
+    .filter((p) => p !== DEFAULT_PRIORITY);
+};
 
 /**
  * A logger for one attempt: each line is written to `log`'s own destination and given to
