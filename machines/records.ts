@@ -167,6 +167,23 @@ export const WorkflowRecord = Schema.Struct({
 });
 export type WorkflowRecord = typeof WorkflowRecord.Type;
 
+/** What `troupe-schedules` holds under a schedule id: what to create, when, and the last tick considered. */
+export const ScheduleEntry = Schema.Struct({
+  id: Schema.String,
+  task: Schema.String,
+  queue: Schema.String,
+  /** The task's input as the wire carries it (checked against its schema when scheduled, if known). */
+  input: Schema.Unknown,
+  cron: Schema.optional(Schema.String),
+  everyMs: Schema.optional(Schema.Number),
+  timezone: Schema.optional(Schema.String),
+  catchUp: Schema.Literals(["none", "one", "all"]),
+  createdAt: Schema.String,
+  /** The last tick the leader fired or skipped (epoch ms). */
+  lastTick: Schema.optional(Schema.Number),
+});
+export type ScheduleEntry = typeof ScheduleEntry.Type;
+
 /** What `troupe-pauses` holds under `<queue>` or `<queue>.<type>`. */
 export const PauseEntry = Schema.Struct({
   queue: Schema.String,

@@ -3,7 +3,7 @@
  * machines, topology, stores and hosts in `troupe/internals`.
  */
 export { Schema } from "effect";
-export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type CancelResult, type WorkerInfo, type WorkerStatus, type PauseTarget } from "./sdk/troupe.js";
+export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type CancelResult, type WorkerInfo, type WorkerStatus, type PauseTarget, type ScheduleOptions } from "./sdk/troupe.js";
 export { TaskRun, type WaitOptions, type TaskProgress } from "./sdk/run.js";
 export type { LogFilter, LogLine } from "./sdk/logs.js";
 export { WorkflowRun, type WorkflowCancelResult } from "./sdk/workflow-run.js";
@@ -20,6 +20,7 @@ export {
 export { defineWorkflow, type WorkflowDefinition, type WorkflowStep, type WorkflowOptions } from "./workflow.js";
 export type { Worker, WorkerOptions, StopOptions, WorkerStats } from "./worker/worker.js";
 export type { Isolation } from "./pool/pool.js";
+export type { Scheduler } from "./schedule/scheduler.js";
 export type { Coordinator, CoordinatorOptions } from "./coordinator/coordinator.js";
 export type { ConnectOptions, TlsConnectOptions } from "./nats/connection.js";
 export {
@@ -46,6 +47,7 @@ export {
 } from "./errors.js";
 export type {
   PauseEntry,
+  ScheduleEntry,
   FailurePolicy,
   FailureTag,
   StepState,

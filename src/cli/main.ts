@@ -55,7 +55,14 @@ Usage:
                                              --priority 1 runs first, 5 last (default 3)
   troupe get <id>                            print a task's state record (JSON)
   troupe cancel <id> [--reason TEXT]         cancel a task (exit 1 if it had already finished)
-  troupe coordinator                         advance workflow runs (run any number of them)
+  troupe coordinator                         advance workflow runs and fire schedules (run any number)
+  troupe scheduler                           fire schedules only (any number of them; one leads)
+  troupe schedule add <id> <task> '<json>' (--cron EXPR | --every T) [--timezone TZ]
+                [--catch-up none|one|all] [--queue Q]
+                                             create or replace a schedule: one task per tick,
+                                             id <id>-<tick ms>
+  troupe schedule ls                         schedules, their next tick, and the leading scheduler
+  troupe schedule rm <id>                    remove one (exit 1 if there was none)
   troupe inspect [--ui-port N]               the inspector: actors live, their machines and histories
   troupe workflow run <file> [--input '<json>'] [--watch [--timeout T]]
                                              start a workflow from a JSON or YAML file
@@ -95,6 +102,10 @@ const options = {
   follow: { type: "boolean" },
   json: { type: "boolean" },
   priority: { type: "string" },
+  cron: { type: "string" },
+  every: { type: "string" },
+  timezone: { type: "string" },
+  "catch-up": { type: "string" },
   store: { type: "string" },
   port: { type: "string" },
   tasks: { type: "string" },
@@ -416,6 +427,70 @@ const workers = async (flags: Flags) => {
   });
 };
 
+/** `troupe scheduler`: a scheduler until a signal. */
+const scheduler = async (flags: Flags) => {
+  const troupe = await Troupe.connect(connection(flags));
+  const s = troupe.scheduler();
+  troupe.log.info({ scheduler: s.id }, "scheduler started");
+  const signal = await waitForSignal();
+  troupe.log.info({ signal, scheduler: s.id }, "stopping scheduler");
+  await troupe.close();
+};
+
+/** `troupe schedule add|ls|rm`. */
+const schedule = async (flags: Flags, positionals: string[]) => {
+  const [sub, id, task, json] = positionals;
+  if (sub === "ls") {
+    await withClient(flags, async (troupe) => {
+      const [list, leader] = await Promise.all([troupe.schedules(), troupe.schedulerLeader()]);
+      process.stdout.write(`leading scheduler: ${leader ?? "none (start troupe scheduler, troupe coordinator or troupe dev)"}\n`);
+      for (const e of list) {
+        const when = e.cron !== undefined ? `cron "${e.cron}"${e.timezone === undefined ? "" : ` ${e.timezone}`}` : `every ${e.everyMs} ms`;
+        process.stdout.write(
+          `${e.id}  ${e.task} (queue ${e.queue})  ${when}  catch-up ${e.catchUp}  next ${e.nextTick ?? "-"}  last ${e.lastTick === undefined ? "-" : new Date(e.lastTick).toISOString()}\n`,
+        );
+      }
+    });
+    return;
+  }
+  if (sub === "rm") {
+    if (id === undefined) throw new UsageError("troupe schedule rm needs a schedule id");
+    await withClient(flags, async (troupe) => {
+      const removed = await troupe.unschedule(id);
+      process.stdout.write(removed ? `schedule ${id} removed\n` : `no schedule ${id}\n`);
+      if (!removed) process.exitCode = 1;
+    });
+    return;
+  }
+  if (sub === "add") {
+    if (id === undefined || task === undefined) throw new UsageError("troupe schedule add needs an id and a task name");
+    let input: unknown;
+    try {
+      input = JSON.parse(json ?? "{}");
+    } catch (e) {
+      throw new UsageError(`the input is not JSON: ${(e as Error).message}`);
+    }
+    const catchUp = flags["catch-up"];
+    if (catchUp !== undefined && catchUp !== "none" && catchUp !== "one" && catchUp !== "all") throw new UsageError("--catch-up is none, one or all");
+    const every = durationFlag(flags.every, "every");
+    await withClient(flags, async (troupe) => {
+      const entry = await troupe.schedule({
+        id,
+        task,
+        input,
+        ...(flags.queue === undefined ? {} : { queue: flags.queue }),
+        ...(flags.cron === undefined ? {} : { cron: flags.cron }),
+        ...(every === undefined ? {} : { every }),
+        ...(flags.timezone === undefined ? {} : { timezone: flags.timezone }),
+        ...(catchUp === undefined ? {} : { catchUp }),
+      });
+      process.stdout.write(`schedule ${entry.id}: ${entry.task} ${entry.cron !== undefined ? `on "${entry.cron}"` : `every ${entry.everyMs} ms`}\n`);
+    });
+    return;
+  }
+  throw new UsageError(`troupe schedule ${sub ?? ""}: use add, ls or rm`);
+};
+
 /** `troupe pause` / `troupe resume`: a task type (by name, on --queue or `default`) or, with only --queue, a queue. */
 const pauseOrResume = async (flags: Flags, positionals: string[], verb: "pause" | "resume") => {
   const [task] = positionals;
@@ -545,6 +620,10 @@ export const main = async (argv: string[]): Promise<void> => {
         return await workers(flags);
       case "logs":
         return await logs(flags);
+      case "scheduler":
+        return await scheduler(flags);
+      case "schedule":
+        return await schedule(flags, rest);
       case "pause":
       case "resume":
         return await pauseOrResume(flags, rest, verb);

@@ -6,6 +6,7 @@
  * pass finishes whatever a dead coordinator (or client) left half-done.
  */
 import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
+import { Scheduler } from "../schedule/scheduler.js";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { isWorkflowTerminal, type StepSettlement, type WorkflowEvent } from "../../machines/workflow.js";
@@ -20,6 +21,8 @@ import type { WorkflowStore } from "../store/workflow-store.js";
 export interface CoordinatorOptions {
   /** How often to look for runs left half-done (ms, default 30000; 0: never, not even at start). */
   readonly reconcileEvery?: number;
+  /** Run a scheduler beside it (default true): schedules fire wherever a coordinator runs. */
+  readonly scheduler?: boolean;
 }
 
 /** What a coordinator reads of a step task's final record (published to the step's notify subject). */
@@ -46,6 +49,7 @@ export class Coordinator {
 
   static async start(nats: NatsHandle, workflows: WorkflowStore, tasks: TaskStore, log: Logger, options: CoordinatorOptions = {}): Promise<Coordinator> {
     const coordinator = new Coordinator(workflows, tasks, log.child({ coordinator: nuid.next() }));
+    if (options.scheduler !== false) coordinator.scheduler = Scheduler.start(nats, tasks, log);
     const consumer = await nats.js.consumers.get(STEPS_STREAM, COORDINATOR_CONSUMER);
     coordinator.messages = await consumer.consume({ max_messages: 512 });
     const messages = coordinator.messages;
@@ -135,7 +139,11 @@ export class Coordinator {
     }
   }
 
+  /** The scheduler running beside this coordinator. */
+  scheduler: Scheduler | undefined;
+
   async stop(): Promise<void> {
+    await this.scheduler?.stop();
     clearInterval(this.timer);
     await this.messages?.close().catch(() => undefined);
     await this.loop;

@@ -45,6 +45,9 @@ import {
   WORKERS_BUCKET,
   WORKFLOWS_BUCKET,
   PAUSES_BUCKET,
+  SCHEDULES_BUCKET,
+  LEASES_BUCKET,
+  LEASE_TTL_MS,
 } from "./topology.js";
 
 export interface TlsConnectOptions {
@@ -83,6 +86,9 @@ export interface NatsHandle {
   readonly workflows: KV;
   /** Paused queues and task types (`troupe.pause`). */
   readonly pauses: KV;
+  readonly schedules: KV;
+  /** Single-leader leases (the scheduler's). */
+  readonly leases: KV;
   readonly replicas: number;
   /** Pipelined acked publishes: the KV writes and work messages of the hot path. */
   readonly publisher: AckedPublisher;
@@ -224,13 +230,15 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       }
     }
     const kvm = new Kvm(js);
-    const [tasks, workers, workflows, pauses] = await Promise.all([
+    const [tasks, workers, workflows, pauses, schedules, leases] = await Promise.all([
       ensureBucket(jsm, kvm, TASKS_BUCKET, { history: 1, replicas }),
       ensureBucket(jsm, kvm, WORKERS_BUCKET, { history: 1, replicas, ttl: WORKERS_TTL }),
       ensureBucket(jsm, kvm, WORKFLOWS_BUCKET, { history: 1, replicas }),
       ensureBucket(jsm, kvm, PAUSES_BUCKET, { history: 1, replicas }),
+      ensureBucket(jsm, kvm, SCHEDULES_BUCKET, { history: 1, replicas }),
+      ensureBucket(jsm, kvm, LEASES_BUCKET, { history: 1, replicas, ttl: LEASE_TTL_MS }),
     ]);
-    return { nc, js, jsm, tasks, workers, workflows, pauses, replicas, publisher: new AckedPublisher(nc) };
+    return { nc, js, jsm, tasks, workers, workflows, pauses, schedules, leases, replicas, publisher: new AckedPublisher(nc) };
   } catch (e) {
     if (e instanceof TopologyConflict) throw e;
     throw asFailure("cannot create the Troupe streams and buckets")(e);

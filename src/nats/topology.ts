@@ -7,6 +7,11 @@ export const EVENTS_STREAM = "TROUPE_EVENTS";
 export const TASKS_BUCKET = "troupe-tasks";
 export const WORKFLOWS_BUCKET = "troupe-workflows";
 export const WORKERS_BUCKET = "troupe-workers";
+/** Schedules by id (`troupe.schedule`). */
+export const SCHEDULES_BUCKET = "troupe-schedules";
+/** Leases for single leaders (key `scheduler`), removed 5 s after their holder stops renewing. */
+export const LEASES_BUCKET = "troupe-leases";
+export const LEASE_TTL_MS = 5_000;
 /** Paused work: key `<queue>` (a whole queue) or `<queue>.<type>` (one task type). */
 export const PAUSES_BUCKET = "troupe-pauses";
 export const pauseKey = (target: { readonly queue: string; readonly task?: string | undefined }) =>

@@ -9,7 +9,9 @@ import { Cause, Effect, Exit, Schema } from "effect";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { unresolvedInput } from "../../machines/workflow.js";
-import { ExecutorInfo, PauseEntry, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
+import { Cron } from "croner";
+import { LEASE_KEY, nextTick, Scheduler } from "../schedule/scheduler.js";
+import { ExecutorInfo, PauseEntry, ScheduleEntry, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
 import { InvalidInput, InvalidOption, NatsFailure, WorkerNotFound, WorkflowNotFound } from "../errors.js";
 import { durationOption, type DurationInput } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
@@ -24,7 +26,7 @@ import { rootLogger } from "../log.js";
 import { cancelTask, type CancelResult } from "../store/cancel.js";
 import { TaskStore } from "../store/task-store.js";
 import { WorkflowStore } from "../store/workflow-store.js";
-import { encodeInput, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
+import { encodeInput, untypedTask, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
 import type { WorkflowDefinition, WorkflowInputOf, WorkflowOutputsOf } from "../workflow.js";
 import { Coordinator, type CoordinatorOptions } from "../coordinator/coordinator.js";
 import { Worker, type WorkerOptions } from "../worker/worker.js";
@@ -63,6 +65,25 @@ export interface SubmitOptions {
 
 /** A live worker, as its registry entry in `troupe-workers` describes it. */
 export type { WorkerInfo } from "../../machines/records.js";
+
+/** What `troupe.schedule` takes. */
+export interface ScheduleOptions<T extends TaskDefinition = TaskDefinition> {
+  /** 1 to 100 letters, digits, `_` and `-`; scheduling an id again replaces it. */
+  readonly id: string;
+  /** The task: its definition, or its name (with `queue`). */
+  readonly task: T | string;
+  readonly queue?: string;
+  readonly input: InputOf<T>;
+  /** A cron expression (5 fields, or 6 with seconds first). */
+  readonly cron?: string;
+  /** Or an interval (at least 250 ms): ticks at whole multiples of it. */
+  readonly every?: DurationInput;
+  /** An IANA time zone for `cron` (default UTC). */
+  readonly timezone?: string;
+  readonly catchUp?: "none" | "one" | "all";
+}
+
+const SCHEDULE_ID = /^[A-Za-z0-9_-]{1,100}$/;
 
 /** What `pause` and `resume` take: a task (its definition, or its name and queue) or a whole queue. */
 export type PauseTarget = Pick<TaskDefinition, "name" | "queue"> | { readonly queue: string; readonly task?: string };
@@ -112,6 +133,7 @@ export class Troupe {
   private readonly results: Results;
   private readonly workerSet = new Set<Worker>();
   private readonly coordinators = new Set<Coordinator>();
+  private readonly schedulerSet = new Set<Scheduler>();
   private readonly served = new Map<string, number>();
   private closed = false;
 
@@ -328,6 +350,84 @@ export class Troupe {
     return found;
   }
 
+  /**
+   * Create (or replace) a schedule: a task created on `cron` (in `timezone`, UTC by
+   * default) or `every` interval, by whichever scheduler leads. Each tick is one task with
+   * id `<id>-<tick time in ms>`. `catchUp` decides what ticks missed while no scheduler ran
+   * become: `"none"` (skipped), `"one"` (one run, the default), `"all"`. The input is checked
+   * against the task's schema now; a task known only by name is checked by its worker.
+   */
+  async schedule<T extends TaskDefinition>(options: ScheduleOptions<T>): Promise<ScheduleEntry> {
+    const invalid = (message: string) => new InvalidOption({ message: `schedule "${String(options.id)}": ${message}` });
+    if (typeof options.id !== "string" || !SCHEDULE_ID.test(options.id)) throw invalid("id must be 1 to 100 letters, digits, \"_\" or \"-\"");
+    const task = typeof options.task === "string" ? untypedTask(options.task, options.queue) : options.task;
+    if (!isValidTaskName(task.name)) throw invalid(`"${task.name}" is not a task name`);
+    const encoded = Effect.runSyncExit(encodeInput(task, options.input));
+    if (Exit.isFailure(encoded)) throw Cause.squash(encoded.cause);
+    if ((options.cron === undefined) === (options.every === undefined)) throw invalid("give one of cron or every");
+    const everyMs = options.every === undefined ? undefined : durationOption("every", options.every, invalid, 250);
+    if (options.cron !== undefined) {
+      try {
+        new Cron(options.cron, { paused: true, ...(options.timezone === undefined ? {} : { timezone: options.timezone }) }).nextRun();
+      } catch (e) {
+        throw invalid(`cron "${options.cron}"${options.timezone === undefined ? "" : ` in ${options.timezone}`}: ${(e as Error).message}`);
+      }
+    } else if (options.timezone !== undefined) throw invalid("timezone applies to cron");
+    const catchUp = options.catchUp ?? "one";
+    if (!["none", "one", "all"].includes(catchUp)) throw invalid(`catchUp must be "none", "one" or "all", got ${String(catchUp)}`);
+    const entry: ScheduleEntry = {
+      id: options.id,
+      task: task.name,
+      queue: task.queue,
+      input: encoded.value,
+      ...(options.cron === undefined ? {} : { cron: options.cron }),
+      ...(everyMs === undefined ? {} : { everyMs }),
+      ...(options.timezone === undefined ? {} : { timezone: options.timezone }),
+      catchUp,
+      createdAt: new Date().toISOString(),
+    };
+    await this.nats.schedules.put(entry.id, encodeJson(entry)).catch((e: unknown) => {
+      throw new NatsFailure({ message: `cannot store schedule ${entry.id}: ${(e as Error).message}`, cause: e });
+    });
+    return entry;
+  }
+
+  /** Remove a schedule; `false` when there was none. Tasks it created are left as they are. */
+  async unschedule(id: string): Promise<boolean> {
+    const entry = await this.nats.schedules.get(id).catch(() => null);
+    if (entry === null || entry.operation !== "PUT") return false;
+    await this.nats.schedules.delete(id);
+    return true;
+  }
+
+  /** Every schedule, with its next tick. */
+  async schedules(): Promise<Array<ScheduleEntry & { readonly nextTick?: string }>> {
+    const found: Array<ScheduleEntry & { readonly nextTick?: string }> = [];
+    const now = Date.now();
+    for await (const key of await this.nats.schedules.keys()) {
+      const entry = await this.nats.schedules.get(key).catch(() => null);
+      const decoded = entry?.operation === "PUT" ? decodeWith(ScheduleEntry, entry.value, "schedule") : undefined;
+      if (!decoded?.ok) continue;
+      const next = nextTick(decoded.value, Math.max(now, decoded.value.lastTick ?? 0));
+      found.push({ ...decoded.value, ...(next === undefined ? {} : { nextTick: new Date(next).toISOString() }) });
+    }
+    return found;
+  }
+
+  /** The scheduler that leads now (its id), if any. */
+  async schedulerLeader(): Promise<string | undefined> {
+    const entry = await this.nats.leases.get(LEASE_KEY).catch(() => null);
+    if (entry === null || entry.operation !== "PUT") return undefined;
+    return (entry.json<{ holder?: string }>().holder as string | undefined) ?? undefined;
+  }
+
+  /** Start a scheduler on this connection (coordinators run one too). */
+  scheduler(): Scheduler {
+    const scheduler = Scheduler.start(this.nats, this.tasks, this.log);
+    this.schedulerSet.add(scheduler);
+    return scheduler;
+  }
+
   /** Start a worker for these tasks on this connection. */
   async worker(options: WorkerOptions): Promise<Worker> {
     const worker = await Worker.start(this.nats, this.tasks, options, this.log);
@@ -395,6 +495,7 @@ export class Troupe {
     if (this.closed) return;
     this.closed = true;
     await Promise.all([...this.coordinators].map((c) => c.stop()));
+    await Promise.all([...this.schedulerSet].map((s) => s.stop()));
     await Promise.all([...this.workerSet].map((w) => w.stop()));
     this.results.close();
     this.nats.publisher.close();

@@ -1,0 +1,180 @@
+/**
+ * Schedules: tasks created on a cron expression or every interval, stored in KV
+ * `troupe-schedules`, fired by schedulers. Any number of schedulers run (`troupe
+ * scheduler`, each coordinator, `troupe dev`); one leads at a time, elected through KV
+ * `troupe-leases`: the leader holds the key `scheduler`, created when free and renewed
+ * every second by compare-and-set on its revision; the bucket's 5 s age limit removes the
+ * key of a leader that died, and another scheduler creates it within a second of that.
+ *
+ * A tick creates one task with the id `<schedule>-<tick time in ms>`, through the task
+ * store's unique enqueue: a tick fired twice (two leaders for a moment, a leader that died
+ * between firing and recording the tick) is still one task. After firing, the leader
+ * records the schedule's `lastTick` (compare-and-set on the schedule's entry).
+ */
+import { Cron } from "croner";
+import type { KV } from "@nats-io/kv";
+import type { Logger } from "pino";
+import { nuid } from "@nats-io/transport-node";
+import { ScheduleEntry } from "../../machines/records.js";
+import { decodeWith, encodeJson } from "../nats/codec.js";
+import type { NatsHandle } from "../nats/connection.js";
+import type { TaskStore } from "../store/task-store.js";
+
+/** How often a scheduler looks: the leader for due ticks, the others for a free lease. */
+const TICK_MS = 250;
+const RENEW_MS = 1_000;
+export const LEASE_KEY = "scheduler";
+/** Ticks fired at most per schedule per pass (a long outage with `catchUp: "all"`). */
+const MAX_CATCH_UP = 1_000;
+/** A tick later than this is missed: `catchUp` decides whether it still runs. */
+export const MISSED_AFTER_MS = 5_000;
+
+/** The ticks of `entry` in (`after`, `now`], oldest first, at most `max`. */
+export const dueTicks = (entry: ScheduleEntry, after: number, now: number, max = MAX_CATCH_UP): number[] => {
+  const ticks: number[] = [];
+  if (entry.everyMs !== undefined) {
+    const every = entry.everyMs;
+    let tick = Math.floor(after / every) * every + every;
+    // Only the last `max` of a long gap.
+    const last = Math.floor(now / every) * every;
+    if ((last - tick) / every >= max) tick = last - (max - 1) * every;
+    for (; tick <= now; tick += every) ticks.push(tick);
+    return ticks;
+  }
+  if (entry.cron === undefined) return ticks;
+  const cron = new Cron(entry.cron, { paused: true, ...(entry.timezone === undefined ? {} : { timezone: entry.timezone }) });
+  let next = cron.nextRun(new Date(after));
+  while (next !== null && next.getTime() <= now) {
+    ticks.push(next.getTime());
+    if (ticks.length > max) ticks.shift();
+    next = cron.nextRun(next);
+  }
+  return ticks;
+};
+
+/** The ticks to fire now, after `catchUp`: all of them, the latest, or only those on time. */
+export const ticksToFire = (entry: ScheduleEntry, now: number): number[] => {
+  const after = entry.lastTick ?? Date.parse(entry.createdAt);
+  const due = dueTicks(entry, after, now);
+  if (entry.catchUp === "all") return due;
+  const onTime = due.filter((t) => now - t <= MISSED_AFTER_MS);
+  if (entry.catchUp === "none") return onTime;
+  // "one": the missed ticks collapse into their latest, which runs once.
+  const missed = due.length - onTime.length;
+  return missed > 0 ? [due[missed - 1]!, ...onTime] : onTime;
+};
+
+/** The next tick after `from`, for listings. */
+export const nextTick = (entry: ScheduleEntry, from: number): number | undefined => {
+  if (entry.everyMs !== undefined) return Math.floor(from / entry.everyMs) * entry.everyMs + entry.everyMs;
+  if (entry.cron === undefined) return undefined;
+  const cron = new Cron(entry.cron, { paused: true, ...(entry.timezone === undefined ? {} : { timezone: entry.timezone }) });
+  return cron.nextRun(new Date(from))?.getTime();
+};
+
+/** The task id a tick creates. */
+export const tickTaskId = (schedule: string, tick: number) => `${schedule}-${tick}`;
+
+export class Scheduler {
+  readonly id = `s-${nuid.next()}`;
+  private readonly log: Logger;
+  private leaseRevision: number | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private lastRenew = 0;
+  /** The pass running now, if any: passes never overlap. */
+  private running: Promise<void> | undefined;
+  private stopped = false;
+
+  private constructor(
+    private readonly nats: NatsHandle,
+    private readonly store: TaskStore,
+    log: Logger,
+  ) {
+    this.log = log.child({ scheduler: this.id });
+  }
+
+  static start(nats: NatsHandle, store: TaskStore, log: Logger): Scheduler {
+    const scheduler = new Scheduler(nats, store, log);
+    scheduler.timer = setInterval(() => scheduler.pass(), TICK_MS);
+    scheduler.timer.unref();
+    scheduler.pass();
+    return scheduler;
+  }
+
+  /** Whether this scheduler leads now. */
+  get leading(): boolean {
+    return this.leaseRevision !== undefined;
+  }
+
+  private get leases(): KV {
+    return this.nats.leases;
+  }
+
+  private pass(): void {
+    if (this.running !== undefined || this.stopped || this.nats.nc.isClosed()) return;
+    this.running = (async () => {
+      await this.holdLease();
+      if (this.leading) await this.fireDue();
+    })()
+      .catch((err: unknown) => this.log.warn({ err }, "scheduler pass failed; trying again"))
+      .finally(() => (this.running = undefined));
+  }
+
+  /** Take the lease when it is free, renew it while held, notice when it was lost. */
+  private async holdLease(): Promise<void> {
+    const now = Date.now();
+    const body = encodeJson({ holder: this.id, at: new Date(now).toISOString() });
+    if (this.leaseRevision === undefined) {
+      if (now - this.lastRenew < RENEW_MS) return;
+      this.lastRenew = now;
+      this.leaseRevision = await this.leases.create(LEASE_KEY, body).catch(() => undefined);
+      if (this.leading) this.log.info("scheduler leading");
+      return;
+    }
+    if (now - this.lastRenew < RENEW_MS) return;
+    this.lastRenew = now;
+    const revision = this.leaseRevision;
+    this.leaseRevision = await this.leases.update(LEASE_KEY, body, revision).catch(() => undefined);
+    if (!this.leading) this.log.warn("scheduler lost the lease; another leads");
+  }
+
+  private async fireDue(): Promise<void> {
+    const now = Date.now();
+    for await (const key of await this.nats.schedules.keys()) {
+      if (!this.leading || this.stopped) return;
+      const stored = await this.nats.schedules.get(key).catch(() => null);
+      if (stored === null || stored.operation !== "PUT") continue;
+      const decoded = decodeWith(ScheduleEntry, stored.value, "schedule");
+      if (!decoded.ok) {
+        this.log.warn({ schedule: key, reason: decoded.error.message }, "unreadable schedule skipped");
+        continue;
+      }
+      const entry = decoded.value;
+      const ticks = ticksToFire(entry, now);
+      const due = dueTicks(entry, entry.lastTick ?? Date.parse(entry.createdAt), now);
+      if (due.length === 0) continue;
+      for (const tick of ticks) {
+        const { created } = await this.store.enqueue({ id: tickTaskId(entry.id, tick), task: entry.task, queue: entry.queue, input: entry.input, unique: true });
+        this.log.debug({ schedule: entry.id, tick: new Date(tick).toISOString(), created }, "schedule tick");
+      }
+      const skipped = due.length - ticks.length;
+      if (skipped > 0) this.log.info({ schedule: entry.id, skipped, catchUp: entry.catchUp }, "missed ticks not run");
+      // The last tick considered, fired or skipped; a schedule changed meanwhile is read again next pass.
+      const next = { ...entry, lastTick: due[due.length - 1] };
+      await this.nats.schedules.update(key, encodeJson(next), stored.revision).catch(() => undefined);
+    }
+  }
+
+  /** Stop; a leader gives its lease up, so another takes over at once rather than after its age limit. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    await this.running;
+    const revision = this.leaseRevision;
+    this.leaseRevision = undefined;
+    if (revision !== undefined && !this.nats.nc.isClosed()) {
+      // Deleting only the lease this scheduler holds: a compare-and-set on its revision.
+      await this.leases.delete(LEASE_KEY, { previousSeq: revision }).catch(() => undefined);
+    }
+  }
+}
