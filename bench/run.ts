@@ -97,7 +97,7 @@ const guarded = defineTask({
 });
 
 /** One round of Troupe in the issue's shape, on a fresh server: tasks/s and server operations per task. */
-const troupeThroughput = async (task: typeof noop) => {
+const troupeThroughput = async (task: typeof noop, priorityOf?: (i: number) => number) => {
   const server = await NatsServer.start({ monitoring: true });
   try {
     const troupe = await Troupe.connect({ servers: server.url, logger: quiet });
@@ -105,7 +105,7 @@ const troupeThroughput = async (task: typeof noop) => {
     const jsm = connectionOf(troupe).jsm;
     const before = await serverCounts(server, jsm);
     const cpu = { process: process.cpuUsage(), server: cpuMs(server.pid) };
-    const { perSecond, correct } = await submitAll(troupe, task);
+    const { perSecond, correct } = await submitAll(troupe, task, N, priorityOf);
     const used = process.cpuUsage(cpu.process);
     const serverCpu = cpuMs(server.pid) - cpu.server;
     const after = await serverCounts(server, jsm);
@@ -144,11 +144,11 @@ const stampedTask = (name: string) => {
 };
 
 /** Submit a no-op `n` times (N unless given), `IN_FLIGHT` at a time, and await every result: tasks/s, and whether each output is right. */
-const submitAll = async (troupe: Troupe, task: typeof noop = noop, n = N) => {
+const submitAll = async (troupe: Troupe, task: typeof noop = noop, n = N, priorityOf?: (i: number) => number) => {
   const results: Array<Promise<number>> = new Array(n);
   const started = performance.now();
   await window(n, IN_FLIGHT, async (i) => {
-    results[i] = (await troupe.submit(task, { i, pad: PAD })).result();
+    results[i] = (await troupe.submit(task, { i, pad: PAD }, priorityOf === undefined ? {} : { priority: priorityOf(i) })).result();
   });
   const outputs = await Promise.all(results);
   return { perSecond: n / ((performance.now() - started) / 1000), correct: outputs.every((r, i) => r === i) };
@@ -472,6 +472,18 @@ const main = async () => {
       value: Math.round(armed.perSecond),
       correct: armed.correct,
       overPlainMedian: round3(armed.perSecond / plain),
+      ...common,
+    });
+    // Every priority in turn: five consumers for the type, the first with work asked first.
+    const prioritized = await troupeThroughput(noop, (i) => 1 + (i % 5));
+    emit({
+      bench: "throughput",
+      system: "troupe-priorities",
+      unit: "tasks/s",
+      value: Math.round(prioritized.perSecond),
+      correct: prioritized.correct,
+      priorities: "1-5 in turn",
+      overPlainMedian: round3(prioritized.perSecond / plain),
       ...common,
     });
     const latency = await troupeLatency(server.url);
