@@ -20,11 +20,11 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { jetstream } from "@nats-io/jetstream";
 import { pino } from "pino";
-import { defineTask, defineWorkflow, Schema, Troupe } from "../src/index.js";
+import { defineTask, defineWorkflow, Schema, Troupe, type SubmitOptions } from "../src/index.js";
 import { NatsServer, natsServerVersion } from "../src/dev/nats-server.js";
 import { connectNats, ensureTaskConsumer, openNats } from "../src/nats/connection.js";
 import { connectionOf } from "../src/sdk/troupe.js";
-import { noop } from "./tasks.js";
+import { noop, noopOptions } from "./tasks.js";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { TASKS_STREAM, taskSubject } from "../src/nats/topology.js";
 
@@ -96,8 +96,11 @@ const guarded = defineTask({
   handler: async ({ i }) => i,
 });
 
+const keyedNoop = defineTask({ ...noopOptions("bench.keyed"), limits: { perKey: 8 } });
+const cappedNoop = defineTask({ ...noopOptions("bench.capped"), limits: { concurrency: CONCURRENCY } });
+
 /** One round of Troupe in the issue's shape, on a fresh server: tasks/s and server operations per task. */
-const troupeThroughput = async (task: typeof noop, priorityOf?: (i: number) => number) => {
+const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => SubmitOptions, n = N) => {
   const server = await NatsServer.start({ monitoring: true });
   try {
     const troupe = await Troupe.connect({ servers: server.url, logger: quiet });
@@ -105,7 +108,7 @@ const troupeThroughput = async (task: typeof noop, priorityOf?: (i: number) => n
     const jsm = connectionOf(troupe).jsm;
     const before = await serverCounts(server, jsm);
     const cpu = { process: process.cpuUsage(), server: cpuMs(server.pid) };
-    const { perSecond, correct } = await submitAll(troupe, task, N, priorityOf);
+    const { perSecond, correct } = await submitAll(troupe, task, n, optionsOf);
     const used = process.cpuUsage(cpu.process);
     const serverCpu = cpuMs(server.pid) - cpu.server;
     const after = await serverCounts(server, jsm);
@@ -144,11 +147,11 @@ const stampedTask = (name: string) => {
 };
 
 /** Submit a no-op `n` times (N unless given), `IN_FLIGHT` at a time, and await every result: tasks/s, and whether each output is right. */
-const submitAll = async (troupe: Troupe, task: typeof noop = noop, n = N, priorityOf?: (i: number) => number) => {
+const submitAll = async (troupe: Troupe, task: typeof noop = noop, n = N, optionsOf?: (i: number) => SubmitOptions) => {
   const results: Array<Promise<number>> = new Array(n);
   const started = performance.now();
   await window(n, IN_FLIGHT, async (i) => {
-    results[i] = (await troupe.submit(task, { i, pad: PAD }, priorityOf === undefined ? {} : { priority: priorityOf(i) })).result();
+    results[i] = (await troupe.submit(task, { i, pad: PAD }, optionsOf?.(i) ?? {})).result();
   });
   const outputs = await Promise.all(results);
   return { perSecond: n / ((performance.now() - started) / 1000), correct: outputs.every((r, i) => r === i) };
@@ -475,7 +478,7 @@ const main = async () => {
       ...common,
     });
     // Every priority in turn: five consumers for the type, the first with work asked first.
-    const prioritized = await troupeThroughput(noop, (i) => 1 + (i % 5));
+    const prioritized = await troupeThroughput(noop, (i) => ({ priority: 1 + (i % 5) }));
     emit({
       bench: "throughput",
       system: "troupe-priorities",
@@ -485,6 +488,33 @@ const main = async () => {
       priorities: "1-5 in turn",
       overPlainMedian: round3(prioritized.perSecond / plain),
       ...common,
+    });
+    // Keyed tasks: 10 keys, each capped at 8 running (80 slots, more than the worker's 64).
+    const keys = await troupeThroughput(keyedNoop, (i) => ({ key: `k${i % 10}` }));
+    emit({
+      bench: "throughput",
+      system: "troupe-keys",
+      unit: "tasks/s",
+      value: Math.round(keys.perSecond),
+      correct: keys.correct,
+      keys: 10,
+      perKey: 8,
+      overPlainMedian: round3(keys.perSecond / plain),
+      ...common,
+    });
+    // A type-wide concurrency limit the worker never reaches: what its limiter costs.
+    const limitedN = Math.max(1_000, Math.floor(N / 4));
+    const capped = await troupeThroughput(cappedNoop, undefined, limitedN);
+    emit({
+      bench: "throughput",
+      system: "troupe-limits",
+      unit: "tasks/s",
+      value: Math.round(capped.perSecond),
+      correct: capped.correct,
+      limits: { concurrency: CONCURRENCY },
+      tasks: limitedN,
+      overPlainMedian: round3(capped.perSecond / plain),
+      node: process.version,
     });
     const latency = await troupeLatency(server.url);
     emit({ bench: "submit-to-start", system: "troupe", worker: "busy", unit: "ms", p50: latency.p50, p99: latency.p99, inFlight: 4 });

@@ -1,9 +1,12 @@
 /** The benchmark's no-op task, in a module `troupe worker` can load (the scale-out measurement's worker processes). */
 import { defineTask, Schema } from "../src/index.js";
 
-export const noop = defineTask({
-  name: "bench.noop",
+/** The no-op's options under another name (the bench's limited and keyed variants). */
+export const noopOptions = (name: string) => ({
+  name,
   input: Schema.Struct({ i: Schema.Number, pad: Schema.String }),
   output: Schema.Number,
-  handler: async ({ i }) => i,
+  handler: async ({ i }: { i: number }) => i,
 });
+
+export const noop = defineTask(noopOptions("bench.noop"));

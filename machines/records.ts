@@ -81,6 +81,8 @@ export const TaskRecord = Schema.Struct({
   message: Schema.optional(Schema.Number),
   /** 1 (first) to 5 (last); absent: 3, the default. */
   priority: Schema.optional(Schema.Number),
+  /** The submit's key (a tenant, an account): its work has its own subject and consumer, served round robin. */
+  key: Schema.optional(Schema.String),
   /** The latest `ctx.progress(data)` of the attempt that runs (or ran) the task, and when. */
   progress: Schema.optional(Schema.Struct({ data: Schema.Unknown, at: Schema.String })),
 });
@@ -115,6 +117,7 @@ export const recordWith = (record: TaskRecord, changes: Partial<TaskRecord>): Ta
     notify: record.notify,
     message: record.message,
     priority: record.priority,
+    key: record.key,
     progress: record.progress,
   };
   return Object.assign(next, changes);

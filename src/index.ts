@@ -12,6 +12,7 @@ export {
   type TaskDefinition,
   type TaskOptions,
   type RetryOptions,
+  type LimitOptions,
   type TaskRunContext,
   type InputOf,
   type OutputOf,

@@ -48,6 +48,23 @@ export interface RetryOptions {
   readonly jitter?: number;
 }
 
+/** Limits on a task type, enforced across all workers (see docs/scheduling.md). */
+export interface LimitOptions {
+  /** At most this many attempts of the type run at once in the whole system. */
+  readonly concurrency?: number;
+  /** At most this many attempts per `submit` key at once; keys are served round robin. */
+  readonly perKey?: number;
+  /** At most `limit` starts in any window of `per`. */
+  readonly rate?: { readonly limit: number; readonly per: DurationInput };
+}
+
+/** Limits as a definition holds them: durations in milliseconds. */
+export interface TaskLimits {
+  readonly concurrency?: number | undefined;
+  readonly perKey?: number | undefined;
+  readonly rate?: { readonly limit: number; readonly perMs: number } | undefined;
+}
+
 export interface TaskOptions<I, IE, O, OE> {
   /** Dotted names allowed: `math.add`. Segments: letters, digits, `_`, `-`. */
   readonly name: string;
@@ -66,6 +83,8 @@ export interface TaskOptions<I, IE, O, OE> {
    * (default: retry attempts + 3). The task then ends FAILED with WorkerLost.
    */
   readonly maxDeliveries?: number;
+  /** Limits across all workers: `concurrency`, `perKey` (with `submit(..., { key })`), `rate`. */
+  readonly limits?: LimitOptions;
 }
 
 export interface TaskDefinition<I = any, O = any, IE = any, OE = any> {
@@ -78,6 +97,8 @@ export interface TaskDefinition<I = any, O = any, IE = any, OE = any> {
   readonly policy: TaskPolicy;
   readonly heartbeatTimeout: number;
   readonly maxDeliveries: number;
+  /** Absent when the type has no limits: the path of unlimited tasks is untouched. */
+  readonly limits?: TaskLimits | undefined;
 }
 
 export type InputOf<T> = T extends TaskDefinition<infer I, any, any, any> ? I : never;
@@ -88,7 +109,8 @@ const DEFAULT_HEARTBEAT_TIMEOUT = 30_000;
 /** Below this a lease cannot be kept: heartbeats go every third of it. */
 const MIN_HEARTBEAT_TIMEOUT = 300;
 
-const TASK_OPTIONS = new Set(["name", "input", "output", "handler", "queue", "timeout", "heartbeatTimeout", "retry", "maxDeliveries"]);
+const TASK_OPTIONS = new Set(["name", "input", "output", "handler", "queue", "timeout", "heartbeatTimeout", "retry", "maxDeliveries", "limits"]);
+const LIMIT_OPTIONS = new Set(["concurrency", "perKey", "rate"]);
 const RETRY_OPTIONS = new Set(["attempts", "backoff", "delay", "maxDelay", "jitter"]);
 
 /** An Effect Schema (a struct, a class, a primitive): it has an AST. */
@@ -119,8 +141,10 @@ export const defineTask = <I, IE, O, OE>(options: TaskOptions<I, IE, O, OE>): Ta
   if (!Number.isInteger(maxDeliveries) || maxDeliveries < retry.attempts) {
     throw invalid(`maxDeliveries must be an integer ≥ retry.attempts (${retry.attempts}), got ${String(options.maxDeliveries)}`);
   }
+  const limits = options.limits === undefined ? undefined : limitsOf(options.limits, invalid);
   return {
     _tag: "TaskDefinition",
+    ...(limits === undefined ? {} : { limits }),
     maxDeliveries,
     name,
     queue,
@@ -130,6 +154,29 @@ export const defineTask = <I, IE, O, OE>(options: TaskOptions<I, IE, O, OE>): Ta
     policy: { timeout, retry, heartbeatMs: Math.max(100, Math.floor(heartbeatTimeout / 3)) },
     heartbeatTimeout,
   };
+};
+
+const limitsOf = (options: LimitOptions, invalid: (message: string) => InvalidDefinition): TaskLimits | undefined => {
+  if (typeof options !== "object" || options === null) throw invalid("limits must be an object such as { concurrency: 10 }");
+  for (const key of Object.keys(options)) {
+    if (!LIMIT_OPTIONS.has(key)) throw invalid(`unknown option "limits.${key}" (limits: ${[...LIMIT_OPTIONS].join(", ")})`);
+  }
+  const count = (name: string, value: unknown) => {
+    if (value === undefined) return undefined;
+    if (!Number.isInteger(value) || (value as number) < 1) throw invalid(`limits.${name} must be an integer ≥ 1, got ${String(value)}`);
+    return value as number;
+  };
+  const concurrency = count("concurrency", options.concurrency);
+  const perKey = count("perKey", options.perKey);
+  let rate: TaskLimits["rate"];
+  if (options.rate !== undefined) {
+    if (typeof options.rate !== "object" || options.rate === null) throw invalid('limits.rate must be { limit, per } such as { limit: 100, per: "1 second" }');
+    const limit = count("rate.limit", options.rate.limit)!;
+    if (limit === undefined) throw invalid("limits.rate.limit is required");
+    rate = { limit, perMs: durationOption("limits.rate.per", options.rate.per, invalid, 1) };
+  }
+  if (concurrency === undefined && perKey === undefined && rate === undefined) return undefined;
+  return { concurrency, perKey, rate };
 };
 
 const retryPolicy = (options: RetryOptions, invalid: (message: string) => InvalidDefinition): RetryPolicy => {

@@ -50,9 +50,10 @@ Usage:
   troupe resume [<task>] [--queue Q]         resume it (exit 1 if it was not paused)
   troupe logs [--task ID] [--worker ID] [--follow]
                                              handlers' log lines (pino JSON) from TROUPE_LOGS
-  troupe submit <task> '<json>' [--wait [--timeout T]] [--queue Q] [--module FILE] [--priority 1-5]
+  troupe submit <task> '<json>' [--wait [--timeout T]] [--queue Q] [--module FILE] [--priority 1-5] [--key K]
                                              submit a task; --wait prints its final record;
-                                             --priority 1 runs first, 5 last (default 3)
+                                             --priority 1 runs first, 5 last (default 3); --key
+                                             groups it (keys served round robin, limits.perKey)
   troupe get <id>                            print a task's state record (JSON)
   troupe cancel <id> [--reason TEXT]         cancel a task (exit 1 if it had already finished)
   troupe coordinator                         advance workflow runs and fire schedules (run any number)
@@ -102,6 +103,7 @@ const options = {
   follow: { type: "boolean" },
   json: { type: "boolean" },
   priority: { type: "string" },
+  key: { type: "string" },
   cron: { type: "string" },
   every: { type: "string" },
   timezone: { type: "string" },
@@ -557,7 +559,10 @@ const submit = async (flags: Flags, positionals: string[]) => {
   const timeout = timeoutFlag(flags);
   await withClient(flags, async (troupe) => {
     const priority = flags.priority === undefined ? undefined : int(flags.priority, "priority", 3);
-    const run = await troupe.submit(task, input, priority === undefined ? {} : { priority });
+    const run = await troupe.submit(task, input, {
+      ...(priority === undefined ? {} : { priority }),
+      ...(flags.key === undefined ? {} : { key: flags.key }),
+    });
     await warnUnserved(troupe, "submit", [task]);
     if (!flags.wait) {
       process.stdout.write(`${run.id}\n`);

@@ -48,6 +48,8 @@ import {
   SCHEDULES_BUCKET,
   LEASES_BUCKET,
   LEASE_TTL_MS,
+  LIMITS_BUCKET,
+  keySubject,
 } from "./topology.js";
 
 export interface TlsConnectOptions {
@@ -89,6 +91,8 @@ export interface NatsHandle {
   readonly schedules: KV;
   /** Single-leader leases (the scheduler's). */
   readonly leases: KV;
+  /** Limiters of limited task types. */
+  readonly limits: KV;
   readonly replicas: number;
   /** Pipelined acked publishes: the KV writes and work messages of the hot path. */
   readonly publisher: AckedPublisher;
@@ -230,15 +234,16 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       }
     }
     const kvm = new Kvm(js);
-    const [tasks, workers, workflows, pauses, schedules, leases] = await Promise.all([
+    const [tasks, workers, workflows, pauses, schedules, leases, limits] = await Promise.all([
       ensureBucket(jsm, kvm, TASKS_BUCKET, { history: 1, replicas }),
       ensureBucket(jsm, kvm, WORKERS_BUCKET, { history: 1, replicas, ttl: WORKERS_TTL }),
       ensureBucket(jsm, kvm, WORKFLOWS_BUCKET, { history: 1, replicas }),
       ensureBucket(jsm, kvm, PAUSES_BUCKET, { history: 1, replicas }),
       ensureBucket(jsm, kvm, SCHEDULES_BUCKET, { history: 1, replicas }),
       ensureBucket(jsm, kvm, LEASES_BUCKET, { history: 1, replicas, ttl: LEASE_TTL_MS }),
+      ensureBucket(jsm, kvm, LIMITS_BUCKET, { history: 1, replicas }),
     ]);
-    return { nc, js, jsm, tasks, workers, workflows, pauses, schedules, leases, replicas, publisher: new AckedPublisher(nc) };
+    return { nc, js, jsm, tasks, workers, workflows, pauses, schedules, leases, limits, replicas, publisher: new AckedPublisher(nc) };
   } catch (e) {
     if (e instanceof TopologyConflict) throw e;
     throw asFailure("cannot create the Troupe streams and buckets")(e);
@@ -250,6 +255,8 @@ export interface ConsumerSettings {
   readonly ackWaitMs: number;
   /** Deliveries before JetStream gives up and raises MAX_DELIVERIES (-1: never). */
   readonly maxDeliver?: number;
+  /** Deliveries held at once (`limits.perKey` for a key's consumer). */
+  readonly maxAckPending?: number;
 }
 
 /** The durable pull consumer of one task type; refuses a name collision. */
@@ -259,9 +266,10 @@ export const ensureTaskConsumer = async (
   type: string,
   settings: ConsumerSettings,
   priority?: number,
+  key?: string,
 ): Promise<string> => {
-  const name = consumerName(queue, type, priority);
-  const filter = taskSubject(queue, type, priority);
+  const name = consumerName(queue, type, priority, key);
+  const filter = key === undefined ? taskSubject(queue, type, priority) : keySubject(queue, type, key);
   const config = {
     durable_name: name,
     ack_policy: AckPolicy.Explicit,
@@ -269,8 +277,10 @@ export const ensureTaskConsumer = async (
     filter_subject: filter,
     ack_wait: settings.ackWaitMs * 1_000_000,
     max_deliver: settings.maxDeliver ?? -1,
-    max_ack_pending: 20_000,
+    max_ack_pending: settings.maxAckPending ?? 20_000,
     max_waiting: 4_096,
+    // A key's consumer goes when its key has been idle an hour; the next task of the key makes it again.
+    ...(key === undefined ? {} : { inactive_threshold: 3_600 * 1_000_000_000 }),
   };
   try {
     const info = await jsm.consumers.info(TASKS_STREAM, name);
@@ -279,8 +289,8 @@ export const ensureTaskConsumer = async (
         message: `task "${type}" on queue "${queue}" maps to consumer ${name}, which already serves ${info.config.filter_subject}; rename one of the tasks`,
       });
     }
-    if (info.config.ack_wait !== config.ack_wait || info.config.max_deliver !== config.max_deliver) {
-      await jsm.consumers.update(TASKS_STREAM, name, { ack_wait: config.ack_wait, max_deliver: config.max_deliver });
+    if (info.config.ack_wait !== config.ack_wait || info.config.max_deliver !== config.max_deliver || info.config.max_ack_pending !== config.max_ack_pending) {
+      await jsm.consumers.update(TASKS_STREAM, name, { ack_wait: config.ack_wait, max_deliver: config.max_deliver, max_ack_pending: config.max_ack_pending });
     }
     return name;
   } catch (e) {

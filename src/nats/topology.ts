@@ -12,6 +12,8 @@ export const SCHEDULES_BUCKET = "troupe-schedules";
 /** Leases for single leaders (key `scheduler`), removed 5 s after their holder stops renewing. */
 export const LEASES_BUCKET = "troupe-leases";
 export const LEASE_TTL_MS = 5_000;
+/** Limiters of task types with `concurrency` or `rate` limits: key `<queue>.<type>`. */
+export const LIMITS_BUCKET = "troupe-limits";
 /** Paused work: key `<queue>` (a whole queue) or `<queue>.<type>` (one task type). */
 export const PAUSES_BUCKET = "troupe-pauses";
 export const pauseKey = (target: { readonly queue: string; readonly task?: string | undefined }) =>
@@ -32,13 +34,22 @@ export const isPriority = (value: unknown): value is number => typeof value === 
 export const taskSubject = (queue: string, type: string, priority: number = DEFAULT_PRIORITY) =>
   priority === DEFAULT_PRIORITY ? `troupe.tasks.${queue}.${type}` : `troupe.tasks.${queue}.${type}.@${priority}`;
 export const TASKS_SUBJECTS = "troupe.tasks.>";
-/** Every priority but the default of one type: `troupe.tasks.<queue>.<type>.*`. */
+/**
+ * A keyed task's work (`submit(..., { key })`): `troupe.tasks.<queue>.<type>.=<key>`, one
+ * consumer per key, so that keys are served round robin and `limits.perKey` is the key
+ * consumer's `max_ack_pending`.
+ */
+export const keySubject = (queue: string, type: string, key: string) => `${taskSubject(queue, type)}.=${key}`;
+export const KEY = /^[A-Za-z0-9_-]{1,64}$/;
+/** Every priority but the default, and every key, of one type: `troupe.tasks.<queue>.<type>.*`. */
 export const prioritySubjects = (queue: string, type: string) => `${taskSubject(queue, type)}.*`;
-/** The priority a work subject carries, and the subject of its type at the default priority. */
-export const parseWorkSubject = (subject: string): { readonly base: string; readonly priority: number } => {
-  const at = subject.lastIndexOf(".@");
-  const priority = at < 0 ? DEFAULT_PRIORITY : Number(subject.slice(at + 2));
-  return at < 0 || !isPriority(priority) ? { base: subject, priority: DEFAULT_PRIORITY } : { base: subject.slice(0, at), priority };
+/** What a work subject carries: its priority or key, and the subject of its type at the default priority. */
+export const parseWorkSubject = (subject: string): { readonly base: string; readonly priority: number; readonly key?: string } => {
+  const dot = subject.lastIndexOf(".");
+  const last = subject.slice(dot + 1);
+  if (last.startsWith("=") && KEY.test(last.slice(1))) return { base: subject.slice(0, dot), priority: DEFAULT_PRIORITY, key: last.slice(1) };
+  const priority = last.startsWith("@") ? Number(last.slice(1)) : Number.NaN;
+  return isPriority(priority) ? { base: subject.slice(0, dot), priority } : { base: subject, priority: DEFAULT_PRIORITY };
 };
 
 export type ActorKind = "task" | "workflow" | "worker";
@@ -59,8 +70,8 @@ export const logSubject = (workerId: string, taskId: string) => `troupe.logs.${w
  * consumer names cannot hold dots, so each dot becomes `_`.
  * Two names that map to the same consumer are refused when the consumer is ensured.
  */
-export const consumerName = (queue: string, type: string, priority: number = DEFAULT_PRIORITY) =>
-  `troupe-${queue}-${type.replaceAll(".", "_")}${priority === DEFAULT_PRIORITY ? "" : `@${priority}`}`;
+export const consumerName = (queue: string, type: string, priority: number = DEFAULT_PRIORITY, key?: string) =>
+  `troupe-${queue}-${type.replaceAll(".", "_")}${key !== undefined ? `=${key}` : priority === DEFAULT_PRIORITY ? "" : `@${priority}`}`;
 
 /** The subject a KV put to `bucket`/`key` is published on (what `nats kv` does underneath). */
 export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`;

@@ -16,7 +16,7 @@ import { InvalidInput, InvalidOption, NatsFailure, WorkerNotFound, WorkflowNotFo
 import { durationOption, type DurationInput } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { controlSubject, eventSubject, isPriority, isValidQueueName, isValidTaskName, notifySubject, pauseKey } from "../nats/topology.js";
+import { controlSubject, eventSubject, isPriority, KEY, isValidQueueName, isValidTaskName, notifySubject, pauseKey } from "../nats/topology.js";
 import { encodeJson } from "../nats/codec.js";
 import { TaskRecord as TaskRecordSchema } from "../../machines/records.js";
 import { readLogs, type LogFilter, type LogLine } from "./logs.js";
@@ -61,6 +61,12 @@ export interface SubmitOptions {
    * a higher priority first; equal priorities stay first in, first out.
    */
   readonly priority?: number;
+  /**
+   * Group the task under a key (a tenant, an account: letters, digits, `_` and `-`, up to
+   * 64): keys are served round robin, and a type's `limits.perKey` caps each key's attempts
+   * running at once. Within a key, tasks start in order (priority does not reorder them).
+   */
+  readonly key?: string;
 }
 
 /** A live worker, as its registry entry in `troupe-workers` describes it. */
@@ -193,6 +199,9 @@ export class Troupe {
     const delay = options.delay === undefined ? undefined : durationOption("delay", options.delay, invalid);
     if (options.id !== undefined && !TASK_ID.test(options.id)) throw invalid(`id "${options.id}": letters, digits, "_" and "-" only`);
     if (options.priority !== undefined && !isPriority(options.priority)) throw invalid(`priority must be an integer from 1 (first) to 5 (last), got ${String(options.priority)}`);
+    if (options.key !== undefined && (typeof options.key !== "string" || !KEY.test(options.key))) {
+      throw invalid(`key "${String(options.key)}": 1 to 64 letters, digits, "_" and "-"`);
+    }
     const key = options.idempotencyKey;
     const id = key === undefined ? (options.id ?? nuid.next()) : idempotentId(task, key);
     this.results.listen();
@@ -205,6 +214,7 @@ export class Troupe {
       idempotencyKey: key,
       runAt: delay === undefined ? undefined : Date.now() + delay,
       priority: options.priority,
+      key: options.key,
       // A chosen id or key stands for one task for ever, and a delayed task may wait longer
       // than the events are kept: their record is created first.
       unique: key !== undefined || options.id !== undefined || delay !== undefined,

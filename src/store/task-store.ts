@@ -28,7 +28,7 @@ import { asFailure, type NatsHandle } from "../nats/connection.js";
 import { compareAndSet, kvEntry } from "../nats/compare-and-set.js";
 import { isTransientPublishError } from "../nats/publisher.js";
 import { retryNats, withRetry } from "../nats/retry.js";
-import { DEFAULT_PRIORITY, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
+import { DEFAULT_PRIORITY, keySubject, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
 
 /** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
 export interface Stored {
@@ -60,6 +60,8 @@ export interface NewTask {
   readonly unique?: boolean;
   /** 1 (first) to 5 (last); the default, 3, when absent. */
   readonly priority?: number | undefined;
+  /** The key its work is grouped under (its own subject and consumer). */
+  readonly key?: string | undefined;
 }
 
 /** Room kept under the server's payload limit for headers and the record's own growth. */
@@ -123,6 +125,7 @@ export class TaskStore {
       runAt: task.runAt === undefined ? undefined : new Date(task.runAt).toISOString(),
       notify: task.notify,
       priority: task.priority === DEFAULT_PRIORITY ? undefined : task.priority,
+      key: task.key,
     });
     const payload = encodeJson(record);
     if (payload.length > this.maxPayload) {
@@ -163,7 +166,7 @@ export class TaskStore {
   /** The work message: the QUEUED record, with its revision (the first attempt's fencing token). */
   private publishWork(stored: Stored, payload = encodeJson(stored.record)): Promise<unknown> {
     const { record, revision } = stored;
-    const subject = taskSubject(record.queue, record.task, record.priority);
+    const subject = record.key === undefined ? taskSubject(record.queue, record.task, record.priority) : keySubject(record.queue, record.task, record.key);
     // A retried publish is a no-op inside the duplicate window.
     const expect = { msgId: record.id, headers: { [Headers.revision]: String(revision) } };
     return withRetry(this.nats.nc, () => this.nats.publisher.publish(subject, payload, expect), isTransientPublishError);

@@ -15,6 +15,7 @@ import type { Lease } from "../nats/lease.js";
 import { eventSubject, Headers, parseWorkSubject, taskSubject } from "../nats/topology.js";
 import type { Stored, TaskStore } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
+import type { Limiter } from "../limits/limiter.js";
 
 export type DeliveryOutcome = "completed" | "failed" | "retrying" | "cancelled" | "lost" | "skipped" | "interrupted";
 
@@ -26,6 +27,8 @@ export interface DeliveryDeps {
   readonly workerId: string;
   readonly log: Logger;
   readonly now: () => number;
+  /** The limiters of the types with `concurrency` or `rate` limits, by task name. */
+  readonly limiters?: ReadonlyMap<string, LimiterHandle>;
 }
 
 /** Run one delivery to its end; never throws. */
@@ -74,7 +77,54 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
     log.warn({ taskId: id }, "duplicate delivery of a running task ignored");
     return "skipped";
   }
-  return settle(await host.attempt(stored, definition, lease, lease.info.streamSequence), lease, deps);
+  const limiter = deps.limiters?.get(definition.name);
+  if (limiter === undefined) return settle(await host.attempt(stored, definition, lease, lease.info.streamSequence), lease, deps);
+  return limited(stored, definition, limiter, lease, deps);
+};
+
+/** What a worker keeps for a type with `concurrency` or `rate` limits. */
+export interface LimiterHandle {
+  readonly limiter: Limiter;
+  /** The attempts of this worker that hold a slot: renewed while they run. */
+  readonly held: Set<string>;
+  /** Told when the limiter said to wait (the worker asks less meanwhile), and when a slot came back. */
+  readonly refused: (retryInMs: number) => void;
+  readonly released: () => void;
+}
+
+/**
+ * An attempt of a limited type: admitted by its limiter first, or handed back (a NAK with
+ * the limiter's wait, no slot held meanwhile). Its consumer counts no deliveries (those NAKs
+ * are not lost attempts), so a task whose workers keep dying ends `WorkerLost` here, after
+ * `maxDeliveries` lost attempts.
+ */
+const limited = async (stored: Stored, definition: TaskDefinition, handle: LimiterHandle, lease: Lease, deps: DeliveryDeps): Promise<DeliveryOutcome> => {
+  const { record } = stored;
+  if (record.status === "RUNNING" && (record.lostAttempts ?? 0) + 1 >= definition.maxDeliveries) {
+    const failure = { _tag: "WorkerLost" as const, message: `${(record.lostAttempts ?? 0) + 1} attempts of task ${record.id} lost their workers` };
+    deps.log.warn({ taskId: record.id, lostAttempts: record.lostAttempts }, "task failed with WorkerLost: its attempts keep losing their workers");
+    await Effect.runPromise(Effect.ignore(deps.store.apply(record.id, { type: "FAIL", failure, at: deps.now() }, { from: stored })));
+    lease.ack();
+    return "failed";
+  }
+  const admission = await handle.limiter.acquire(record.id).catch((err: unknown) => {
+    deps.log.warn({ err, taskId: record.id }, "limiter not reachable; the task waits");
+    return { ok: false as const, retryInMs: 1_000 };
+  });
+  if (!admission.ok) {
+    // Spread the retries a little, so that workers refused together do not ask together.
+    lease.nak(admission.retryInMs + Math.floor(Math.random() * 50));
+    handle.refused(admission.retryInMs);
+    return "skipped";
+  }
+  handle.held.add(record.id);
+  try {
+    return await settle(await deps.host.attempt(stored, definition, lease, lease.info.streamSequence), lease, deps);
+  } finally {
+    handle.held.delete(record.id);
+    await handle.limiter.release(record.id).catch((err: unknown) => deps.log.warn({ err, taskId: record.id }, "limiter slot not released; its lease will pass"));
+    handle.released();
+  }
 };
 
 /**

@@ -41,6 +41,8 @@ export interface PullSource {
   readonly group?: string;
   /** 1 (first) to 5 (last); 3 when absent. */
   readonly priority?: number;
+  /** The most one request asks for (a limited type's: its limiter may refuse the rest). */
+  readonly maxBatch?: number;
 }
 
 interface Source extends PullSource {
@@ -58,7 +60,8 @@ export interface PullOptions {
   readonly capacity: () => number;
   /** How long one pull request waits on the server for messages (ms). */
   readonly expires: number;
-  readonly onLease: (lease: Lease) => void;
+  /** A delivery, and the consumer it came from. */
+  readonly onLease: (lease: Lease, consumer: string) => void;
   readonly log: Logger;
 }
 
@@ -141,7 +144,29 @@ export class PullLoop {
   }
 
   private isPaused(source: Source): boolean {
-    return this.paused(source.group ?? source.consumer);
+    const group = source.group ?? source.consumer;
+    if (this.paused(typeOf(group))) return true;
+    const until = this.heldOff.get(typeOf(group));
+    return until !== undefined && until > Date.now();
+  }
+
+  /** Types whose limiter said to wait, until when. */
+  private readonly heldOff = new Map<string, number>();
+
+  /** Ask for none of a type's work for `ms` (its limiter said to wait): fewer deliveries handed straight back. */
+  holdOff(type: string, ms: number): void {
+    const until = Date.now() + ms;
+    if ((this.heldOff.get(type) ?? 0) >= until) return;
+    this.heldOff.set(type, until);
+    setTimeout(() => {
+      if ((this.heldOff.get(type) ?? 0) <= Date.now()) this.heldOff.delete(type);
+      this.schedule();
+    }, ms).unref();
+  }
+
+  /** A limited type's slot came back: ask for it again now. */
+  release(type: string): void {
+    if (this.heldOff.delete(type)) this.schedule();
   }
 
   /** Whether this consumer is read. */
@@ -221,7 +246,7 @@ export class PullLoop {
       const shares = new Array<number>(active.length).fill(0);
       for (let i = 0; free > 0; i++, free--) shares[(this.next + i) % active.length]!++;
       this.next = (this.next + 1) % active.length;
-      shares.forEach((batch, i) => batch > 0 && this.request(active[i]!, batch, true));
+      shares.forEach((batch, i) => batch > 0 && this.request(active[i]!, Math.min(batch, active[i]!.maxBatch ?? batch), true));
     }
     // A worker with nothing active rings a doorbell: with one consumer, a waiting request
     // for all free slots; with several, one slot on one idle consumer at a time, rotating,
@@ -303,9 +328,11 @@ export class PullLoop {
     if (code !== 0 && msg.data.length === 0) {
       if (code === 100) return; // idle heartbeat
       const pull = this.pulls.get(seq);
-      // 404: nothing there at all; the consumer goes idle and gets a doorbell.
-      if (code === 404 && pull !== undefined) this.goIdle(pull.consumer);
-      if (code !== 408 && code !== 404) {
+      // 404: nothing there at all; 409 with MaxAckPending: a key at its `perKey` limit. Either
+      // way the consumer goes idle and gets a doorbell (and a key is rung when a slot of it comes back).
+      const full = code === 409 && /MaxAckPending/i.test(msg.headers?.description ?? "");
+      if ((code === 404 || full) && pull !== undefined) this.goIdle(pull.consumer);
+      if (code !== 408 && code !== 404 && !full) {
         this.options.log.warn({ code, status: msg.headers?.description }, "pull request ended by the server");
       }
       this.finish(seq);
@@ -334,6 +361,12 @@ export class PullLoop {
       lease.nak();
       return;
     }
-    this.options.onLease(lease);
+    this.options.onLease(lease, pull?.consumer.consumer ?? "");
   }
 }
+
+/** A source's type: its group without a key (`<queue>.<type>=<key>` → `<queue>.<type>`). */
+const typeOf = (group: string): string => {
+  const at = group.indexOf("=");
+  return at < 0 ? group : group.slice(0, at);
+};

@@ -15,6 +15,7 @@ import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connec
 import {
   consumerName,
   controlSubject,
+  keySubject,
   DEFAULT_PRIORITY,
   eventSubject,
   logSubject,
@@ -36,7 +37,8 @@ import type { TaskDefinition } from "../task.js";
 import { durationOption, parseDuration, type DurationInput } from "../duration.js";
 import { loadTasks, moduleUrl } from "../tasks-module.js";
 import { ExecutorPool, type Isolation } from "../pool/pool.js";
-import { runDelivery, type DeliveryDeps } from "./delivery.js";
+import { runDelivery, type DeliveryDeps, type LimiterHandle } from "./delivery.js";
+import { Limiter } from "../limits/limiter.js";
 import { PullLoop, type PullSource } from "./pull.js";
 
 /** The body of a request to a worker's `cancel` endpoint. */
@@ -174,7 +176,19 @@ export class Worker {
       taskLog: (bindings) => teeLogger(log, bindings, (line) => publishLog(nats, id, bindings.taskId, line)),
     });
     this.host = host;
-    const deliveries: DeliveryDeps = { nc: nats.nc, store, host, definitions, workerId: id, log, now: clock.now };
+    const limiters = new Map<string, LimiterHandle>();
+    for (const t of definitions.values()) {
+      if (!limitedType(t)) continue;
+      const type = `${t.queue}.${t.name}`;
+      limiters.set(t.name, {
+        limiter: new Limiter(nats.limits, type, t.limits!, t.heartbeatTimeout),
+        held: new Set(),
+        refused: (ms) => this.loop.holdOff(type, ms),
+        released: () => this.loop.release(type),
+      });
+    }
+    this.limiters = limiters;
+    const deliveries: DeliveryDeps = { nc: nats.nc, store, host, definitions, workerId: id, log, now: clock.now, limiters };
     this.loop = new PullLoop(nats.nc, consumers, {
       concurrency,
       // The actor's free slots: none unless it is ready.
@@ -184,7 +198,7 @@ export class Worker {
       },
       expires: pullExpires,
       log,
-      onLease: (lease) => {
+      onLease: (lease, consumer) => {
         this.actor.send({ type: "LEASED" });
         const run = runDelivery(lease, deliveries)
           .catch((err) => {
@@ -194,6 +208,8 @@ export class Worker {
           .then((outcome) => {
             this.inFlight.delete(run);
             this.actor.send({ type: "RELEASED", failed: outcome === "failed" });
+            // A key's slot came back: that key is asked again (it may have been at its perKey limit).
+            if (consumer.includes("=")) this.loop.ring(consumer);
             this.loop.wake();
           });
         this.inFlight.add(run);
@@ -263,8 +279,8 @@ export class Worker {
     const consumers = (
       await Promise.all(
         [...definitions.values()].map(async (t) => {
-          const waiting = await waitingPriorities(nats, t);
-          return Promise.all([DEFAULT_PRIORITY, ...waiting].map((priority) => prioritySource(nats, t, priority)));
+          const waiting = await waitingSources(nats, t);
+          return Promise.all([{}, ...waiting].map((at) => workSource(nats, t, at)));
         }),
       )
     ).flat();
@@ -364,6 +380,7 @@ export class Worker {
     this.service.start();
     this.reaper = await startReaper(this.nats, this.store, this.log);
     await this.watchPauses();
+    this.renewLimits();
     this.loop.start();
     this.listenForPriorities();
     void (async () => {
@@ -374,6 +391,22 @@ export class Worker {
     })().catch(() => undefined);
     await this.registered;
     this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency, isolation: this.pool?.options.isolation }, "worker started");
+  }
+
+  /** The limiters of this worker's limited types, by task name. */
+  private readonly limiters: ReadonlyMap<string, LimiterHandle>;
+  private renewTimer: NodeJS.Timeout | undefined;
+
+  /** The slots this worker's attempts hold keep their leases while they run. */
+  private renewLimits(): void {
+    if (this.limiters.size === 0) return;
+    const every = Math.min(...[...this.definitions.values()].filter(limitedType).map((t) => t.heartbeatTimeout)) / 3;
+    this.renewTimer = setInterval(() => {
+      for (const { limiter, held } of this.limiters.values()) {
+        void limiter.renew([...held]).catch((err: unknown) => this.log.warn({ err, limiter: limiter.key }, "limit slots not renewed"));
+      }
+    }, every);
+    this.renewTimer.unref();
   }
 
   /** Pauses in effect, by key (`<queue>` or `<queue>.<type>`), from `troupe-pauses`. */
@@ -435,12 +468,12 @@ export class Worker {
     for (const t of this.definitions.values()) {
       const sub = this.nats.nc.subscribe(prioritySubjects(t.queue, t.name), {
         callback: (_error, msg) => {
-          const { priority } = parseWorkSubject(msg.subject);
-          if (priority === DEFAULT_PRIORITY) return;
-          const name = consumerName(t.queue, t.name, priority);
+          const { priority, key } = parseWorkSubject(msg.subject);
+          if (priority === DEFAULT_PRIORITY && key === undefined) return;
+          const name = consumerName(t.queue, t.name, priority, key);
           if (this.loop.has(name)) return this.loop.ring(name);
           if (this.priorityConsumers.has(name)) return;
-          const added = prioritySource(this.nats, t, priority).then(
+          const added = workSource(this.nats, t, key === undefined ? { priority } : { key }).then(
             (source) => this.loop.addSource(source),
             (err: unknown) => {
               this.priorityConsumers.delete(name);
@@ -552,6 +585,7 @@ export class Worker {
 
   /** The actor reached `stopped`: release the executors, the service, the reaper. */
   private async finish(): Promise<void> {
+    clearInterval(this.renewTimer);
     const lost = this.actor.snapshot.context.lost;
     const released = (async () => {
       await this.loopStopped;
@@ -577,20 +611,38 @@ export class Worker {
 /** The body of a `drain` request: how long running tasks may take, in ms (default 30 s). */
 const StopRequest = Schema.Struct({ timeout: Schema.optional(Schema.Number) });
 
-/** The pull source of one priority of a task type, its consumer ensured. */
-const prioritySource = async (nats: NatsHandle, t: TaskDefinition, priority: number): Promise<PullSource> => ({
-  consumer: await ensureTaskConsumer(nats.jsm, t.queue, t.name, { ackWaitMs: t.heartbeatTimeout, maxDeliver: t.maxDeliveries }, priority),
-  subject: taskSubject(t.queue, t.name, priority),
-  group: `${t.queue}.${t.name}`,
-  priority,
-});
+/** A type with limits its limiter enforces (`concurrency`, `rate`): its consumers count no deliveries. */
+const limitedType = (t: TaskDefinition) => t.limits?.concurrency !== undefined || t.limits?.rate !== undefined;
 
-/** The priorities other than the default with messages waiting for this type (the stream's subjects). */
-const waitingPriorities = async (nats: NatsHandle, t: TaskDefinition): Promise<number[]> => {
+/** The pull source of one priority, or one key, of a task type, its consumer ensured. */
+const workSource = async (nats: NatsHandle, t: TaskDefinition, at: { readonly priority?: number; readonly key?: string }): Promise<PullSource> => {
+  const limited = limitedType(t);
+  const settings = {
+    ackWaitMs: t.heartbeatTimeout,
+    // A limited type's deliveries handed back while its limit is reached are not lost
+    // attempts: its consumer counts none, and the delivery path counts lost attempts.
+    maxDeliver: limited ? -1 : t.maxDeliveries,
+    ...(at.key !== undefined && t.limits?.perKey !== undefined ? { maxAckPending: t.limits.perKey } : {}),
+  };
+  const priority = at.priority ?? DEFAULT_PRIORITY;
+  const maxBatch = limited ? Math.min(16, t.limits?.concurrency ?? 16, t.limits?.rate?.limit ?? 16) : undefined;
+  return {
+    consumer: await ensureTaskConsumer(nats.jsm, t.queue, t.name, settings, priority, at.key),
+    subject: at.key === undefined ? taskSubject(t.queue, t.name, priority) : keySubject(t.queue, t.name, at.key),
+    // Each key is its own group: keys are asked round robin.
+    group: at.key === undefined ? `${t.queue}.${t.name}` : `${t.queue}.${t.name}=${at.key}`,
+    priority,
+    ...(maxBatch === undefined ? {} : { maxBatch }),
+  };
+};
+
+/** The priorities other than the default, and the keys, with messages waiting for this type (the stream's subjects). */
+const waitingSources = async (nats: NatsHandle, t: TaskDefinition): Promise<Array<{ priority?: number; key?: string }>> => {
   const info = await nats.jsm.streams.info(TASKS_STREAM, { subjects_filter: prioritySubjects(t.queue, t.name) });
   return Object.keys(info.state.subjects ?? {})
-    .map((subject) => parseWorkSubject(subject).priority)
-    .filter((p) => p !== DEFAULT_PRIORITY);
+    .map((subject) => parseWorkSubject(subject))
+    .filter((p) => p.key !== undefined || p.priority !== DEFAULT_PRIORITY)
+    .map((p) => (p.key !== undefined ? { key: p.key } : { priority: p.priority }));
 };
 
 /**
