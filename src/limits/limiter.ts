@@ -29,56 +29,99 @@ const TRIES = 30;
 export type Admission = { readonly ok: true } | { readonly ok: false; readonly retryInMs: number };
 
 export class Limiter {
+  /** Asks and releases waiting for the next write: one compare-and-set carries all of them. */
+  private asks: Array<{ readonly taskId: string; readonly resolve: (a: Admission) => void; readonly reject: (e: unknown) => void }> = [];
+  private releases: Array<{ readonly taskId: string; readonly resolve: () => void; readonly reject: (e: unknown) => void }> = [];
+  private writing = false;
+
   constructor(
     private readonly kv: KV,
     readonly key: string,
     private readonly limits: TaskLimits,
     /** How long a slot is held without a renewal (the type's lease). */
     private readonly leaseMs: number,
+    private readonly now: () => number = Date.now,
   ) {}
 
   /** Take a slot and a start for `taskId`, or say when to ask again. */
-  async acquire(taskId: string, now = Date.now): Promise<Admission> {
-    return this.change((state) => {
-      const t = now();
-      const holders = live(state.holders, t);
-      const { concurrency, rate } = this.limits;
-      if (concurrency !== undefined && Object.keys(holders).length >= concurrency && holders[taskId] === undefined) {
-        // The earliest a slot can come back unasked is a lease's end; releases come sooner.
-        return { result: { ok: false, retryInMs: 250 } as Admission };
-      }
-      let starts = state.starts.filter((s) => rate === undefined || s > t - rate.perMs);
-      if (rate !== undefined && starts.length >= rate.limit) {
-        return { result: { ok: false, retryInMs: Math.max(1, starts[starts.length - rate.limit]! + rate.perMs - t) } as Admission };
-      }
-      if (rate !== undefined) starts = [...starts, t].slice(-rate.limit);
-      const next = { holders: concurrency === undefined ? holders : { ...holders, [taskId]: t + this.leaseMs }, starts };
-      return { next, result: { ok: true } as Admission };
+  acquire(taskId: string): Promise<Admission> {
+    return new Promise((resolve, reject) => {
+      this.asks.push({ taskId, resolve, reject });
+      this.flush();
     });
   }
 
   /** Give the slot of `taskId` back. */
-  async release(taskId: string): Promise<void> {
-    if (this.limits.concurrency === undefined) return;
-    await this.change((state) => {
-      if (state.holders[taskId] === undefined) return { result: undefined };
-      const { [taskId]: _, ...holders } = state.holders;
-      return { next: { ...state, holders }, result: undefined };
+  release(taskId: string): Promise<void> {
+    if (this.limits.concurrency === undefined) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.releases.push({ taskId, resolve, reject });
+      this.flush();
     });
   }
 
   /** Extend the leases of the slots these attempts hold (their worker is alive). */
-  async renew(taskIds: ReadonlyArray<string>, now = Date.now): Promise<void> {
+  async renew(taskIds: ReadonlyArray<string>): Promise<void> {
     if (this.limits.concurrency === undefined || taskIds.length === 0) return;
     await this.change((state) => {
       const holders = { ...state.holders };
       let changed = false;
       for (const id of taskIds) {
         if (holders[id] === undefined) continue;
-        holders[id] = now() + this.leaseMs;
+        holders[id] = this.now() + this.leaseMs;
         changed = true;
       }
       return changed ? { next: { ...state, holders }, result: undefined } : { result: undefined };
+    });
+  }
+
+  /**
+   * One write for everything asked since the last: releases first, then the asks in their
+   * order, each admitted while there is room. The next batch waits for this one, so a
+   * worker's attempts never race each other for the record.
+   */
+  private flush(): void {
+    if (this.writing || (this.asks.length === 0 && this.releases.length === 0)) return;
+    this.writing = true;
+    const asks = this.asks;
+    const releases = this.releases;
+    this.asks = [];
+    this.releases = [];
+    const { concurrency, rate } = this.limits;
+    this.change((state) => {
+      const t = this.now();
+      const holders = live(state.holders, t);
+      for (const r of releases) delete holders[r.taskId];
+      let starts = rate === undefined ? [] : state.starts.filter((x) => x > t - rate.perMs);
+      const answers: Admission[] = [];
+      for (const ask of asks) {
+        if (concurrency !== undefined && holders[ask.taskId] === undefined && Object.keys(holders).length >= concurrency) {
+          // A slot comes back with a release (the worker that holds it asks again then) or a lease's end.
+          answers.push({ ok: false, retryInMs: 250 });
+          continue;
+        }
+        if (rate !== undefined && starts.length >= rate.limit) {
+          answers.push({ ok: false, retryInMs: Math.max(1, starts[starts.length - rate.limit]! + rate.perMs - t) });
+          continue;
+        }
+        if (rate !== undefined) starts = [...starts, t].slice(-rate.limit);
+        if (concurrency !== undefined) holders[ask.taskId] = t + this.leaseMs;
+        answers.push({ ok: true });
+      }
+      const changed = releases.length > 0 || answers.some((a) => a.ok);
+      return changed ? { next: { holders, starts }, result: answers } : { result: answers };
+    }).then(
+      (answers) => {
+        asks.forEach((ask, i) => ask.resolve(answers[i]!));
+        for (const r of releases) r.resolve();
+      },
+      (error: unknown) => {
+        for (const ask of asks) ask.reject(error);
+        for (const r of releases) r.reject(error);
+      },
+    ).finally(() => {
+      this.writing = false;
+      this.flush();
     });
   }
 
@@ -96,7 +139,7 @@ export class Limiter {
         else await this.kv.update(this.key, encodeJson(next), revision);
         return result;
       } catch {
-        // Another attempt changed it first: read it again, after a short random pause so
+        // Another worker changed it first: read it again, after a short random pause so
         // that those that collided do not collide again.
         await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 ** i)));
       }

@@ -48,10 +48,11 @@ describe("limits", () => {
     const runs = await Promise.all(Array.from({ length: 15 }, (_, n) => troupe.submit(limited, { n })));
     expect(await Promise.all(runs.map((r) => r.result({ timeout: 60_000 })))).toEqual(Array.from({ length: 15 }, (_, n) => n));
     const starts = (await Promise.all(runs.map((r) => r.get()))).map((r) => Date.parse(r.startedAt ?? "")).sort((a, b) => a - b);
-    // At most 5 starts in any window of a second (less a little for the time between the
-    // limiter's admission and the recorded start), and the 15 took at least two windows.
-    for (let i = 5; i < starts.length; i++) expect(starts[i]! - starts[i - 5]!).toBeGreaterThanOrEqual(950);
-    expect(starts.at(-1)! - starts[0]!).toBeGreaterThanOrEqual(1_900);
+    // At most 5 starts in any window of a second: the recorded starts come a little after the
+    // limiter's admissions (a write away, longer on a loaded machine), hence the margin;
+    // unlimited, the 15 would start within a few milliseconds of each other.
+    for (let i = 5; i < starts.length; i++) expect(starts[i]! - starts[i - 5]!).toBeGreaterThanOrEqual(800);
+    expect(starts.at(-1)! - starts[0]!).toBeGreaterThanOrEqual(1_600);
     expect(new Set((await Promise.all(runs.map((r) => r.get()))).map((r) => r.workerId)).size).toBe(2);
   });
 
