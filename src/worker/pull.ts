@@ -124,15 +124,15 @@ export class PullLoop {
     }
   }
 
-  /** Task types (`<queue>.<type>`) whose work is not started now. */
-  private paused: (group: string) => boolean = () => false;
+  /** Task types (`<queue>.<type>`) whose work is not started now; `undefined` while nothing is paused. */
+  private paused: ((group: string) => boolean) | undefined;
 
   /**
    * Which types are paused: their consumers are no longer asked, their waiting requests are
    * withdrawn, and a message of theirs that still arrives is handed back (NAK) unstarted.
    * Called again when pauses change; a type that is no longer paused is asked at once.
    */
-  setPaused(paused: (group: string) => boolean): void {
+  setPaused(paused: ((group: string) => boolean) | undefined): void {
     this.paused = paused;
     for (const [seq, pull] of this.pulls) {
       if (!pull.waiting || pull.withdrawing || !this.isPaused(pull.consumer)) continue;
@@ -144,9 +144,11 @@ export class PullLoop {
   }
 
   private isPaused(source: Source): boolean {
-    const group = source.group ?? source.consumer;
-    if (this.paused(typeOf(group))) return true;
-    const until = this.heldOff.get(typeOf(group));
+    // The common case, asked per message: nothing paused, nothing held off.
+    if (this.paused === undefined && this.heldOff.size === 0) return false;
+    const type = typeOf(source.group ?? source.consumer);
+    if (this.paused?.(type)) return true;
+    const until = this.heldOff.get(type);
     return until !== undefined && until > Date.now();
   }
 

@@ -438,7 +438,9 @@ export class Worker {
   }
 
   private applyPauses(): void {
-    this.loop.setPaused((group) => this.pauses.has(group) || this.pauses.has(group.slice(0, group.indexOf("."))));
+    this.loop.setPaused(
+      this.pauses.size === 0 ? undefined : (group) => this.pauses.has(group) || this.pauses.has(group.slice(0, group.indexOf("."))),
+    );
     const paused = this.pausedHere();
     if (paused.length > 0) this.log.info({ paused }, "paused work is not started");
     else this.log.debug("no work paused");
