@@ -242,6 +242,8 @@ export class TaskHost {
   async attempt(stored: Stored, definition: TaskDefinition, lease: Heartbeat, message?: number): Promise<AttemptOutcome> {
     const { deps } = this;
     const id = stored.record.id;
+    // After a shutdown interrupted everything, a delivery that was still on its way in starts nothing.
+    if (this.closed) return { snapshot: hydrate({ ...stored, policy: definition.policy }, this.resolve), stopped: true };
     let child: Logger | undefined;
     const bindings = { taskId: id, task: definition.name, attempt: stored.record.attempt + 1 };
     const log = () => (child ??= deps.taskLog?.(bindings) ?? deps.log.child(bindings));
@@ -257,7 +259,7 @@ export class TaskHost {
       attempt.finish(true);
       // The slot is free once the handler has really stopped (an executor's, within its grace period).
       await attempt.stopping;
-      this.attempts.delete(id);
+      if (this.attempts.get(id) === attempt) this.attempts.delete(id);
     }
   }
 
@@ -422,8 +424,12 @@ export class TaskHost {
     return stopped || snapshot.hasTag("lost") ? undefined : snapshot.context.record;
   }
 
-  /** Shutdown past its timeout: abort every running handler and stop its attempt (the caller hands the deliveries back). */
+  /** Set by `interruptAll`: no attempt starts after it. */
+  private closed = false;
+
+  /** Shutdown past its timeout: abort every running handler and stop its attempt (the caller hands the deliveries back); none starts after. */
   interruptAll(): void {
+    this.closed = true;
     for (const attempt of this.attempts.values()) {
       attempt.log().warn("interrupted by shutdown; left to another worker");
       attempt.finish(true);

@@ -252,8 +252,8 @@ class Executor {
 export class ExecutorPool {
   private readonly slots: Executor[] = [];
   private readonly idle: Executor[] = [];
-  /** Runs waiting for an executor, first come first served. */
-  private readonly waiting: Array<(executor: Executor) => void> = [];
+  /** Runs waiting for an executor, first come first served; `fail` ends one that can get none. */
+  private readonly waiting: Array<{ readonly take: (executor: Executor) => void; readonly fail: (execution: Execution) => void }> = [];
   private nextCall = 0;
   private stopping = false;
   /** Executors replaced so far, by slot. */
@@ -309,12 +309,13 @@ export class ExecutorPool {
         e.ran++;
         e.send({ t: "run", call: call.id, record, attempt });
       };
-      this.acquire(assigned);
+      const waiter = { take: assigned, fail: (execution: Execution) => resume(Effect.succeed(execution)) };
+      this.acquire(waiter);
       return Effect.suspend(() => {
         cancelled = true;
         if (call === undefined) return Effect.void;
         if (executor === undefined) {
-          this.forget(assigned);
+          this.forget(waiter);
           return Effect.void;
         }
         call.aborted = true;
@@ -332,14 +333,14 @@ export class ExecutorPool {
     });
   }
 
-  private acquire(take: (executor: Executor) => void): void {
+  private acquire(waiter: (typeof this.waiting)[number]): void {
     const executor = this.idle.shift();
-    if (executor !== undefined) take(executor);
-    else this.waiting.push(take);
+    if (executor !== undefined) waiter.take(executor);
+    else this.waiting.push(waiter);
   }
 
-  private forget(take: (executor: Executor) => void): void {
-    const i = this.waiting.indexOf(take);
+  private forget(waiter: (typeof this.waiting)[number]): void {
+    const i = this.waiting.indexOf(waiter);
     if (i >= 0) this.waiting.splice(i, 1);
   }
 
@@ -347,7 +348,7 @@ export class ExecutorPool {
   release(executor: Executor): void {
     if (!executor.alive || this.stopping) return;
     const next = this.waiting.shift();
-    if (next !== undefined) next(executor);
+    if (next !== undefined) next.take(executor);
     else this.idle.push(executor);
   }
 
@@ -367,7 +368,12 @@ export class ExecutorPool {
       fresh.ready.then(
         () => this.release(fresh),
         (error: unknown) => {
-          if (!this.stopping) this.options.log.error({ err: error, executor: fresh.name }, "replacement executor failed to start; trying again");
+          if (this.stopping) return;
+          this.options.log.error({ err: error, executor: fresh.name }, "replacement executor failed to start; trying again");
+          // No executor left to run on: the runs waiting fail (retryably) rather than wait with no end.
+          if (this.slots.some((e) => e.alive && e.started)) return;
+          const message = `no executor of the pool could start: ${error instanceof Error ? error.message : String(error)}`;
+          for (const waiter of this.waiting.splice(0)) waiter.fail({ ok: false, error: { _tag: "Execution", message, retryable: true }, at: Date.now() });
         },
       );
     };

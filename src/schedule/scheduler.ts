@@ -141,28 +141,39 @@ export class Scheduler {
   private async fireDue(): Promise<void> {
     const now = Date.now();
     for await (const key of await this.nats.schedules.keys()) {
+      // A long pass keeps its lease (renewed at most once a second) and stops once it is lost.
+      await this.holdLease();
       if (!this.leading || this.stopped) return;
-      const stored = await this.nats.schedules.get(key).catch(() => null);
-      if (stored === null || stored.operation !== "PUT") continue;
-      const decoded = decodeWith(ScheduleEntry, stored.value, "schedule");
-      if (!decoded.ok) {
-        this.log.warn({ schedule: key, reason: decoded.error.message }, "unreadable schedule skipped");
-        continue;
+      try {
+        await this.fire(key, now);
+      } catch (err) {
+        this.log.warn({ err, schedule: key }, "schedule not fired this pass; tried again on the next");
       }
-      const entry = decoded.value;
-      const ticks = ticksToFire(entry, now);
-      const due = dueTicks(entry, entry.lastTick ?? Date.parse(entry.createdAt), now);
-      if (due.length === 0) continue;
-      for (const tick of ticks) {
-        const { created } = await this.store.enqueue({ id: tickTaskId(entry.id, tick), task: entry.task, queue: entry.queue, input: entry.input, unique: true });
-        this.log.debug({ schedule: entry.id, tick: new Date(tick).toISOString(), created }, "schedule tick");
-      }
-      const skipped = due.length - ticks.length;
-      if (skipped > 0) this.log.info({ schedule: entry.id, skipped, catchUp: entry.catchUp }, "missed ticks not run");
-      // The last tick considered, fired or skipped; a schedule changed meanwhile is read again next pass.
-      const next = { ...entry, lastTick: due[due.length - 1] };
-      await this.nats.schedules.update(key, encodeJson(next), stored.revision).catch(() => undefined);
     }
+  }
+
+  /** Fire the due ticks of one schedule and record its last tick. */
+  private async fire(key: string, now: number): Promise<void> {
+    const stored = await this.nats.schedules.get(key).catch(() => null);
+    if (stored === null || stored.operation !== "PUT") return;
+    const decoded = decodeWith(ScheduleEntry, stored.value, "schedule");
+    if (!decoded.ok) {
+      this.log.warn({ schedule: key, reason: decoded.error.message }, "unreadable schedule skipped");
+      return;
+    }
+    const entry = decoded.value;
+    const ticks = ticksToFire(entry, now);
+    const due = dueTicks(entry, entry.lastTick ?? Date.parse(entry.createdAt), now);
+    if (due.length === 0) return;
+    for (const tick of ticks) {
+      const { created } = await this.store.enqueue({ id: tickTaskId(entry.id, tick), task: entry.task, queue: entry.queue, input: entry.input, unique: true });
+      this.log.debug({ schedule: entry.id, tick: new Date(tick).toISOString(), created }, "schedule tick");
+    }
+    const skipped = due.length - ticks.length;
+    if (skipped > 0) this.log.info({ schedule: entry.id, skipped, catchUp: entry.catchUp }, "missed ticks not run");
+    // The last tick considered, fired or skipped; a schedule changed meanwhile is read again next pass.
+    const next = { ...entry, lastTick: due[due.length - 1] };
+    await this.nats.schedules.update(key, encodeJson(next), stored.revision).catch(() => undefined);
   }
 
   /** Stop; a leader gives its lease up, so another takes over at once rather than after its age limit. */

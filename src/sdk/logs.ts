@@ -46,7 +46,8 @@ export async function* readLogs(nats: NatsHandle, filter: LogFilter = {}): Async
         line = { msg: m.string() };
       }
       yield line;
-      if (--left === 0) return;
+      // Not following: done at the end of what is stored (lines the stream's limits dropped meanwhile never come).
+      if (--left === 0 || (!filter.follow && m.info.pending === 0)) return;
     }
     if (expired) throw new ResultTimeout({ id: subject, message: `no more log lines on ${subject} within ${filter.timeout} ms` });
   } finally {

@@ -117,6 +117,11 @@ const limited = async (stored: Stored, definition: TaskDefinition, handle: Limit
     handle.refused(admission.retryInMs);
     return "skipped";
   }
+  if (deps.host.has(record.id)) {
+    // Another delivery of the task started while this one waited for its limiter: it holds the slot.
+    deps.log.warn({ taskId: record.id }, "duplicate delivery of a running task ignored");
+    return "skipped";
+  }
   handle.held.add(record.id);
   try {
     return await settle(await deps.host.attempt(stored, definition, lease, lease.info.streamSequence), lease, deps);

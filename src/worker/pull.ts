@@ -43,6 +43,8 @@ export interface PullSource {
   readonly priority?: number;
   /** The most one request asks for (a limited type's: its limiter may refuse the rest). */
   readonly maxBatch?: number;
+  /** The consumer's `max_deliver`: a paused type's message on its last delivery is started, not handed back. */
+  readonly maxDeliver?: number;
 }
 
 interface Source extends PullSource {
@@ -358,8 +360,12 @@ export class PullLoop {
       return;
     }
     const lease = new Lease(this.nc, msg, info);
-    if (this.stopping || (pull !== undefined && this.isPaused(pull.consumer))) {
-      // Arrived after stop(), or for work paused meanwhile: handed straight back, unstarted.
+    // Arrived for work paused meanwhile: handed back unstarted, unless handing it back would
+    // spend its last delivery (a NAK counts as one), so that a pause never fails a task.
+    const max = pull?.consumer.maxDeliver ?? -1;
+    const paused = pull !== undefined && this.isPaused(pull.consumer) && (max < 0 || info.deliveryCount < max - 1);
+    if (this.stopping || paused) {
+      // Arrived after stop(), or paused: handed straight back, unstarted.
       lease.nak();
       return;
     }

@@ -318,7 +318,13 @@ export class Worker {
       disconnectTimeout,
       options.exitOnDisconnect ?? true,
     );
-    await worker.begin();
+    try {
+      await worker.begin();
+    } catch (e) {
+      // Nothing of a worker that failed to start keeps running: its executors, service, watches.
+      await worker.abandon();
+      throw e;
+    }
     return worker;
   }
 
@@ -377,12 +383,13 @@ export class Worker {
         },
       ],
     );
-    this.service.start();
     this.reaper = await startReaper(this.nats, this.store, this.log);
     await this.watchPauses();
     this.renewLimits();
     this.loop.start();
     this.listenForPriorities();
+    // Last: a drain or shutdown asked for through it finds everything it stops started.
+    this.service.start();
     void (async () => {
       for await (const status of this.nats.nc.status()) {
         if (status.type === "disconnect") this.actor.send({ type: "DISCONNECTED" });
@@ -585,6 +592,18 @@ export class Worker {
     this.host.interruptAll();
   }
 
+  /** A start that failed half-way: release what it had started. */
+  async abandon(): Promise<void> {
+    this.pauseWatch?.stop();
+    for (const sub of this.prioritySubs.splice(0)) sub.unsubscribe();
+    clearInterval(this.renewTimer);
+    await this.loop.stop().catch(() => undefined);
+    this.service?.stop();
+    await this.reaper?.stop().catch(() => undefined);
+    await this.pool?.stop();
+    this.actor.stop();
+  }
+
   /** The actor reached `stopped`: release the executors, the service, the reaper. */
   private async finish(): Promise<void> {
     clearInterval(this.renewTimer);
@@ -634,6 +653,7 @@ const workSource = async (nats: NatsHandle, t: TaskDefinition, at: { readonly pr
     // Each key is its own group: keys are asked round robin.
     group: at.key === undefined ? `${t.queue}.${t.name}` : `${t.queue}.${t.name}=${at.key}`,
     priority,
+    maxDeliver: settings.maxDeliver,
     ...(maxBatch === undefined ? {} : { maxBatch }),
   };
 };
