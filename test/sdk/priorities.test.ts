@@ -45,12 +45,13 @@ describe("priorities", () => {
   it("an idle worker takes a priority it sees for the first time at once, and loses nothing doing so", async () => {
     const troupe = await connect(server());
     const { task, started } = ordered("prio.late");
-    const worker = await troupe.worker({ tasks: [task], concurrency: 1 });
+    // Its waiting pull requests last 30 s: work that had to wait for one to end would take that long.
+    const worker = await troupe.worker({ tasks: [task], concurrency: 1, pullExpires: 30_000 });
     expect(await (await troupe.submit(task, { i: 0 })).result({ timeout: 10_000 })).toBe(0);
     // The worker is idle: its one slot waits in a pull request on the default priority's
     // consumer. Work at a new priority withdraws that request and is taken at once...
     const urgent = await troupe.submit(task, { i: 1 }, { priority: 2 });
-    expect(await urgent.result({ timeout: 4_000 })).toBe(1);
+    expect(await urgent.result({ timeout: 10_000 })).toBe(1);
     // ...and nothing is lost to the withdrawn request: default work still runs at once
     // (a message sent to it would wait out its 30 s lease).
     expect(await (await troupe.submit(task, { i: 2 })).result({ timeout: 10_000 })).toBe(2);
