@@ -5,16 +5,16 @@
  * is `Results`'.
  */
 import { createHash } from "node:crypto";
-import { Cause, Effect, Exit, Schema } from "effect";
+import { Cause, Effect, Exit, Schema, Struct } from "effect";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { unresolvedInput } from "../../machines/workflow.js";
 import { Cron } from "croner";
 import { LEASE_KEY, nextTick, Scheduler } from "../schedule/scheduler.js";
-import { ExecutorInfo, PauseEntry, ScheduleEntry, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
+import { PauseEntry, ScheduleEntry, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
 import { InvalidInput, InvalidOption, NatsFailure, WorkerNotFound, WorkflowNotFound } from "../errors.js";
 import { durationOption, type DurationInput } from "../duration.js";
-import { decodeWith } from "../nats/codec.js";
+import { decodeWith, readBucket } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
 import { controlSubject, eventSubject, isPriority, KEY, isValidQueueName, isValidTaskName, notifySubject, pauseKey } from "../nats/topology.js";
 import { encodeJson } from "../nats/codec.js";
@@ -107,13 +107,8 @@ export type WorkerStatus = WorkerInfo & { readonly runningTasks: ReadonlyArray<s
 
 /** What a worker's `stats` endpoint answers (the parts `workerStats` takes). */
 const LiveStats = Schema.Struct({
-  state: Schema.String,
-  running: Schema.Number,
-  processed: Schema.Number,
-  failed: Schema.Number,
+  ...Struct.pick(WorkerInfo.fields, ["state", "running", "processed", "failed", "paused", "executors"]),
   tasks: Schema.Array(Schema.String),
-  paused: Schema.optional(Schema.Array(Schema.String)),
-  executors: Schema.optional(Schema.Array(ExecutorInfo)),
 });
 const ControlReply = Schema.Struct({ running: Schema.Number });
 
@@ -277,15 +272,9 @@ export class Troupe {
 
   /** The live workers (their registry entries), optionally only those that serve `task`. */
   async workers(task?: Pick<TaskDefinition, "name" | "queue">): Promise<WorkerInfo[]> {
-    const found: WorkerInfo[] = [];
-    for await (const key of await this.nats.workers.keys()) {
-      const entry = await this.nats.workers.get(key).catch(() => null);
-      if (entry === null || entry.operation !== "PUT") continue;
-      const info = decodeWith(WorkerInfo, entry.value, "worker registry entry");
-      if (!info.ok || info.value.state === "stopped") continue;
-      if (task === undefined || info.value.tasks.some((t) => t.name === task.name && t.queue === task.queue)) found.push(info.value);
-    }
-    return found;
+    return (await readBucket(this.nats.workers, WorkerInfo, "worker registry entry"))
+      .map((e) => e.value)
+      .filter((w) => w.state !== "stopped" && (task === undefined || w.tasks.some((t) => t.name === task.name && t.queue === task.queue)));
   }
 
   /**
@@ -351,13 +340,7 @@ export class Troupe {
 
   /** The pauses in effect. */
   async paused(): Promise<PauseEntry[]> {
-    const found: PauseEntry[] = [];
-    for await (const key of await this.nats.pauses.keys()) {
-      const entry = await this.nats.pauses.get(key).catch(() => null);
-      const decoded = entry?.operation === "PUT" ? decodeWith(PauseEntry, entry.value, "pause entry") : undefined;
-      if (decoded?.ok) found.push(decoded.value);
-    }
-    return found;
+    return (await readBucket(this.nats.pauses, PauseEntry, "pause entry")).map((e) => e.value);
   }
 
   /**
@@ -412,16 +395,11 @@ export class Troupe {
 
   /** Every schedule, with its next tick. */
   async schedules(): Promise<Array<ScheduleEntry & { readonly nextTick?: string }>> {
-    const found: Array<ScheduleEntry & { readonly nextTick?: string }> = [];
     const now = Date.now();
-    for await (const key of await this.nats.schedules.keys()) {
-      const entry = await this.nats.schedules.get(key).catch(() => null);
-      const decoded = entry?.operation === "PUT" ? decodeWith(ScheduleEntry, entry.value, "schedule") : undefined;
-      if (!decoded?.ok) continue;
-      const next = nextTick(decoded.value, Math.max(now, decoded.value.lastTick ?? 0));
-      found.push({ ...decoded.value, ...(next === undefined ? {} : { nextTick: new Date(next).toISOString() }) });
-    }
-    return found;
+    return (await readBucket(this.nats.schedules, ScheduleEntry, "schedule")).map(({ value }) => {
+      const next = nextTick(value, Math.max(now, value.lastTick ?? 0));
+      return { ...value, ...(next === undefined ? {} : { nextTick: new Date(next).toISOString() }) };
+    });
   }
 
   /** The scheduler that leads now (its id), if any. */

@@ -120,9 +120,7 @@ export class PullLoop {
     if (this.stopping || this.options.capacity() - this.reserved > 0) return;
     for (const [seq, pull] of this.pulls) {
       if (!pull.waiting || pull.withdrawing || pull.consumer === source) continue;
-      pull.withdrawing = true;
-      void pull.sub.drain().catch(() => undefined).then(() => this.finish(seq));
-      return;
+      return this.withdraw(seq, pull);
     }
   }
 
@@ -137,12 +135,16 @@ export class PullLoop {
   setPaused(paused: ((group: string) => boolean) | undefined): void {
     this.paused = paused;
     for (const [seq, pull] of this.pulls) {
-      if (!pull.waiting || pull.withdrawing || !this.isPaused(pull.consumer)) continue;
-      pull.withdrawing = true;
-      void pull.sub.drain().catch(() => undefined).then(() => this.finish(seq));
+      if (pull.waiting && !pull.withdrawing && this.isPaused(pull.consumer)) this.withdraw(seq, pull);
     }
     for (const source of this.sources) if (!this.isPaused(source)) this.goActive(source);
     this.schedule();
+  }
+
+  /** Withdraw a waiting request: its slots come free once the server has dropped it (its reply subscription drained). */
+  private withdraw(seq: number, pull: PullRequest): void {
+    pull.withdrawing = true;
+    void pull.sub.drain().catch(() => undefined).then(() => this.finish(seq));
   }
 
   private isPaused(source: Source): boolean {

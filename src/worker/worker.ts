@@ -10,7 +10,7 @@ import { KvWatchInclude } from "@nats-io/kv";
 import { pino, type Logger } from "pino";
 import { InvalidDefinition, InvalidOption, NatsFailure } from "../errors.js";
 import { Schema } from "effect";
-import { decodeWith, encodeJson } from "../nats/codec.js";
+import { decodeWith, encodeJson, readBucket } from "../nats/codec.js";
 import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connection.js";
 import {
   consumerName,
@@ -428,11 +428,7 @@ export class Worker {
     // Updates from now on, then what is there already: no pause falls between the two.
     const watch = await this.nats.pauses.watch({ include: KvWatchInclude.UpdatesOnly });
     this.pauseWatch = watch;
-    for await (const key of await this.nats.pauses.keys()) {
-      const entry = await this.nats.pauses.get(key).catch(() => null);
-      const decoded = entry?.operation === "PUT" ? decodeWith(PauseEntry, entry.value, "pause entry") : undefined;
-      if (decoded?.ok) this.pauses.set(key, decoded.value);
-    }
+    for (const { key, value } of await readBucket(this.nats.pauses, PauseEntry, "pause entry")) this.pauses.set(key, value);
     this.applyPauses();
     void (async () => {
       for await (const e of watch) {
