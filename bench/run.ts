@@ -9,6 +9,7 @@
  *   server operations each task cost (messages in, messages stored);
  * - BullMQ on the local Redis (127.0.0.1:6379) when one answers, in the same shape,
  *   alternated with Troupe round by round (A B A B A B);
+ * - the same Troupe run with an OpenTelemetry SDK registered (`troupe-traced`), over the plain median;
  * - submit → handler start latency; a 1,000-step workflow against 1,000 plain tasks.
  *
  * BENCH_TASKS sets the task count (default 20000), BENCH_ROUNDS the rounds (default 3).
@@ -20,6 +21,9 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { jetstream } from "@nats-io/jetstream";
 import { pino } from "pino";
+import { context, trace } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { defineTask, defineWorkflow, Schema, Troupe, type SubmitOptions } from "../src/index.js";
 import { NatsServer, natsServerVersion } from "../src/dev/nats-server.js";
 import { connectNats, ensureTaskConsumer, openNats } from "../src/nats/connection.js";
@@ -128,6 +132,22 @@ const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => Su
     };
   } finally {
     await server.stop();
+  }
+};
+
+/** `run` with an OpenTelemetry SDK registered (spans kept in memory), unregistered after: what tracing costs. */
+const withTracing = async <A>(run: () => Promise<A>): Promise<A & { readonly spans: number }> => {
+  const exporter = new InMemorySpanExporter();
+  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  trace.setGlobalTracerProvider(provider);
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  try {
+    const result = await run();
+    return { ...result, spans: exporter.getFinishedSpans().length };
+  } finally {
+    trace.disable();
+    context.disable();
+    await provider.shutdown();
   }
 };
 
@@ -515,6 +535,19 @@ const main = async () => {
       tasks: limitedN,
       overPlainMedian: round3(capped.perSecond / plain),
       node: process.version,
+    });
+    // An OpenTelemetry SDK registered: a submit and an attempt span per task, exported in memory.
+    const traced = await withTracing(() => troupeThroughput(noop));
+    emit({
+      bench: "throughput",
+      system: "troupe-traced",
+      unit: "tasks/s",
+      value: Math.round(traced.perSecond),
+      correct: traced.correct,
+      spansPerTask: round3(traced.spans / N),
+      cpuUsPerTask: traced.cpuUsPerTask,
+      overPlainMedian: round3(traced.perSecond / plain),
+      ...common,
     });
     const latency = await troupeLatency(server.url);
     emit({ bench: "submit-to-start", system: "troupe", worker: "busy", unit: "ms", p50: latency.p50, p99: latency.p99, inFlight: 4 });

@@ -85,6 +85,8 @@ export const TaskRecord = Schema.Struct({
   key: Schema.optional(Schema.String),
   /** The latest `ctx.progress(data)` of the attempt that runs (or ran) the task, and when. */
   progress: Schema.optional(Schema.Struct({ data: Schema.Unknown, at: Schema.String })),
+  /** How many times the task was run again after it had failed or been cancelled (`troupe.retry`). */
+  retries: Schema.optional(Schema.Number),
 });
 export type TaskRecord = typeof TaskRecord.Type;
 
@@ -119,6 +121,7 @@ export const recordWith = (record: TaskRecord, changes: Partial<TaskRecord>): Ta
     priority: record.priority,
     key: record.key,
     progress: record.progress,
+    retries: record.retries,
   };
   return Object.assign(next, changes);
 };
@@ -164,6 +167,8 @@ export const WorkflowRecord = Schema.Struct({
   input: Schema.Unknown,
   definition: Schema.Struct({ steps: Schema.Record(Schema.String, StepDefinition) }),
   steps: Schema.Record(Schema.String, StepState),
+  /** The trace context of the run's start (`traceparent`, `tracestate`), which its steps' submits join. */
+  trace: Schema.optional(Schema.Record(Schema.String, Schema.String)),
   createdAt: Schema.String,
   finishedAt: Schema.optional(Schema.String),
   error: Schema.optional(StepFailure),
@@ -186,6 +191,10 @@ export const ScheduleEntry = Schema.Struct({
   lastTick: Schema.optional(Schema.Number),
 });
 export type ScheduleEntry = typeof ScheduleEntry.Type;
+
+/** A TROUPE_INDEX entry: the task or run that ended, and when (epoch ms). */
+export const IndexEntry = Schema.Struct({ id: Schema.String, at: Schema.Number });
+export type IndexEntry = typeof IndexEntry.Type;
 
 /** What `troupe-pauses` holds under `<queue>` or `<queue>.<type>`. */
 export const PauseEntry = Schema.Struct({

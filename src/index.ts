@@ -6,6 +6,12 @@ export { Schema } from "effect";
 export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type CancelResult, type WorkerInfo, type WorkerStatus, type PauseTarget, type ScheduleOptions } from "./sdk/troupe.js";
 export { TaskRun, type WaitOptions, type TaskProgress } from "./sdk/run.js";
 export type { LogFilter, LogLine } from "./sdk/logs.js";
+export type { RetryFilter, RetryResult } from "./sdk/troupe.js";
+export type { ListOptions, TaskPage, HistoryEvent } from "./sdk/list.js";
+export type { SweepResult } from "./store/retention.js";
+export type { PayloadRef } from "./store/payloads.js";
+export type { TroupeStats, TaskTypeStats, StatsOptions } from "./sdk/stats.js";
+export type { MetricsOptions } from "./metrics/server.js";
 export { WorkflowRun, type WorkflowCancelResult } from "./sdk/workflow-run.js";
 export {
   defineTask,
@@ -19,11 +25,15 @@ export {
   type DurationInput,
 } from "./task.js";
 export { defineWorkflow, type WorkflowDefinition, type WorkflowStep, type WorkflowOptions } from "./workflow.js";
+export { defineProtocol, type ProtocolDefinition, type ProtocolOptions } from "./rpc/protocol.js";
+export type { RpcService, RpcOptions, GatewayOptions } from "./rpc/service.js";
+export type { OpenRpcDocument } from "./rpc/discover.js";
 export type { Worker, WorkerOptions, StopOptions, WorkerStats } from "./worker/worker.js";
 export type { Isolation } from "./pool/pool.js";
 export type { Scheduler } from "./schedule/scheduler.js";
 export type { Coordinator, CoordinatorOptions } from "./coordinator/coordinator.js";
-export type { ConnectOptions, TlsConnectOptions } from "./nats/connection.js";
+export type { ConnectOptions, TlsConnectOptions, RetentionOptions } from "./nats/connection.js";
+export { loadConfig, CONFIG_FILES, type TroupeConfig, type LoadConfigOptions, type ConfigValue, type ConfigKey, type ConfigOverride } from "./config.js";
 export {
   Cancelled,
   Execution,

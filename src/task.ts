@@ -116,6 +116,10 @@ const RETRY_OPTIONS = new Set(["attempts", "backoff", "delay", "maxDelay", "jitt
 /** An Effect Schema (a struct, a class, a primitive): it has an AST. */
 const isCodec = (value: unknown) => (typeof value === "object" || typeof value === "function") && value !== null && "ast" in value;
 
+/** A value `defineTask` made (what a module of tasks or a protocol holds). */
+export const isTaskDefinition = (value: unknown): value is TaskDefinition =>
+  typeof value === "object" && value !== null && (value as { _tag?: unknown })._tag === "TaskDefinition";
+
 export const defineTask = <I, IE, O, OE>(options: TaskOptions<I, IE, O, OE>): TaskDefinition<I, O, IE, OE> => {
   const name = String(options.name);
   const invalid = (message: string) => new InvalidDefinition({ message: `task "${name}": ${message}` });

@@ -1,14 +1,13 @@
 /**
- * A module of tasks: every `defineTask` definition it exports, directly or in an exported
- * array. The CLI's `troupe worker <module>`, a worker's `module` option and every executor
- * of a pool load tasks this one way, so they agree on what a module holds.
+ * A module of tasks: every `defineTask` definition it exports, directly, in an exported
+ * array or in an exported protocol (`defineProtocol`). The CLI's `troupe worker <module>`,
+ * a worker's `module` option and every executor of a pool load tasks this one way, so they
+ * agree on what a module holds.
  */
 import { isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import type { TaskDefinition } from "./task.js";
-
-const isTask = (value: unknown): value is TaskDefinition =>
-  typeof value === "object" && value !== null && (value as { _tag?: unknown })._tag === "TaskDefinition";
+import { isTaskDefinition, type TaskDefinition } from "./task.js";
+import { isProtocol } from "./rpc/protocol.js";
 
 /** A path (relative to the working directory) or a URL, as `import()` takes it. */
 export const moduleUrl = (module: string | URL): string => {
@@ -22,7 +21,8 @@ export const loadTasks = async (module: string | URL): Promise<TaskDefinition[]>
   const mod = (await import(moduleUrl(module))) as Record<string, unknown>;
   const found = new Map<string, TaskDefinition>();
   for (const value of Object.values(mod)) {
-    for (const item of Array.isArray(value) ? value : [value]) if (isTask(item)) found.set(item.name, item);
+    const items = isProtocol(value) ? value.tasks : Array.isArray(value) ? value : [value];
+    for (const item of items) if (isTaskDefinition(item)) found.set(item.name, item);
   }
   return [...found.values()];
 };

@@ -6,11 +6,13 @@
  */
 import { Cause, Effect, Exit } from "effect";
 import type { Logger } from "pino";
+import type { Context } from "@opentelemetry/api";
 import type { Execution } from "../../machines/task.js";
 import type { TaskFailure, TaskRecord } from "../../machines/records.js";
 import { failureFrom } from "../failure.js";
 import { Serialization } from "../errors.js";
 import { encodeJson } from "../nats/codec.js";
+import { within } from "../trace.js";
 import { decodeInput, encodeOutput, type TaskDefinition, type TaskRunContext } from "../task.js";
 
 export interface ExecutionContext {
@@ -22,8 +24,10 @@ export interface ExecutionContext {
   readonly heartbeat: (details?: unknown) => void;
   readonly progress: (data: unknown) => void;
   readonly now: () => number;
-  /** Largest output the store takes, in bytes. */
+  /** Largest output the store takes, in bytes (`Number.MAX_SAFE_INTEGER`: any, not measured). */
   readonly maxPayload: number;
+  /** The attempt's trace context: the handler is called in it (and so are the spans it starts). */
+  readonly trace?: Context | undefined;
 }
 
 export const execute = (definition: TaskDefinition, record: TaskRecord, context: ExecutionContext): Effect.Effect<Execution> => {
@@ -50,7 +54,7 @@ export const execute = (definition: TaskDefinition, record: TaskRecord, context:
     // The record with its output must fit the server's payload limit. Only an object or a
     // long string can be near it; a number needs no measuring.
     const value = encoded.value;
-    const large = typeof value === "object" || (typeof value === "string" && value.length > 4_096);
+    const large = context.maxPayload < Number.MAX_SAFE_INTEGER && (typeof value === "object" || (typeof value === "string" && value.length > 4_096));
     const size = large ? encodeJson({ ...record, status: "COMPLETED", output: value, finishedAt: new Date(0).toISOString() }).length : 0;
     if (size > context.maxPayload) {
       return failed({ _tag: "Serialization", message: `the record with its output is ${size} bytes, over the server's payload limit`, retryable: false });
@@ -60,7 +64,7 @@ export const execute = (definition: TaskDefinition, record: TaskRecord, context:
   // A throw, a rejection or a failure of the handler's Effect is the attempt's outcome; an
   // interruption (deadline, cancellation, shutdown) stays one.
   return Effect.suspend(() => {
-    const returned = definition.handler(input.value, ctx);
+    const returned = within(context.trace, () => definition.handler(input.value, ctx));
     if (Effect.isEffect(returned)) return returned as Effect.Effect<unknown, unknown>;
     return isThenable(returned) ? Effect.promise(() => returned) : Effect.succeed(returned);
   }).pipe(

@@ -15,6 +15,7 @@
 import { Cause, Effect, Exit, type Fiber } from "effect";
 import type { AnyEventObject } from "xstate";
 import type { Logger } from "pino";
+import type { Context } from "@opentelemetry/api";
 import { hydrate, RESTING, taskMachine, type Execution, type TaskContext, type TaskEvent, type TaskSnapshot } from "../../machines/task.js";
 import type { TaskRecord } from "../../machines/records.js";
 import type { Fenced, Internal, NatsFailure } from "../errors.js";
@@ -22,6 +23,7 @@ import type { ExecutorPool } from "../pool/pool.js";
 import type { Stored } from "../store/task-store.js";
 import { decodeOutput, type TaskDefinition } from "../task.js";
 import { failureFrom } from "../failure.js";
+import { traceCarrier } from "../trace.js";
 import { execute } from "./execute.js";
 import type { FiberClock } from "./fiber-clock.js";
 import { TransitionPlans, type PlannedAction } from "./transition-plans.js";
@@ -44,6 +46,11 @@ export interface TaskHostDeps {
   readonly random: () => number;
   /** Executors to run handlers in (an isolated worker); in this process when absent. */
   readonly pool?: ExecutorPool | undefined;
+  /**
+   * Around each run of a handler: large payloads (the input's references resolved before,
+   * a large output stored after; `withPayloads`). Runs as it is when absent.
+   */
+  readonly payloads?: (record: TaskRecord, run: (record: TaskRecord) => Effect.Effect<Execution>) => Effect.Effect<Execution>;
   /** The logger of one attempt (`ctx.log`, and the host's lines about it); a child of `log` when absent. */
   readonly taskLog?: (bindings: { readonly taskId: string; readonly task: string; readonly attempt: number }) => Logger;
 }
@@ -102,6 +109,8 @@ class Attempt {
     readonly lease: Heartbeat,
     readonly log: () => Logger,
     stored: Stored,
+    /** The attempt's trace context (its span's), which the handler runs in. */
+    readonly trace?: Context,
   ) {
     this.saved = stored;
     this.snapshot = hydrate({ ...stored, policy: definition.policy }, host.resolve);
@@ -239,7 +248,7 @@ export class TaskHost {
    * Run one attempt from the stored record: START, then wait until it is settled (saved
    * COMPLETED, FAILED, CANCELLED or RETRYING), lost, or stopped by a shutdown. Never throws.
    */
-  async attempt(stored: Stored, definition: TaskDefinition, lease: Heartbeat, message?: number): Promise<AttemptOutcome> {
+  async attempt(stored: Stored, definition: TaskDefinition, lease: Heartbeat, message?: number, trace?: Context): Promise<AttemptOutcome> {
     const { deps } = this;
     const id = stored.record.id;
     // After a shutdown interrupted everything, a delivery that was still on its way in starts nothing.
@@ -250,7 +259,7 @@ export class TaskHost {
     if (stored.record.status === "RUNNING") {
       log().warn({ lostWorker: stored.record.workerId }, "previous attempt lost its worker (WorkerLost); running again");
     }
-    const attempt = new Attempt(this, definition, lease, log, stored);
+    const attempt = new Attempt(this, definition, lease, log, stored, trace);
     this.attempts.set(id, attempt);
     try {
       attempt.send({ type: "START", workerId: deps.workerId, at: deps.clock.now(), random: deps.random(), message });
@@ -352,9 +361,9 @@ export class TaskHost {
   private execute(attempt: Attempt, context: TaskContext): void {
     const { definition } = attempt;
     const pool = this.deps.pool;
-    const program =
+    const run = (record: TaskRecord): Effect.Effect<Execution> =>
       pool === undefined
-        ? execute(definition, context.record, {
+        ? execute(definition, record, {
             attempt: context.record.attempt,
             signal: () => attempt.signal,
             log: attempt.log,
@@ -362,12 +371,15 @@ export class TaskHost {
             progress: (data) => this.progress(attempt, data),
             now: this.clock.now,
             maxPayload: this.deps.maxPayload,
+            trace: attempt.trace,
           })
         : Effect.map(
-            pool.run(context.record, context.record.attempt, {
-              heartbeat: (details) => attempt.lease.working(details),
-              progress: (data) => this.progress(attempt, data),
-            }),
+            pool.run(
+              record,
+              record.attempt,
+              { heartbeat: (details) => attempt.lease.working(details), progress: (data) => this.progress(attempt, data) },
+              traceCarrier(attempt.trace),
+            ),
             // The executor encoded the output with the task's schema; it is checked here too.
             (execution): Execution => {
               if (!execution.ok || Exit.isSuccess(decodeOutput(definition, execution.output))) return execution;
@@ -375,6 +387,7 @@ export class TaskHost {
               return { ok: false, error: { _tag: "Serialization", message, retryable: false }, at: execution.at };
             },
           );
+    const program = this.deps.payloads === undefined ? run(context.record) : this.deps.payloads(context.record, run);
     const fiber = Effect.runFork(program);
     attempt.handler = fiber;
     fiber.addObserver((exit) => {

@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 /**
  * The `troupe` command: dev, worker, submit, get, demo.
- * Connection from `NATS_URL` or `--server`, plus credentials and TLS flags.
+ * Connection and worker settings from flags, TROUPE_* variables and the config file (./config.ts).
  */
 import { dirname } from "node:path";
-import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { realpathSync } from "node:fs";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -23,17 +23,22 @@ import { eventSubject } from "../nats/topology.js";
 import { parseDuration } from "../duration.js";
 import { ProgressBar } from "./progress.js";
 import { startInspector } from "../inspect/server.js";
+import { showStats } from "./stats.js";
+import { cliConfig, DEV_URL_FILE, formatConfig } from "./config.js";
+import type { TroupeConfig } from "../config.js";
+import { rootLogger } from "../log.js";
 
 const USAGE = `troupe — tasks and workflows as actors on NATS JetStream
 
 Usage:
-  troupe dev [--store DIR] [--port N] [--ui-port N]
+  troupe dev [--store DIR] [--port N] [--ui-port N] [--metrics-port N]
                                              an embedded nats-server -js (port 4222 when free), a
                                              coordinator and the inspector; writes its URL to .troupe/url
   troupe demo [--tasks N]                    run the demo on its own embedded server
-  troupe worker <module> [--concurrency N] [--threads N | --processes N] [--memory-limit MB]
-                [--grace T] [--stop-timeout T] [--disconnect-timeout T]
-                                             run the tasks a module exports, N at a time (default 1;
+  troupe worker [<module>] [--concurrency N] [--threads N | --processes N] [--memory-limit MB]
+                [--grace T] [--stop-timeout T] [--disconnect-timeout T] [--metrics-port N]
+                                             run the tasks a module exports (default: worker.module
+                                             of the configuration), N at a time (default 1;
                                              with executors, one per executor); --threads/--processes
                                              run handlers in a pool of N worker threads or child
                                              processes; SIGTERM/SIGINT stop it gracefully (finish
@@ -55,9 +60,23 @@ Usage:
                                              --priority 1 runs first, 5 last (default 3); --key
                                              groups it (keys served round robin, limits.perKey)
   troupe get <id>                            print a task's state record (JSON)
+  troupe ls [--status S] [--task NAME] [--queue Q] [--since T|TIME] [--limit N] [--cursor C] [--json]
+                                             tasks newest first (finished ones by when they ended), a
+                                             page at a time; --since 1h or an ISO time
+  troupe retry <id> [--wait [--timeout T]]   run a FAILED or CANCELLED task again (same id, history kept)
+  troupe retry --status FAILED|CANCELLED [--task NAME] [--queue Q] [--since T] [--limit N]
+                                             retry every task the filter lists
+  troupe history <id> [--json]               a task's transitions, oldest first, while TROUPE_EVENTS keeps them
   troupe cancel <id> [--reason TEXT]         cancel a task (exit 1 if it had already finished)
-  troupe coordinator                         advance workflow runs and fire schedules (run any number)
+  troupe coordinator [--metrics-port N]      advance workflow runs and fire schedules (run any number)
+  troupe stats [--watch] [--json]            per task type and queue: waiting, running, completed, failed
+                                             (and rates per minute), workers; --watch redraws every 2s
   troupe scheduler                           fire schedules only (any number of them; one leads)
+  troupe gateway [--module FILE] [--timeout T]
+                                             serve JSON-RPC 2.0 on troupe.rpc (NATS micro service
+                                             troupe-rpc) with no tasks: each call submits a task and
+                                             answers with its outcome, waiting up to T (default 60s);
+                                             --module checks params against its tasks' schemas
   troupe schedule add <id> <task> '<json>' (--cron EXPR | --every T) [--timezone TZ]
                 [--catch-up none|one|all] [--queue Q]
                                              create or replace a schedule: one task per tick,
@@ -70,6 +89,8 @@ Usage:
   troupe workflow get <id>                   print a workflow run's record (JSON)
   troupe workflow cancel <id> [--reason TEXT]
                                              cancel a workflow run (exit 1 if it had already finished)
+  troupe config [--json]                     the effective configuration (flags, TROUPE_* variables,
+                                             troupe.config.json|yaml|yml), each value's source
 
   T is milliseconds or a duration such as 30s or "30 seconds"; a wait past it exits 1, the work goes on.
 
@@ -79,6 +100,9 @@ Connection (every verb but dev and demo):
   --user U --password P | --token T | --creds FILE
   --tls-ca FILE --tls-cert FILE --tls-key FILE
   --replicas N       stream and bucket replicas when they are created (default 1)
+  --config FILE      the config file (default: $TROUPE_CONFIG, then the first troupe.config.json,
+                     .yaml or .yml in this directory or above); flags override TROUPE_* variables,
+                     which override the file
 `;
 
 const options = {
@@ -119,23 +143,19 @@ const options = {
   "ui-port": { type: "string" },
   watch: { type: "boolean" },
   timeout: { type: "string" },
+  status: { type: "string" },
+  since: { type: "string" },
+  limit: { type: "string" },
+  cursor: { type: "string" },
   help: { type: "boolean", short: "h" },
+  config: { type: "string" },
+  "metrics-port": { type: "string" },
 } as const;
 
 type Flags = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>["values"];
 
 /** A CLI mistake: printed alone with a hint, exit code 2. */
 class UsageError extends Error {}
-
-/** Where `troupe dev` writes its URL, for the other verbs of the same directory. */
-const DEV_URL_FILE = ".troupe/url";
-
-/** The server: --server, then NATS_URL, then what `troupe dev` wrote here, then the default. */
-const serverUrl = (flags: Flags): string | undefined => {
-  if (flags.server !== undefined) return flags.server;
-  if (process.env.NATS_URL !== undefined) return process.env.NATS_URL;
-  return existsSync(DEV_URL_FILE) ? readFileSync(DEV_URL_FILE, "utf8").trim() || undefined : undefined;
-};
 
 const durationFlag = (value: string | undefined, name: string): number | undefined => {
   if (value === undefined) return undefined;
@@ -154,22 +174,14 @@ const int = (value: string | undefined, name: string, fallback: number): number 
   return n;
 };
 
-const connection = (flags: Flags): TroupeOptions => ({
-  ...(serverUrl(flags) === undefined ? {} : { servers: serverUrl(flags)! }),
-  ...(flags.user === undefined ? {} : { user: flags.user, pass: flags.password ?? "" }),
-  ...(flags.token === undefined ? {} : { token: flags.token }),
-  ...(flags.creds === undefined ? {} : { credentials: flags.creds }),
-  ...(flags["tls-ca"] ?? flags["tls-cert"] ?? flags["tls-key"]
-    ? {
-        tls: {
-          ...(flags["tls-ca"] === undefined ? {} : { caFile: flags["tls-ca"] }),
-          ...(flags["tls-cert"] === undefined ? {} : { certFile: flags["tls-cert"] }),
-          ...(flags["tls-key"] === undefined ? {} : { keyFile: flags["tls-key"] }),
-        },
-      }
-    : {}),
-  replicas: int(flags.replicas, "replicas", 1),
-  name: "troupe-cli",
+/** This command's configuration: flags over TROUPE_* variables over the config file (a bad flag value is a usage mistake). */
+const configOf = (flags: Flags, module?: string): TroupeConfig =>
+  cliConfig(flags, { ...(module === undefined ? {} : { module }), flagError: (message) => new UsageError(message) });
+
+/** The client's options, from the configuration; its logger at `log.level`. */
+const connection = (flags: Flags, config: TroupeConfig = configOf(flags)): TroupeOptions => ({
+  ...config.connection,
+  logger: rootLogger(config.logLevel),
 });
 
 /** A short-lived client for one command, closed however the command ends. */
@@ -199,11 +211,30 @@ const inspect = async (flags: Flags) => {
 };
 
 const coordinator = async (flags: Flags) => {
-  const troupe = await Troupe.connect(connection(flags));
-  await troupe.coordinator();
+  const config = configOf(flags);
+  const troupe = await Troupe.connect(connection(flags, config));
+  await troupe.coordinator(config.metrics === undefined ? {} : { metrics: config.metrics });
   const signal = await waitForSignal();
   troupe.log.info({ signal }, "stopping coordinator");
   await troupe.close();
+};
+
+/** `troupe gateway`: JSON-RPC on `troupe.rpc`, running no tasks, until a signal. */
+const gateway = async (flags: Flags) => {
+  const tasks = flags.module === undefined ? [] : await loadTasks(flags.module);
+  if (flags.module !== undefined && tasks.length === 0) throw new UsageError(`${flags.module} exports no task definitions (defineTask)`);
+  const timeout = timeoutFlag(flags);
+  const config = configOf(flags);
+  const troupe = await Troupe.connect(connection(flags, config));
+  try {
+    // --timeout over the configuration's rpc.timeout.
+    const rpc = await troupe.gateway({ tasks, ...config.rpc, ...(timeout === undefined ? {} : { timeout }) });
+    process.stdout.write(`troupe gateway: JSON-RPC 2.0 on troupe.rpc (NATS micro service troupe-rpc, id ${rpc.id})\n`);
+    const signal = await waitForSignal();
+    troupe.log.info({ signal }, "stopping gateway");
+  } finally {
+    await troupe.close();
+  }
 };
 
 /** Warn on stderr about the tasks no live worker serves: their work waits queued until one starts. */
@@ -336,7 +367,8 @@ const dev = async (flags: Flags) => {
   });
   // The embedded default also runs a coordinator, so workflows advance with no other process.
   const troupe = await Troupe.connect({ servers: server.url });
-  await troupe.coordinator();
+  const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
+  const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
   const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0) });
   await mkdir(dirname(DEV_URL_FILE), { recursive: true });
   await writeFile(DEV_URL_FILE, `${server.url}\n`);
@@ -347,6 +379,7 @@ const dev = async (flags: Flags) => {
       `  troupe worker ./tasks.js        # in another terminal\n` +
       `  nats --server ${server.url} stream ls\n` +
       `A coordinator runs here too; the inspector is at ${inspector.url}\n` +
+      (coordinator.metricsPort === undefined ? "" : `  its Prometheus metrics: http://127.0.0.1:${coordinator.metricsPort}/metrics\n`) +
       `Ctrl-C stops it all.\n`,
   );
   await waitForSignal();
@@ -359,32 +392,17 @@ const dev = async (flags: Flags) => {
 const worker = async (flags: Flags, positionals: string[]) => {
   const [first, id] = positionals;
   if ((first === "stop" || first === "shutdown") && positionals.length === 2 && id !== undefined) return controlWorker(flags, first, id);
-  const file = first;
-  if (file === undefined) throw new UsageError("troupe worker needs a module that exports tasks");
   if (flags.threads !== undefined && flags.processes !== undefined) throw new UsageError("give --threads or --processes, not both");
-  const tasks = await loadTasks(file);
-  if (tasks.length === 0) throw new UsageError(`${file} exports no task definitions (defineTask)`);
-  const executors = flags.threads ?? flags.processes;
-  const isolated =
-    executors === undefined
-      ? { tasks }
-      : {
-          module: file,
-          isolation: flags.threads !== undefined ? ("thread" as const) : ("process" as const),
-          executors: int(executors, flags.threads !== undefined ? "threads" : "processes", 1),
-          ...(flags["memory-limit"] === undefined ? {} : { memoryLimitMb: int(flags["memory-limit"], "memory-limit", 0) }),
-          ...(flags.grace === undefined ? {} : { gracePeriod: durationFlag(flags.grace, "grace")! }),
-        };
-  const disconnect = durationFlag(flags["disconnect-timeout"], "disconnect-timeout");
-  const troupe = await Troupe.connect(connection(flags));
+  const config = configOf(flags, first);
+  const { module, ...options } = config.worker;
+  if (module === undefined) throw new UsageError("troupe worker needs a module that exports tasks (an argument, worker.module in the config file or TROUPE_MODULE)");
+  const tasks = await loadTasks(module);
+  if (tasks.length === 0) throw new UsageError(`${String(module)} exports no task definitions (defineTask)`);
+  const troupe = await Troupe.connect(connection(flags, config));
   try {
-    const w = await troupe.worker({
-      ...isolated,
-      ...(flags.concurrency === undefined ? {} : { concurrency: int(flags.concurrency, "concurrency", 1) }),
-      ...(disconnect === undefined ? {} : { disconnectTimeout: disconnect }),
-    });
-    const stopTimeout = durationFlag(flags["stop-timeout"], "stop-timeout");
-    await w.run(stopTimeout === undefined ? {} : { timeout: stopTimeout });
+    // In this process the tasks run as loaded; isolated, each executor loads the module.
+    const w = await troupe.worker(options.isolation === undefined ? { ...options, tasks } : { ...options, module });
+    await w.run(config.stop);
   } finally {
     await troupe.close();
   }
@@ -588,6 +606,110 @@ const get = async (flags: Flags, positionals: string[]) => {
   });
 };
 
+/** `--since`: an ISO time, or a duration back from now (`1h`, "30 minutes"). */
+const sinceFlag = (value: string | undefined): number | undefined => {
+  if (value === undefined) return undefined;
+  const ago = parseDuration(value);
+  if (ago !== undefined) return Date.now() - ago;
+  const at = Date.parse(value);
+  if (Number.isNaN(at)) throw new UsageError(`--since takes a time (ISO) or a duration back from now (1h), got "${value}"`);
+  return at;
+};
+
+const TASK_STATUSES = ["QUEUED", "RUNNING", "RETRYING", "COMPLETED", "FAILED", "CANCELLED"] as const;
+const statusFlag = (value: string | undefined): (typeof TASK_STATUSES)[number] | undefined => {
+  if (value === undefined) return undefined;
+  const status = value.toUpperCase();
+  if (!(TASK_STATUSES as ReadonlyArray<string>).includes(status)) throw new UsageError(`--status must be one of ${TASK_STATUSES.join(", ")}, got "${value}"`);
+  return status as (typeof TASK_STATUSES)[number];
+};
+
+const intFlag = (name: string, value: string | undefined): number | undefined => {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${name} must be a positive integer, got "${value}"`);
+  return n;
+};
+
+const ls = async (flags: Flags) => {
+  await withClient(flags, async (troupe) => {
+    const since = sinceFlag(flags.since);
+    const page = await troupe.list({
+      ...(flags.status === undefined ? {} : { status: statusFlag(flags.status) }),
+      ...(flags.task === undefined ? {} : { task: flags.task }),
+      ...(flags.queue === undefined ? {} : { queue: flags.queue }),
+      ...(since === undefined ? {} : { since }),
+      ...(flags.limit === undefined ? {} : { limit: intFlag("limit", flags.limit) }),
+      ...(flags.cursor === undefined ? {} : { cursor: flags.cursor }),
+    });
+    if (flags.json) {
+      process.stdout.write(`${JSON.stringify(page, null, 2)}\n`);
+      return;
+    }
+    const rows = page.tasks.map((t) => [t.id, t.status, t.task, t.queue, String(t.attempt), t.finishedAt ?? t.startedAt ?? t.createdAt, t.error === undefined ? "" : `${t.error._tag}: ${t.error.message}`.slice(0, 60)]);
+    printTable(["ID", "STATUS", "TASK", "QUEUE", "ATTEMPT", "AT", "ERROR"], rows);
+    if (page.cursor !== undefined) process.stdout.write(`more: troupe ls --cursor ${page.cursor}\n`);
+  });
+};
+
+/** Rows under a header, each column as wide as its widest cell. */
+const printTable = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) => {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]?.length ?? 0)));
+  for (const row of [header, ...rows]) process.stdout.write(`${row.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}\n`);
+};
+
+const retry = async (flags: Flags, positionals: string[]) => {
+  const id = positionals[0];
+  await withClient(flags, async (troupe) => {
+    if (id !== undefined) {
+      const run = await troupe.retry(id);
+      process.stdout.write(`task ${run.id} queued again\n`);
+      if (flags.wait) {
+        const timeout = timeoutFlag(flags);
+        const record = await run.settledRecord(timeout === undefined ? {} : { timeout });
+        process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
+        if (record.status !== "COMPLETED") process.exitCode = 1;
+      }
+      return;
+    }
+    if (flags.status === undefined && flags.task === undefined) throw new UsageError("troupe retry needs a task id, or --status FAILED|CANCELLED and/or --task to retry many");
+    const status = statusFlag(flags.status) ?? "FAILED";
+    if (status !== "FAILED" && status !== "CANCELLED") throw new UsageError("troupe retry --status takes FAILED or CANCELLED");
+    const since = sinceFlag(flags.since);
+    const limit = intFlag("limit", flags.limit);
+    const result = await troupe.retry({
+      status,
+      ...(flags.task === undefined ? {} : { task: flags.task }),
+      ...(flags.queue === undefined ? {} : { queue: flags.queue }),
+      ...(since === undefined ? {} : { since }),
+      ...(limit === undefined ? {} : { limit }),
+    });
+    process.stdout.write(`${result.retried.length} ${status} task(s) queued again${result.skipped.length > 0 ? `, ${result.skipped.length} skipped (they moved on)` : ""}\n`);
+  });
+};
+
+const history = async (flags: Flags, positionals: string[]) => {
+  const id = positionals[0];
+  if (id === undefined) throw new UsageError("troupe history needs a task id");
+  await withClient(flags, async (troupe) => {
+    const events = await troupe.history(id);
+    if (events.length === 0) {
+      process.stderr.write(`no events of task ${id} (none, or past TROUPE_EVENTS' age limit)\n`);
+      process.exitCode = 1;
+      return;
+    }
+    if (flags.json) {
+      process.stdout.write(`${JSON.stringify(events, null, 2)}\n`);
+      return;
+    }
+    const rows = events.map((e) => {
+      const r = e.record as { status?: string; attempt?: number; workerId?: string; error?: { _tag: string; message: string } } | null;
+      return [e.at, e.event, String(r?.attempt ?? ""), r?.workerId ?? "", r?.error === undefined ? "" : `${r.error._tag}: ${r.error.message}`.slice(0, 60)];
+    });
+    printTable(["AT", "EVENT", "ATTEMPT", "WORKER", "ERROR"], rows);
+  });
+};
+
 const cancel = async (flags: Flags, positionals: string[]) => {
   const id = positionals[0];
   if (id === undefined) throw new UsageError("troupe cancel needs a task id");
@@ -623,6 +745,8 @@ export const main = async (argv: string[]): Promise<void> => {
         return await worker(flags, rest);
       case "workers":
         return await workers(flags);
+      case "stats":
+        return await withClient(flags, (troupe) => showStats(troupe, { watch: flags.watch === true, json: flags.json === true }));
       case "logs":
         return await logs(flags);
       case "scheduler":
@@ -636,14 +760,25 @@ export const main = async (argv: string[]): Promise<void> => {
         return await submit(flags, rest);
       case "get":
         return await get(flags, rest);
+      case "ls":
+        return await ls(flags);
+      case "retry":
+        return await retry(flags, rest);
+      case "history":
+        return await history(flags, rest);
       case "cancel":
         return await cancel(flags, rest);
       case "coordinator":
         return await coordinator(flags);
+      case "gateway":
+        return await gateway(flags);
       case "inspect":
         return await inspect(flags);
       case "workflow":
         return await workflow(flags, rest);
+      case "config":
+        process.stdout.write(formatConfig(configOf(flags), flags.json === true));
+        return;
       default:
         throw new UsageError(`unknown command "${verb}"`);
     }

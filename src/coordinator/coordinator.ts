@@ -17,12 +17,17 @@ import type { NatsHandle } from "../nats/connection.js";
 import { COORDINATOR_CONSUMER, STEPS_STREAM } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { WorkflowStore } from "../store/workflow-store.js";
+import { CoordinatorMetrics } from "../metrics/coordinator-metrics.js";
+import { metricsOption, type MetricsOptions } from "../metrics/server.js";
+import { InvalidOption } from "../errors.js";
 
 export interface CoordinatorOptions {
   /** How often to look for runs left half-done (ms, default 30000; 0: never, not even at start). */
   readonly reconcileEvery?: number;
   /** Run a scheduler beside it (default true): schedules fire wherever a coordinator runs. */
   readonly scheduler?: boolean;
+  /** Serve Prometheus metrics on `GET /metrics` at this port (0: a free one, see `metricsPort`). */
+  readonly metrics?: MetricsOptions;
 }
 
 /** What a coordinator reads of a step task's final record (published to the step's notify subject). */
@@ -49,6 +54,10 @@ export class Coordinator {
 
   static async start(nats: NatsHandle, workflows: WorkflowStore, tasks: TaskStore, log: Logger, options: CoordinatorOptions = {}): Promise<Coordinator> {
     const coordinator = new Coordinator(workflows, tasks, log.child({ coordinator: nuid.next() }));
+    if (options.metrics !== undefined) {
+      const metrics = metricsOption(options.metrics, (message) => new InvalidOption({ message: `coordinator: ${message}` }));
+      coordinator.metrics = await CoordinatorMetrics.start(metrics, nats.jsm, coordinator.log);
+    }
     if (options.scheduler !== false) coordinator.scheduler = Scheduler.start(nats, tasks, log);
     const consumer = await nats.js.consumers.get(STEPS_STREAM, COORDINATOR_CONSUMER);
     coordinator.messages = await consumer.consume({ max_messages: 512 });
@@ -62,7 +71,7 @@ export class Coordinator {
       coordinator.timer = setInterval(() => void coordinator.reconcile(), every);
       coordinator.timer.unref();
     }
-    coordinator.log.info("coordinator started");
+    coordinator.log.info({ metricsPort: coordinator.metrics?.port }, "coordinator started");
     return coordinator;
   }
 
@@ -93,7 +102,8 @@ export class Coordinator {
       await Promise.all(
         [...byRun].map(async ([runId, items]) => {
           try {
-            await this.workflows.apply(runId, settledEvent(items.map((i) => i.settled)), this.log);
+            const event = settledEvent(items.map((i) => i.settled));
+            this.metrics?.applied(items.length, await this.workflows.apply(runId, event, this.log), event.at);
             for (const i of items) i.m.ack();
           } catch (err) {
             this.log.warn({ err, workflowId: runId }, "step completions not applied; they will be redelivered");
@@ -105,13 +115,15 @@ export class Coordinator {
   }
 
   /**
-   * Finish what a dead coordinator or client left: RUNNING steps whose task was never
-   * created are enqueued; ones whose task ended without a completion on record are applied.
+   * Finish what a dead coordinator or client left, in the runs not finished yet (only
+   * those: finished runs are never read again): RUNNING steps whose task was never created
+   * are enqueued; ones whose task ended without a completion on record are applied; a run
+   * that ended but is still listed open is closed.
    */
   async reconcile(): Promise<void> {
     let ids: string[];
     try {
-      ids = await this.workflows.ids();
+      ids = await this.workflows.openIds();
     } catch (err) {
       this.log.warn({ err }, "reconciliation pass failed");
       return;
@@ -128,7 +140,12 @@ export class Coordinator {
 
   private async reconcileRun(id: string): Promise<void> {
     const run = await this.workflows.read(id);
-    if (run === undefined || isWorkflowTerminal(run.record.status)) return;
+    if (run === undefined || isWorkflowTerminal(run.record.status)) {
+      // Ended, or never written (its client died before): no longer open. A key younger than
+      // a minute with no run may be a start in flight: left to the next pass.
+      if (run !== undefined || (await this.workflows.openSince(id)) > 60_000) await this.workflows.closed(id, run?.record);
+      return;
+    }
     for (const [step, state] of Object.entries(run.record.steps)) {
       if (state.status !== "RUNNING" || state.taskId === undefined) continue;
       const task = await this.tasks.get(state.taskId);
@@ -142,12 +159,21 @@ export class Coordinator {
   /** The scheduler running beside this coordinator. */
   scheduler: Scheduler | undefined;
 
+  /** The Prometheus endpoint (`metrics`), when asked for. */
+  private metrics: CoordinatorMetrics | undefined;
+
+  /** The port its metrics are served on (`metrics: { port }`; the one picked for port 0). */
+  get metricsPort(): number | undefined {
+    return this.metrics?.port;
+  }
+
   async stop(): Promise<void> {
     await this.scheduler?.stop();
     clearInterval(this.timer);
     await this.messages?.close().catch(() => undefined);
     await this.loop;
     await this.flushing;
+    await this.metrics?.stop();
   }
 }
 

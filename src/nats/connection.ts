@@ -24,7 +24,9 @@ import {
   type StreamConfig,
 } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
+import { Objm, type ObjectStore } from "@nats-io/obj";
 import { NatsFailure, TopologyConflict } from "../errors.js";
+import type { DurationInput } from "../duration.js";
 import { AckedPublisher } from "./publisher.js";
 import {
   COORDINATOR_CONSUMER,
@@ -50,6 +52,11 @@ import {
   LEASE_TTL_MS,
   LIMITS_BUCKET,
   keySubject,
+  INDEX_STREAM,
+  INDEX_SUBJECTS,
+  OPEN_RUNS_BUCKET,
+  PAYLOADS_BUCKET,
+  METHODS_BUCKET,
 } from "./topology.js";
 
 export interface TlsConnectOptions {
@@ -77,6 +84,23 @@ export interface ConnectOptions {
   readonly logsMaxAge?: number;
   /** How many bytes TROUPE_LOGS keeps at most, the oldest lines dropped first; 1 GiB by default. */
   readonly logsMaxBytes?: number;
+  /**
+   * Inputs and outputs whose JSON is over this many bytes go to the object store
+   * `troupe-payloads`, the record holding a reference (default 256 KiB).
+   */
+  readonly payloadThreshold?: number;
+  /**
+   * How long finished task and workflow records (with their payloads and index entries) are
+   * kept, by status: milliseconds or durations such as `"7 days"` (defaults: COMPLETED 7 days,
+   * FAILED and CANCELLED 30 days). The workers and coordinators of this client apply it.
+   */
+  readonly retention?: RetentionOptions;
+}
+
+export interface RetentionOptions {
+  readonly completed?: DurationInput;
+  readonly failed?: DurationInput;
+  readonly cancelled?: DurationInput;
 }
 
 export interface NatsHandle {
@@ -94,9 +118,20 @@ export interface NatsHandle {
   /** Limiters of limited task types. */
   readonly limits: KV;
   readonly replicas: number;
+  /** Workflow runs not finished yet (the keys coordinators reconcile). */
+  readonly openRuns: KV;
+  /** Large inputs and outputs (`troupe-payloads`). */
+  readonly payloads: ObjectStore;
+  /** JSON over this many bytes goes to `payloads`. */
+  readonly payloadThreshold: number;
+  /** The JSON-RPC method directory (`troupe-methods`): one entry per task a worker advertised. */
+  readonly methods: KV;
   /** Pipelined acked publishes: the KV writes and work messages of the hot path. */
   readonly publisher: AckedPublisher;
 }
+
+/** Inputs and outputs over 256 KiB of JSON go to the object store. */
+export const DEFAULT_PAYLOAD_THRESHOLD = 256 * 1024;
 
 /** Worker registry entries expire when a worker stops refreshing them. */
 export const WORKERS_TTL = 30_000;
@@ -212,6 +247,14 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       max_age: 7 * 24 * 3600 * 1_000_000_000,
     });
     await ensureStream(jsm, {
+      name: INDEX_STREAM,
+      subjects: [INDEX_SUBJECTS],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      num_replicas: replicas,
+      duplicate_window: 2 * 60 * 1_000_000_000,
+    });
+    await ensureStream(jsm, {
       name: STEPS_STREAM,
       subjects: [STEPS_SUBJECTS],
       retention: RetentionPolicy.Workqueue,
@@ -234,7 +277,7 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       }
     }
     const kvm = new Kvm(js);
-    const [tasks, workers, workflows, pauses, schedules, leases, limits] = await Promise.all([
+    const [tasks, workers, workflows, pauses, schedules, leases, limits, openRuns, methods] = await Promise.all([
       ensureBucket(jsm, kvm, TASKS_BUCKET, { history: 1, replicas }),
       ensureBucket(jsm, kvm, WORKERS_BUCKET, { history: 1, replicas, ttl: WORKERS_TTL }),
       ensureBucket(jsm, kvm, WORKFLOWS_BUCKET, { history: 1, replicas }),
@@ -242,8 +285,28 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       ensureBucket(jsm, kvm, SCHEDULES_BUCKET, { history: 1, replicas }),
       ensureBucket(jsm, kvm, LEASES_BUCKET, { history: 1, replicas, ttl: LEASE_TTL_MS }),
       ensureBucket(jsm, kvm, LIMITS_BUCKET, { history: 1, replicas }),
+      ensureBucket(jsm, kvm, OPEN_RUNS_BUCKET, { history: 1, replicas }),
+      ensureBucket(jsm, kvm, METHODS_BUCKET, { history: 1, replicas }),
     ]);
-    return { nc, js, jsm, tasks, workers, workflows, pauses, schedules, leases, limits, replicas, publisher: new AckedPublisher(nc) };
+    const payloads = await new Objm(js).create(PAYLOADS_BUCKET, { replicas, storage: StorageType.File });
+    return {
+      nc,
+      js,
+      jsm,
+      tasks,
+      workers,
+      workflows,
+      pauses,
+      schedules,
+      leases,
+      limits,
+      openRuns,
+      methods,
+      payloads,
+      payloadThreshold: options.payloadThreshold ?? DEFAULT_PAYLOAD_THRESHOLD,
+      replicas,
+      publisher: new AckedPublisher(nc),
+    };
   } catch (e) {
     if (e instanceof TopologyConflict) throw e;
     throw asFailure("cannot create the Troupe streams and buckets")(e);

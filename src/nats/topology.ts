@@ -19,6 +19,22 @@ export const PAUSES_BUCKET = "troupe-pauses";
 export const pauseKey = (target: { readonly queue: string; readonly task?: string | undefined }) =>
   target.task === undefined ? target.queue : `${target.queue}.${target.task}`;
 
+/**
+ * TROUPE_INDEX: what `troupe.list` and `troupe.stats` read instead of scanning buckets. One
+ * small entry (`IndexEntry`: id and time) per task that ended COMPLETED, FAILED or CANCELLED,
+ * on `troupe.index.task.<STATUS>.<queue>.<task>`, and per workflow run that
+ * finished, on `troupe.index.workflow.<STATUS>.<workflow>`. Entries go with their records'
+ * retention; one whose record moved on (a retried task) is skipped by readers.
+ */
+export const INDEX_STREAM = "TROUPE_INDEX";
+export const INDEX_SUBJECTS = "troupe.index.>";
+export const taskIndexSubject = (status: string, queue: string, task: string) => `troupe.index.task.${status}.${queue}.${task}`;
+export const workflowIndexSubject = (status: string, workflow: string) => `troupe.index.workflow.${status}.${workflow}`;
+/** Workflow runs not finished yet (key: run id): what coordinators reconcile, instead of every run. */
+export const OPEN_RUNS_BUCKET = "troupe-open-runs";
+/** Inputs and outputs over the payload threshold: objects `<taskId>.input` and `<taskId>.output`. */
+export const PAYLOADS_BUCKET = "troupe-payloads";
+
 export const DEFAULT_QUEUE = "default";
 
 /** Priorities, 1 first to 5 last; 3 unless a submit says otherwise. */
@@ -87,6 +103,16 @@ export const notifySubject = (clientId: string) => `${NOTIFY_ROOT}${clientId}`;
 export const controlSubject = (workerId: string, verb: "cancel" | "stats" | "drain" | "shutdown") => `troupe.control.${workerId}.${verb}`;
 
 /**
+ * JSON-RPC 2.0 (docs/rpc.md): requests on `troupe.rpc`, served by the `troupe-rpc` micro
+ * service of every worker and gateway, all in one queue group; the method directory (key:
+ * method name) tells an instance about the tasks it does not run.
+ */
+export const RPC_SUBJECT = "troupe.rpc";
+export const RPC_SERVICE = "troupe-rpc";
+export const RPC_QUEUE = "troupe-rpc";
+export const METHODS_BUCKET = "troupe-methods";
+
+/**
  * JetStream's advisory when a task message ran out of deliveries (its workers kept dying);
  * captured in a stream so that one is handled even when no worker was listening.
  */
@@ -100,7 +126,8 @@ export const REAPER_CONSUMER = "troupe-max-deliveries";
  */
 export const STEPS_STREAM = "TROUPE_STEPS";
 export const STEPS_SUBJECTS = "troupe.steps.>";
-export const stepsSubject = (runId: string, step: string) => `troupe.steps.${runId}.${step}`;
+export const STEPS_ROOT = "troupe.steps.";
+export const stepsSubject = (runId: string, step: string) => `${STEPS_ROOT}${runId}.${step}`;
 export const COORDINATOR_CONSUMER = "troupe-coordinator";
 
 /** Message headers Troupe sets on work messages. */

@@ -3,7 +3,8 @@
  * It loads the tasks module once, then runs one handler at a time as the worker asks,
  * through the same `execute` as an in-process worker (the input decoded and the output
  * encoded with the task's schemas here; the worker checks them again). Its handlers' logs,
- * heartbeats and progress go back to the worker as messages.
+ * heartbeats and progress go back to the worker as messages; each handler runs in its
+ * attempt's trace context, which the worker sends with the run.
  */
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
 import { Effect, Exit, type Fiber } from "effect";
@@ -11,6 +12,7 @@ import { pino, type Logger } from "pino";
 import type { Execution } from "../../machines/task.js";
 import { execute } from "../actor/execute.js";
 import { loadTasks } from "../tasks-module.js";
+import { traceContext } from "../trace.js";
 import type { TaskDefinition } from "../task.js";
 import type { ExecutorInit, FromExecutor, ToExecutor } from "./protocol.js";
 
@@ -74,6 +76,7 @@ const run = (tasks: ReadonlyMap<string, TaskDefinition>, message: Extract<ToExec
     progress: (data) => send({ t: "progress", call, data }),
     now: Date.now,
     maxPayload: init.maxPayload,
+    trace: traceContext(message.trace),
   });
   runs.set(call, current);
   const fiber = Effect.runFork(program);

@@ -22,6 +22,7 @@ import type { Logger } from "pino";
 import type { Execution } from "../../machines/task.js";
 import type { ExecutorInfo, TaskFailure, TaskRecord } from "../../machines/records.js";
 import { InvalidDefinition } from "../errors.js";
+import type { TraceCarrier } from "../trace.js";
 import type { ExecutorInit, FromExecutor, ToExecutor } from "./protocol.js";
 
 export type Isolation = "thread" | "process";
@@ -286,8 +287,9 @@ export class ExecutorPool {
    * The handler's run as the `execute` action's program: it waits for a free executor, runs
    * there, and succeeds with the `Execution`. Interrupted, it aborts the handler and completes
    * once the handler has stopped: within the grace period, or by terminating its executor.
+   * `trace` (the attempt's trace context as headers) is the context the handler runs in there.
    */
-  run(record: TaskRecord, attempt: number, hooks: RunHooks): Effect.Effect<Execution> {
+  run(record: TaskRecord, attempt: number, hooks: RunHooks, trace?: TraceCarrier): Effect.Effect<Execution> {
     return Effect.callback<Execution>((resume) => {
       let call: Call | undefined;
       let executor: Executor | undefined;
@@ -307,7 +309,7 @@ export class ExecutorPool {
         executor = e;
         e.call = call;
         e.ran++;
-        e.send({ t: "run", call: call.id, record, attempt });
+        e.send({ t: "run", call: call.id, record, attempt, trace });
       };
       const waiter = { take: assigned, fail: (execution: Execution) => resume(Effect.succeed(execution)) };
       this.acquire(waiter);

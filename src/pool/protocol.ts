@@ -6,6 +6,7 @@
  */
 import type { Execution } from "../../machines/task.js";
 import type { TaskRecord } from "../../machines/records.js";
+import type { TraceCarrier } from "../trace.js";
 
 /** What an executor is started with (a thread's `workerData`, a process's `TROUPE_EXECUTOR` variable, as JSON). */
 export interface ExecutorInit {
@@ -21,7 +22,8 @@ export interface ExecutorInit {
 }
 
 export type ToExecutor =
-  | { readonly t: "run"; readonly call: number; readonly record: TaskRecord; readonly attempt: number }
+  /** `trace`: the attempt's trace context as headers, for the handler to run in. */
+  | { readonly t: "run"; readonly call: number; readonly record: TaskRecord; readonly attempt: number; readonly trace?: TraceCarrier | undefined }
   /** Abort the run: its signal aborts; answered `stopped` once the handler really ended. */
   | { readonly t: "abort"; readonly call: number };
 

@@ -1,10 +1,8 @@
 /**
  * Schedules: tasks created on a cron expression or every interval, stored in KV
  * `troupe-schedules`, fired by schedulers. Any number of schedulers run (`troupe
- * scheduler`, each coordinator, `troupe dev`); one leads at a time, elected through KV
- * `troupe-leases`: the leader holds the key `scheduler`, created when free and renewed
- * every second by compare-and-set on its revision; the bucket's 5 s age limit removes the
- * key of a leader that died, and another scheduler creates it within a second of that.
+ * scheduler`, each coordinator, `troupe dev`); one leads at a time: the holder of the
+ * `scheduler` lease in KV `troupe-leases` (`LeaderLease`).
  *
  * A tick creates one task with the id `<schedule>-<tick time in ms>`, through the task
  * store's unique enqueue: a tick fired twice (two leaders for a moment, a leader that died
@@ -12,17 +10,16 @@
  * records the schedule's `lastTick` (compare-and-set on the schedule's entry).
  */
 import { Cron } from "croner";
-import type { KV } from "@nats-io/kv";
 import type { Logger } from "pino";
 import { nuid } from "@nats-io/transport-node";
 import { ScheduleEntry } from "../../machines/records.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
+import { LeaderLease } from "../nats/leader.js";
 import type { TaskStore } from "../store/task-store.js";
 
 /** How often a scheduler looks: the leader for due ticks, the others for a free lease. */
 const TICK_MS = 250;
-const RENEW_MS = 1_000;
 export const LEASE_KEY = "scheduler";
 /** Ticks fired at most per schedule per pass (a long outage with `catchUp: "all"`). */
 const MAX_CATCH_UP = 1_000;
@@ -78,9 +75,8 @@ export const tickTaskId = (schedule: string, tick: number) => `${schedule}-${tic
 export class Scheduler {
   readonly id = `s-${nuid.next()}`;
   private readonly log: Logger;
-  private leaseRevision: number | undefined;
+  private readonly lease: LeaderLease;
   private timer: NodeJS.Timeout | undefined;
-  private lastRenew = 0;
   /** The pass running now, if any: passes never overlap. */
   private running: Promise<void> | undefined;
   private stopped = false;
@@ -91,6 +87,7 @@ export class Scheduler {
     log: Logger,
   ) {
     this.log = log.child({ scheduler: this.id });
+    this.lease = new LeaderLease(nats.leases, LEASE_KEY, this.id, this.log);
   }
 
   static start(nats: NatsHandle, store: TaskStore, log: Logger): Scheduler {
@@ -103,47 +100,23 @@ export class Scheduler {
 
   /** Whether this scheduler leads now. */
   get leading(): boolean {
-    return this.leaseRevision !== undefined;
-  }
-
-  private get leases(): KV {
-    return this.nats.leases;
+    return this.lease.leading;
   }
 
   private pass(): void {
     if (this.running !== undefined || this.stopped || this.nats.nc.isClosed()) return;
     this.running = (async () => {
-      await this.holdLease();
-      if (this.leading) await this.fireDue();
+      if (await this.lease.hold()) await this.fireDue();
     })()
       .catch((err: unknown) => this.log.warn({ err }, "scheduler pass failed; trying again"))
       .finally(() => (this.running = undefined));
-  }
-
-  /** Take the lease when it is free, renew it while held, notice when it was lost. */
-  private async holdLease(): Promise<void> {
-    const now = Date.now();
-    const body = encodeJson({ holder: this.id, at: new Date(now).toISOString() });
-    if (this.leaseRevision === undefined) {
-      if (now - this.lastRenew < RENEW_MS) return;
-      this.lastRenew = now;
-      this.leaseRevision = await this.leases.create(LEASE_KEY, body).catch(() => undefined);
-      if (this.leading) this.log.info("scheduler leading");
-      return;
-    }
-    if (now - this.lastRenew < RENEW_MS) return;
-    this.lastRenew = now;
-    const revision = this.leaseRevision;
-    this.leaseRevision = await this.leases.update(LEASE_KEY, body, revision).catch(() => undefined);
-    if (!this.leading) this.log.warn("scheduler lost the lease; another leads");
   }
 
   private async fireDue(): Promise<void> {
     const now = Date.now();
     for await (const key of await this.nats.schedules.keys()) {
       // A long pass keeps its lease (renewed at most once a second) and stops once it is lost.
-      await this.holdLease();
-      if (!this.leading || this.stopped) return;
+      if (!(await this.lease.hold()) || this.stopped) return;
       try {
         await this.fire(key, now);
       } catch (err) {
@@ -181,11 +154,6 @@ export class Scheduler {
     this.stopped = true;
     clearInterval(this.timer);
     await this.running;
-    const revision = this.leaseRevision;
-    this.leaseRevision = undefined;
-    if (revision !== undefined && !this.nats.nc.isClosed()) {
-      // Deleting only the lease this scheduler holds: a compare-and-set on its revision.
-      await this.leases.delete(LEASE_KEY, { previousSeq: revision }).catch(() => undefined);
-    }
+    if (!this.nats.nc.isClosed()) await this.lease.release();
   }
 }

@@ -7,6 +7,7 @@ import { errorOfRecord } from "../failure.js";
 import type { CancelResult } from "../store/cancel.js";
 import { decodeOutput, type TaskDefinition } from "../task.js";
 import { withTimeout } from "./results.js";
+import { isPayloadRef } from "../store/payloads.js";
 
 /** How long to wait at most; a wait past it rejects with `ResultTimeout` (the task goes on). */
 export interface WaitOptions {
@@ -19,6 +20,8 @@ export interface TaskRunClient {
   cancel(id: string, reason?: string): Promise<CancelResult>;
   /** The task's `progress` events from now on (core NATS), until `close`. */
   progressEvents(id: string): ProgressEvents;
+  /** A value with its large-payload references replaced by what they stand for. */
+  resolvePayload(value: unknown): Promise<unknown>;
 }
 
 export interface ProgressEvents {
@@ -56,7 +59,8 @@ export class TaskRun<O> {
   async result(options: WaitOptions = {}): Promise<O> {
     const record = await this.settledRecord(options);
     if (record.status !== "COMPLETED") throw errorOfRecord(record);
-    const decoded = decodeOutput<O>(this.task, record.output);
+    const output = isPayloadRef(record.output) ? await this.client.resolvePayload(record.output) : record.output;
+    const decoded = decodeOutput<O>(this.task, output);
     if (Exit.isSuccess(decoded)) return decoded.value;
     throw Cause.squash(decoded.cause);
   }

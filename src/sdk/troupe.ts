@@ -12,24 +12,29 @@ import { unresolvedInput } from "../../machines/workflow.js";
 import { Cron } from "croner";
 import { LEASE_KEY, nextTick, Scheduler } from "../schedule/scheduler.js";
 import { PauseEntry, ScheduleEntry, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
-import { InvalidInput, InvalidOption, NatsFailure, WorkerNotFound, WorkflowNotFound } from "../errors.js";
+import { InvalidInput, InvalidOption, NatsFailure, TaskNotFound, WorkerNotFound, WorkflowNotFound } from "../errors.js";
 import { durationOption, type DurationInput } from "../duration.js";
 import { decodeWith, readBucket } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { controlSubject, eventSubject, isPriority, KEY, isValidQueueName, isValidTaskName, notifySubject, pauseKey } from "../nats/topology.js";
+import { controlSubject, eventSubject, isPriority, KEY, isValidQueueName, isValidTaskName, notifySubject, pauseKey, STEPS_ROOT } from "../nats/topology.js";
 import { encodeJson } from "../nats/codec.js";
 import { TaskRecord as TaskRecordSchema } from "../../machines/records.js";
 import { readLogs, type LogFilter, type LogLine } from "./logs.js";
+import { readStats, type StatsOptions, type TroupeStats } from "./stats.js";
 import type { ProgressEvents } from "./run.js";
 import { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
 import { rootLogger } from "../log.js";
 import { cancelTask, type CancelResult } from "../store/cancel.js";
 import { TaskStore } from "../store/task-store.js";
+import { resolvePayload, resolveRecord } from "../store/payloads.js";
+import { retentionPolicy, RetentionSweeper, sweep, type RetentionPolicy, type SweepResult } from "../store/retention.js";
+import { listTasks, readHistory, type HistoryEvent, type ListOptions, type TaskPage } from "./list.js";
 import { WorkflowStore } from "../store/workflow-store.js";
 import { encodeInput, untypedTask, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
 import type { WorkflowDefinition, WorkflowInputOf, WorkflowOutputsOf } from "../workflow.js";
 import { Coordinator, type CoordinatorOptions } from "../coordinator/coordinator.js";
 import { Worker, type WorkerOptions } from "../worker/worker.js";
+import { RpcService, type GatewayOptions } from "../rpc/service.js";
 import { Results } from "./results.js";
 import { TaskRun } from "./run.js";
 import { WorkflowRun, type WorkflowCancelResult } from "./workflow-run.js";
@@ -120,6 +125,29 @@ const TASK_ID = /^[A-Za-z0-9_-]{1,200}$/;
 /** How long a "no worker serves this task" check is trusted. */
 const SERVED_TTL_MS = 10_000;
 
+/** The options a connect takes that can be checked before connecting: the retention policy, the payload threshold. */
+const checkedOptions = (options: TroupeOptions): RetentionPolicy => {
+  const threshold = options.payloadThreshold;
+  if (threshold !== undefined && (!Number.isInteger(threshold) || threshold < 1_024 || threshold > 512 * 1024)) {
+    throw new InvalidOption({ message: `payloadThreshold must be an integer number of bytes from 1024 to 524288, got ${String(threshold)}` });
+  }
+  return retentionPolicy(options.retention);
+};
+
+/** What `retry` takes to retry many tasks: those `list` finds. */
+export interface RetryFilter extends Pick<ListOptions, "task" | "queue" | "since"> {
+  /** FAILED (the default) or CANCELLED. */
+  readonly status?: "FAILED" | "CANCELLED";
+  /** Retry at most this many. */
+  readonly limit?: number;
+}
+
+/** Which tasks a bulk `retry` ran again, and which it could not (they moved on meanwhile). */
+export interface RetryResult {
+  readonly retried: ReadonlyArray<string>;
+  readonly skipped: ReadonlyArray<string>;
+}
+
 /** The connection layer behind each client, for the tools of `troupe/internals` (never part of the client's surface). */
 const handles = new WeakMap<Troupe, NatsHandle>();
 export const connectionOf = (troupe: Troupe): NatsHandle => {
@@ -135,13 +163,17 @@ export class Troupe {
   private readonly workerSet = new Set<Worker>();
   private readonly coordinators = new Set<Coordinator>();
   private readonly schedulerSet = new Set<Scheduler>();
+  private readonly gateways = new Set<RpcService>();
   private readonly served = new Map<string, number>();
   private closed = false;
+  /** Started with this client's first worker or coordinator: applies `retention`. */
+  private sweeper: RetentionSweeper | undefined;
 
   private constructor(
     private readonly nats: NatsHandle,
     readonly log: Logger,
     private readonly server: NatsServer | undefined,
+    private readonly retention: RetentionPolicy,
   ) {
     handles.set(this, nats);
     this.tasks = new TaskStore(nats);
@@ -151,9 +183,10 @@ export class Troupe {
 
   /** Connect to a NATS server (or cluster) and make sure the Troupe layout exists. */
   static async connect(options: TroupeOptions = {}): Promise<Troupe> {
+    const retention = checkedOptions(options);
     const nc = await connectNats(options);
     try {
-      return new Troupe(await openNats(nc, options), options.logger ?? rootLogger(), undefined);
+      return new Troupe(await openNats(nc, options), options.logger ?? rootLogger(), undefined, retention);
     } catch (e) {
       await nc.close();
       throw e;
@@ -162,6 +195,7 @@ export class Troupe {
 
   /** Start an embedded `nats-server -js` (store under `.troupe/`) and connect to it; `close()` stops it. */
   static async dev(options: DevOptions = {}): Promise<Troupe> {
+    const retention = checkedOptions(options);
     const server = await NatsServer.start({
       storeDir: options.storeDir ?? ".troupe/nats",
       syncAlways: true,
@@ -170,7 +204,7 @@ export class Troupe {
     });
     try {
       const nc = await connectNats({ ...options, servers: server.url });
-      return new Troupe(await openNats(nc, options), options.logger ?? rootLogger(), server);
+      return new Troupe(await openNats(nc, options), options.logger ?? rootLogger(), server, retention);
     } catch (e) {
       await server.stop();
       throw e;
@@ -219,9 +253,86 @@ export class Troupe {
     return new TaskRun<OutputOf<T>>(this, id, task, () => this.results.own(id));
   }
 
-  /** The task's state record, or `undefined` when there is none. */
+  /** The task's state record (its large input and output read from the object store), or `undefined` when there is none. */
   async get(id: string): Promise<TaskRecord | undefined> {
-    return (await this.tasks.get(id))?.record;
+    const stored = await this.tasks.get(id);
+    return stored === undefined ? undefined : resolveRecord(this.nats, stored.record);
+  }
+
+  /** A value with its large-payload references (`{ "troupe.payload": ... }`) replaced by what they stand for. */
+  resolvePayload(value: unknown): Promise<unknown> {
+    return resolvePayload(this.nats, value);
+  }
+
+  /**
+   * Tasks newest first, by status, type, queue and time, a page at a time (`cursor`): from
+   * TROUPE_INDEX for finished ones, TROUPE_TASKS for queued and retrying ones, the live
+   * workers for running ones, so its cost grows with what it returns. Records as stored:
+   * a large input or output is a reference (`get` reads it).
+   */
+  list(options: ListOptions = {}): Promise<TaskPage> {
+    return listTasks(this.nats, this.tasks, async () => (await this.workerStats()).flatMap((w) => w.runningTasks), options);
+  }
+
+  /** A task's transitions, oldest first, while TROUPE_EVENTS keeps them (7 days by default). */
+  history(id: string, options: { readonly limit?: number } = {}): Promise<HistoryEvent[]> {
+    if (!TASK_ID.test(id)) throw new InvalidOption({ message: `history: "${id}" is not a task id` });
+    return readHistory(this.nats, "task", id, options.limit);
+  }
+
+  /**
+   * Run a FAILED or CANCELLED task again: the same id and input, its history kept, its
+   * attempts counted anew (`retries` in the record says how many times it was retried).
+   * Rejects with `TaskNotFound`, or `InvalidOption` for a task that did not fail (or a
+   * workflow step's: its run decides). With a filter, every FAILED (or CANCELLED) task it
+   * lists is retried, and the result says which.
+   */
+  retry(id: string): Promise<TaskRun<unknown>>;
+  retry(filter: RetryFilter): Promise<RetryResult>;
+  async retry(target: string | RetryFilter): Promise<TaskRun<unknown> | RetryResult> {
+    if (typeof target !== "string") return this.retryAll(target);
+    const current = await this.tasks.get(target);
+    if (current === undefined) throw new TaskNotFound({ id: target, message: `no task ${target}` });
+    if (current.record.notify?.startsWith(STEPS_ROOT)) {
+      throw new InvalidOption({ message: `task ${target} is a step of workflow run ${current.record.notify.split(".")[2]}; its run decides what runs` });
+    }
+    this.results.listen();
+    const retried = await this.tasks.retry(current, this.results.notify);
+    if (retried === undefined) {
+      throw new InvalidOption({ message: `task ${target} is ${current.record.status}; only FAILED or CANCELLED tasks are retried` });
+    }
+    const task = untypedTask(current.record.task, current.record.queue);
+    return new TaskRun<unknown>(this, target, task, () => this.results.own(target));
+  }
+
+  private async retryAll(filter: RetryFilter): Promise<RetryResult> {
+    const status = filter.status ?? "FAILED";
+    if (status !== "FAILED" && status !== "CANCELLED") throw new InvalidOption({ message: `retry: status must be FAILED or CANCELLED, got ${String(status)}` });
+    const retried: string[] = [];
+    const skipped: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.list({ ...filter, status, limit: 200, ...(cursor === undefined ? {} : { cursor }) });
+      for (const record of page.tasks) {
+        const ok = await this.retry(record.id).then(
+          () => true,
+          () => false,
+        );
+        (ok ? retried : skipped).push(record.id);
+        if (filter.limit !== undefined && retried.length >= filter.limit) return { retried, skipped };
+      }
+      cursor = page.cursor;
+    } while (cursor !== undefined);
+    return { retried, skipped };
+  }
+
+  /**
+   * Remove now what is past its retention (the `retention` option): finished task and
+   * workflow records, their payloads and index entries. Workers and coordinators do it every
+   * minute on their own; this is for scripts and tests.
+   */
+  sweep(): Promise<SweepResult> {
+    return sweep(this.nats, this.retention);
   }
 
   /** A handle on an existing task, to await its result from any client. */
@@ -275,6 +386,15 @@ export class Troupe {
     return (await readBucket(this.nats.workers, WorkerInfo, "worker registry entry"))
       .map((e) => e.value)
       .filter((w) => w.state !== "stopped" && (task === undefined || w.tasks.some((t) => t.name === task.name && t.queue === task.queue)));
+  }
+
+  /**
+   * Per task type and queue: tasks waiting and running, how many completed, failed, were
+   * cancelled or retried (within the index's retention), the last minute's rates, and the
+   * live workers; with totals. Read from NATS without scanning records.
+   */
+  stats(options: StatsOptions = {}): Promise<TroupeStats> {
+    return readStats(this.nats, () => this.workers(), options);
   }
 
   /**
@@ -416,11 +536,22 @@ export class Troupe {
     return scheduler;
   }
 
-  /** Start a worker for these tasks on this connection. */
+  /** Start a worker for these tasks on this connection (it serves JSON-RPC through this client unless `rpc: false`). */
   async worker(options: WorkerOptions): Promise<Worker> {
-    const worker = await Worker.start(this.nats, this.tasks, options, this.log);
+    const worker = await Worker.start(this.nats, this.tasks, options, this.log, undefined, this);
     this.workerSet.add(worker);
+    this.sweeper ??= new RetentionSweeper(this.nats, this.retention, this.log);
     return worker;
+  }
+
+  /**
+   * Serve JSON-RPC 2.0 on `troupe.rpc` without running tasks, as `troupe gateway` does
+   * (docs/rpc.md): calls are submitted through this client. Stopped by `close()`.
+   */
+  async gateway(options: GatewayOptions = {}): Promise<RpcService> {
+    const gateway = await RpcService.gateway(this.nats, this, options, this.log);
+    this.gateways.add(gateway);
+    return gateway;
   }
 
   /**
@@ -472,6 +603,7 @@ export class Troupe {
   async coordinator(options: CoordinatorOptions = {}): Promise<Coordinator> {
     const coordinator = await Coordinator.start(this.nats, this.workflows, this.tasks, this.log, options);
     this.coordinators.add(coordinator);
+    this.sweeper ??= new RetentionSweeper(this.nats, this.retention, this.log);
     return coordinator;
   }
 
@@ -485,6 +617,8 @@ export class Troupe {
     await Promise.all([...this.coordinators].map((c) => c.stop()));
     await Promise.all([...this.schedulerSet].map((s) => s.stop()));
     await Promise.all([...this.workerSet].map((w) => w.stop()));
+    await Promise.all([...this.gateways].map((g) => g.stop()));
+    await this.sweeper?.stop();
     this.results.close();
     this.nats.publisher.close();
     await this.nats.nc.drain().catch(() => undefined);

@@ -3,6 +3,7 @@ import { Cause, Exit } from "effect";
 import type { WorkflowRecord } from "../../machines/records.js";
 import { WorkflowFailed, WorkflowNotFound } from "../errors.js";
 import { decodeOutput, type TaskDefinition } from "../task.js";
+import { isPayloadRef } from "../store/payloads.js";
 import { withTimeout } from "./results.js";
 import { waitTimeout, type WaitOptions } from "./run.js";
 
@@ -20,6 +21,8 @@ export interface WorkflowCancelResult {
 export interface WorkflowRunClient {
   getWorkflow(id: string): Promise<WorkflowRecord | undefined>;
   cancelWorkflow(id: string, reason?: string): Promise<WorkflowCancelResult>;
+  /** A value with its large-payload references replaced by what they stand for. */
+  resolvePayload(value: unknown): Promise<unknown>;
 }
 
 export class WorkflowRun<O> {
@@ -44,11 +47,12 @@ export class WorkflowRun<O> {
       const out: Record<string, unknown> = {};
       for (const [name, step] of Object.entries(record.steps)) {
         const task = this.tasks[name];
+        const output = isPayloadRef(step.output) ? await this.client.resolvePayload(step.output) : step.output;
         if (task === undefined) {
-          out[name] = step.output;
+          out[name] = output;
           continue;
         }
-        const decoded = decodeOutput(task, step.output);
+        const decoded = decodeOutput(task, output);
         if (Exit.isFailure(decoded)) throw Cause.squash(decoded.cause);
         out[name] = decoded.value;
       }

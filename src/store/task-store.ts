@@ -11,7 +11,7 @@
  *   transition (a cancel, a give-up, a failed enqueue), writes the result, announces it.
  * - `announce` publishes a write's event (the status's, or `progress` for a record whose
  *   attempt reported progress) and, for a terminal record (its event deduplicated
- *   by message id `<id>:<revision>`), the submitter's notify. Whoever finds a terminal record whose
+ *   by message id `<id>:<revision>`), its TROUPE_INDEX entry and the submitter's notify. Whoever finds a terminal record whose
  *   announcement may be missing calls it again: a transition is complete or repairable.
  *
  * Every read is decoded with the `TaskRecord` schema; NATS writes retry on one schedule.
@@ -28,7 +28,9 @@ import { asFailure, type NatsHandle } from "../nats/connection.js";
 import { compareAndSet, kvEntry } from "../nats/compare-and-set.js";
 import { isTransientPublishError } from "../nats/publisher.js";
 import { retryNats, withRetry } from "../nats/retry.js";
-import { DEFAULT_PRIORITY, keySubject, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, TASKS_BUCKET, taskSubject } from "../nats/topology.js";
+import { offload, payloadName } from "./payloads.js";
+import { traceSubmit, type TraceCarrier } from "../trace.js";
+import { DEFAULT_PRIORITY, keySubject, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, TASKS_BUCKET, taskIndexSubject, taskSubject } from "../nats/topology.js";
 
 /** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
 export interface Stored {
@@ -62,6 +64,8 @@ export interface NewTask {
   readonly priority?: number | undefined;
   /** The key its work is grouped under (its own subject and consumer). */
   readonly key?: string | undefined;
+  /** A trace for its submit span to join (a workflow run's); the active context otherwise. */
+  readonly trace?: TraceCarrier | undefined;
 }
 
 /** Room kept under the server's payload limit for headers and the record's own growth. */
@@ -113,9 +117,14 @@ export class TaskStore {
    * taken (an idempotency key seen before); if that one is still QUEUED its work message is
    * published again under the same message id, in case the first enqueue died in between.
    * A work message that cannot be published fails the task (`NatsFailure`) and rejects with it.
+   * Traced as a `troupe.submit` span, whose context the work message's headers carry.
    */
-  async enqueue(task: NewTask): Promise<{ readonly created: boolean; readonly stored: Stored }> {
-    const record = recordWith(RESTING.record, {
+  enqueue(task: NewTask): Promise<{ readonly created: boolean; readonly stored: Stored }> {
+    return traceSubmit(task, (trace) => this.enqueueWork(task, trace));
+  }
+
+  private async enqueueWork(task: NewTask, trace: TraceCarrier | undefined): Promise<{ readonly created: boolean; readonly stored: Stored }> {
+    let record = recordWith(RESTING.record, {
       id: task.id,
       task: task.task,
       queue: task.queue,
@@ -127,9 +136,14 @@ export class TaskStore {
       priority: task.priority === DEFAULT_PRIORITY ? undefined : task.priority,
       key: task.key,
     });
-    const payload = encodeJson(record);
-    if (payload.length > this.maxPayload) {
-      throw new Serialization({ message: `input of task "${task.task}" is ${payload.length} bytes, over the server's payload limit` });
+    let payload = encodeJson(record);
+    if (payload.length > this.nats.payloadThreshold) {
+      // A large input goes to the object store; the record (and the work message) holds its reference.
+      record = recordWith(record, { input: await offload(this.nats, payloadName(task.id, "input"), task.input) });
+      payload = encodeJson(record);
+      if (payload.length > this.maxPayload) {
+        throw new Serialization({ message: `the record of task "${task.task}" is ${payload.length} bytes, over the server's payload limit` });
+      }
     }
     const revision = task.unique ? await this.create(record, payload) : 0;
     if (revision === undefined) {
@@ -140,7 +154,7 @@ export class TaskStore {
     }
     const stored = { record, revision };
     try {
-      await this.publishWork(stored, payload);
+      await this.publishWork(stored, payload, trace);
     } catch (e) {
       const failure = asFailure(`could not enqueue task ${task.id}`)(e);
       await Effect.runPromise(
@@ -163,12 +177,48 @@ export class TaskStore {
     throw created.failure;
   }
 
-  /** The work message: the QUEUED record, with its revision (the first attempt's fencing token). */
-  private publishWork(stored: Stored, payload = encodeJson(stored.record)): Promise<unknown> {
+  /**
+   * Run a FAILED or CANCELLED task again: the same id and input, QUEUED from attempt 0 (its
+   * events kept, `retries` counted), written over the revision read, then its work message
+   * published. `undefined` when the task is not FAILED or CANCELLED (it is left as it is).
+   */
+  async retry(current: Stored, notify: string | undefined): Promise<Stored | undefined> {
+    const old = current.record;
+    if (old.status !== "FAILED" && old.status !== "CANCELLED") return undefined;
+    const record = recordWith(RESTING.record, {
+      id: old.id,
+      task: old.task,
+      queue: old.queue,
+      input: old.input,
+      createdAt: old.createdAt,
+      idempotencyKey: old.idempotencyKey,
+      notify: notify ?? old.notify,
+      priority: old.priority,
+      key: old.key,
+      retries: (old.retries ?? 0) + 1,
+    });
+    const payload = encodeJson(record);
+    const revision = await Effect.runPromise(this.compareAndSet(old.id, payload, current.revision));
+    const stored = { record, revision };
+    try {
+      // Its own message id: the first work message's may still be in the duplicate window.
+      await this.publishWork(stored, payload, undefined, `${old.id}:${revision}`);
+    } catch (e) {
+      const failure = asFailure(`could not enqueue task ${old.id} again`)(e);
+      await Effect.runPromise(Effect.ignore(this.apply(old.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() }, { from: stored })));
+      throw failure;
+    }
+    this.announce(stored, payload);
+    return stored;
+  }
+
+  /** The work message: the QUEUED record, with its revision (the first attempt's fencing token) and its submit's trace context. */
+  private publishWork(stored: Stored, payload = encodeJson(stored.record), trace?: TraceCarrier, msgId = stored.record.id): Promise<unknown> {
     const { record, revision } = stored;
     const subject = record.key === undefined ? taskSubject(record.queue, record.task, record.priority) : keySubject(record.queue, record.task, record.key);
     // A retried publish is a no-op inside the duplicate window.
-    const expect = { msgId: record.id, headers: { [Headers.revision]: String(revision) } };
+    const headers = trace === undefined ? { [Headers.revision]: String(revision) } : { ...trace, [Headers.revision]: String(revision) };
+    const expect = { msgId, headers };
     return withRetry(this.nats.nc, () => this.nats.publisher.publish(subject, payload, expect), isTransientPublishError);
   }
 
@@ -244,6 +294,8 @@ export class TaskStore {
     const h = natsHeaders();
     h.set("Nats-Msg-Id", `${record.id}:${revision}`);
     nc.publish(subject, payload, { headers: h });
+    // Its index entry (the same message id: TROUPE_INDEX keeps it once too).
+    nc.publish(taskIndexSubject(record.status, record.queue, record.task), encodeJson({ id: record.id, at: Date.now() }), { headers: h });
     if (record.notify === undefined) return;
     // A workflow step's notify is a stream subject, one record per message; a client's
     // notifications are gathered, one message per client per tick.

@@ -3,11 +3,12 @@
  * A run changes one way: read it (decoded), take one transition of the pure workflow
  * machine (`advance`), compare-and-set, then carry out the difference between the two
  * records: enqueue the steps that became RUNNING, cancel the ones that became CANCELLED,
- * publish the run's event. Clients (start, cancel) and coordinators (step completions,
+ * publish the run's event (and, once it ended, its TROUPE_INDEX entry and the removal of its
+ * `troupe-open-runs` key). Clients (start, cancel) and coordinators (step completions,
  * reconciliation) all come through here.
  */
 import { Effect } from "effect";
-import { nuid } from "@nats-io/transport-node";
+import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { advance, isWorkflowTerminal, stepTaskId, type WorkflowEvent } from "../../machines/workflow.js";
 import { WorkflowRecord as WorkflowRecordSchema, type WorkflowRecord } from "../../machines/records.js";
@@ -15,7 +16,8 @@ import { Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { compareAndSet } from "../nats/compare-and-set.js";
-import { eventSubject, stepsSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
+import { eventSubject, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
+import { traceStart, type TraceCarrier } from "../trace.js";
 import { cancelTask } from "./cancel.js";
 import type { TaskStore } from "./task-store.js";
 
@@ -54,15 +56,40 @@ export class WorkflowStore {
     return { record: decoded.value, revision: entry.revision };
   }
 
-  /** Every run id in the bucket. */
-  async ids(): Promise<string[]> {
+  /** The ids of the runs not finished yet (`troupe-open-runs`): what reconciliation reads, not every run kept. */
+  async openIds(): Promise<string[]> {
     const ids: string[] = [];
-    for await (const id of await this.nats.workflows.keys()) ids.push(id);
+    for await (const id of await this.nats.openRuns.keys()) ids.push(id);
     return ids;
   }
 
+  /** How long ago the run's open key was written (ms; 0 when there is none). */
+  async openSince(id: string): Promise<number> {
+    const entry = await this.nats.openRuns.get(id);
+    return entry === null ? 0 : Date.now() - entry.created.getTime();
+  }
+
+  /**
+   * A run that ended: its TROUPE_INDEX entry published (once per status, by message id) and
+   * its open-runs key removed. Called after the terminal write, and again by reconciliation
+   * for a run whose writer died in between (or a key whose run was never written).
+   */
+  async closed(id: string, record: WorkflowRecord | undefined): Promise<void> {
+    if (record !== undefined) {
+      const h = natsHeaders();
+      h.set("Nats-Msg-Id", `${id}:${record.status}`);
+      this.nats.nc.publish(workflowIndexSubject(record.status, record.workflow), encodeJson({ id, at: Date.now() }), { headers: h });
+    }
+    await this.nats.openRuns.delete(id);
+  }
+
   /** Create a run RUNNING with its first steps, and enqueue them. */
-  async start(definition: RunDefinition, input: unknown, log: Logger, id: string = nuid.next()): Promise<WorkflowRecord> {
+  start(definition: RunDefinition, input: unknown, log: Logger, id: string = nuid.next()): Promise<WorkflowRecord> {
+    // Traced as a `troupe.start` span; the run keeps its context, for its steps' submits.
+    return traceStart(definition.name, id, (trace) => this.startRun(definition, input, log, id, trace));
+  }
+
+  private async startRun(definition: RunDefinition, input: unknown, log: Logger, id: string, trace: TraceCarrier | undefined): Promise<WorkflowRecord> {
     const now = Date.now();
     const pending: WorkflowRecord = {
       id,
@@ -73,9 +100,12 @@ export class WorkflowStore {
       definition: { steps: definition.steps },
       steps: Object.fromEntries(Object.keys(definition.steps).map((s) => [s, { status: "PENDING" as const }])),
       createdAt: new Date(now).toISOString(),
+      ...(trace === undefined ? {} : { trace }),
     };
     const running = advance(pending, { type: "START", at: now });
     const payload = encodeJson(running);
+    // Open before it exists: a client dying in between leaves a key reconciliation removes.
+    await this.nats.openRuns.put(id, encodeJson({ createdAt: pending.createdAt }));
     const written = await this.write(id, payload, 0);
     if (written === undefined) throw new NatsFailure({ message: `workflow run ${id} exists already` });
     this.remember(id, { record: running, revision: written });
@@ -139,6 +169,7 @@ export class WorkflowStore {
       input: record.steps[step]?.input,
       notify: stepsSubject(record.id, step),
       unique: true,
+      trace: record.trace,
     });
   }
 
@@ -176,6 +207,9 @@ export class WorkflowStore {
     await Promise.all(work);
     const event = before.status === after.status ? "progress" : after.status.toLowerCase();
     this.nats.nc.publish(eventSubject("workflow", after.id, event), payload);
+    if (isWorkflowTerminal(after.status) && !isWorkflowTerminal(before.status)) {
+      await this.closed(after.id, after).catch((err: unknown) => log.warn({ err, workflowId: after.id }, "finished run left open; reconciliation closes it"));
+    }
     if (before.status !== after.status) log.info({ workflowId: after.id, workflow: after.workflow, status: after.status }, "workflow transition");
   }
 

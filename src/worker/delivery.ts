@@ -16,6 +16,7 @@ import { eventSubject, Headers, parseWorkSubject, taskSubject } from "../nats/to
 import type { Stored, TaskStore } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
 import type { Limiter } from "../limits/limiter.js";
+import { startAttemptSpan } from "../trace.js";
 
 export type DeliveryOutcome = "completed" | "failed" | "retrying" | "cancelled" | "lost" | "skipped" | "interrupted";
 
@@ -78,8 +79,17 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
     return "skipped";
   }
   const limiter = deps.limiters?.get(definition.name);
-  if (limiter === undefined) return settle(await host.attempt(stored, definition, lease, lease.info.streamSequence), lease, deps);
+  if (limiter === undefined) return attempted(stored, definition, lease, deps);
   return limited(stored, definition, limiter, lease, deps);
+};
+
+/** Run the attempt and settle its lease, in a `troupe.attempt` span when tracing is on. */
+const attempted = async (stored: Stored, definition: TaskDefinition, lease: Lease, deps: DeliveryDeps): Promise<DeliveryOutcome> => {
+  const span = startAttemptSpan(lease.msg.headers, stored.record, stored.record.attempt + 1, deps.workerId);
+  const outcome = await deps.host.attempt(stored, definition, lease, lease.info.streamSequence, span?.context);
+  const settled = await settle(outcome, lease, deps);
+  span?.end(settled, outcome.snapshot.context.record.error);
+  return settled;
 };
 
 /** What a worker keeps for a type with `concurrency` or `rate` limits. */
@@ -124,7 +134,7 @@ const limited = async (stored: Stored, definition: TaskDefinition, handle: Limit
   }
   handle.held.add(record.id);
   try {
-    return await settle(await deps.host.attempt(stored, definition, lease, lease.info.streamSequence), lease, deps);
+    return await attempted(stored, definition, lease, deps);
   } finally {
     handle.held.delete(record.id);
     await handle.limiter.release(record.id).catch((err: unknown) => deps.log.warn({ err, taskId: record.id }, "limiter slot not released; its lease will pass"));

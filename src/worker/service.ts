@@ -1,8 +1,9 @@
 /**
  * A worker as a NATS micro service: `nats micro ls`, `nats micro info troupe-worker` and
- * `nats micro stats troupe-worker` list the workers, their tasks and their counters. The
- * protocol (discovery on `$SRV.{PING,INFO,STATS}[.<name>[.<id>]]`, JSON replies typed
- * `io.nats.micro.v1.*`) is small enough to serve directly on the one connection.
+ * `nats micro stats troupe-worker` list the workers, their tasks and their counters; the
+ * JSON-RPC service `troupe-rpc` is one too. The protocol (discovery on
+ * `$SRV.{PING,INFO,STATS}[.<name>[.<id>]]`, JSON replies typed `io.nats.micro.v1.*`) is
+ * small enough to serve directly on the one connection.
  */
 import { headers as natsHeaders, type Msg, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { encodeJson } from "../nats/codec.js";
@@ -10,6 +11,9 @@ import { encodeJson } from "../nats/codec.js";
 export interface EndpointSpec {
   readonly name: string;
   readonly subject: string;
+  /** A queue group: one member of it answers each request (none: every instance hears it). */
+  readonly queue?: string;
+  /** Its reply, as JSON; bytes (a `Uint8Array`) are sent as they are, an empty one as an empty reply. */
   readonly handler: (msg: Msg) => Promise<unknown>;
   /** Extra figures for `nats micro stats` (the endpoint's `data`). */
   readonly data?: () => unknown;
@@ -51,7 +55,12 @@ export class MicroService {
       }
     }
     for (const endpoint of this.endpoints) {
-      this.subs.push(this.nc.subscribe(endpoint.subject, { callback: (_e, msg) => void this.serve(endpoint, msg) }));
+      this.subs.push(
+        this.nc.subscribe(endpoint.subject, {
+          ...(endpoint.queue === undefined ? {} : { queue: endpoint.queue }),
+          callback: (_e, msg) => void this.serve(endpoint, msg),
+        }),
+      );
     }
   }
 
@@ -63,7 +72,8 @@ export class MicroService {
     const t0 = process.hrtime.bigint();
     endpoint.requests++;
     try {
-      msg.respond(encodeJson(await endpoint.handler(msg)));
+      const reply = await endpoint.handler(msg);
+      msg.respond(reply instanceof Uint8Array ? reply : encodeJson(reply));
     } catch (e) {
       endpoint.errors++;
       endpoint.lastError = e instanceof Error ? e.message : String(e);
@@ -85,7 +95,7 @@ export class MicroService {
         type: "io.nats.micro.v1.info_response",
         ...base,
         description,
-        endpoints: this.endpoints.map((e) => ({ name: e.name, subject: e.subject, queue_group: "", metadata: {} })),
+        endpoints: this.endpoints.map((e) => ({ name: e.name, subject: e.subject, queue_group: e.queue ?? "", metadata: {} })),
       };
     }
     return {
@@ -95,7 +105,7 @@ export class MicroService {
       endpoints: this.endpoints.map((e) => ({
         name: e.name,
         subject: e.subject,
-        queue_group: "",
+        queue_group: e.queue ?? "",
         num_requests: e.requests,
         num_errors: e.errors,
         last_error: e.lastError,

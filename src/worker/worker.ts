@@ -40,9 +40,17 @@ import { ExecutorPool, type Isolation } from "../pool/pool.js";
 import { runDelivery, type DeliveryDeps, type LimiterHandle } from "./delivery.js";
 import { Limiter } from "../limits/limiter.js";
 import { PullLoop, type PullSource } from "./pull.js";
+import { withPayloads } from "../store/payloads.js";
+import { RpcService, rpcSettings, type RpcOptions, type RpcSubmitter } from "../rpc/service.js";
+import { advertiseMethods } from "../rpc/directory.js";
+import { metricsOption, type MetricsOptions } from "../metrics/server.js";
+import { WorkerMetrics } from "../metrics/worker-metrics.js";
 
 /** The body of a request to a worker's `cancel` endpoint. */
 export const CancelRequest = Schema.Struct({ id: Schema.String, reason: Schema.optional(Schema.String) });
+
+/** The output size an attempt's own check takes (`execute`): any; large ones are stored by `withPayloads`. */
+const UNBOUNDED_OUTPUT = Number.MAX_SAFE_INTEGER;
 
 /** How long a worker that gave up on NATS waits for its consumers to close before it exits. */
 const LOST_CLEANUP_MS = 2_000;
@@ -92,6 +100,13 @@ export interface WorkerOptions {
   readonly disconnectTimeout?: DurationInput | false;
   /** Exit the process (code 1) when the worker gives up on NATS (default true); else `run()` rejects with `NatsFailure`. */
   readonly exitOnDisconnect?: boolean;
+  /** Serve Prometheus metrics on `GET /metrics` at this port (0: a free one, see `metricsPort`). */
+  readonly metrics?: MetricsOptions;
+  /**
+   * Serve JSON-RPC 2.0 on `troupe.rpc` (the `troupe-rpc` micro service, docs/rpc.md): on by
+   * default; `false` turns it off, `{ timeout }` bounds a call's wait (default 60 s).
+   */
+  readonly rpc?: boolean | RpcOptions;
 }
 
 export interface StopOptions {
@@ -121,6 +136,7 @@ export class Worker {
   private readonly loop: PullLoop;
   private readonly host: TaskHost;
   private service: MicroService | undefined;
+  private rpc: RpcService | undefined;
   private reaper: { stop: () => Promise<void> } | undefined;
   /** The worker actor: the one owner of capacity and lifecycle. */
   private readonly actor: HostedActor<WorkerSnapshot, WorkerEvent>;
@@ -169,7 +185,9 @@ export class Worker {
       clock,
       workerId: id,
       log,
-      maxPayload: store.maxPayload,
+      // Large outputs go to the object store: the record holds a reference, of any size.
+      maxPayload: UNBOUNDED_OUTPUT,
+      payloads: (record, run) => withPayloads(nats, record, run, clock.now),
       random: Math.random,
       pool,
       // An in-process attempt's lines go where the worker's go, and to NATS as an executor's do.
@@ -200,6 +218,7 @@ export class Worker {
       log,
       onLease: (lease, consumer) => {
         this.actor.send({ type: "LEASED" });
+        const leasedAt = this.metrics === undefined ? 0 : performance.now();
         const run = runDelivery(lease, deliveries)
           .catch((err) => {
             log.error({ err }, "delivery failed unexpectedly");
@@ -208,6 +227,7 @@ export class Worker {
           .then((outcome) => {
             this.inFlight.delete(run);
             this.actor.send({ type: "RELEASED", failed: outcome === "failed" });
+            this.metrics?.attempted(lease.msg.subject, outcome, performance.now() - leasedAt);
             // A key's slot came back: that key is asked again (it may have been at its perKey limit).
             if (consumer.includes("=")) this.loop.ring(consumer);
             this.loop.wake();
@@ -224,6 +244,8 @@ export class Worker {
     options: WorkerOptions,
     log: Logger,
     clock: FiberClock = liveFiberClock(),
+    /** The client whose `submit` JSON-RPC calls go through; without one the worker serves no RPC. */
+    submitter?: RpcSubmitter,
   ): Promise<Worker> {
     const invalid = (message: string) => new InvalidDefinition({ message: `worker: ${message}` });
     const isolation = options.isolation;
@@ -252,6 +274,8 @@ export class Worker {
         : options.disconnectTimeout === undefined
           ? 30_000
           : durationOption("disconnectTimeout", options.disconnectTimeout, invalid);
+    const metrics = options.metrics === undefined ? undefined : metricsOption(options.metrics, invalid);
+    const rpc = rpcSettings(options.rpc, invalid);
     const concurrency = options.concurrency ?? (isolation === undefined ? 1 : executors);
     if (!Number.isInteger(concurrency) || concurrency < 1) {
       throw new InvalidDefinition({ message: `worker concurrency must be an integer ≥ 1, got ${concurrency}` });
@@ -297,7 +321,7 @@ export class Worker {
             gracePeriod,
             workerId: id,
             log: workerLog,
-            maxPayload: store.maxPayload,
+            maxPayload: UNBOUNDED_OUTPUT,
             // An executor's line: to this process's stdout (the pool's one place) and to NATS.
             onLog: (taskId, line) => {
               process.stdout.write(line.endsWith("\n") ? line : `${line}\n`);
@@ -319,7 +343,7 @@ export class Worker {
       options.exitOnDisconnect ?? true,
     );
     try {
-      await worker.begin();
+      await worker.begin(metrics, rpc === undefined || submitter === undefined ? undefined : { submitter, ...rpc });
     } catch (e) {
       // Nothing of a worker that failed to start keeps running: its executors, service, watches.
       await worker.abandon();
@@ -328,7 +352,17 @@ export class Worker {
     return worker;
   }
 
-  private async begin(): Promise<void> {
+  private async begin(metrics: MetricsOptions | undefined, rpc?: { readonly submitter: RpcSubmitter; readonly timeoutMs: number }): Promise<void> {
+    // First: a port that cannot be listened on fails the start before the worker registers.
+    if (metrics !== undefined) {
+      this.metrics = await WorkerMetrics.start(metrics, {
+        jsm: this.nats.jsm,
+        tasks: this.definitions.values(),
+        running: () => this.actor.snapshot.context.running,
+        concurrency: this.concurrency,
+        log: this.log,
+      });
+    }
     this.actor.send({ type: "STARTED" });
     // One micro service per worker: `nats micro ls/info/stats troupe-worker`. Its `cancel`
     // endpoint is how `troupe.cancel` asks the worker holding a task to interrupt it.
@@ -388,6 +422,11 @@ export class Worker {
     this.renewLimits();
     this.loop.start();
     this.listenForPriorities();
+    // Each task as a JSON-RPC method, for the RPC instances that do not run it.
+    await advertiseMethods(this.nats.methods, this.definitions.values(), this.id).catch((err: unknown) =>
+      this.log.warn({ err }, "methods not advertised in troupe-methods"),
+    );
+    if (rpc !== undefined) this.rpc = RpcService.start(this.nats, rpc.submitter, this.id, this.definitions, rpc.timeoutMs, this.log);
     // Last: a drain or shutdown asked for through it finds everything it stops started.
     this.service.start();
     void (async () => {
@@ -397,7 +436,15 @@ export class Worker {
       }
     })().catch(() => undefined);
     await this.registered;
-    this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency, isolation: this.pool?.options.isolation }, "worker started");
+    this.log.info({ tasks: [...this.definitions.keys()], concurrency: this.concurrency, isolation: this.pool?.options.isolation, metricsPort: this.metrics?.port }, "worker started");
+  }
+
+  /** The Prometheus endpoint (`metrics`), when asked for. */
+  private metrics: WorkerMetrics | undefined;
+
+  /** The port its metrics are served on (`metrics: { port }`; the one picked for port 0). */
+  get metricsPort(): number | undefined {
+    return this.metrics?.port;
   }
 
   /** The limiters of this worker's limited types, by task name. */
@@ -595,8 +642,10 @@ export class Worker {
     clearInterval(this.renewTimer);
     await this.loop.stop().catch(() => undefined);
     this.service?.stop();
+    await this.rpc?.stop();
     await this.reaper?.stop().catch(() => undefined);
     await this.pool?.stop();
+    await this.metrics?.stop();
     this.actor.stop();
   }
 
@@ -609,7 +658,9 @@ export class Worker {
       await Promise.all(this.inFlight);
       await this.pool?.stop();
       this.service?.stop();
+      await this.rpc?.stop();
       await this.reaper?.stop();
+      await this.metrics?.stop();
     })();
     // Cut off from NATS, the consumers cannot be closed cleanly: the worker does not wait long for them.
     if (lost) await Promise.race([released, new Promise((resolve) => setTimeout(resolve, LOST_CLEANUP_MS).unref())]);

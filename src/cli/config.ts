@@ -1,0 +1,72 @@
+/**
+ * The CLI's side of the configuration (src/config.ts): its flags as overrides, the server
+ * `troupe dev` left in `.troupe/url` as a fallback, and what `troupe config` prints.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { loadConfig, type ConfigKey, type ConfigOverride, type TroupeConfig } from "../config.js";
+
+/** Where `troupe dev` writes its URL, for the other verbs of the same directory. */
+export const DEV_URL_FILE = ".troupe/url";
+
+/** The flags that set one key each. */
+const FLAG_KEYS: Readonly<Record<string, ConfigKey>> = {
+  server: "connection.servers",
+  user: "connection.user",
+  password: "connection.pass",
+  token: "connection.token",
+  creds: "connection.credentials",
+  "tls-ca": "connection.tls.caFile",
+  "tls-cert": "connection.tls.certFile",
+  "tls-key": "connection.tls.keyFile",
+  replicas: "layout.replicas",
+  concurrency: "worker.concurrency",
+  "memory-limit": "worker.memoryLimitMb",
+  grace: "worker.gracePeriod",
+  "stop-timeout": "worker.stopTimeout",
+  "disconnect-timeout": "worker.disconnectTimeout",
+  "metrics-port": "metrics.port",
+};
+
+export interface CliConfigOptions {
+  /** `troupe worker <module>`'s argument: over `worker.module`. */
+  readonly module?: string;
+  /** The error for a bad flag value (a usage mistake). */
+  readonly flagError: (message: string) => Error;
+}
+
+/** The configuration of one command: its flags over TROUPE_* variables over the config file (`--config`). */
+export const cliConfig = (flags: Readonly<Record<string, unknown>>, options: CliConfigOptions): TroupeConfig => {
+  const overrides: ConfigOverride[] = [];
+  for (const [flag, key] of Object.entries(FLAG_KEYS)) {
+    const text = flags[flag];
+    if (typeof text === "string") overrides.push({ key, text, source: `flag --${flag}` });
+  }
+  // --threads N / --processes N: an isolation and its executors.
+  for (const [flag, isolation] of [["threads", "thread"], ["processes", "process"]] as const) {
+    const text = flags[flag];
+    if (typeof text !== "string") continue;
+    overrides.push({ key: "worker.isolation", text: isolation, source: `flag --${flag}` }, { key: "worker.executors", text, source: `flag --${flag}` });
+  }
+  if (options.module !== undefined) overrides.push({ key: "worker.module", text: options.module, source: "argument" });
+  const devUrl = existsSync(DEV_URL_FILE) ? readFileSync(DEV_URL_FILE, "utf8").trim() : "";
+  const fallbacks: ConfigOverride[] = [{ key: "connection.name", text: "troupe-cli", source: "default" }];
+  if (devUrl !== "") fallbacks.push({ key: "connection.servers", text: devUrl, source: `file ${DEV_URL_FILE}` });
+  return loadConfig({
+    ...(typeof flags.config === "string" ? { file: flags.config, fileSource: "--config" } : {}),
+    overrides,
+    fallbacks,
+    overrideError: options.flagError,
+  });
+};
+
+/** `troupe config`: every key, its value (secrets masked) and where it came from; `json`: as one JSON object. */
+export const formatConfig = (config: TroupeConfig, json: boolean): string => {
+  if (json) {
+    const values = Object.fromEntries(config.values.map((v) => [v.key, { value: v.value ?? null, source: v.source }]));
+    return `${JSON.stringify({ file: config.file ?? null, values }, null, 2)}\n`;
+  }
+  const keyWidth = Math.max(...config.values.map((v) => v.key.length));
+  const valueWidth = Math.min(40, Math.max(...config.values.map((v) => v.shown.length)));
+  const lines = config.values.map((v) => `${v.key.padEnd(keyWidth)}  ${v.shown.padEnd(valueWidth)}  ${v.source}`);
+  return `config file: ${config.file ?? "none (no troupe.config.json, .yaml or .yml here or above)"}\n${lines.join("\n")}\n`;
+};
