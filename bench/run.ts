@@ -10,6 +10,7 @@
  * - BullMQ on the local Redis (127.0.0.1:6379) when one answers, in the same shape,
  *   alternated with Troupe round by round (A B A B A B);
  * - the same Troupe run with an OpenTelemetry SDK registered (`troupe-traced`), over the plain median;
+ * - `troupe.list` among 100,000 finished tasks against 13 (BENCH_LIST_RECORDS);
  * - submit → handler start latency; a 1,000-step workflow against 1,000 plain tasks.
  *
  * BENCH_TASKS sets the task count (default 20000), BENCH_ROUNDS the rounds (default 3).
@@ -24,7 +25,7 @@ import { pino } from "pino";
 import { context, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
-import { defineTask, defineWorkflow, Schema, Troupe, type SubmitOptions } from "../src/index.js";
+import { defineTask, defineWorkflow, NonRetryableError, Schema, Troupe, type ListOptions, type SubmitOptions } from "../src/index.js";
 import { NatsServer, natsServerVersion } from "../src/dev/nats-server.js";
 import { connectNats, ensureTaskConsumer, openNats } from "../src/nats/connection.js";
 import { connectionOf } from "../src/sdk/troupe.js";
@@ -175,6 +176,41 @@ const submitAll = async (troupe: Troupe, task: typeof noop = noop, n = N, option
   });
   const outputs = await Promise.all(results);
   return { perSecond: n / ((performance.now() - started) / 1000), correct: outputs.every((r, i) => r === i) };
+};
+
+/** Listing cost: `list` over 10 finished records, then over `finished` more (real tasks), the median of `samples` calls each (ms). */
+const listing = async (finished: number, samples = 15) => {
+  const server = await NatsServer.start();
+  try {
+    const troupe = await Troupe.connect({ servers: server.url, logger: quiet });
+    const flaky = defineTask({
+      ...noopOptions("bench.flaky"),
+      handler: async ({ i }) => {
+        if (i < 3) throw new NonRetryableError("fails");
+        return i;
+      },
+    });
+    await troupe.worker({ tasks: [noop, flaky], concurrency: CONCURRENCY });
+    const failing = await Promise.all([0, 1, 2].map((i) => troupe.submit(flaky, { i, pad: PAD })));
+    await Promise.all(failing.map((r) => r.settledRecord()));
+    await submitAll(troupe, noop, 10);
+    const time = async (options: ListOptions) => {
+      const ms: number[] = [];
+      for (let i = 0; i < samples; i++) {
+        const started = performance.now();
+        await troupe.list(options);
+        ms.push(performance.now() - started);
+      }
+      return round3(median(ms));
+    };
+    const small = { failed: await time({ status: "FAILED" }), completed: await time({ status: "COMPLETED", limit: 50 }) };
+    await submitAll(troupe, noop, finished);
+    const large = { failed: await time({ status: "FAILED" }), completed: await time({ status: "COMPLETED", limit: 50 }) };
+    await troupe.close();
+    return { small, large };
+  } finally {
+    await server.stop();
+  }
 };
 
 /**
@@ -549,6 +585,20 @@ const main = async () => {
       overPlainMedian: round3(traced.perSecond / plain),
       ...common,
     });
+    // Finding 3 FAILED and the newest 50 COMPLETED among 100,000 finished tasks, against 13.
+    const finished = Number(process.env.BENCH_LIST_RECORDS ?? 100_000);
+    const listed = await listing(finished);
+    for (const [query, key] of [["status FAILED (3 match)", "failed"], ["status COMPLETED, limit 50", "completed"]] as const) {
+      emit({
+        bench: "list",
+        system: "troupe",
+        query,
+        unit: "ms",
+        value: listed.large[key],
+        finishedRecords: finished + 13,
+        overThirteenRecords: round3(listed.large[key] / listed.small[key]),
+      });
+    }
     const latency = await troupeLatency(server.url);
     emit({ bench: "submit-to-start", system: "troupe", worker: "busy", unit: "ms", p50: latency.p50, p99: latency.p99, inFlight: 4 });
     const idleMs = Number(process.env.BENCH_IDLE_MS ?? 10_000);

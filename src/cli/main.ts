@@ -203,7 +203,7 @@ const waitForSignal = () =>
 
 const inspect = async (flags: Flags) => {
   const troupe = await Troupe.connect(connection(flags));
-  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0) });
+  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: { retry: (id) => troupe.retry(id) } });
   process.stdout.write(`troupe inspect: ${inspector.url}\n`);
   await waitForSignal();
   await inspector.close();
@@ -369,7 +369,7 @@ const dev = async (flags: Flags) => {
   const troupe = await Troupe.connect({ servers: server.url });
   const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
   const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
-  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0) });
+  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: { retry: (id) => troupe.retry(id) } });
   await mkdir(dirname(DEV_URL_FILE), { recursive: true });
   await writeFile(DEV_URL_FILE, `${server.url}\n`);
   process.stdout.write(

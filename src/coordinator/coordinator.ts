@@ -103,7 +103,8 @@ export class Coordinator {
         [...byRun].map(async ([runId, items]) => {
           try {
             const event = settledEvent(items.map((i) => i.settled));
-            this.metrics?.applied(items.length, await this.workflows.apply(runId, event, this.log), event.at);
+            const applied = await this.workflows.apply(runId, event, this.log);
+            this.metrics?.applied(items.length, applied, event.at);
             for (const i of items) i.m.ack();
           } catch (err) {
             this.log.warn({ err, workflowId: runId }, "step completions not applied; they will be redelivered");

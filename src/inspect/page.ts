@@ -72,6 +72,16 @@ const select = async (kind, id) => {
   const current = stateOf(kind, body.record);
   const progress = progressOf(body.record);
   document.getElementById("title").textContent = kind + " " + id + " — " + current + (progress ? " · progress " + progress : "");
+  if (kind === "task" && (current === "FAILED" || current === "CANCELLED")) {
+    const retry = el("button", { "data-action": "retry" }, "Retry");
+    retry.onclick = async () => {
+      if (!confirm("Run task " + id + " again?")) return;
+      const answer = await (await fetch("/api/tasks/" + id + "/retry", { method: "POST" })).json();
+      if (answer.error) alert(answer.error);
+      select(kind, id);
+    };
+    document.getElementById("title").append(" ", retry);
+  }
   const m = machines[kind];
   document.getElementById("machine").replaceChildren(m ? drawState(m.id, m, current) : "");
   const rows = (body.events || []).map((e) => el("tr", {}, el("td", {}, e.event), el("td", {}, stateOf(kind, e.record) || ""),

@@ -9,7 +9,10 @@
  * - `/api/recent`             the last transitions (TROUPE_EVENTS), so the page opens populated
  * - `/events`                 every transition, live (server-sent events from `troupe.events.>`)
  *
- * Read-only: it subscribes and reads, never writes.
+ * - `POST /api/tasks/:id/retry` a FAILED or CANCELLED task run again, when the inspector was
+ *                             given `actions` (the CLI's do: the same SDK call as `troupe retry`)
+ *
+ * Otherwise read-only: it subscribes and reads.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -21,6 +24,7 @@ import { decodeJson } from "../nats/codec.js";
 import { EVENTS_STREAM, EVENTS_SUBJECTS } from "../nats/topology.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { PAGE } from "./page.js";
+import { readHistory } from "../sdk/list.js";
 
 export interface Inspector {
   readonly url: string;
@@ -33,23 +37,6 @@ const ID = /^[A-Za-z0-9_-]+$/;
 const json = (res: ServerResponse, status: number, body: unknown) => {
   res.writeHead(status, { "content-type": "application/json" });
   res.end(JSON.stringify(body));
-};
-
-/** An actor's events, oldest first (at most `limit`). */
-const history = async (nats: NatsHandle, kind: string, id: string, limit = 200): Promise<Array<{ event: string; record: unknown }>> => {
-  const filter = `troupe.events.${kind}.${id}.>`;
-  const info = await nats.jsm.streams.info(EVENTS_STREAM, { subjects_filter: filter });
-  const total = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
-  if (total === 0) return [];
-  const consumer = await nats.js.consumers.get(EVENTS_STREAM, { filter_subjects: filter });
-  const out: Array<{ event: string; record: unknown }> = [];
-  const want = Math.min(total, limit);
-  for await (const m of await consumer.fetch({ max_messages: want, expires: 2_000 })) {
-    const decoded = decodeJson(m.data);
-    out.push({ event: m.subject.split(".").at(-1) ?? "", record: decoded.ok ? decoded.value : null });
-    if (out.length >= want) break;
-  }
-  return out;
 };
 
 /** The last `limit` events of the stream, oldest first. */
@@ -77,7 +64,12 @@ const current = async (nats: NatsHandle, kind: string, id: string): Promise<unkn
   return decoded.ok ? decoded.value : null;
 };
 
-export const startInspector = async (nats: NatsHandle, options: { port?: number; host?: string } = {}): Promise<Inspector> => {
+/** What the page's buttons do: the SDK's calls. */
+export interface InspectorActions {
+  readonly retry: (id: string) => Promise<unknown>;
+}
+
+export const startInspector = async (nats: NatsHandle, options: { port?: number; host?: string; actions?: InspectorActions } = {}): Promise<Inspector> => {
   const clients = new Set<ServerResponse>();
   const sub = nats.nc.subscribe(EVENTS_SUBJECTS, {
     callback: (_e, msg) => {
@@ -115,11 +107,22 @@ export const startInspector = async (nats: NatsHandle, options: { port?: number;
       req.on("close", () => clients.delete(res));
       return;
     }
+    const retry = /^\/api\/tasks\/([^/]+)\/retry$/.exec(path);
+    if (retry !== null && req.method === "POST") {
+      const id = retry[1]!;
+      if (options.actions === undefined) return json(res, 405, { error: "this inspector is read-only" });
+      if (!ID.test(id)) return json(res, 400, { error: "not a task id" });
+      const done = await options.actions.retry(id).then(
+        () => undefined,
+        (e: unknown) => (e instanceof Error ? e.message : String(e)),
+      );
+      return json(res, done === undefined ? 200 : 409, done === undefined ? { id, status: "QUEUED" } : { error: done });
+    }
     const actor = /^\/api\/actors\/([a-z]+)\/([^/]+)$/.exec(path);
     if (actor !== null) {
       const [, kind, id] = actor;
       if (!KINDS.has(kind!) || !ID.test(id!)) return json(res, 400, { error: "kind is task, workflow or worker; id is a Troupe id" });
-      const [record, events] = await Promise.all([current(nats, kind!, id!), history(nats, kind!, id!)]);
+      const [record, events] = await Promise.all([current(nats, kind!, id!), readHistory(nats, kind!, id!, 200)]);
       if (record === null && events.length === 0) return json(res, 404, { error: `no ${kind} ${id}` });
       json(res, 200, { kind, id, record, events });
       return;

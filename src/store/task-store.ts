@@ -202,7 +202,8 @@ export class TaskStore {
     const stored = { record, revision };
     try {
       // Its own message id: the first work message's may still be in the duplicate window.
-      await this.publishWork(stored, payload, undefined, `${old.id}:${revision}`);
+      // A submit span of its own: the new attempts are its children.
+      await traceSubmit(record, (trace) => this.publishWork(stored, payload, trace, `${old.id}:${revision}`));
     } catch (e) {
       const failure = asFailure(`could not enqueue task ${old.id} again`)(e);
       await Effect.runPromise(Effect.ignore(this.apply(old.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() }, { from: stored })));

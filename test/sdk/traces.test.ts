@@ -167,6 +167,23 @@ describe("traces", () => {
     expect(attempt.status).toMatchObject({ code: SpanStatusCode.ERROR, message: "Execution: no" });
   });
 
+  it("a failed task run again with retry has a submit span of its own, the new attempt under it", async () => {
+    const troupe = await connect(server());
+    await troupe.worker({ tasks: [refused] });
+    const run = await troupe.submit(refused, {});
+    await expect(run.result({ timeout: 30_000 })).rejects.toMatchObject({ _tag: "Execution" });
+    const first = await spansWhere((s) => ofTask(s, "troupe.attempt traces.refused", run.id).length === 1, "the first attempt's span");
+    const firstSubmit = one(first, "troupe.submit traces.refused");
+    exporter.reset();
+    const again = await troupe.retry(run.id);
+    await expect(again.result({ timeout: 30_000 })).rejects.toMatchObject({ _tag: "Execution" });
+    const spans = await spansWhere((s) => ofTask(s, "troupe.attempt traces.refused", run.id).length === 1, "the retried attempt's span");
+    const submit = one(spans, "troupe.submit traces.refused");
+    expect(submit.attributes["troupe.task.id"]).toBe(run.id);
+    expect(submit.spanContext().spanId).not.toBe(firstSubmit.spanContext().spanId);
+    expect(parentOf(one(spans, "troupe.attempt traces.refused"))).toBe(submit.spanContext().spanId);
+  });
+
   it("the work message carries W3C traceparent without a registered propagator, and nothing (no span either) while no provider is registered", async () => {
     const troupe = await connect(server());
     const unserved = defineTask({ name: "traces.unserved", input: Schema.Struct({ n: Schema.Number }), output: Schema.Number, handler: ({ n }) => n });
