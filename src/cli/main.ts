@@ -720,6 +720,22 @@ const cancel = async (flags: Flags, positionals: string[]) => {
   });
 };
 
+/** `troupe <verb> --help`: the verb's lines of the usage (each with its description), then the connection flags. */
+const verbUsage = (verb: string): string => {
+  const lines = USAGE.split("\n");
+  const own: string[] = [];
+  let mine = false;
+  for (const line of lines) {
+    const start = /^  troupe (\S+)/.exec(line);
+    if (start !== null) mine = start[1] === verb;
+    else if (!line.startsWith("    ")) mine = false;
+    if (mine) own.push(line);
+  }
+  if (own.length === 0) return USAGE;
+  const connection = USAGE.slice(USAGE.indexOf("Connection ("));
+  return `Usage:\n${own.join("\n")}\n\n${connection}`;
+};
+
 export const main = async (argv: string[]): Promise<void> => {
   let parsed;
   try {
@@ -733,7 +749,7 @@ export const main = async (argv: string[]): Promise<void> => {
   const [verb, ...rest] = positionals;
   try {
     if (flags.help || verb === undefined || verb === "help") {
-      process.stdout.write(USAGE);
+      process.stdout.write(verb === undefined || verb === "help" ? USAGE : verbUsage(verb));
       return;
     }
     switch (verb) {

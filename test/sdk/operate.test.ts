@@ -5,6 +5,7 @@ import { connectionOf, Topology } from "../../src/internals.js";
 import { useNatsServer } from "../helpers/nats.js";
 import { recordWhere } from "../helpers/records.js";
 import { untilAborted } from "../helpers/handlers.js";
+import { runCli } from "../helpers/cli.js";
 
 const server = useNatsServer();
 const open: Troupe[] = [];
@@ -218,5 +219,38 @@ describe("large payloads", () => {
     const record = await troupe.get(run.id);
     expect((record!.input as { data: string }).data.length).toBe(data.length);
     expect((record!.output as { data: string }).data.length).toBe(data.length);
+  });
+});
+
+describe("the CLI's ls, retry and history", () => {
+  it("lists a failed task, retries it and shows its history; each verb has its --help", { timeout: 180_000 }, async () => {
+    const troupe = await connect();
+    let failing = true;
+    const cli = defineTask({
+      name: "ops.cli",
+      input: Input,
+      output: Schema.Number,
+      handler: ({ n }) => {
+        if (failing) throw new NonRetryableError("first time");
+        return n;
+      },
+    });
+    await troupe.worker({ tasks: [cli] });
+    const run = await troupe.submit(cli, { n: 7 });
+    await run.settledRecord();
+    await until(async () => (await troupe.list({ status: "FAILED", task: cli })).tasks.length === 1, "the failed task listed");
+    const env = { NATS_URL: server().url };
+    const listed = await runCli(["ls", "--status", "failed", "--task", "ops.cli", "--json"], env);
+    expect(listed.code).toBe(0);
+    expect((JSON.parse(listed.stdout) as { tasks: Array<{ id: string }> }).tasks.map((t) => t.id)).toEqual([run.id]);
+    failing = false;
+    const retried = await runCli(["retry", run.id, "--wait", "--timeout", "60s"], env);
+    expect(retried.stdout).toContain(`task ${run.id} queued again`);
+    expect(retried.code).toBe(0);
+    const history = await runCli(["history", run.id], env);
+    expect(history.stdout).toMatch(/failed[\s\S]*queued[\s\S]*completed/);
+    const help = await runCli(["retry", "--help"]);
+    expect(help.stdout).toContain("troupe retry --status FAILED|CANCELLED");
+    expect(help.stdout).not.toContain("troupe schedule");
   });
 });
