@@ -192,8 +192,12 @@ export const ScheduleEntry = Schema.Struct({
 });
 export type ScheduleEntry = typeof ScheduleEntry.Type;
 
-/** A TROUPE_INDEX entry: the task or run that ended, and when (epoch ms). */
-export const IndexEntry = Schema.Struct({ id: Schema.String, at: Schema.Number });
+/**
+ * A TROUPE_INDEX entry: the task or run that ended (or, for a task, was scheduled to retry),
+ * when (epoch ms), and for a task the revision of that write: an entry stands for the
+ * record only while the record is still at that revision.
+ */
+export const IndexEntry = Schema.Struct({ id: Schema.String, at: Schema.Number, rev: Schema.optional(Schema.Number) });
 export type IndexEntry = typeof IndexEntry.Type;
 
 /** What `troupe-pauses` holds under `<queue>` or `<queue>.<type>`. */

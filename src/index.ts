@@ -7,7 +7,8 @@ export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type C
 export { TaskRun, type WaitOptions, type TaskProgress } from "./sdk/run.js";
 export type { LogFilter, LogLine } from "./sdk/logs.js";
 export type { RetryFilter, RetryResult } from "./sdk/troupe.js";
-export type { ListOptions, TaskPage, HistoryEvent } from "./sdk/list.js";
+export type { ListOptions, TaskPage } from "./sdk/list.js";
+export type { HistoryEvent } from "./nats/history.js";
 export type { SweepResult } from "./store/retention.js";
 export type { PayloadRef } from "./store/payloads.js";
 export type { TroupeStats, TaskTypeStats, StatsOptions } from "./sdk/stats.js";

@@ -17,7 +17,7 @@ import { connectionOf, Troupe, type TroupeOptions } from "../sdk/troupe.js";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { parse as parseYaml } from "yaml";
 import { workflowFromDocument, type WorkflowDefinition } from "../workflow.js";
-import { WorkflowRecord as WorkflowRecordSchema, type WorkflowRecord } from "../../machines/records.js";
+import { TaskStatuses, WorkflowRecord as WorkflowRecordSchema, type TaskStatus, type WorkflowRecord } from "../../machines/records.js";
 import { decodeWith } from "../nats/codec.js";
 import { eventSubject } from "../nats/topology.js";
 import { parseDuration } from "../duration.js";
@@ -616,19 +616,11 @@ const sinceFlag = (value: string | undefined): number | undefined => {
   return at;
 };
 
-const TASK_STATUSES = ["QUEUED", "RUNNING", "RETRYING", "COMPLETED", "FAILED", "CANCELLED"] as const;
-const statusFlag = (value: string | undefined): (typeof TASK_STATUSES)[number] | undefined => {
+const statusFlag = (value: string | undefined): TaskStatus | undefined => {
   if (value === undefined) return undefined;
   const status = value.toUpperCase();
-  if (!(TASK_STATUSES as ReadonlyArray<string>).includes(status)) throw new UsageError(`--status must be one of ${TASK_STATUSES.join(", ")}, got "${value}"`);
-  return status as (typeof TASK_STATUSES)[number];
-};
-
-const intFlag = (name: string, value: string | undefined): number | undefined => {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${name} must be a positive integer, got "${value}"`);
-  return n;
+  if (!(TaskStatuses as ReadonlyArray<string>).includes(status)) throw new UsageError(`--status must be one of ${TaskStatuses.join(", ")}, got "${value}"`);
+  return status as TaskStatus;
 };
 
 const ls = async (flags: Flags) => {
@@ -639,7 +631,7 @@ const ls = async (flags: Flags) => {
       ...(flags.task === undefined ? {} : { task: flags.task }),
       ...(flags.queue === undefined ? {} : { queue: flags.queue }),
       ...(since === undefined ? {} : { since }),
-      ...(flags.limit === undefined ? {} : { limit: intFlag("limit", flags.limit) }),
+      ...(flags.limit === undefined ? {} : { limit: int(flags.limit, "limit", 50) }),
       ...(flags.cursor === undefined ? {} : { cursor: flags.cursor }),
     });
     if (flags.json) {
@@ -676,7 +668,7 @@ const retry = async (flags: Flags, positionals: string[]) => {
     const status = statusFlag(flags.status) ?? "FAILED";
     if (status !== "FAILED" && status !== "CANCELLED") throw new UsageError("troupe retry --status takes FAILED or CANCELLED");
     const since = sinceFlag(flags.since);
-    const limit = intFlag("limit", flags.limit);
+    const limit = flags.limit === undefined ? undefined : int(flags.limit, "limit", 0);
     const result = await troupe.retry({
       status,
       ...(flags.task === undefined ? {} : { task: flags.task }),

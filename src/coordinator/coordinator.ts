@@ -59,8 +59,14 @@ export class Coordinator {
       coordinator.metrics = await CoordinatorMetrics.start(metrics, nats.jsm, coordinator.log);
     }
     if (options.scheduler !== false) coordinator.scheduler = Scheduler.start(nats, tasks, log);
-    const consumer = await nats.js.consumers.get(STEPS_STREAM, COORDINATOR_CONSUMER);
-    coordinator.messages = await consumer.consume({ max_messages: 512 });
+    try {
+      const consumer = await nats.js.consumers.get(STEPS_STREAM, COORDINATOR_CONSUMER);
+      coordinator.messages = await consumer.consume({ max_messages: 512 });
+    } catch (e) {
+      // Nothing of a coordinator that did not start keeps running.
+      await coordinator.stop();
+      throw e;
+    }
     const messages = coordinator.messages;
     coordinator.loop = (async () => {
       for await (const m of messages) coordinator.enqueueMessage(m);

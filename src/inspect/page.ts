@@ -76,7 +76,7 @@ const select = async (kind, id) => {
     const retry = el("button", { "data-action": "retry" }, "Retry");
     retry.onclick = async () => {
       if (!confirm("Run task " + id + " again?")) return;
-      const answer = await (await fetch("/api/tasks/" + id + "/retry", { method: "POST" })).json();
+      const answer = await (await fetch("/api/tasks/" + id + "/retry", { method: "POST", headers: { "x-troupe-action": "1" } })).json();
       if (answer.error) alert(answer.error);
       select(kind, id);
     };

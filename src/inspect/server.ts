@@ -24,7 +24,7 @@ import { decodeJson } from "../nats/codec.js";
 import { EVENTS_STREAM, EVENTS_SUBJECTS } from "../nats/topology.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { PAGE } from "./page.js";
-import { readHistory } from "../sdk/list.js";
+import { readHistory } from "../nats/history.js";
 
 export interface Inspector {
   readonly url: string;
@@ -111,6 +111,8 @@ export const startInspector = async (nats: NatsHandle, options: { port?: number;
     if (retry !== null && req.method === "POST") {
       const id = retry[1]!;
       if (options.actions === undefined) return json(res, 405, { error: "this inspector is read-only" });
+      // A header no cross-site form can send (nor a script elsewhere without a CORS preflight, never granted).
+      if (req.headers["x-troupe-action"] !== "1") return json(res, 403, { error: "actions need the header X-Troupe-Action: 1" });
       if (!ID.test(id)) return json(res, 400, { error: "not a task id" });
       const done = await options.actions.retry(id).then(
         () => undefined,

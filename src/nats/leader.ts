@@ -21,6 +21,8 @@ export class LeaderLease {
     /** Who holds it, as the key's value says (`{ holder }`). */
     readonly holder: string,
     private readonly log: Logger,
+    /** Log taking the lease at info (a leader that holds on); at debug for one taken afresh each pass. */
+    private readonly announce = true,
   ) {}
 
   /** Whether this process leads now. */
@@ -36,7 +38,7 @@ export class LeaderLease {
     const body = encodeJson({ holder: this.holder, at: new Date(now).toISOString() });
     if (this.revision === undefined) {
       this.revision = await this.leases.create(this.key, body).catch(() => undefined);
-      if (this.leading) this.log.info({ lease: this.key }, `${this.key} leading`);
+      if (this.leading) this.log[this.announce ? "info" : "debug"]({ lease: this.key }, `${this.key} leading`);
       return this.leading;
     }
     this.revision = await this.leases.update(this.key, body, this.revision).catch(() => undefined);

@@ -21,8 +21,9 @@ export const pauseKey = (target: { readonly queue: string; readonly task?: strin
 
 /**
  * TROUPE_INDEX: what `troupe.list` and `troupe.stats` read instead of scanning buckets. One
- * small entry (`IndexEntry`: id and time) per task that ended COMPLETED, FAILED or CANCELLED,
- * on `troupe.index.task.<STATUS>.<queue>.<task>`, and per workflow run that
+ * small entry (`IndexEntry`: id, revision and time) per task that ended COMPLETED, FAILED or
+ * CANCELLED or was scheduled to retry (RETRYING), on `troupe.index.task.<STATUS>.<queue>.<task>`,
+ * and per workflow run that
  * finished, on `troupe.index.workflow.<STATUS>.<workflow>`. Entries go with their records'
  * retention; one whose record moved on (a retried task) is skipped by readers.
  */
@@ -30,6 +31,8 @@ export const INDEX_STREAM = "TROUPE_INDEX";
 export const INDEX_SUBJECTS = "troupe.index.>";
 export const taskIndexSubject = (status: string, queue: string, task: string) => `troupe.index.task.${status}.${queue}.${task}`;
 export const workflowIndexSubject = (status: string, workflow: string) => `troupe.index.workflow.${status}.${workflow}`;
+/** The status an index subject is for (`troupe.index.<kind>.<STATUS>.…`). */
+export const indexStatus = (subject: string): string => subject.split(".")[3] ?? "";
 /** Workflow runs not finished yet (key: run id): what coordinators reconcile, instead of every run. */
 export const OPEN_RUNS_BUCKET = "troupe-open-runs";
 /** Inputs and outputs over the payload threshold: objects `<taskId>.input` and `<taskId>.output`. */

@@ -1,5 +1,5 @@
 /**
- * Finding tasks: `troupe.list` and `troupe history`, read from streams, never by scanning a
+ * Finding tasks: `troupe.list`, read from streams, never by scanning a
  * bucket. Each status has its source, so that a listing's cost grows with what it returns:
  *
  * - finished tasks (COMPLETED, FAILED, CANCELLED): their TROUPE_INDEX entries
@@ -13,12 +13,13 @@
  * few dozen requests, a dense one about one request per result. Each candidate is checked
  * against its record (a retried task's old entry, a record past its retention, are skipped).
  */
-import { DeliverPolicy, type JetStreamManager, type StoredMsg } from "@nats-io/jetstream";
+import { Effect } from "effect";
+import type { JetStreamManager, StoredMsg } from "@nats-io/jetstream";
 import { IndexEntry, TaskRecord as TaskRecordSchema, TaskStatuses, TerminalStatuses, type TaskRecord, type TaskStatus } from "../../machines/records.js";
 import { InvalidOption } from "../errors.js";
 import { decodeJson, decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { EVENTS_STREAM, INDEX_STREAM, isValidQueueName, isValidTaskName, TASKS_STREAM } from "../nats/topology.js";
+import { INDEX_STREAM, indexStatus, isValidQueueName, isValidTaskName, TASKS_STREAM } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 
 export interface ListOptions {
@@ -115,14 +116,17 @@ interface SourcePage {
 /** Finished tasks from their index entries. */
 const finished = async (nats: NatsHandle, store: TaskStore, q: Query, want: number, before: number | undefined): Promise<SourcePage> => {
   const subject = `troupe.index.task.${q.status ?? "*"}.${q.queue ?? "*"}.${q.task ?? ">"}`;
+  const seen = new Set<string>();
   return scan(nats.jsm, INDEX_STREAM, subject, want, before, async (msg) => {
     const entry = decodeWith(IndexEntry, msg.data, "index entry");
-    if (!entry.ok) return undefined;
+    const status = indexStatus(msg.subject);
+    if (!entry.ok || !TerminalStatuses.has(status as TaskStatus) || seen.has(entry.value.id)) return undefined;
     if (entry.value.at < q.since) return "stop";
-    const status = msg.subject.split(".")[3];
-    const stored = await store.get(entry.value.id).catch(() => undefined);
-    // Still what the entry says: not retried since, not removed by its retention.
-    return stored !== undefined && stored.record.status === status ? stored.record : undefined;
+    seen.add(entry.value.id);
+    const stored = await store.read(entry.value.id).pipe(Effect.orElseSucceed(() => undefined), Effect.runPromise);
+    // Still the write the entry stands for: not retried since, not removed by its retention.
+    const current = stored !== undefined && stored.record.status === status && (entry.value.rev === undefined || entry.value.rev === stored.revision);
+    return current ? stored.record : undefined;
   });
 };
 
@@ -161,6 +165,11 @@ const running = async (store: TaskStore, ids: ReadonlyArray<string>, q: Query, o
 
 /** The first window read back from the end; each next one is twice as long. */
 const FIRST_WINDOW = 64;
+/**
+ * Candidates one call checks at most: past it the page ends early, with a cursor, so that no
+ * call's cost is unbounded (entries whose records are gone, a filter matching little).
+ */
+const MAX_CHECKED = 2_000;
 
 /**
  * Messages of `stream` on `subjects` below sequence `before`, newest first, through
@@ -180,12 +189,14 @@ const scan = async (
   let end = Math.min(before ?? state.last_seq + 1, state.last_seq + 1);
   let window = Math.max(FIRST_WINDOW, want * 2);
   const tasks: TaskRecord[] = [];
+  let checked = 0;
   while (end > first && state.messages > 0) {
     const start = Math.max(first, end - window);
     const inWindow = new Map<number, StoredMsg>();
     for (const filter of filters) for (const msg of await matchesBetween(jsm, stream, filter, start, end)) inWindow.set(msg.seq, msg);
     const newestFirst = [...inWindow.values()].sort((a, b) => b.seq - a.seq);
     for (const msg of newestFirst) {
+      if (++checked > MAX_CHECKED) return { tasks, next: msg.seq + 1 };
       const verdict = await accept(msg);
       if (verdict === "stop") return { tasks };
       if (verdict === undefined) continue;
@@ -208,35 +219,6 @@ const matchesBetween = async (jsm: JetStreamManager, stream: string, filter: str
     if (msg === null || msg.seq >= end) break;
     out.push(msg);
     seq = msg.seq + 1;
-  }
-  return out;
-};
-
-/** One transition as TROUPE_EVENTS keeps it. */
-export interface HistoryEvent {
-  /** The event's name: the status it entered (`queued`, `running`, `completed`, …) or `progress`. */
-  readonly event: string;
-  /** When it was published (ISO time). */
-  readonly at: string;
-  /** The stream sequence: its place among all events. */
-  readonly seq: number;
-  /** The record (a task's, a workflow run's) or the data the event carried. */
-  readonly record: unknown;
-}
-
-/** An actor's events, oldest first (at most `limit`), while TROUPE_EVENTS keeps them. */
-export const readHistory = async (nats: NatsHandle, kind: string, id: string, limit = 1_000): Promise<HistoryEvent[]> => {
-  const filter = `troupe.events.${kind}.${id}.>`;
-  const info = await nats.jsm.streams.info(EVENTS_STREAM, { subjects_filter: filter });
-  const total = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
-  if (total === 0) return [];
-  const consumer = await nats.js.consumers.get(EVENTS_STREAM, { filter_subjects: filter, deliver_policy: DeliverPolicy.All });
-  const out: HistoryEvent[] = [];
-  const want = Math.min(total, limit);
-  for await (const m of await consumer.fetch({ max_messages: want, expires: 2_000 })) {
-    const decoded = decodeJson(m.data);
-    out.push({ event: m.subject.split(".").at(-1) ?? "", at: new Date(m.info.timestampNanos / 1e6).toISOString(), seq: m.seq, record: decoded.ok ? decoded.value : null });
-    if (out.length >= want) break;
   }
   return out;
 };

@@ -106,6 +106,11 @@ export class Results {
     return this.waiter(this.tasks, id).promise;
   }
 
+  /** Drop a task's result kept from before (it runs again: `troupe.retry`), so that a wait awaits its new end. */
+  forget(id: string): void {
+    this.recent.delete(id);
+  }
+
   /** The task's terminal record, however and wherever it ends. */
   task(id: string): Promise<TaskRecord> {
     const own = this.tasks.get(id);

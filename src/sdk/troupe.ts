@@ -28,7 +28,8 @@ import { cancelTask, type CancelResult } from "../store/cancel.js";
 import { TaskStore } from "../store/task-store.js";
 import { resolvePayload, resolveRecord } from "../store/payloads.js";
 import { retentionPolicy, RetentionSweeper, sweep, type RetentionPolicy, type SweepResult } from "../store/retention.js";
-import { listTasks, readHistory, type HistoryEvent, type ListOptions, type TaskPage } from "./list.js";
+import { listTasks, type ListOptions, type TaskPage } from "./list.js";
+import { readHistory, type HistoryEvent } from "../nats/history.js";
 import { WorkflowStore } from "../store/workflow-store.js";
 import { encodeInput, untypedTask, type InputOf, type OutputOf, type TaskDefinition } from "../task.js";
 import type { WorkflowDefinition, WorkflowInputOf, WorkflowOutputsOf } from "../workflow.js";
@@ -128,8 +129,8 @@ const SERVED_TTL_MS = 10_000;
 /** The options a connect takes that can be checked before connecting: the retention policy, the payload threshold. */
 const checkedOptions = (options: TroupeOptions): RetentionPolicy => {
   const threshold = options.payloadThreshold;
-  if (threshold !== undefined && (!Number.isInteger(threshold) || threshold < 1_024 || threshold > 512 * 1024)) {
-    throw new InvalidOption({ message: `payloadThreshold must be an integer number of bytes from 1024 to 524288, got ${String(threshold)}` });
+  if (threshold !== undefined && (!Number.isInteger(threshold) || threshold < 1_024 || threshold > 256 * 1024)) {
+    throw new InvalidOption({ message: `payloadThreshold must be an integer number of bytes from 1024 to 262144 (an input and an output just under it must still fit a 1 MB message), got ${String(threshold)}` });
   }
   return retentionPolicy(options.retention);
 };
@@ -297,6 +298,7 @@ export class Troupe {
       throw new InvalidOption({ message: `task ${target} is a step of workflow run ${current.record.notify.split(".")[2]}; its run decides what runs` });
     }
     this.results.listen();
+    this.results.forget(target);
     const retried = await this.tasks.retry(current, this.results.notify);
     if (retried === undefined) {
       throw new InvalidOption({ message: `task ${target} is ${current.record.status}; only FAILED or CANCELLED tasks are retried` });

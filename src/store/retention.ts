@@ -19,7 +19,7 @@ import { durationOption } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
 import type { NatsHandle, RetentionOptions } from "../nats/connection.js";
 import { LeaderLease } from "../nats/leader.js";
-import { EVENTS_STREAM, eventSubject, INDEX_STREAM, kvSubject, TASKS_BUCKET, WORKFLOWS_BUCKET } from "../nats/topology.js";
+import { EVENTS_STREAM, eventSubject, INDEX_STREAM, kvSubject, TASKS_BUCKET, TASKS_STREAM, taskSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
 import { removePayloads } from "./payloads.js";
 
 /** Retention by finished status, in ms. */
@@ -53,14 +53,18 @@ const PARALLEL = 32;
 const SWEEP_EVERY_MS = 60_000;
 export const RETENTION_LEASE = "retention";
 
-/** Remove what is past its retention, now. */
-export const sweep = async (nats: NatsHandle, policy: RetentionPolicy, now = Date.now()): Promise<SweepResult> => {
+/**
+ * Remove what is past its retention, now. `keepAlive` is called between batches (a sweeper
+ * renews its lease there). RETRYING entries (what `stats` counts as retried) go with the
+ * COMPLETED retention; the record each names is removed only by its own status's.
+ */
+export const sweep = async (nats: NatsHandle, policy: RetentionPolicy, now = Date.now(), keepAlive: () => Promise<unknown> = async () => undefined): Promise<SweepResult> => {
   let tasks = 0;
   let workflows = 0;
-  for (const status of ["COMPLETED", "FAILED", "CANCELLED"] as const) {
-    const cutoff = now - policy[status];
-    tasks += await sweepIndex(nats, `troupe.index.task.${status}.>`, cutoff, (id) => removeTask(nats, id, policy, now));
-    workflows += await sweepIndex(nats, `troupe.index.workflow.${status}.>`, cutoff, (id) => removeRun(nats, id, policy, now));
+  for (const status of ["COMPLETED", "FAILED", "CANCELLED", "RETRYING"] as const) {
+    const cutoff = now - policy[status === "RETRYING" ? "COMPLETED" : status];
+    tasks += await sweepIndex(nats, `troupe.index.task.${status}.>`, cutoff, (id) => removeTask(nats, id, policy, now), keepAlive);
+    if (status !== "RETRYING") workflows += await sweepIndex(nats, `troupe.index.workflow.${status}.>`, cutoff, (id) => removeRun(nats, id, policy, now), keepAlive);
   }
   return { tasks, workflows };
 };
@@ -69,7 +73,13 @@ export const sweep = async (nats: NatsHandle, policy: RetentionPolicy, now = Dat
  * The entries on `filter` older than `cutoff`, oldest first, each handed to `remove`; then
  * purged. Resolves with how many records were removed.
  */
-const sweepIndex = async (nats: NatsHandle, filter: string, cutoff: number, remove: (id: string) => Promise<boolean>): Promise<number> => {
+const sweepIndex = async (
+  nats: NatsHandle,
+  filter: string,
+  cutoff: number,
+  remove: (id: string) => Promise<boolean>,
+  keepAlive: () => Promise<unknown>,
+): Promise<number> => {
   let removed = 0;
   let seq = 1;
   let last: number | undefined;
@@ -85,6 +95,7 @@ const sweepIndex = async (nats: NatsHandle, filter: string, cutoff: number, remo
       else last = msg.seq; // unreadable: purged with the rest
     }
     if (batch.length === 0) break;
+    await keepAlive();
     const results = await Promise.all(batch.map((e) => remove(e.id)));
     removed += results.filter(Boolean).length;
     last = batch[batch.length - 1]!.seq;
@@ -103,12 +114,27 @@ const removeTask = async (nats: NatsHandle, id: string, policy: RetentionPolicy,
   if (entry === null || entry.operation !== "PUT") return false;
   const decoded = decodeWith(TaskRecordSchema, entry.value, "task record");
   if (decoded.ok && !expired(decoded.value.status, decoded.value.finishedAt, policy, now)) return false;
+  // Cancelled before any worker took it: its work message may still wait in TROUPE_TASKS,
+  // and without the record its first delivery would claim it. Kept while its type has work waiting.
+  if (decoded.ok && decoded.value.startedAt === undefined && (await workWaits(nats, decoded.value.queue, decoded.value.task))) return false;
+  const key = kvSubject(TASKS_BUCKET, id);
   // Up to the revision read: a write made since (a retry) stays.
-  await nats.jsm.streams.purge(`KV_${TASKS_BUCKET}`, { filter: kvSubject(TASKS_BUCKET, id), seq: entry.revision + 1 });
+  await nats.jsm.streams.purge(`KV_${TASKS_BUCKET}`, { filter: key, seq: entry.revision + 1 });
+  // A retry written meanwhile keeps its record, and with it its payloads and events.
+  if ((await nats.tasks.get(id))?.operation === "PUT") return false;
   // Its `queued` event would otherwise stand in for the record (see `TaskStore.get`).
   await nats.jsm.streams.purge(EVENTS_STREAM, { filter: eventSubject("task", id, "queued") });
   if (decoded.ok) await removePayloads(nats, decoded.value);
   return true;
+};
+
+/** Whether TROUPE_TASKS holds any work of the type (any priority or key). */
+const workWaits = async (nats: NatsHandle, queue: string, task: string): Promise<boolean> => {
+  for (const filter of [taskSubject(queue, task), `${taskSubject(queue, task)}.*`]) {
+    const info = await nats.jsm.streams.info(TASKS_STREAM, { subjects_filter: filter });
+    if (Object.keys(info.state.subjects ?? {}).length > 0) return true;
+  }
+  return false;
 };
 
 const removeRun = async (nats: NatsHandle, id: string, policy: RetentionPolicy, now: number): Promise<boolean> => {
@@ -133,7 +159,7 @@ export class RetentionSweeper {
     private readonly log: Logger,
     everyMs = SWEEP_EVERY_MS,
   ) {
-    this.lease = new LeaderLease(nats.leases, RETENTION_LEASE, `r-${nuid.next()}`, log);
+    this.lease = new LeaderLease(nats.leases, RETENTION_LEASE, `r-${nuid.next()}`, log, false);
     this.timer = setInterval(() => this.pass(), everyMs);
     this.timer.unref();
   }
@@ -142,8 +168,13 @@ export class RetentionSweeper {
     if (this.running !== undefined || this.stopped || this.nats.nc.isClosed()) return;
     this.running = (async () => {
       if (!(await this.lease.hold())) return;
-      const removed = await sweep(this.nats, this.policy);
-      if (removed.tasks + removed.workflows > 0) this.log.info(removed, "records past their retention removed");
+      try {
+        const removed = await sweep(this.nats, this.policy, Date.now(), () => this.lease.hold());
+        if (removed.tasks + removed.workflows > 0) this.log.info(removed, "records past their retention removed");
+      } finally {
+        // Between passes the lease would lapse anyway (it lives 5 s): given up, taken afresh next time.
+        await this.lease.release();
+      }
     })()
       .catch((err: unknown) => this.log.warn({ err }, "retention sweep failed; tried again next minute"))
       .finally(() => (this.running = undefined));

@@ -11,7 +11,8 @@
  *   transition (a cancel, a give-up, a failed enqueue), writes the result, announces it.
  * - `announce` publishes a write's event (the status's, or `progress` for a record whose
  *   attempt reported progress) and, for a terminal record (its event deduplicated
- *   by message id `<id>:<revision>`), its TROUPE_INDEX entry and the submitter's notify. Whoever finds a terminal record whose
+ *   by message id `<id>:<revision>`), its TROUPE_INDEX entry (a RETRYING record's too) and
+ *   the submitter's notify. Whoever finds a terminal record whose
  *   announcement may be missing calls it again: a transition is complete or repairable.
  *
  * Every read is decoded with the `TaskRecord` schema; NATS writes retry on one schedule.
@@ -138,6 +139,11 @@ export class TaskStore {
     });
     let payload = encodeJson(record);
     if (payload.length > this.nats.payloadThreshold) {
+      // An id taken already (a resubmit with the same key): its stored input is left as it is.
+      if (task.unique) {
+        const existing = await this.get(task.id);
+        if (existing !== undefined) return this.existing(existing);
+      }
       // A large input goes to the object store; the record (and the work message) holds its reference.
       record = recordWith(record, { input: await offload(this.nats, payloadName(task.id, "input"), task.input) });
       payload = encodeJson(record);
@@ -149,8 +155,7 @@ export class TaskStore {
     if (revision === undefined) {
       const existing = await this.get(task.id);
       if (existing === undefined) throw new NatsFailure({ message: `task ${task.id} exists and vanished while enqueueing` });
-      if (existing.record.status === "QUEUED") await this.publishWork(existing).catch(() => undefined);
-      return { created: false, stored: existing };
+      return this.existing(existing);
     }
     const stored = { record, revision };
     try {
@@ -169,6 +174,12 @@ export class TaskStore {
     return { created: true, stored };
   }
 
+  /** A unique id taken: its task, its work published again if it is still QUEUED (the first enqueue may have died in between). */
+  private async existing(existing: Stored): Promise<{ readonly created: false; readonly stored: Stored }> {
+    if (existing.record.status === "QUEUED") await this.publishWork(existing).catch(() => undefined);
+    return { created: false, stored: existing };
+  }
+
   /** Create the record: its revision, or `undefined` when the id is taken (by another task than this one). */
   private async create(record: TaskRecord, payload: Uint8Array): Promise<number | undefined> {
     const created = await Effect.runPromise(Effect.result(this.compareAndSet(record.id, payload, 0)));
@@ -180,10 +191,17 @@ export class TaskStore {
   /**
    * Run a FAILED or CANCELLED task again: the same id and input, QUEUED from attempt 0 (its
    * events kept, `retries` counted), written over the revision read, then its work message
-   * published. `undefined` when the task is not FAILED or CANCELLED (it is left as it is).
+   * published. A retry still QUEUED is published again (a repair). `undefined` when the task
+   * is not FAILED or CANCELLED (it is left as it is).
    */
   async retry(current: Stored, notify: string | undefined): Promise<Stored | undefined> {
     const old = current.record;
+    if (old.status === "QUEUED" && (old.retries ?? 0) > 0) {
+      // A retry whose work message may never have been published (its client died between
+      // the two): published again under the same message id, a no-op if it was.
+      await this.publishWork(current, undefined, undefined, `${old.id}:${current.revision}`);
+      return current;
+    }
     if (old.status !== "FAILED" && old.status !== "CANCELLED") return undefined;
     const record = recordWith(RESTING.record, {
       id: old.id,
@@ -290,13 +308,15 @@ export class TaskStore {
     const subject = eventSubject("task", record.id, event);
     if (!TerminalStatuses.has(record.status)) {
       nc.publish(subject, payload);
+      // A retry scheduled: counted by `stats` (only its own write announces it).
+      if (record.status === "RETRYING" && event === "retrying") nc.publish(taskIndexSubject("RETRYING", record.queue, record.task), indexEntry(record.id, revision));
       return;
     }
     const h = natsHeaders();
     h.set("Nats-Msg-Id", `${record.id}:${revision}`);
     nc.publish(subject, payload, { headers: h });
     // Its index entry (the same message id: TROUPE_INDEX keeps it once too).
-    nc.publish(taskIndexSubject(record.status, record.queue, record.task), encodeJson({ id: record.id, at: Date.now() }), { headers: h });
+    nc.publish(taskIndexSubject(record.status, record.queue, record.task), indexEntry(record.id, revision), { headers: h });
     if (record.notify === undefined) return;
     // A workflow step's notify is a stream subject, one record per message; a client's
     // notifications are gathered, one message per client per tick.
@@ -336,6 +356,9 @@ export class TaskStore {
     this.notifies.clear();
   }
 }
+
+/** A TROUPE_INDEX entry: the record's id and revision, and when. */
+const indexEntry = (id: string, rev: number) => encodeJson({ id, rev, at: Date.now() });
 
 /** `items` in runs whose JSON array stays within `limit` bytes (each item fits alone: records are capped below it). */
 const chunks = (items: ReadonlyArray<Uint8Array>, limit: number): Uint8Array[][] => {

@@ -16,7 +16,7 @@ import { Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { compareAndSet } from "../nats/compare-and-set.js";
-import { eventSubject, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
+import { eventSubject, kvSubject, OPEN_RUNS_BUCKET, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
 import { traceStart, type TraceCarrier } from "../trace.js";
 import { cancelTask } from "./cancel.js";
 import type { TaskStore } from "./task-store.js";
@@ -66,7 +66,7 @@ export class WorkflowStore {
   /** How long ago the run's open key was written (ms; 0 when there is none). */
   async openSince(id: string): Promise<number> {
     const entry = await this.nats.openRuns.get(id);
-    return entry === null ? 0 : Date.now() - entry.created.getTime();
+    return entry === null || entry.operation !== "PUT" ? 0 : Date.now() - entry.created.getTime();
   }
 
   /**
@@ -80,7 +80,8 @@ export class WorkflowStore {
       h.set("Nats-Msg-Id", `${id}:${record.status}`);
       this.nats.nc.publish(workflowIndexSubject(record.status, record.workflow), encodeJson({ id, at: Date.now() }), { headers: h });
     }
-    await this.nats.openRuns.delete(id);
+    // A purge of the key's subject leaves no delete marker behind, one per run for ever.
+    await this.nats.jsm.streams.purge(`KV_${OPEN_RUNS_BUCKET}`, { filter: kvSubject(OPEN_RUNS_BUCKET, id) });
   }
 
   /** Create a run RUNNING with its first steps, and enqueue them. */
