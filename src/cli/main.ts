@@ -366,7 +366,9 @@ const dev = async (flags: Flags) => {
     ...(port === undefined ? {} : { port }),
   });
   // The embedded default also runs a coordinator, so workflows advance with no other process.
-  const troupe = await Troupe.connect({ servers: server.url });
+  // The configuration's retention and layout, on the embedded server (no credentials, no TLS, one replica).
+  const { retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger } = connection(flags);
+  const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger });
   const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
   const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
   const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: { retry: (id) => troupe.retry(id) } });
