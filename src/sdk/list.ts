@@ -195,13 +195,20 @@ const scan = async (
     const inWindow = new Map<number, StoredMsg>();
     for (const filter of filters) for (const msg of await matchesBetween(jsm, stream, filter, start, end)) inWindow.set(msg.seq, msg);
     const newestFirst = [...inWindow.values()].sort((a, b) => b.seq - a.seq);
-    for (const msg of newestFirst) {
-      if (++checked > MAX_CHECKED) return { tasks, next: msg.seq + 1 };
-      const verdict = await accept(msg);
-      if (verdict === "stop") return { tasks };
-      if (verdict === undefined) continue;
-      tasks.push(verdict);
-      if (tasks.length === want) return msg.seq > first ? { tasks, next: msg.seq } : { tasks };
+    // Checked a batch at a time (their records read at once), in order: as many as are still wanted.
+    for (let i = 0; i < newestFirst.length; ) {
+      if (checked >= MAX_CHECKED) return { tasks, next: newestFirst[i]!.seq + 1 };
+      const batch = newestFirst.slice(i, i + Math.min(MAX_CHECKED - checked, Math.max(8, want - tasks.length)));
+      i += batch.length;
+      checked += batch.length;
+      const verdicts = await Promise.all(batch.map(accept));
+      for (const [k, verdict] of verdicts.entries()) {
+        if (verdict === "stop") return { tasks };
+        if (verdict === undefined) continue;
+        tasks.push(verdict);
+        const seq = batch[k]!.seq;
+        if (tasks.length === want) return seq > first ? { tasks, next: seq } : { tasks };
+      }
     }
     end = start;
     window *= 2;
