@@ -15,7 +15,7 @@ import { parse as parseYaml } from "yaml";
 import { parseDuration } from "./duration.js";
 import { InvalidOption } from "./errors.js";
 import { decodeValueWith } from "./nats/codec.js";
-import { DEFAULT_PAYLOAD_THRESHOLD, type ConnectOptions } from "./nats/connection.js";
+import { DEFAULT_PAYLOAD_THRESHOLD, DEFAULT_SUBMIT_RETRY_FOR, type ConnectOptions } from "./nats/connection.js";
 import type { MetricsOptions } from "./metrics/server.js";
 import type { RpcOptions } from "./rpc/service.js";
 import type { StopOptions, WorkerOptions } from "./worker/worker.js";
@@ -120,11 +120,15 @@ const SETTINGS = {
   "connection.pass": setting(text, ["TROUPE_PASS"], { secret: true }),
   "connection.token": setting(text, ["TROUPE_TOKEN"], { secret: true }),
   "connection.credentials": setting(path, ["TROUPE_CREDS"]),
+  "connection.nkey": setting(path, ["TROUPE_NKEY"]),
+  "connection.connectTimeout": setting(duration, ["TROUPE_CONNECT_TIMEOUT"]),
   "connection.tls.caFile": setting(path, ["TROUPE_TLS_CA"]),
   "connection.tls.certFile": setting(path, ["TROUPE_TLS_CERT"]),
   "connection.tls.keyFile": setting(path, ["TROUPE_TLS_KEY"]),
   "connection.name": setting(text, ["TROUPE_NAME"], { fallback: always("troupe") }),
+  "connection.submitRetryFor": setting(duration, ["TROUPE_SUBMIT_RETRY_FOR"], { fallback: always(DEFAULT_SUBMIT_RETRY_FOR) }),
   "layout.replicas": setting(positiveInt, ["TROUPE_REPLICAS"], { fallback: always(1) }),
+  "layout.mode": setting(oneOf(["create", "verify"] as const), ["TROUPE_LAYOUT"], { fallback: always("create" as const) }),
   "layout.eventsMaxAge": setting(duration, ["TROUPE_EVENTS_MAX_AGE"], { fallback: always(7 * DAY) }),
   "layout.logsMaxAge": setting(duration, ["TROUPE_LOGS_MAX_AGE"], { fallback: always(3 * DAY) }),
   "layout.logsMaxBytes": setting(positiveInt, ["TROUPE_LOGS_MAX_BYTES"], { fallback: always(1024 ** 3) }),
@@ -340,9 +344,13 @@ export const loadConfig = (options: LoadConfigOptions = {}): TroupeConfig => {
     pass: get("connection.pass"),
     token: get("connection.token"),
     credentials: get("connection.credentials"),
+    nkey: get("connection.nkey"),
+    connectTimeout: get("connection.connectTimeout"),
     tls,
     name: get("connection.name"),
+    submitRetryFor: get("connection.submitRetryFor"),
     replicas: get("layout.replicas"),
+    layout: get("layout.mode"),
     eventsMaxAge: get("layout.eventsMaxAge"),
     logsMaxAge: get("layout.logsMaxAge"),
     logsMaxBytes: get("layout.logsMaxBytes"),

@@ -80,3 +80,13 @@ export class NatsServerNotFound extends Data.TaggedError("NatsServerNotFound")<{
 
 /** A write lost its compare-and-set: another attempt owns the task now. Internal to the store and its hosts. */
 export class Fenced extends Data.TaggedError("Fenced")<{ readonly message: string; readonly id: string }> {}
+
+/** The Troupe layout is not (all) there for a client that only opens it (layout "verify"): run `troupe setup`. */
+export class LayoutMissing extends Data.TaggedError("LayoutMissing")<{ readonly message: string; readonly missing: ReadonlyArray<string> }> {}
+
+/** The server refused a publish or a subscription this identity has no permission for; `subject` is what was refused. */
+export class PermissionDenied extends Data.TaggedError("PermissionDenied")<{
+  readonly message: string;
+  readonly operation: "publish" | "subscription";
+  readonly subject: string;
+}> {}

@@ -15,6 +15,8 @@ const FLAG_KEYS: Readonly<Record<string, ConfigKey>> = {
   password: "connection.pass",
   token: "connection.token",
   creds: "connection.credentials",
+  nkey: "connection.nkey",
+  "connect-timeout": "connection.connectTimeout",
   "tls-ca": "connection.tls.caFile",
   "tls-cert": "connection.tls.certFile",
   "tls-key": "connection.tls.keyFile",
@@ -27,6 +29,31 @@ const FLAG_KEYS: Readonly<Record<string, ConfigKey>> = {
   "metrics-port": "metrics.port",
 };
 
+/** The keys a `--auth` file may hold, as `troupe auth init` writes them (`{ "user", "pass", "layout" }`). */
+const AUTH_KEYS: Readonly<Record<string, ConfigKey>> = {
+  user: "connection.user",
+  pass: "connection.pass",
+  token: "connection.token",
+  credentials: "connection.credentials",
+  layout: "layout.mode",
+};
+
+/** `--auth FILE`: a JSON object of connection options, each an override from `flag --auth`. */
+const authOverrides = (file: string, fail: (message: string) => Error): ConfigOverride[] => {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(readFileSync(file, "utf8"));
+  } catch (e) {
+    throw fail(`--auth ${file}: ${(e as Error).message.split("\n")[0]}`);
+  }
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc)) throw fail(`--auth ${file}: must be a JSON object such as { "user": ..., "pass": ... }`);
+  return Object.entries(doc).map(([name, value]) => {
+    const key = AUTH_KEYS[name];
+    if (key === undefined || typeof value !== "string") throw fail(`--auth ${file}: unknown or non-text key "${name}" (keys: ${Object.keys(AUTH_KEYS).join(", ")})`);
+    return { key, text: value, source: "flag --auth" };
+  });
+};
+
 export interface CliConfigOptions {
   /** `troupe worker <module>`'s argument: over `worker.module`. */
   readonly module?: string;
@@ -36,7 +63,8 @@ export interface CliConfigOptions {
 
 /** The configuration of one command: its flags over TROUPE_* variables over the config file (`--config`). */
 export const cliConfig = (flags: Readonly<Record<string, unknown>>, options: CliConfigOptions): TroupeConfig => {
-  const overrides: ConfigOverride[] = [];
+  // --auth FILE (a role's file from `troupe auth init`) first, so that an explicit flag wins over it.
+  const overrides: ConfigOverride[] = typeof flags.auth === "string" ? authOverrides(flags.auth, options.flagError) : [];
   for (const [flag, key] of Object.entries(FLAG_KEYS)) {
     const text = flags[flag];
     if (typeof text === "string") overrides.push({ key, text, source: `flag --${flag}` });

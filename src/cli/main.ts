@@ -27,6 +27,8 @@ import { showStats } from "./stats.js";
 import { cliConfig, DEV_URL_FILE, formatConfig } from "./config.js";
 import type { TroupeConfig } from "../config.js";
 import { rootLogger } from "../log.js";
+import { permissionDenied } from "../nats/permissions.js";
+import { runAuthInit, runSetup } from "./setup.js";
 
 const USAGE = `troupe — tasks and workflows as actors on NATS JetStream
 
@@ -89,6 +91,14 @@ Usage:
   troupe workflow get <id>                   print a workflow run's record (JSON)
   troupe workflow cancel <id> [--reason TEXT]
                                              cancel a workflow run (exit 1 if it had already finished)
+  troupe setup [--check]                     create or upgrade the streams, consumers and buckets (an
+                                             admin identity: --auth admin.json); --check changes nothing
+                                             and reports each missing part or setting that drifted from
+                                             the configuration, one line each (exit 1 if any)
+  troupe auth init <dir>                     write <dir>/auth.conf (a nats-server authorization block to
+                                             include: one user per role, least permissions) and
+                                             <dir>/<role>.json for admin, client, worker, coordinator,
+                                             inspector (docs/security.md)
   troupe config [--json]                     the effective configuration (flags, TROUPE_* variables,
                                              troupe.config.json|yaml|yml), each value's source
 
@@ -97,8 +107,12 @@ Usage:
 Connection (every verb but dev and demo):
   --server URL       NATS server(s), comma-separated (default: $NATS_URL, then the URL
                      \`troupe dev\` wrote to .troupe/url, then nats://127.0.0.1:4222)
-  --user U --password P | --token T | --creds FILE
+  --user U --password P | --token T | --creds FILE | --nkey SEEDFILE
   --tls-ca FILE --tls-cert FILE --tls-key FILE
+                     TLS and credentials (docs/security.md); a refused credential or certificate
+                     is one line, exit 1
+  --auth FILE        a role's connection file from \`troupe auth init\` ({ "user", "pass", "layout" })
+  --connect-timeout T  bound on each connection attempt (default 10s)
   --replicas N       stream and bucket replicas when they are created (default 1)
   --config FILE      the config file (default: $TROUPE_CONFIG, then the first troupe.config.json,
                      .yaml or .yml in this directory or above); flags override TROUPE_* variables,
@@ -111,6 +125,10 @@ const options = {
   password: { type: "string" },
   token: { type: "string" },
   creds: { type: "string" },
+  auth: { type: "string" },
+  check: { type: "boolean" },
+  nkey: { type: "string" },
+  "connect-timeout": { type: "string" },
   "tls-ca": { type: "string" },
   "tls-cert": { type: "string" },
   "tls-key": { type: "string" },
@@ -786,6 +804,12 @@ export const main = async (argv: string[]): Promise<void> => {
         return await inspect(flags);
       case "workflow":
         return await workflow(flags, rest);
+      case "setup":
+        process.exitCode = await runSetup(configOf(flags).connection, flags.check === true, (line) => process.stdout.write(`${line}\n`));
+        return;
+      case "auth":
+        if (rest[0] !== "init" || rest[1] === undefined) throw new UsageError("use troupe auth init <dir>");
+        return await runAuthInit(rest[1], (line) => process.stdout.write(`${line}\n`));
       case "config":
         process.stdout.write(formatConfig(configOf(flags), flags.json === true));
         return;
@@ -798,8 +822,9 @@ export const main = async (argv: string[]): Promise<void> => {
       process.exitCode = 2;
       return;
     }
-    const tag = (e as { _tag?: string })._tag;
-    process.stderr.write(`troupe ${verb}: ${tag ? `${tag}: ` : ""}${(e as Error).message ?? String(e)}\n`);
+    const err = permissionDenied(e) ?? e; // a refused permission, as one line naming the subject
+    const tag = (err as { _tag?: string })._tag;
+    process.stderr.write(`troupe ${verb}: ${tag ? `${tag}: ` : ""}${(err as Error).message ?? String(err)}\n`);
     process.exitCode = 1;
   }
 };

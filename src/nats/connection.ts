@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import {
   connect,
   credsAuthenticator,
+  nkeyAuthenticator,
   type NatsConnection,
   type ConnectionOptions,
 } from "@nats-io/transport-node";
@@ -25,9 +26,12 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
-import { NatsFailure, TopologyConflict } from "../errors.js";
-import type { DurationInput } from "../duration.js";
+import { LayoutMissing, NatsFailure, TopologyConflict } from "../errors.js";
+import { LAYOUT_BUCKETS, LAYOUT_CONSUMERS, layoutStreams, verifyLayout, type LayoutMode } from "./layout.js";
+import { permissionDenied } from "./permissions.js";
+import { parseDuration, type DurationInput } from "../duration.js";
 import { AckedPublisher } from "./publisher.js";
+import { connectFailure } from "./connect-failure.js";
 import {
   COORDINATOR_CONSUMER,
   STEPS_STREAM,
@@ -73,11 +77,21 @@ export interface ConnectOptions {
   readonly token?: string;
   /** Path to a `.creds` file (JWT + nkey seed). */
   readonly credentials?: string;
+  /** Path to a user nkey seed file (`SU...`), for a server that lists the user's public nkey. */
+  readonly nkey?: string;
+  /** How long one connection attempt may take before it fails (ms or a duration); 10 s by default. */
+  readonly connectTimeout?: DurationInput;
   readonly tls?: TlsConnectOptions;
   /** Connection name shown by the server (`nats server report connections`). */
   readonly name?: string;
   /** Stream and bucket replicas: 1 by default, 3 in a cluster. */
   readonly replicas?: number;
+  /**
+   * `"create"` (default): create whatever of the layout is missing, which needs JetStream admin
+   * rights; `"verify"`: only open it, failing with `LayoutMissing` ("run `troupe setup`") when
+   * something is missing: what a client, worker or coordinator with a role uses (docs/security.md).
+   */
+  readonly layout?: LayoutMode;
   /** How long TROUPE_EVENTS keeps events (ms); 7 days by default. */
   readonly eventsMaxAge?: number;
   /** How long TROUPE_LOGS keeps handlers' log lines (ms); 3 days by default. */
@@ -95,6 +109,12 @@ export interface ConnectOptions {
    * FAILED and CANCELLED 30 days). The workers and coordinators of this client apply it.
    */
   readonly retention?: RetentionOptions;
+  /**
+   * How long a submit keeps trying to publish its work message through a leader election
+   * or a node's restart (no stream answering, no PubAck in time) before it fails with
+   * `NatsFailure`: milliseconds or a duration such as `"1 minute"`; 30 s by default, 0 not to retry.
+   */
+  readonly submitRetryFor?: DurationInput;
 }
 
 export interface RetentionOptions {
@@ -128,13 +148,20 @@ export interface NatsHandle {
   readonly methods: KV;
   /** Pipelined acked publishes: the KV writes and work messages of the hot path. */
   readonly publisher: AckedPublisher;
+  /** How long (ms) a work message's publish is tried again after a transient failure. */
+  readonly submitRetryFor: number;
 }
 
 /** Inputs and outputs over 256 KiB of JSON go to the object store. */
 export const DEFAULT_PAYLOAD_THRESHOLD = 256 * 1024;
 
-/** Worker registry entries expire when a worker stops refreshing them. */
-export const WORKERS_TTL = 30_000;
+/** A submit rides out a leader election (5 to 15 s measured on a loaded 3-node cluster) or a node's restart. */
+export const DEFAULT_SUBMIT_RETRY_FOR = 30_000;
+
+/** One connection attempt's bound (`connectTimeout`). */
+export const DEFAULT_CONNECT_TIMEOUT = 10_000;
+
+export { WORKERS_TTL } from "./layout.js";
 
 const isApiError = (e: unknown, ...codes: number[]) =>
   e instanceof JetStreamApiError && codes.includes(e.code);
@@ -153,20 +180,32 @@ export const connectNats = async (options: ConnectOptions = {}): Promise<NatsCon
     noAsyncTraces: true,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
+    // Each attempt is bounded: a server that never finishes the handshake is an error, not a hang.
+    timeout: parseDuration(options.connectTimeout) ?? DEFAULT_CONNECT_TIMEOUT,
   };
   if (options.user !== undefined) {
     opts.user = options.user;
     opts.pass = options.pass ?? "";
   }
   if (options.token !== undefined) opts.token = options.token;
+  const secret = async (file: string, what: string): Promise<Uint8Array> => {
+    try {
+      return await readFile(file);
+    } catch (e) {
+      throw asFailure(`cannot read the ${what} file ${file}`)(e);
+    }
+  };
   if (options.credentials !== undefined) {
-    opts.authenticator = credsAuthenticator(await readFile(options.credentials));
+    opts.authenticator = credsAuthenticator(await secret(options.credentials, "credentials"));
+  } else if (options.nkey !== undefined) {
+    const seed = new TextDecoder().decode(await secret(options.nkey, "nkey seed")).trim();
+    opts.authenticator = nkeyAuthenticator(new TextEncoder().encode(seed));
   }
   if (options.tls !== undefined) opts.tls = { ...options.tls };
   try {
     return await connect(opts);
   } catch (e) {
-    throw asFailure(`cannot connect to NATS at ${opts.servers}`)(e);
+    throw await connectFailure(opts.servers as string[], options, e, opts.timeout ?? DEFAULT_CONNECT_TIMEOUT);
   }
 };
 
@@ -211,84 +250,36 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
   try {
     const jsm = await jetstreamManager(nc);
     const js = jetstream(nc);
-    await ensureStream(jsm, {
-      name: TASKS_STREAM,
-      subjects: [TASKS_SUBJECTS],
-      retention: RetentionPolicy.Workqueue,
-      storage: StorageType.File,
-      num_replicas: replicas,
-      duplicate_window: 2 * 60 * 1_000_000_000,
-    });
-    await ensureStream(jsm, {
-      name: EVENTS_STREAM,
-      subjects: [EVENTS_SUBJECTS],
-      retention: RetentionPolicy.Limits,
-      storage: StorageType.File,
-      num_replicas: replicas,
-      discard: DiscardPolicy.Old,
-      max_age: (options.eventsMaxAge ?? 7 * 24 * 3600 * 1000) * 1_000_000,
-    });
-    await ensureStream(jsm, {
-      name: LOGS_STREAM,
-      subjects: [LOGS_SUBJECTS],
-      retention: RetentionPolicy.Limits,
-      storage: StorageType.File,
-      num_replicas: replicas,
-      discard: DiscardPolicy.Old,
-      max_age: (options.logsMaxAge ?? 3 * 24 * 3600 * 1000) * 1_000_000,
-      max_bytes: options.logsMaxBytes ?? 1024 ** 3,
-    });
-    await ensureStream(jsm, {
-      name: ADVISORIES_STREAM,
-      subjects: [MAX_DELIVERIES_SUBJECTS],
-      retention: RetentionPolicy.Workqueue,
-      storage: StorageType.File,
-      num_replicas: replicas,
-      max_age: 7 * 24 * 3600 * 1_000_000_000,
-    });
-    await ensureStream(jsm, {
-      name: INDEX_STREAM,
-      subjects: [INDEX_SUBJECTS],
-      retention: RetentionPolicy.Limits,
-      storage: StorageType.File,
-      num_replicas: replicas,
-      duplicate_window: 2 * 60 * 1_000_000_000,
-    });
-    await ensureStream(jsm, {
-      name: STEPS_STREAM,
-      subjects: [STEPS_SUBJECTS],
-      retention: RetentionPolicy.Workqueue,
-      storage: StorageType.File,
-      num_replicas: replicas,
-    });
-    for (const [stream, durable, ackWaitS] of [
-      [ADVISORIES_STREAM, REAPER_CONSUMER, 30],
-      [STEPS_STREAM, COORDINATOR_CONSUMER, 10],
-    ] as const) {
-      try {
-        await jsm.consumers.add(stream, {
-          durable_name: durable,
-          ack_policy: AckPolicy.Explicit,
-          ack_wait: ackWaitS * 1_000_000_000,
-          max_deliver: -1,
-        });
-      } catch (e) {
-        if (!isApiError(e, 10148, 10013)) throw e; // exists already
+    // A role without layout rights only checks the layout is there (LayoutMissing otherwise).
+    const create = options.layout !== "verify";
+    if (create) {
+      for (const stream of layoutStreams(options)) await ensureStream(jsm, stream);
+      for (const [stream, durable, ackWaitS] of LAYOUT_CONSUMERS) {
+        try {
+          await jsm.consumers.add(stream, {
+            durable_name: durable,
+            ack_policy: AckPolicy.Explicit,
+            ack_wait: ackWaitS * 1_000_000_000,
+            max_deliver: -1,
+          });
+        } catch (e) {
+          if (!isApiError(e, 10148, 10013)) throw e; // exists already
+        }
       }
+    } else {
+      await verifyLayout(jsm);
     }
     const kvm = new Kvm(js);
-    const [tasks, workers, workflows, pauses, schedules, leases, limits, openRuns, methods] = await Promise.all([
-      ensureBucket(jsm, kvm, TASKS_BUCKET, { history: 1, replicas }),
-      ensureBucket(jsm, kvm, WORKERS_BUCKET, { history: 1, replicas, ttl: WORKERS_TTL }),
-      ensureBucket(jsm, kvm, WORKFLOWS_BUCKET, { history: 1, replicas }),
-      ensureBucket(jsm, kvm, PAUSES_BUCKET, { history: 1, replicas }),
-      ensureBucket(jsm, kvm, SCHEDULES_BUCKET, { history: 1, replicas }),
-      ensureBucket(jsm, kvm, LEASES_BUCKET, { history: 1, replicas, ttl: LEASE_TTL_MS }),
-      ensureBucket(jsm, kvm, LIMITS_BUCKET, { history: 1, replicas }),
-      ensureBucket(jsm, kvm, OPEN_RUNS_BUCKET, { history: 1, replicas }),
-      ensureBucket(jsm, kvm, METHODS_BUCKET, { history: 1, replicas }),
-    ]);
-    const payloads = await new Objm(js).create(PAYLOADS_BUCKET, { replicas, storage: StorageType.File });
+    const bucket = (name: string): Promise<KV> => {
+      const ttl = LAYOUT_BUCKETS.find((b) => b.name === name)?.ttl;
+      return create ? ensureBucket(jsm, kvm, name, { history: 1, replicas, ...(ttl === undefined ? {} : { ttl }) }) : kvm.open(name);
+    };
+    const [tasks, workers, workflows, pauses, schedules, leases, limits, openRuns, methods] = await Promise.all(
+      [TASKS_BUCKET, WORKERS_BUCKET, WORKFLOWS_BUCKET, PAUSES_BUCKET, SCHEDULES_BUCKET, LEASES_BUCKET, LIMITS_BUCKET, OPEN_RUNS_BUCKET, METHODS_BUCKET].map(bucket),
+    ) as [KV, KV, KV, KV, KV, KV, KV, KV, KV];
+    const payloads = create
+      ? await new Objm(js).create(PAYLOADS_BUCKET, { replicas, storage: StorageType.File })
+      : await new Objm(js).open(PAYLOADS_BUCKET);
     return {
       nc,
       js,
@@ -306,10 +297,11 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       payloadThreshold: options.payloadThreshold ?? DEFAULT_PAYLOAD_THRESHOLD,
       replicas,
       publisher: new AckedPublisher(nc),
+      submitRetryFor: parseDuration(options.submitRetryFor) ?? DEFAULT_SUBMIT_RETRY_FOR,
     };
   } catch (e) {
-    if (e instanceof TopologyConflict) throw e;
-    throw asFailure("cannot create the Troupe streams and buckets")(e);
+    if (e instanceof TopologyConflict || e instanceof LayoutMissing) throw e;
+    throw permissionDenied(e) ?? asFailure(`cannot ${options.layout === "verify" ? "open" : "create"} the Troupe streams and buckets`)(e);
   }
 };
 

@@ -3,6 +3,8 @@
  * write that got no answer (or a transient refusal) is tried again, exponentially from
  * 100 ms and at most 2 s apart, up to 20 times (half a minute of waiting, two minutes when
  * every try also waits out its 5 s PubAck timeout), never once the connection is closed.
+ * A submit's work message is retried on the same schedule for a time instead
+ * (`withRetryFor`, the connection's `submitRetryFor`).
  */
 import { Duration, Effect, Schedule } from "effect";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -39,11 +41,23 @@ const FIRST_WAIT = Duration.millis(100);
 
 /**
  * `attempt` once as a plain promise (the hot path pays for no fiber), then, after a
- * transient failure, again on the same schedule.
+ * transient failure, again on the same schedule until `forMs` have passed since the first
+ * try (a submit through a leader election, `submitRetryFor`); a try under way at the bound
+ * is let finish.
  */
-export const withRetry = <A, E>(nc: NatsConnection, attempt: () => Promise<A>, transient: (e: E) => boolean): Promise<A> =>
-  attempt().catch((e: E) =>
-    transient(e) && !nc.isClosed()
-      ? Effect.runPromise(retryAfterFirst(nc, Effect.tryPromise({ try: attempt, catch: (x) => x as E }), transient))
+export const withRetryFor = <A, E>(nc: NatsConnection, attempt: () => Promise<A>, transient: (e: E) => boolean, forMs: number): Promise<A> => {
+  const started = Date.now();
+  return attempt().catch((e: E) =>
+    transient(e) && !nc.isClosed() && forMs > 0
+      ? Effect.runPromise(
+          Effect.andThen(
+            Effect.sleep(FIRST_WAIT),
+            Effect.retry(Effect.tryPromise({ try: attempt, catch: (x) => x as E }), {
+              schedule: natsSchedule,
+              while: (e: E) => transient(e) && !nc.isClosed() && Date.now() - started < forMs,
+            }),
+          ),
+        )
       : Promise.reject(e),
   );
+};

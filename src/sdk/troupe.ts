@@ -39,6 +39,7 @@ import { RpcService, type GatewayOptions } from "../rpc/service.js";
 import { Results } from "./results.js";
 import { TaskRun } from "./run.js";
 import { WorkflowRun, type WorkflowCancelResult } from "./workflow-run.js";
+import { watchPermissions } from "../nats/permissions.js";
 
 export type { CancelResult } from "../store/cancel.js";
 
@@ -132,6 +133,8 @@ const checkedOptions = (options: TroupeOptions): RetentionPolicy => {
   if (threshold !== undefined && (!Number.isInteger(threshold) || threshold < 1_024 || threshold > 256 * 1024)) {
     throw new InvalidOption({ message: `payloadThreshold must be an integer number of bytes from 1024 to 262144 (an input and an output just under it must still fit a 1 MB message), got ${String(threshold)}` });
   }
+  if (options.submitRetryFor !== undefined) durationOption("submitRetryFor", options.submitRetryFor, (message) => new InvalidOption({ message }));
+  if (options.connectTimeout !== undefined) durationOption("connectTimeout", options.connectTimeout, (message) => new InvalidOption({ message }), 100);
   return retentionPolicy(options.retention);
 };
 
@@ -177,6 +180,8 @@ export class Troupe {
     private readonly retention: RetentionPolicy,
   ) {
     handles.set(this, nats);
+    // A refused publish or subscription: one warning naming the subject (a refused request also rejects, as PermissionDenied).
+    watchPermissions(nats.nc, (denied) => log.warn({ operation: denied.operation, subject: denied.subject }, denied.message));
     this.tasks = new TaskStore(nats);
     this.workflows = new WorkflowStore(nats, this.tasks);
     this.results = new Results(nats, this.tasks, this.workflows, notifySubject(nuid.next()));
@@ -205,7 +210,8 @@ export class Troupe {
     });
     try {
       const nc = await connectNats({ ...options, servers: server.url });
-      return new Troupe(await openNats(nc, options), options.logger ?? rootLogger(), server, retention);
+      // Its own server: dev always creates the layout.
+      return new Troupe(await openNats(nc, { ...options, layout: "create" }), options.logger ?? rootLogger(), server, retention);
     } catch (e) {
       await server.stop();
       throw e;

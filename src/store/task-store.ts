@@ -28,7 +28,7 @@ import { decodeWith, encodeJson } from "../nats/codec.js";
 import { asFailure, type NatsHandle } from "../nats/connection.js";
 import { compareAndSet, kvEntry } from "../nats/compare-and-set.js";
 import { isTransientPublishError } from "../nats/publisher.js";
-import { retryNats, withRetry } from "../nats/retry.js";
+import { retryNats, withRetryFor } from "../nats/retry.js";
 import { offload, payloadName } from "./payloads.js";
 import { traceSubmit, type TraceCarrier } from "../trace.js";
 import { DEFAULT_PRIORITY, keySubject, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, TASKS_BUCKET, taskIndexSubject, taskSubject } from "../nats/topology.js";
@@ -235,10 +235,10 @@ export class TaskStore {
   private publishWork(stored: Stored, payload = encodeJson(stored.record), trace?: TraceCarrier, msgId = stored.record.id): Promise<unknown> {
     const { record, revision } = stored;
     const subject = record.key === undefined ? taskSubject(record.queue, record.task, record.priority) : keySubject(record.queue, record.task, record.key);
-    // A retried publish is a no-op inside the duplicate window.
+    // A retried publish is a no-op inside the duplicate window; it is retried for `submitRetryFor` (an election).
     const headers = trace === undefined ? { [Headers.revision]: String(revision) } : { ...trace, [Headers.revision]: String(revision) };
     const expect = { msgId, headers };
-    return withRetry(this.nats.nc, () => this.nats.publisher.publish(subject, payload, expect), isTransientPublishError);
+    return withRetryFor(this.nats.nc, () => this.nats.publisher.publish(subject, payload, expect), isTransientPublishError, this.nats.submitRetryFor);
   }
 
   /**

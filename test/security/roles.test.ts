@@ -1,0 +1,141 @@
+// Roles with least privilege: `troupe auth init` writes the server's users, `troupe setup`
+// makes the layout as admin, and the other roles only use it; the server refuses the rest.
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { Writable } from "node:stream";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { defineTask, defineWorkflow, Schema, Troupe } from "../../src/index.js";
+import { NatsServer } from "../../src/testing/index.js";
+import { connectionOf } from "../../src/sdk/troupe.js";
+import { LayoutMissing, PermissionDenied } from "../../src/errors.js";
+import { permissionDenied } from "../../src/nats/permissions.js";
+import { ROLES, type Role } from "../../src/nats/roles.js";
+import { setupLayout } from "../../src/nats/setup.js";
+import { EVENTS_STREAM, TASKS_STREAM } from "../../src/nats/topology.js";
+import { runCli } from "../helpers/cli.js";
+
+const shout = defineTask({
+  name: "roles.shout",
+  input: Schema.Struct({ text: Schema.String }),
+  output: Schema.String,
+  handler: async ({ text }) => `${text.toUpperCase()}!`,
+});
+
+const twice = defineWorkflow({
+  name: "roles.twice",
+  input: Schema.Struct({ text: Schema.String }),
+  steps: { first: { task: shout, input: { text: "${input.text}" } }, second: { task: shout, after: ["first"], input: { text: "${first}" } } },
+});
+
+let dir: string;
+let server: NatsServer;
+const open: Troupe[] = [];
+
+const roleFile = (role: Role) => join(dir, `${role}.json`);
+const asRole = async (role: Role): Promise<Troupe> => {
+  const t = await Troupe.connect({ servers: server.url, ...(JSON.parse(await readFile(roleFile(role), "utf8")) as object), logger: pino({ level: "silent" }) });
+  open.push(t);
+  return t;
+};
+const adminOptions = async () => ({ servers: server.url, ...(JSON.parse(await readFile(roleFile("admin"), "utf8")) as object) });
+const cli = (args: string[], role: Role) => runCli([...args, "--server", server.url, "--auth", roleFile(role)], { NATS_URL: undefined }, { cwd: dir });
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "troupe-roles-"));
+  const init = await runCli(["auth", "init", dir], {}, { cwd: dir });
+  expect(init.code, init.stderr).toBe(0);
+  // `include` is relative to the including file, which NatsServer writes in a fresh folder of the temp dir.
+  server = await NatsServer.start({ config: `include ${JSON.stringify(relative(join(tmpdir(), "server"), join(dir, "auth.conf")))}` });
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(open.splice(0).map((t) => t.close()));
+  await server?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("roles (troupe auth init, troupe setup)", () => {
+  it("writes auth.conf with one user per role and a connection file per role", async () => {
+    const conf = await readFile(join(dir, "auth.conf"), "utf8");
+    for (const role of ROLES) {
+      const creds = JSON.parse(await readFile(roleFile(role), "utf8")) as { user: string; pass: string; layout?: string };
+      expect(creds.user).toBe(`troupe-${role}`);
+      expect(creds.pass.length).toBeGreaterThanOrEqual(24);
+      expect(conf).toContain(`user: "${creds.user}", password: "${creds.pass}"`);
+      expect(creds.layout).toBe(role === "admin" ? undefined : "verify");
+    }
+  });
+
+  it("a role's client before setup fails with LayoutMissing naming what is missing, not a hang", async () => {
+    const error = await asRole("client").catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(LayoutMissing);
+    expect((error as Error).message).toContain(`the Troupe layout is missing stream ${TASKS_STREAM}`);
+    expect((error as Error).message).toContain("run `troupe setup`");
+  }, 30_000);
+
+  it("setup as admin creates the layout; a worker and a client with their roles run a task to completion", async () => {
+    const setup = await cli(["setup"], "admin");
+    expect(setup.code, setup.stderr).toBe(0);
+    expect(setup.stdout).toContain(`created: stream ${TASKS_STREAM}`);
+    expect(await setupLayout(await adminOptions(), true)).toEqual({ missing: [], upgraded: [], drift: [] });
+
+    const worker = await asRole("worker");
+    await worker.worker({ tasks: [shout] });
+    const client = await asRole("client");
+    const run = await client.submit(shout, { text: "least privilege" });
+    expect(await run.result({ timeout: 30_000 })).toBe("LEAST PRIVILEGE!");
+    // A workflow: the coordinator role advances it, its steps run on the worker.
+    await (await asRole("coordinator")).coordinator();
+    const wf = await client.start(twice, { text: "a" });
+    expect(await wf.result({ timeout: 30_000 })).toEqual({ first: "A!", second: "A!!" });
+  }, 90_000);
+
+  it("the worker role cannot delete a stream: the server refuses with a typed error naming the subject", async () => {
+    const worker = await asRole("worker");
+    const error = await connectionOf(worker).jsm.streams.delete(TASKS_STREAM).catch((e: unknown) => e);
+    const denied = permissionDenied(error);
+    expect(denied).toBeInstanceOf(PermissionDenied);
+    expect(denied?.subject).toBe(`$JS.API.STREAM.DELETE.${TASKS_STREAM}`);
+    expect(denied?.operation).toBe("publish");
+    expect((await connectionOf(worker).jsm.streams.info(TASKS_STREAM)).config.name).toBe(TASKS_STREAM);
+    // The CLI says it in one line: setup as the worker is refused the admin's part.
+    const setup = await cli(["setup"], "worker");
+    expect(setup.code).toBe(1);
+    expect(setup.stderr).toMatch(/^troupe setup: PermissionDenied: permission denied: the server refused publish to "\$JS\.API\.\S+" for this identity/);
+    expect(setup.stderr.trim().split("\n")).toHaveLength(1);
+  }, 60_000);
+
+  it("a refused publish nothing waits for is logged as one line naming the subject", async () => {
+    const lines: string[] = [];
+    const sink = new Writable({ write: (chunk: Buffer, _enc, done) => (lines.push(chunk.toString()), done()) });
+    const inspector = await Troupe.connect({
+      servers: server.url,
+      ...(JSON.parse(await readFile(roleFile("inspector"), "utf8")) as object),
+      logger: pino({ level: "warn" }, sink),
+    });
+    open.push(inspector);
+    connectionOf(inspector).nc.publish("troupe.tasks.default.roles.shout", "{}");
+    const deadline = Date.now() + 20_000;
+    while (!lines.some((l) => l.includes("PermissionDenied") || l.includes("permission denied")) && Date.now() < deadline) {
+      await connectionOf(inspector).nc.flush();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const line = lines.find((l) => l.includes("permission denied"));
+    expect(line).toBeDefined();
+    expect(JSON.parse(line!)).toMatchObject({ operation: "publish", subject: "troupe.tasks.default.roles.shout" });
+  }, 30_000);
+
+  it("setup --check reports a setting that drifted, setup upgrades it back", async () => {
+    const admin = await asRole("admin");
+    await connectionOf(admin).jsm.streams.update(EVENTS_STREAM, { max_age: 3_600 * 1_000_000_000 });
+    const check = await cli(["setup", "--check"], "admin");
+    expect(check.code).toBe(1);
+    expect(check.stdout).toContain(`drift: stream ${EVENTS_STREAM}: max age is 1h, the configuration says 7d`);
+    const setup = await cli(["setup"], "admin");
+    expect(setup.code, setup.stderr).toBe(0);
+    expect(setup.stdout).toContain(`updated: stream ${EVENTS_STREAM}: max age is 1h, the configuration says 7d`);
+    expect((await setupLayout(await adminOptions(), true)).drift).toEqual([]);
+  }, 60_000);
+});
