@@ -128,12 +128,14 @@ const produced = <A>(
   );
 };
 
-/** What a submit span describes. */
+/** What a submit span describes (and what a task store's enqueue takes besides its input). */
 export interface SubmittedTask {
   readonly id: string;
   readonly task: string;
   readonly queue: string;
+  /** 1 (first) to 5 (last); the default, 3, when absent. */
   readonly priority?: number | undefined;
+  /** The key its work is grouped under (its own subject and consumer). */
   readonly key?: string | undefined;
   /** The trace to join (a workflow run's); the active context when absent. */
   readonly trace?: TraceCarrier | undefined;

@@ -31,8 +31,12 @@ export const INDEX_STREAM = "TROUPE_INDEX";
 export const INDEX_SUBJECTS = "troupe.index.>";
 export const taskIndexSubject = (status: string, queue: string, task: string) => `troupe.index.task.${status}.${queue}.${task}`;
 export const workflowIndexSubject = (status: string, workflow: string) => `troupe.index.workflow.${status}.${workflow}`;
-/** The status an index subject is for (`troupe.index.<kind>.<STATUS>.…`). */
-export const indexStatus = (subject: string): string => subject.split(".")[3] ?? "";
+/** What a task index subject names (`troupe.index.task.<STATUS>.<queue>.<task>`), or `undefined` for another subject. */
+export const parseTaskIndexSubject = (subject: string): { readonly status: string; readonly queue: string; readonly task: string } | undefined => {
+  const [root, index, kind, status, queue, ...task] = subject.split(".");
+  if (root !== "troupe" || index !== "index" || kind !== "task" || status === undefined || queue === undefined || task.length === 0) return undefined;
+  return { status, queue, task: task.join(".") };
+};
 /** Workflow runs not finished yet (key: run id): what coordinators reconcile, instead of every run. */
 export const OPEN_RUNS_BUCKET = "troupe-open-runs";
 /** Inputs and outputs over the payload threshold: objects `<taskId>.input` and `<taskId>.output`. */

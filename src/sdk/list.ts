@@ -19,7 +19,7 @@ import { IndexEntry, TaskRecord as TaskRecordSchema, TaskStatuses, TerminalStatu
 import { InvalidOption } from "../errors.js";
 import { decodeJson, decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { INDEX_STREAM, indexStatus, isValidQueueName, isValidTaskName, TASKS_STREAM } from "../nats/topology.js";
+import { INDEX_STREAM, isValidQueueName, isValidTaskName, parseTaskIndexSubject, TASKS_STREAM } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 
 export interface ListOptions {
@@ -119,7 +119,7 @@ const finished = async (nats: NatsHandle, store: TaskStore, q: Query, want: numb
   const seen = new Set<string>();
   return scan(nats.jsm, INDEX_STREAM, subject, want, before, async (msg) => {
     const entry = decodeWith(IndexEntry, msg.data, "index entry");
-    const status = indexStatus(msg.subject);
+    const status = parseTaskIndexSubject(msg.subject)?.status ?? "";
     if (!entry.ok || !TerminalStatuses.has(status as TaskStatus) || seen.has(entry.value.id)) return undefined;
     if (entry.value.at < q.since) return "stop";
     seen.add(entry.value.id);

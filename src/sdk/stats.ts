@@ -10,7 +10,7 @@ import { durationOption, type DurationInput } from "../duration.js";
 import { InvalidOption, NatsFailure } from "../errors.js";
 import { readBacklog, typeKey } from "../nats/backlog.js";
 import { asFailure, type NatsHandle } from "../nats/connection.js";
-import { INDEX_STREAM, taskIndexSubject } from "../nats/topology.js";
+import { INDEX_STREAM, parseTaskIndexSubject, taskIndexSubject } from "../nats/topology.js";
 
 /** What ended, counted from TROUPE_INDEX: within its retention, so older endings are no longer counted. */
 export interface EndedCounts {
@@ -64,18 +64,8 @@ export interface StatsOptions {
   readonly timeout?: DurationInput;
 }
 
-/** Every task's index entries, `troupe.index.task.<STATUS>.<queue>.<task>`, and where each part sits in a subject. */
+/** Every task's index entries, `troupe.index.task.<STATUS>.<queue>.<task>`. */
 const TASK_INDEX = taskIndexSubject("*", "*", ">");
-const STATUS_AT = TASK_INDEX.split(".").indexOf("*");
-
-/** A task index subject's status, queue and task. */
-const parseIndexSubject = (subject: string) => {
-  const tokens = subject.split(".");
-  const status = tokens[STATUS_AT];
-  const queue = tokens[STATUS_AT + 1];
-  const task = tokens.slice(STATUS_AT + 2).join(".");
-  return status === undefined || queue === undefined || task === "" ? undefined : { status, queue, task };
-};
 
 const ENDED: Readonly<Record<string, keyof EndedCounts>> = { COMPLETED: "completed", FAILED: "failed", CANCELLED: "cancelled", RETRYING: "retried" };
 
@@ -113,12 +103,12 @@ export const readStats = async (nats: NatsHandle, workers: () => Promise<WorkerI
     r.running = t.running;
   }
   for (const [subject, count] of Object.entries(ended)) {
-    const parsed = parseIndexSubject(subject);
+    const parsed = parseTaskIndexSubject(subject);
     const field = parsed === undefined ? undefined : ENDED[parsed.status];
     if (parsed !== undefined && field !== undefined) row(parsed.queue, parsed.task)[field] += count;
   }
   for (const [subject, count] of lastMinute ?? []) {
-    const parsed = parseIndexSubject(subject);
+    const parsed = parseTaskIndexSubject(subject);
     const r = parsed === undefined ? undefined : row(parsed.queue, parsed.task).perMinute;
     if (r !== undefined && parsed?.status === "COMPLETED") r.completed += count;
     if (r !== undefined && parsed?.status === "FAILED") r.failed += count;

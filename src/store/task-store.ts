@@ -30,7 +30,7 @@ import { compareAndSet, kvEntry } from "../nats/compare-and-set.js";
 import { isTransientPublishError } from "../nats/publisher.js";
 import { retryNats, withRetryFor } from "../nats/retry.js";
 import { offload, payloadName } from "./payloads.js";
-import { traceSubmit, type TraceCarrier } from "../trace.js";
+import { traceSubmit, type SubmittedTask, type TraceCarrier } from "../trace.js";
 import { DEFAULT_PRIORITY, keySubject, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, TASKS_BUCKET, taskIndexSubject, taskSubject } from "../nats/topology.js";
 
 /** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
@@ -50,10 +50,7 @@ export const nextRecord = (stored: Stored, event: TaskEvent, policy: TaskPolicy 
 };
 
 /** What `enqueue` needs to make the QUEUED record. */
-export interface NewTask {
-  readonly id: string;
-  readonly task: string;
-  readonly queue: string;
+export interface NewTask extends SubmittedTask {
   readonly input: unknown;
   readonly notify?: string | undefined;
   readonly idempotencyKey?: string | undefined;
@@ -61,12 +58,6 @@ export interface NewTask {
   readonly runAt?: number | undefined;
   /** Create the KV record before the work message: this id stands for one task for ever. */
   readonly unique?: boolean;
-  /** 1 (first) to 5 (last); the default, 3, when absent. */
-  readonly priority?: number | undefined;
-  /** The key its work is grouped under (its own subject and consumer). */
-  readonly key?: string | undefined;
-  /** A trace for its submit span to join (a workflow run's); the active context otherwise. */
-  readonly trace?: TraceCarrier | undefined;
 }
 
 /** Room kept under the server's payload limit for headers and the record's own growth. */
