@@ -36,6 +36,7 @@ const AUTH_KEYS: Readonly<Record<string, ConfigKey>> = {
   token: "connection.token",
   credentials: "connection.credentials",
   layout: "layout.mode",
+  inboxPrefix: "connection.inboxPrefix",
 };
 
 /** `--auth FILE`: a JSON object of connection options, each an override from `flag --auth`. */

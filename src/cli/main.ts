@@ -95,10 +95,13 @@ Usage:
                                              admin identity: --auth admin.json); --check changes nothing
                                              and reports each missing part or setting that drifted from
                                              the configuration, one line each (exit 1 if any)
-  troupe auth init <dir>                     write <dir>/auth.conf (a nats-server authorization block to
+  troupe auth init <dir> [--queue-worker Q=T1,T2]...
+                                             write <dir>/auth.conf (a nats-server authorization block to
                                              include: one user per role, least permissions) and
                                              <dir>/<role>.json for admin, client, worker, coordinator,
-                                             inspector (docs/security.md)
+                                             inspector; each --queue-worker adds worker-<Q>.json, a
+                                             worker that may serve only those tasks of queue Q
+                                             (docs/security.md)
   troupe config [--json]                     the effective configuration (flags, TROUPE_* variables,
                                              troupe.config.json|yaml|yml), each value's source
 
@@ -126,6 +129,7 @@ const options = {
   token: { type: "string" },
   creds: { type: "string" },
   auth: { type: "string" },
+  "queue-worker": { type: "string", multiple: true },
   check: { type: "boolean" },
   nkey: { type: "string" },
   "connect-timeout": { type: "string" },
@@ -568,13 +572,16 @@ const logs = async (flags: Flags) => {
       follow: flags.follow === true,
     };
     const lines = troupe.logs(filter);
-    if (flags.follow) {
-      // Until Ctrl-C: the loop ends when the signal closes the iterator.
-      const stop = () => void lines.return(undefined);
-      process.once("SIGINT", stop);
-      process.once("SIGTERM", stop);
+    // Until Ctrl-C when following: a generator waiting for its next line cannot be returned
+    // from, so the loop races the signal (the client's close then ends the consumer).
+    const stopped = flags.follow ? waitForSignal().then(() => ({ done: true as const, value: undefined })) : new Promise<never>(() => undefined);
+    for (;;) {
+      const next = lines.next();
+      next.catch(() => undefined);
+      const item = await Promise.race([next, stopped]);
+      if (item.done === true) break;
+      process.stdout.write(`${JSON.stringify(item.value)}\n`);
     }
-    for await (const line of lines) process.stdout.write(`${JSON.stringify(line)}\n`);
   });
 };
 
@@ -809,7 +816,7 @@ export const main = async (argv: string[]): Promise<void> => {
         return;
       case "auth":
         if (rest[0] !== "init" || rest[1] === undefined) throw new UsageError("use troupe auth init <dir>");
-        return await runAuthInit(rest[1], (line) => process.stdout.write(`${line}\n`));
+        return await runAuthInit(rest[1], flags["queue-worker"] ?? [], (line) => process.stdout.write(`${line}\n`));
       case "config":
         process.stdout.write(formatConfig(configOf(flags), flags.json === true));
         return;

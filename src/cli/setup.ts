@@ -2,7 +2,7 @@
  * `troupe setup [--check]` and `troupe auth init <dir>` (docs/security.md).
  */
 import type { ConnectOptions } from "../nats/connection.js";
-import { ROLES, writeAuth } from "../nats/roles.js";
+import { parseWorkerScope, writeAuth } from "../nats/roles.js";
 import { setupLayout } from "../nats/setup.js";
 
 /** Create or upgrade the layout (an admin's identity); `check`: only report, exit code 1 on any difference. */
@@ -21,9 +21,10 @@ export const runSetup = async (connection: ConnectOptions, check: boolean, out: 
   return report.drift.length === 0 ? 0 : 1;
 };
 
-/** Write `<dir>/auth.conf` and one `<dir>/<role>.json` per role. */
-export const runAuthInit = async (dir: string, out: (line: string) => void): Promise<void> => {
-  const { conf, files } = await writeAuth(dir);
+/** Write `<dir>/auth.conf`, one `<dir>/<role>.json` per role and a `<dir>/worker-<queue>.json` per `--queue-worker`. */
+export const runAuthInit = async (dir: string, queueWorkers: ReadonlyArray<string>, out: (line: string) => void): Promise<void> => {
+  const scopes = queueWorkers.map(parseWorkerScope);
+  const { conf, files } = await writeAuth(dir, scopes);
   out(`wrote ${conf}: include it in the nats-server configuration (\`include "auth.conf"\`)`);
-  for (const role of ROLES) out(`wrote ${files[role]}: --auth ${files[role]}, or Troupe.connect({ servers, ...JSON.parse(file) })`);
+  for (const file of Object.values(files)) out(`wrote ${file}: --auth ${file}, or Troupe.connect({ servers, ...JSON.parse(file) })`);
 };

@@ -10,6 +10,8 @@ import {
   nkeyAuthenticator,
   type NatsConnection,
   type ConnectionOptions,
+  type Server,
+  type ServerInfo,
 } from "@nats-io/transport-node";
 import {
   AckPolicy,
@@ -79,6 +81,11 @@ export interface ConnectOptions {
   readonly credentials?: string;
   /** Path to a user nkey seed file (`SU...`), for a server that lists the user's public nkey. */
   readonly nkey?: string;
+  /**
+   * Where replies (and pulled messages) come: `<prefix>.…` instead of `_INBOX.…`. A role's
+   * connection file from `troupe auth init` sets its own, the only inbox it may subscribe to.
+   */
+  readonly inboxPrefix?: string;
   /** How long one connection attempt may take before it fails (ms or a duration); 10 s by default. */
   readonly connectTimeout?: DurationInput;
   readonly tls?: TlsConnectOptions;
@@ -160,15 +167,36 @@ export const DEFAULT_SUBMIT_RETRY_FOR = 30_000;
 
 /** One connection attempt's bound (`connectTimeout`). */
 export const DEFAULT_CONNECT_TIMEOUT = 10_000;
+const PING_INTERVAL_MS = 2_000;
 
 export { WORKERS_TTL } from "./layout.js";
 
-const isApiError = (e: unknown, ...codes: number[]) =>
+export const isApiError = (e: unknown, ...codes: number[]) =>
   e instanceof JetStreamApiError && codes.includes(e.code);
 
 /** A NATS error as a `NatsFailure` saying what was being done. */
 export const asFailure = (what: string) => (cause: unknown) =>
   new NatsFailure({ message: `${what}: ${cause instanceof Error ? cause.message : String(cause)}`, cause });
+
+/** How long a server this client lost (stale, or gone) is tried only when no other server is left. */
+const AVOID_LOST_MS = 30_000;
+
+/**
+ * Reconnect away from the server just lost: a frozen server's port still accepts TCP
+ * connections (the kernel does) but it never answers, so dialling it again costs a whole
+ * connect timeout while the other servers of the cluster have elected leaders and carry on.
+ */
+const awayFromLost = () => {
+  // `info` is the last server's INFO until a new connection's arrives: the server lost.
+  let lost: { info: ServerInfo; since: number } | undefined;
+  const isLost = (s: Server, info: ServerInfo) => s.port === info.port && (s.hostname === info.host || ["0.0.0.0", "::", ""].includes(info.host));
+  return (pool: ReadonlyArray<Server>, info: ServerInfo | null): Server | null => {
+    if (info === null) return null; // the first connect
+    if (lost?.info !== info) lost = { info, since: Date.now() };
+    if (Date.now() - lost.since > AVOID_LOST_MS || !isLost(pool[0]!, info)) return null;
+    return pool.find((s) => !isLost(s, info)) ?? null;
+  };
+};
 
 export const connectNats = async (options: ConnectOptions = {}): Promise<NatsConnection> => {
   const servers = options.servers ?? process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -178,6 +206,11 @@ export const connectNats = async (options: ConnectOptions = {}): Promise<NatsCon
     // Measured: nats-core builds an Error (with a stack) per request for async traces;
     // turning that off roughly doubles client throughput.
     noAsyncTraces: true,
+    // A server that stops answering (frozen, cut off) is left after two missed pings, 2 s
+    // apart, for another server of the list; nats.js waits 2 × 2 min by default, while an
+    // election elsewhere took seconds.
+    pingInterval: PING_INTERVAL_MS,
+    maxPingOut: 2,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     // Each attempt is bounded: a server that never finishes the handshake is an error, not a hang.
@@ -188,6 +221,7 @@ export const connectNats = async (options: ConnectOptions = {}): Promise<NatsCon
     opts.pass = options.pass ?? "";
   }
   if (options.token !== undefined) opts.token = options.token;
+  if (options.inboxPrefix !== undefined) opts.inboxPrefix = options.inboxPrefix;
   const secret = async (file: string, what: string): Promise<Uint8Array> => {
     try {
       return await readFile(file);
@@ -202,6 +236,7 @@ export const connectNats = async (options: ConnectOptions = {}): Promise<NatsCon
     opts.authenticator = nkeyAuthenticator(new TextEncoder().encode(seed));
   }
   if (options.tls !== undefined) opts.tls = { ...options.tls };
+  opts.reconnectToServer = awayFromLost();
   try {
     return await connect(opts);
   } catch (e) {

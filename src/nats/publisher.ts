@@ -6,6 +6,8 @@
  */
 import { createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { Data } from "effect";
+import type { PermissionDenied } from "../errors.js";
+import { permissionDenied } from "./permissions.js";
 
 export interface PubAck {
   readonly stream: string;
@@ -40,7 +42,7 @@ export const isTransientPublishError = (e: PublishRejected | PublishTimeout): bo
 
 interface Pending {
   readonly resolve: (ack: PubAck) => void;
-  readonly reject: (e: PublishRejected | PublishTimeout) => void;
+  readonly reject: (e: PublishRejected | PublishTimeout | PermissionDenied) => void;
   expires: number;
   readonly subject: string;
 }
@@ -65,8 +67,11 @@ export interface PublishExpectations {
 
 const decoder = new TextDecoder();
 
+/** A fresh inbox under the connection's `inboxPrefix` (a role may subscribe to its own inbox only). */
+export const inboxOf = (nc: NatsConnection): string => createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
+
 export class AckedPublisher {
-  private readonly prefix = createInbox();
+  private readonly prefix: string;
   private readonly pending = new Map<number, Pending>();
   private readonly sub: Subscription;
   private readonly sweeper: NodeJS.Timeout;
@@ -77,11 +82,16 @@ export class AckedPublisher {
     private readonly nc: NatsConnection,
     private readonly timeoutMs = 5_000,
   ) {
-    this.sub = nc.subscribe(`${this.prefix}.*`, { callback: (_e, msg) => this.receive(msg) });
+    this.prefix = inboxOf(nc);
+    // An error here is the subscription refused (or closed): the acks it would carry time out as usual.
+    this.sub = nc.subscribe(`${this.prefix}.*`, { callback: (e, msg) => (e === null ? this.receive(msg) : undefined) });
     this.sweeper = setInterval(() => this.sweep(), Math.min(250, timeoutMs));
     this.sweeper.unref();
     void (async () => {
-      for await (const status of nc.status()) if (status.type === "reconnect") this.reconnected();
+      for await (const status of nc.status()) {
+        if (status.type === "reconnect") this.reconnected();
+        else if (status.type === "error") this.refused(status.error);
+      }
     })().catch(() => undefined);
   }
 
@@ -89,6 +99,17 @@ export class AckedPublisher {
     const now = Date.now();
     this.reconnectedAt = now;
     for (const p of this.pending.values()) p.expires = Math.min(p.expires, now + SETTLING_TIMEOUT_MS);
+  }
+
+  /** A write to a subject the identity may not publish to gets no PubAck: it fails at once with `PermissionDenied`, not a timeout. */
+  private refused(error: unknown): void {
+    const denied = permissionDenied(error);
+    if (denied === undefined || denied.operation !== "publish") return;
+    for (const [id, p] of this.pending) {
+      if (p.subject !== denied.subject) continue;
+      this.pending.delete(id);
+      p.reject(denied);
+    }
   }
 
   publish(subject: string, payload: Uint8Array, expect: PublishExpectations = {}): Promise<PubAck> {

@@ -27,9 +27,16 @@ import {
   TASKS_STREAM,
   WORKERS_BUCKET,
   WORKFLOWS_BUCKET,
+  consumerName,
+  isValidQueueName,
+  isValidTaskName,
+  PRIORITIES,
+  TASKS_ROOT,
+  TASKS_SUBJECTS,
 } from "./topology.js";
+import { InvalidOption } from "../errors.js";
 
-export const ROLES = ["admin", "client", "worker", "coordinator", "inspector"] as const;
+export const ROLES = ["admin", "client", "worker", "coordinator", "inspector", "gateway"] as const;
 export type Role = (typeof ROLES)[number];
 
 export interface RolePermissions {
@@ -37,6 +44,8 @@ export interface RolePermissions {
   readonly subscribe: ReadonlyArray<string>;
   /** Publishes refused even when an allow pattern matches. */
   readonly deny: ReadonlyArray<string>;
+  /** Subscriptions refused (messages on these subjects never delivered) even when an allow pattern matches. */
+  readonly subscribeDeny?: ReadonlyArray<string>;
 }
 
 const api = (s: string) => `$JS.API.${s}`;
@@ -83,6 +92,11 @@ export const rolePermissions = (role: Role): RolePermissions => {
   switch (role) {
     case "admin":
       return { publish: [">"], subscribe: [">"], deny: [] };
+    case "gateway": {
+      // A client that also serves JSON-RPC (`troupe gateway`): each request is a task it submits.
+      const client = rolePermissions("client");
+      return { ...client, subscribe: [...client.subscribe, "troupe.rpc", "$SRV.>"] };
+    }
     case "client":
       // Submit, wait, cancel, retry, schedule, pause; workflows started from a client.
       return withRead({
@@ -149,53 +163,141 @@ export interface RoleCredentials {
 
 const quoted = (items: ReadonlyArray<string>) => `[${items.map((s) => JSON.stringify(s)).join(", ")}]`;
 
-/** The nats-server `authorization { users: [...] }` block for these credentials. */
-export const authConf = (credentials: Readonly<Record<Role, RoleCredentials>>): string => {
-  const users = ROLES.map((role) => {
-    const p = rolePermissions(role);
-    const { user, pass } = credentials[role];
+/**
+ * A worker role limited to some queues' task types (`troupe auth init --worker <queue>=<type>,…`):
+ * it may create, pull and acknowledge only those types' consumers (each priority's), sees
+ * only its queues' work subjects, and may not read the work stream's messages. Consumer
+ * names hold one subject token, so a permission cannot match "every consumer of a queue":
+ * the types are listed. A keyed type's consumers (one per key) are not among them.
+ */
+export interface WorkerScope {
+  readonly queue: string;
+  readonly types: ReadonlyArray<string>;
+}
+
+/** One user of auth.conf: a role, and for a scoped worker the queue it serves. */
+export interface Identity {
+  readonly role: Role;
+  /** `troupe-<role>`, `troupe-worker-<queue>`: the user name and the connection file's name. */
+  readonly name: string;
+  readonly scope?: WorkerScope;
+}
+
+/**
+ * The inbox prefix of an identity: its replies and pulled messages come to `<prefix>.…`,
+ * which only it may subscribe to (with `_INBOX.>` any user could read any other's replies,
+ * pulled work included).
+ */
+export const inboxPrefix = (identity: Identity) => `_INBOX_${identity.name}`;
+
+const drop = (items: ReadonlyArray<string>, gone: ReadonlyArray<string>) => items.filter((i) => !gone.includes(i));
+
+/** A scoped worker's permissions: the worker role's, with the work stream narrowed to its queue's types. */
+const scopedWorker = (base: RolePermissions, { queue, types }: WorkerScope): RolePermissions => {
+  const consumers = types.flatMap((type) => PRIORITIES.map((priority) => consumerName(queue, type, priority)));
+  return {
+    publish: [
+      ...drop(base.publish, [
+        api(`CONSUMER.CREATE.${TASKS_STREAM}.>`),
+        api(`CONSUMER.DURABLE.CREATE.${TASKS_STREAM}.*`),
+        api(`CONSUMER.MSG.NEXT.${TASKS_STREAM}.*`),
+        api(`STREAM.MSG.DELETE.${TASKS_STREAM}`),
+        `$JS.ACK.${TASKS_STREAM}.>`,
+        // MAX_DELIVERIES of every queue are reaped by full workers: reaping reads the message.
+        api(`CONSUMER.MSG.NEXT.${ADVISORIES_STREAM}.${REAPER_CONSUMER}`),
+        `$JS.ACK.${ADVISORIES_STREAM}.${REAPER_CONSUMER}.>`,
+      ]),
+      // A consumer's filter is the last part of its create subject: only this queue's work.
+      api(`CONSUMER.CREATE.${TASKS_STREAM}.*.${TASKS_ROOT}${queue}.>`),
+      ...consumers.map((c) => api(`CONSUMER.MSG.NEXT.${TASKS_STREAM}.${c}`)),
+      ...consumers.map((c) => `$JS.ACK.${TASKS_STREAM}.${c}.>`),
+    ],
+    subscribe: [...drop(base.subscribe, ["troupe.>"]), "troupe.control.>", "troupe.rpc", "troupe.events.>", "troupe.notify.>", `${TASKS_ROOT}${queue}.>`],
+    deny: [...base.deny, api(`DIRECT.GET.${TASKS_STREAM}`), api(`DIRECT.GET.${TASKS_STREAM}.>`), api(`STREAM.MSG.GET.${TASKS_STREAM}`)],
+    subscribeDeny: base.subscribeDeny ?? [],
+  };
+};
+
+/** What an identity may do: its role's permissions on its own inbox; no one but workers sees work subjects. */
+export const identityPermissions = (identity: Identity): RolePermissions => {
+  const base = rolePermissions(identity.role);
+  if (identity.role === "admin") return base;
+  const own = `${inboxPrefix(identity)}.>`;
+  const onInbox: RolePermissions = {
+    ...base,
+    subscribe: base.subscribe.map((s) => (s === "_INBOX.>" ? own : s)),
+    subscribeDeny: identity.role === "worker" ? (base.subscribeDeny ?? []) : [...(base.subscribeDeny ?? []), TASKS_SUBJECTS],
+  };
+  return identity.scope === undefined ? onInbox : scopedWorker(onInbox, identity.scope);
+};
+
+/** Each role once, then a scoped worker per `--worker` given. */
+export const identities = (scopes: ReadonlyArray<WorkerScope> = []): Identity[] => [
+  ...ROLES.map((role) => ({ role, name: `troupe-${role}` })),
+  ...scopes.map((scope) => ({ role: "worker" as const, name: `troupe-worker-${scope.queue}`, scope })),
+];
+
+/** `<queue>=<type>[,<type>…]` (`--worker payments=charge,refund`), checked. */
+export const parseWorkerScope = (text: string): WorkerScope => {
+  const [queue = "", list = ""] = text.split("=", 2);
+  const types = list.split(",").map((t) => t.trim()).filter((t) => t !== "");
+  if (!isValidQueueName(queue) || types.length === 0 || !types.every(isValidTaskName)) {
+    throw new InvalidOption({ message: `--worker ${text}: expected <queue>=<task>[,<task>…], e.g. payments=charge,refund` });
+  }
+  return { queue, types };
+};
+
+/** The nats-server `authorization { users: [...] }` block for these identities and passwords. */
+export const authConf = (users: ReadonlyArray<{ readonly identity: Identity; readonly pass: string }>): string => {
+  const blocks = users.map(({ identity, pass }) => {
+    const p = identityPermissions(identity);
     const deny = p.deny.length === 0 ? "" : `, deny: ${quoted(p.deny)}`;
+    const subscribeDeny = (p.subscribeDeny ?? []).length === 0 ? "" : `, deny: ${quoted(p.subscribeDeny ?? [])}`;
     return [
-      `    # ${role}`,
+      `    # ${identity.role}${identity.scope === undefined ? "" : ` of queue ${identity.scope.queue} (${identity.scope.types.join(", ")})`}`,
       `    {`,
-      `      user: ${JSON.stringify(user)}, password: ${JSON.stringify(pass)}`,
+      `      user: ${JSON.stringify(identity.name)}, password: ${JSON.stringify(pass)}`,
       `      permissions: {`,
       `        publish: { allow: ${quoted(p.publish)}${deny} }`,
-      `        subscribe: { allow: ${quoted(p.subscribe)} }`,
+      `        subscribe: { allow: ${quoted(p.subscribe)}${subscribeDeny} }`,
       // Workers and gateways answer requests (micro services, JSON-RPC) on the requesters' inboxes.
-      ...(role === "admin" ? [] : [`        allow_responses: true`]),
+      ...(identity.role === "admin" ? [] : [`        allow_responses: true`]),
       `      }`,
       `    }`,
     ].join("\n");
   });
-  return `# Troupe roles (troupe auth init): include this file in the nats-server configuration.\n# Layout streams: ${layoutStreams().map((s) => s.name).join(", ")}.\nauthorization {\n  users: [\n${users.join("\n")}\n  ]\n}\n`;
+  return `# Troupe roles (troupe auth init): include this file in the nats-server configuration.\n# Layout streams: ${layoutStreams().map((s) => s.name).join(", ")}.\nauthorization {\n  users: [\n${blocks.join("\n")}\n  ]\n}\n`;
 };
 
-/** The connection options a role's file holds: `Troupe.connect({ servers, ...JSON.parse(file) })` or `--auth FILE`. */
-export const roleConnection = (role: Role, credentials: RoleCredentials) => ({
-  user: credentials.user,
-  pass: credentials.pass,
-  // Only the admin creates the layout; every other role only opens it.
-  ...(role === "admin" ? {} : { layout: "verify" as const }),
+/** The connection options an identity's file holds: `Troupe.connect({ servers, ...JSON.parse(file) })` or `--auth FILE`. */
+export const roleConnection = (identity: Identity, pass: string) => ({
+  user: identity.name,
+  pass,
+  // Only the admin creates the layout; every other role only opens it, on its own inbox.
+  ...(identity.role === "admin" ? {} : { layout: "verify" as const, inboxPrefix: inboxPrefix(identity) }),
 });
 
 export interface AuthInitResult {
   /** The `auth.conf` written. */
   readonly conf: string;
-  /** Each role's connection file. */
-  readonly files: Readonly<Record<Role, string>>;
+  /** Each identity's connection file, by its file name without `.json` (`admin`, `worker-payments`). */
+  readonly files: Readonly<Record<string, string>>;
 }
 
-/** `troupe auth init <dir>`: fresh random passwords, `<dir>/auth.conf` and `<dir>/<role>.json` (mode 0600). */
-export const writeAuth = async (dir: string): Promise<AuthInitResult> => {
+/** The connection file's name of an identity: `<role>.json`, `worker-<queue>.json`. */
+export const identityFile = (identity: Identity) => identity.name.slice("troupe-".length);
+
+/** `troupe auth init <dir> [--worker <queue>=<types>]…`: fresh random passwords, `<dir>/auth.conf` and one `<dir>/<name>.json` each (mode 0600). */
+export const writeAuth = async (dir: string, scopes: ReadonlyArray<WorkerScope> = []): Promise<AuthInitResult> => {
   await mkdir(dir, { recursive: true });
-  const credentials = Object.fromEntries(ROLES.map((role) => [role, { user: `troupe-${role}`, pass: randomBytes(24).toString("base64url") }])) as Record<Role, RoleCredentials>;
+  const users = identities(scopes).map((identity) => ({ identity, pass: randomBytes(24).toString("base64url") }));
   const conf = join(dir, "auth.conf");
-  await writeFile(conf, authConf(credentials), { mode: 0o600 });
-  const files = {} as Record<Role, string>;
-  for (const role of ROLES) {
-    files[role] = join(dir, `${role}.json`);
-    await writeFile(files[role], `${JSON.stringify(roleConnection(role, credentials[role]), null, 2)}\n`, { mode: 0o600 });
+  await writeFile(conf, authConf(users), { mode: 0o600 });
+  const files: Record<string, string> = {};
+  for (const { identity, pass } of users) {
+    const name = identityFile(identity);
+    files[name] = join(dir, `${name}.json`);
+    await writeFile(files[name], `${JSON.stringify(roleConnection(identity, pass), null, 2)}\n`, { mode: 0o600 });
   }
   return { conf, files };
 };

@@ -57,6 +57,7 @@ export const isPriority = (value: unknown): value is number => typeof value === 
 export const taskSubject = (queue: string, type: string, priority: number = DEFAULT_PRIORITY) =>
   priority === DEFAULT_PRIORITY ? `troupe.tasks.${queue}.${type}` : `troupe.tasks.${queue}.${type}.@${priority}`;
 export const TASKS_SUBJECTS = "troupe.tasks.>";
+export const TASKS_ROOT = "troupe.tasks.";
 /**
  * A keyed task's work (`submit(..., { key })`): `troupe.tasks.<queue>.<type>.=<key>`, one
  * consumer per key, so that keys are served round robin and `limits.perKey` is the key

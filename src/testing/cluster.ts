@@ -25,6 +25,8 @@ export interface NatsClusterOptions {
   readonly config?: string;
   /** How long `start` waits for the cluster to elect a JetStream meta leader (ms); 30 s by default. */
   readonly readyTimeout?: number;
+  /** Credentials of the helper's own connection, when `config` requires them (e.g. a role's file from `troupe auth init`). */
+  readonly auth?: { readonly user?: string; readonly pass?: string; readonly token?: string; readonly inboxPrefix?: string };
 }
 
 /** A free loopback port: listen on 0, read it, close. */
@@ -65,6 +67,7 @@ export class NatsCluster {
     /** The nodes, in order; node `i` is `server_name` `<name>-<i>`. */
     readonly nodes: ReadonlyArray<NatsServer>,
     readonly names: ReadonlyArray<string>,
+    private readonly auth: NatsClusterOptions["auth"] = {},
   ) {}
 
   static async start(options: NatsClusterOptions = {}): Promise<NatsCluster> {
@@ -87,7 +90,7 @@ export class NatsCluster {
       ),
     );
     const nodes = started.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
-    const cluster = new NatsCluster(nodes, names);
+    const cluster = new NatsCluster(nodes, names, options.auth);
     const failed = started.find((s): s is PromiseRejectedResult => s.status === "rejected");
     if (failed !== undefined) {
       await cluster.stop();
@@ -116,7 +119,7 @@ export class NatsCluster {
   /** A connection of the helper's own, to every node, for its JetStream questions. */
   private async manager(): Promise<JetStreamManager> {
     if (this.observer === undefined || this.observer.nc.isClosed()) {
-      const nc = await connect({ servers: this.urls, maxReconnectAttempts: -1, reconnectTimeWait: 100, name: "troupe-cluster-helper" });
+      const nc = await connect({ servers: this.urls, maxReconnectAttempts: -1, reconnectTimeWait: 100, name: "troupe-cluster-helper", ...this.auth });
       this.observer = { nc, jsm: await jetstreamManager(nc) };
     }
     return this.observer.jsm;

@@ -17,9 +17,10 @@
  * original subject, so only the subscription tells which request it answers): the worker
  * knows exactly how many messages each request may still deliver.
  */
-import { createInbox, type Msg, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { type Msg, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { TASKS_STREAM } from "../nats/topology.js";
+import { inboxOf } from "../nats/publisher.js";
 import { Lease, parseAckSubject } from "../nats/lease.js";
 
 interface PullRequest {
@@ -68,7 +69,7 @@ export interface PullOptions {
 }
 
 export class PullLoop {
-  private readonly inbox = createInbox();
+  private readonly inbox: string;
   private readonly pulls = new Map<number, PullRequest>();
   private seq = 0;
   private reserved = 0;
@@ -84,6 +85,7 @@ export class PullLoop {
     private readonly options: PullOptions,
   ) {
     this.sources = sources.map((s) => ({ ...s, active: true, open: 0, bell: undefined }));
+    this.inbox = inboxOf(nc);
   }
 
   start(): void {

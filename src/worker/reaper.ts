@@ -10,7 +10,8 @@ import { Effect, Schema } from "effect";
 import type { Logger } from "pino";
 import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
 import { decodeWith } from "../nats/codec.js";
-import type { NatsHandle } from "../nats/connection.js";
+import { isApiError, type NatsHandle } from "../nats/connection.js";
+import { permissionDenied } from "../nats/permissions.js";
 import { ADVISORIES_STREAM, REAPER_CONSUMER, TASKS_STREAM } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 
@@ -25,8 +26,9 @@ type MaxDeliveriesAdvisory = typeof MaxDeliveriesAdvisory.Type;
 export const reap = async (nats: NatsHandle, store: TaskStore, advisory: MaxDeliveriesAdvisory, log: Logger): Promise<TaskRecord | undefined> => {
   const seq = advisory.stream_seq;
   if (advisory.stream !== TASKS_STREAM) return undefined;
-  const stored = await nats.jsm.streams.getMessage(TASKS_STREAM, { seq }).catch(() => null);
-  if (stored === null) return undefined; // acked in the meantime
+  // Only "no such message" means acked in the meantime; any other error redelivers the advisory.
+  const stored = await nats.jsm.streams.getMessage(TASKS_STREAM, { seq }).catch((e: unknown) => (isApiError(e, 10037) ? null : Promise.reject(e)));
+  if (stored === null) return undefined;
   const message = decodeWith(TaskRecordSchema, stored.data, "task record");
   let failed: TaskRecord | undefined;
   if (message.ok) {
@@ -49,8 +51,26 @@ export const reap = async (nats: NatsHandle, store: TaskStore, advisory: MaxDeli
   return failed;
 };
 
+/**
+ * Whether this identity may read the work stream's messages, which reaping does: a worker
+ * limited to a queue (`troupe auth init --queue-worker`) may not, and leaves reaping to
+ * workers with the full worker role.
+ */
+const mayReap = async (nats: NatsHandle): Promise<boolean> => {
+  try {
+    await nats.jsm.streams.getMessage(TASKS_STREAM, { seq: 1 });
+    return true;
+  } catch (e) {
+    return permissionDenied(e) === undefined;
+  }
+};
+
 /** Consume the advisories until `stop()`. */
 export const startReaper = async (nats: NatsHandle, store: TaskStore, log: Logger): Promise<{ stop: () => Promise<void> }> => {
+  if (!(await mayReap(nats))) {
+    log.info("this identity may not read the work stream: tasks that run out of deliveries are failed by workers with the full worker role");
+    return { stop: async () => undefined };
+  }
   const consumer = await nats.js.consumers.get(ADVISORIES_STREAM, REAPER_CONSUMER);
   const messages: ConsumerMessages = await consumer.consume({ max_messages: 4 });
   const handle = async (m: JsMsg) => {

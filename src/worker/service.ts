@@ -51,14 +51,14 @@ export class MicroService {
     const { name, id } = this.identity;
     for (const verb of ["PING", "INFO", "STATS"] as const) {
       for (const subject of [`$SRV.${verb}`, `$SRV.${verb}.${name}`, `$SRV.${verb}.${name}.${id}`]) {
-        this.subs.push(this.nc.subscribe(subject, { callback: (_e, msg) => void msg.respond(encodeJson(this.discovery(verb))) }));
+        this.subs.push(this.nc.subscribe(subject, { callback: (e, msg) => (e === null ? void msg.respond(encodeJson(this.discovery(verb))) : undefined) }));
       }
     }
     for (const endpoint of this.endpoints) {
       this.subs.push(
         this.nc.subscribe(endpoint.subject, {
           ...(endpoint.queue === undefined ? {} : { queue: endpoint.queue }),
-          callback: (_e, msg) => void this.serve(endpoint, msg),
+          callback: (e, msg) => (e === null ? void this.serve(endpoint, msg) : undefined),
         }),
       );
     }

@@ -178,6 +178,29 @@ describe("a 3-node cluster with replicas 3", () => {
     await cluster.healthy();
   }, 180_000);
 
+  it("loses nothing while the node its client and a worker are on is frozen longer than an election; they move to another node", async () => {
+    const task = job("cluster.frozen");
+    const troupe = await connect();
+    const frozen = cluster.names.indexOf(serverOf(troupe) ?? "");
+    expect(frozen).toBeGreaterThanOrEqual(0);
+    // A worker on the same node, another elsewhere.
+    let onIt = await connect();
+    for (let i = 0; i < 20 && serverOf(onIt) !== cluster.names[frozen]; i++) onIt = await connect();
+    await onIt.worker({ tasks: [task], concurrency: 8 });
+    await (await connect()).worker({ tasks: [task], concurrency: 8 });
+    let moved = "";
+    await flow(troupe, task, 150, 30, async () => {
+      cluster.pause(frozen);
+      // Frozen until the client has left it for another node (two missed pings), well past an election.
+      const at = Date.now();
+      await expect.poll(() => [undefined, cluster.names[frozen]].includes(serverOf(troupe)), { timeout: 90_000, interval: 200 }).toBe(false);
+      moved = `${serverOf(troupe)} after ${Date.now() - at} ms`;
+      cluster.resume(frozen);
+    });
+    console.log(`cluster: the client left the frozen node for ${moved}`);
+    await cluster.healthy();
+  }, 240_000);
+
   it("loses nothing when a node's store is wiped and it rejoins; a workflow flows through it", async () => {
     const task = job("cluster.wiped");
     const double = job("cluster.wiped.step");

@@ -13,7 +13,8 @@ import { LayoutMissing, PermissionDenied } from "../../src/errors.js";
 import { permissionDenied } from "../../src/nats/permissions.js";
 import { ROLES, type Role } from "../../src/nats/roles.js";
 import { setupLayout } from "../../src/nats/setup.js";
-import { EVENTS_STREAM, TASKS_STREAM } from "../../src/nats/topology.js";
+import { consumerName, EVENTS_STREAM, TASKS_STREAM, taskSubject } from "../../src/nats/topology.js";
+import { AckPolicy } from "@nats-io/jetstream";
 import { runCli } from "../helpers/cli.js";
 
 const shout = defineTask({
@@ -33,8 +34,8 @@ let dir: string;
 let server: NatsServer;
 const open: Troupe[] = [];
 
-const roleFile = (role: Role) => join(dir, `${role}.json`);
-const asRole = async (role: Role): Promise<Troupe> => {
+const roleFile = (role: Role | "worker-payments") => join(dir, `${role}.json`);
+const asRole = async (role: Role | "worker-payments"): Promise<Troupe> => {
   const t = await Troupe.connect({ servers: server.url, ...(JSON.parse(await readFile(roleFile(role), "utf8")) as object), logger: pino({ level: "silent" }) });
   open.push(t);
   return t;
@@ -44,7 +45,7 @@ const cli = (args: string[], role: Role) => runCli([...args, "--server", server.
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "troupe-roles-"));
-  const init = await runCli(["auth", "init", dir], {}, { cwd: dir });
+  const init = await runCli(["auth", "init", dir, "--queue-worker", "payments=roles.charge"], {}, { cwd: dir });
   expect(init.code, init.stderr).toBe(0);
   // `include` is relative to the including file, which NatsServer writes in a fresh folder of the temp dir.
   server = await NatsServer.start({ config: `include ${JSON.stringify(relative(join(tmpdir(), "server"), join(dir, "auth.conf")))}` });
@@ -59,12 +60,14 @@ afterAll(async () => {
 describe("roles (troupe auth init, troupe setup)", () => {
   it("writes auth.conf with one user per role and a connection file per role", async () => {
     const conf = await readFile(join(dir, "auth.conf"), "utf8");
-    for (const role of ROLES) {
-      const creds = JSON.parse(await readFile(roleFile(role), "utf8")) as { user: string; pass: string; layout?: string };
+    for (const role of [...ROLES, "worker-payments" as const]) {
+      const creds = JSON.parse(await readFile(roleFile(role), "utf8")) as { user: string; pass: string; layout?: string; inboxPrefix?: string };
       expect(creds.user).toBe(`troupe-${role}`);
       expect(creds.pass.length).toBeGreaterThanOrEqual(24);
       expect(conf).toContain(`user: "${creds.user}", password: "${creds.pass}"`);
       expect(creds.layout).toBe(role === "admin" ? undefined : "verify");
+      // Each identity has its own inbox: none can read another's replies or pulled work.
+      expect(creds.inboxPrefix).toBe(role === "admin" ? undefined : `_INBOX_troupe-${role}`);
     }
   });
 
@@ -138,4 +141,56 @@ describe("roles (troupe auth init, troupe setup)", () => {
     expect(setup.stdout).toContain(`updated: stream ${EVENTS_STREAM}: max age is 1h, the configuration says 7d`);
     expect((await setupLayout(await adminOptions(), true)).drift).toEqual([]);
   }, 60_000);
+
+  it("a worker limited to a queue serves its tasks, and the server refuses it another queue's work", async () => {
+    const charge = defineTask({ name: "roles.charge", queue: "payments", input: Schema.Struct({ cents: Schema.Number }), output: Schema.Number, handler: async ({ cents }) => cents * 2 });
+    const scoped = await asRole("worker-payments");
+    await scoped.worker({ tasks: [charge] });
+    const client = await asRole("client");
+    expect(await (await client.submit(charge, { cents: 21 })).result({ timeout: 30_000 })).toBe(42);
+
+    // Work waiting on the default queue (no worker serves it now).
+    const other = defineTask({ name: "roles.other", input: Schema.Struct({ secret: Schema.String }), output: Schema.String, handler: async ({ secret }) => secret });
+    const waiting = await client.submit(other, { secret: "not for payments" });
+    const admin = await asRole("admin");
+    await connectionOf(admin).jsm.consumers.add(TASKS_STREAM, { durable_name: consumerName("default", "roles.other"), ack_policy: AckPolicy.Explicit, filter_subject: taskSubject("default", "roles.other") });
+
+    const { jsm, nc } = connectionOf(scoped);
+    const refused = async (attempt: Promise<unknown>, subject: string) => {
+      const denied = permissionDenied(await attempt.then(() => undefined, (e: unknown) => e));
+      expect(denied, subject).toBeInstanceOf(PermissionDenied);
+      expect(denied?.subject).toBe(subject);
+    };
+    // Pull another queue's consumer.
+    const consumer = consumerName("default", "roles.other");
+    // A pull request as a plain request: the server's refusal is its answer (a consumer's own pull loop hears nothing).
+    const next = `$JS.API.CONSUMER.MSG.NEXT.${TASKS_STREAM}.${consumer}`;
+    await refused(nc.request(next, JSON.stringify({ batch: 1, no_wait: true }), { timeout: 10_000 }), next);
+    expect((await jsm.consumers.info(TASKS_STREAM, consumer)).name).toBe(consumer); // it exists: only the pull is refused
+    // Read the work stream's messages directly.
+    await refused(jsm.streams.getMessage(TASKS_STREAM, { last_by_subj: taskSubject("default", "roles.other") }), `$JS.API.STREAM.MSG.GET.${TASKS_STREAM}`);
+    // Make its own consumer over another queue's work.
+    await refused(
+      jsm.consumers.add(TASKS_STREAM, { durable_name: "spy", ack_policy: AckPolicy.Explicit, filter_subject: "troupe.tasks.default.>" }),
+      `$JS.API.CONSUMER.CREATE.${TASKS_STREAM}.spy.troupe.tasks.default.>`,
+    );
+    // Listen to another queue's work subjects, or to another identity's inbox.
+    const heard: string[] = [];
+    const errors: unknown[] = [];
+    for (const subject of ["troupe.tasks.default.>", "_INBOX.>", "_INBOX_troupe-worker.>"]) {
+      nc.subscribe(subject, {
+        callback: (e, m) => {
+          if (e === null) heard.push(m.subject);
+          else errors.push(e);
+        },
+      });
+    }
+    await client.submit(other, { secret: "still not" });
+    await nc.flush();
+    await expect.poll(() => errors.length, { timeout: 20_000 }).toBe(3);
+    expect(heard).toEqual([]);
+    // Nor delete the stream.
+    await refused(jsm.streams.delete(TASKS_STREAM), `$JS.API.STREAM.DELETE.${TASKS_STREAM}`);
+    expect((await client.get(waiting.id))?.status).toBe("QUEUED");
+  }, 90_000);
 });
