@@ -13,6 +13,7 @@ export type { SweepResult } from "./store/retention.js";
 export type { PayloadRef } from "./store/payloads.js";
 export type { TroupeStats, TaskTypeStats, StatsOptions } from "./sdk/stats.js";
 export type { MetricsOptions } from "./metrics/server.js";
+export { bridgeToStately, type StatelyBridge, type StatelyBridgeOptions, type StatelyInspector, type StatelyTarget } from "./inspect/stately.js";
 export { WorkflowRun, type WorkflowCancelResult } from "./sdk/workflow-run.js";
 export {
   defineTask,

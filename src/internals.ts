@@ -21,6 +21,7 @@ export { Coordinator } from "./coordinator/coordinator.js";
 export { TaskHost, type AttemptStore } from "./actor/task-host.js";
 export { makeFiberClock, fiberClockFrom, liveFiberClock, type FiberClock } from "./actor/fiber-clock.js";
 export { startInspector, type Inspector } from "./inspect/server.js";
+export { serveStately, parseStatelyTarget, stateValueOf } from "./inspect/stately.js";
 export { workflowFromDocument } from "./workflow.js";
 export { untypedTask } from "./task.js";
 export { NatsServer, findNatsServer, natsServerVersion, type NatsServerOptions } from "./dev/nats-server.js";

@@ -24,14 +24,19 @@ import type { Stored } from "../store/task-store.js";
 import { decodeOutput, type TaskDefinition } from "../task.js";
 import { failureFrom } from "../failure.js";
 import { traceCarrier } from "../trace.js";
+import { statePath } from "../nats/topology.js";
 import { execute } from "./execute.js";
 import type { FiberClock } from "./fiber-clock.js";
 import { TransitionPlans, type PlannedAction } from "./transition-plans.js";
 
 /** What an attempt writes through: the task store, or an in-memory one for `runTask`. */
 export interface AttemptStore {
-  /** `onRetry`: after each failed try of a write that will be tried again. */
-  save(record: TaskRecord, expected: number, onRetry?: () => void, event?: string): Effect.Effect<number, Fenced | NatsFailure>;
+  /** Write without announcing; `onRetry`: after each failed try of a write that will be tried again. */
+  write(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<{ readonly revision: number; readonly payload: Uint8Array }, Fenced | NatsFailure>;
+  /** Publish a write's event with the state path the attempt's actor is in (`event` defaults to the status's). */
+  announce(stored: Stored, payload: Uint8Array, event: string | undefined, state: string): void;
+  /** Publish what only an attempt knows, no write behind it: that it lost the task (`lost`). */
+  announceLoss(record: TaskRecord, reason: string, state: string): void;
   apply(id: string, event: TaskEvent, options: { readonly from: Stored }): Effect.Effect<Stored | undefined, Fenced | Internal | NatsFailure>;
 }
 
@@ -310,10 +315,13 @@ export class TaskHost {
   private persist(attempt: Attempt, context: TaskContext): void {
     // While a write is retried (a reconnect), the lease is still extended: a terminal
     // write must not lose its delivery to another worker while it waits.
-    const write = attempt.write((expected) => this.deps.store.save(context.record, expected, () => attempt.lease.working()));
-    this.answer(attempt, write, (revision) => {
-      attempt.saved = { record: context.record, revision };
+    const write = attempt.write((expected) => this.deps.store.write(context.record, expected, () => attempt.lease.working()));
+    this.answer(attempt, write, ({ revision, payload }) => {
+      const saved = { record: context.record, revision };
+      attempt.saved = saved;
       attempt.send({ type: "SAVED", revision });
+      // Announced once the actor took the write in: its event carries the state it is in now.
+      this.deps.store.announce(saved, payload, undefined, statePath(attempt.snapshot.value));
     });
   }
 
@@ -328,12 +336,14 @@ export class TaskHost {
       // The attempt moved on (its outcome is being written, or it ended): that write carries the progress.
       if (latest === undefined || attempt.isDone || !attempt.snapshot.matches({ RUNNING: "executing" })) return Effect.succeed(undefined);
       const record = latest.record;
-      return Effect.map(this.deps.store.save(record, expected, () => attempt.lease.working(), "progress"), (revision) => ({ record, revision }));
+      return Effect.map(this.deps.store.write(record, expected, () => attempt.lease.working()), ({ revision, payload }) => ({ record, revision, payload }));
     });
-    this.answer(attempt, write, (saved) => {
-      if (saved === undefined) return;
+    this.answer(attempt, write, (written) => {
+      if (written === undefined) return;
+      const saved = { record: written.record, revision: written.revision };
       attempt.saved = saved;
       attempt.send({ type: "PROGRESS_SAVED", revision: saved.revision });
+      this.deps.store.announce(saved, written.payload, "progress", statePath(attempt.snapshot.value));
     });
   }
 
@@ -343,13 +353,19 @@ export class TaskHost {
     fiber.addObserver((exit) => {
       if (Exit.isSuccess(exit)) return saved(exit.value);
       const error = Exit.findErrorOption(exit);
-      if (error._tag === "Some") return attempt.send({ type: "FENCED", reason: error.value.message });
+      if (error._tag === "Some") return this.lose(attempt, error.value.message);
       // A defect or an interruption: this attempt cannot know what was written, so it stops
       // owning the task; the delivery's settlement reads the record.
       const reason = `the write did not finish: ${String(Cause.squash(exit.cause))}`;
       attempt.log().error({ reason }, "task write failed unexpectedly");
-      attempt.send({ type: "FENCED", reason });
+      this.lose(attempt, reason);
     });
+  }
+
+  /** A write lost (another attempt owns the task): the actor goes LOST, and says so for the inspector. */
+  private lose(attempt: Attempt, reason: string): void {
+    attempt.send({ type: "FENCED", reason });
+    this.deps.store.announceLoss(attempt.snapshot.context.record, reason, statePath(attempt.snapshot.value));
   }
 
   /** Progress a handler reported: an event of its attempt. */

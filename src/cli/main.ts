@@ -22,7 +22,8 @@ import { decodeWith } from "../nats/codec.js";
 import { eventSubject } from "../nats/topology.js";
 import { parseDuration } from "../duration.js";
 import { ProgressBar } from "./progress.js";
-import { startInspector } from "../inspect/server.js";
+import { serveStately } from "../inspect/stately.js";
+import { startInspector, type InspectorActions } from "../inspect/server.js";
 import { showStats } from "./stats.js";
 import { cliConfig, DEV_URL_FILE, formatConfig } from "./config.js";
 import type { TroupeConfig } from "../config.js";
@@ -86,6 +87,8 @@ Usage:
   troupe schedule ls                         schedules, their next tick, and the leading scheduler
   troupe schedule rm <id>                    remove one (exit 1 if there was none)
   troupe inspect [--ui-port N]               the inspector: actors live, their machines and histories
+  troupe inspect --stately <kind>:<id> [--ui-port N]
+                                             one actor in Stately's inspector (docs/stately.md)
   troupe workflow run <file> [--input '<json>'] [--watch [--timeout T]]
                                              start a workflow from a JSON or YAML file
   troupe workflow get <id>                   print a workflow run's record (JSON)
@@ -163,6 +166,7 @@ const options = {
   reason: { type: "string" },
   input: { type: "string" },
   "ui-port": { type: "string" },
+  stately: { type: "string" },
   watch: { type: "boolean" },
   timeout: { type: "string" },
   status: { type: "string" },
@@ -223,9 +227,28 @@ const waitForSignal = () =>
     process.once("SIGTERM", () => res("SIGTERM"));
   });
 
+/** The inspector's buttons: the CLI's own calls (`troupe retry`, `troupe cancel`, `troupe stop`). */
+const inspectorActions = (troupe: Troupe): InspectorActions => ({
+  retry: (id) => troupe.retry(id),
+  cancel: (id) => troupe.cancel(id, "cancelled from the inspector"),
+  cancelWorkflow: (id) => troupe.cancelWorkflow(id, "cancelled from the inspector"),
+  drain: (id) => troupe.controlWorker(id, "drain"),
+});
+
 const inspect = async (flags: Flags) => {
   const troupe = await Troupe.connect(connection(flags));
-  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: { retry: (id) => troupe.retry(id) } });
+  if (flags.stately !== undefined) {
+    const stately = await serveStately(troupe, flags.stately, { port: int(flags["ui-port"], "ui-port", 0) }).catch(async (e: unknown) => {
+      await troupe.close();
+      throw e;
+    });
+    process.stdout.write(`troupe inspect: ${stately.url} (${flags.stately} in Stately's inspector)\n`);
+    await waitForSignal();
+    await stately.close();
+    await troupe.close();
+    return;
+  }
+  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: inspectorActions(troupe) });
   process.stdout.write(`troupe inspect: ${inspector.url}\n`);
   await waitForSignal();
   await inspector.close();
@@ -393,7 +416,7 @@ const dev = async (flags: Flags) => {
   const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger });
   const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
   const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
-  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: { retry: (id) => troupe.retry(id) } });
+  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: inspectorActions(troupe) });
   await mkdir(dirname(DEV_URL_FILE), { recursive: true });
   await writeFile(DEV_URL_FILE, `${server.url}\n`);
   process.stdout.write(

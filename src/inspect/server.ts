@@ -1,148 +1,361 @@
 /**
  * The inspector: a small HTTP server that shows the actors of a live system.
  *
- * - `/`                       the page: actors live on the left, the selected one's machine
- *                             (drawn from the same definitions the hosts run) with its
- *                             current state lit, and its history
- * - `/api/machines`           the task, workflow and worker machines as XState JSON
- * - `/api/actors/:kind/:id`   an actor's record (KV) and its events (TROUPE_EVENTS)
- * - `/api/recent`             the last transitions (TROUPE_EVENTS), so the page opens populated
- * - `/events`                 every transition, live (server-sent events from `troupe.events.>`)
+ * - `/`                              the page (src/inspect/page.ts)
+ * - `/api/machines`                  the task, workflow and worker machines as laid-out diagrams
+ *                                    (the definitions the hosts run, laid out by elkjs once)
+ * - `/api/recent?limit=N`            the last transitions (TROUPE_EVENTS), so the page opens populated
+ * - `/api/actors/:kind/:id`          an actor's record (KV), its state path and its events
+ * - `/api/actors/:kind/:id/at/:seq`  one of its events: the record and state as of that event
+ * - `/api/workflows/:id/graph`       a run's steps as a graph, each with its live status, and why a waiting one waits
+ * - `/events`                        every transition, live (server-sent events, from an ordered consumer of TROUPE_EVENTS)
+ * - `/api/config`                    whether this inspector acts (`{ actions }`)
  *
- * - `POST /api/tasks/:id/retry` a FAILED or CANCELLED task run again, when the inspector was
- *                             given `actions` (the CLI's do: the same SDK call as `troupe retry`)
+ * With `actions` (the CLI's `troupe inspect` and `troupe dev`: the same SDK calls as the CLI),
+ * each a POST with the header `X-Troupe-Action: 1`, which no cross-site form can send:
+ * `/api/tasks/:id/retry`, `/api/tasks/:id/cancel`, `/api/workflows/:id/cancel`,
+ * `/api/workers/:id/drain`. Otherwise read-only: it subscribes and reads.
  *
- * Otherwise read-only: it subscribes and reads.
+ * Every event the API gives is `{ kind, id, event, seq, at, state?, record, workflow? }`: `at`
+ * is when the stream stored it, `state` the publishing actor's state path after it (header
+ * `Troupe-State`), `workflow` the run and step of a step's task.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { DeliverPolicy } from "@nats-io/jetstream";
+import { DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import { taskMachine } from "../../machines/task.js";
 import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
-import { decodeJson } from "../nats/codec.js";
-import { EVENTS_STREAM, EVENTS_SUBJECTS } from "../nats/topology.js";
+import { PauseEntry, WorkerInfo, WorkflowRecord, type StepStatus, type TaskRecord } from "../../machines/records.js";
+import { decodeJson, decodeWith, readBucket } from "../nats/codec.js";
+import { EVENTS_STREAM, Headers, STEPS_ROOT } from "../nats/topology.js";
 import type { NatsHandle } from "../nats/connection.js";
+import { historyEvent, readHistory, type HistoryEvent } from "../nats/history.js";
+import { machineDiagram, workflowDiagram, type Dag, type Diagram } from "./diagram.js";
 import { PAGE } from "./page.js";
-import { readHistory } from "../nats/history.js";
 
 export interface Inspector {
   readonly url: string;
   readonly close: () => Promise<void>;
 }
 
-const KINDS = new Set(["task", "workflow", "worker"]);
+/** What the page's buttons do: the SDK's calls (`troupe retry`, `troupe cancel`, `troupe stop`). */
+export interface InspectorActions {
+  readonly retry: (id: string) => Promise<unknown>;
+  readonly cancel?: (id: string) => Promise<unknown>;
+  readonly cancelWorkflow?: (id: string) => Promise<unknown>;
+  readonly drain?: (workerId: string) => Promise<unknown>;
+}
+
+export interface InspectorOptions {
+  readonly port?: number;
+  readonly host?: string;
+  readonly actions?: InspectorActions;
+}
+
+type Kind = "task" | "workflow" | "worker";
+const KINDS = new Set<string>(["task", "workflow", "worker"]);
 const ID = /^[A-Za-z0-9_-]+$/;
+/** The most events an actor's page shows (a long-lived worker's heartbeats are folded by the page). */
+const HISTORY_SHOWN = 1_000;
+
+/** One transition as the API gives it. */
+export interface InspectorEvent extends HistoryEvent {
+  readonly kind: Kind;
+  readonly id: string;
+  /** A workflow step's task: its run and step (from the step's notify subject). */
+  readonly workflow?: { readonly run: string; readonly step: string };
+}
+
+export interface WorkflowStepView {
+  readonly step: string;
+  readonly task: string;
+  readonly queue: string;
+  readonly status: StepStatus | "QUEUED" | "RETRYING";
+  readonly after: ReadonlyArray<string>;
+  readonly taskId?: string;
+  readonly attempt?: number;
+  readonly startedAt?: string;
+  readonly finishedAt?: string;
+  readonly durationMs?: number;
+  readonly error?: { readonly _tag: string; readonly message: string };
+  /** Why a step that should be running is not: no worker serves its task, its queue is paused. */
+  readonly stuck?: string;
+}
+
+export interface WorkflowGraph {
+  readonly id: string;
+  readonly workflow: string;
+  readonly status: string;
+  readonly dag: Dag;
+  readonly steps: ReadonlyArray<WorkflowStepView>;
+}
 
 const json = (res: ServerResponse, status: number, body: unknown) => {
-  res.writeHead(status, { "content-type": "application/json" });
+  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
   res.end(JSON.stringify(body));
 };
 
+/** A step's task knows its run by its notify subject, `troupe.steps.<run>.<step>`. */
+const stepOf = (record: unknown): { run: string; step: string } | undefined => {
+  const notify = (record as { notify?: unknown } | null)?.notify;
+  if (typeof notify !== "string" || !notify.startsWith(STEPS_ROOT)) return undefined;
+  const [run, step] = notify.slice(STEPS_ROOT.length).split(".");
+  return run === undefined || step === undefined ? undefined : { run, step };
+};
+
+const withActor = (e: HistoryEvent, subject: string): InspectorEvent => {
+  const [, , kind = "", id = ""] = subject.split(".");
+  const workflow = kind === "task" ? stepOf(e.record) : undefined;
+  return { kind: kind as Kind, id, ...e, ...(workflow === undefined ? {} : { workflow }) };
+};
+
+const eventOf = (m: JsMsg): InspectorEvent => withActor(historyEvent(m), m.subject);
+
 /** The last `limit` events of the stream, oldest first. */
-const recent = async (nats: NatsHandle, limit = 300): Promise<Array<{ kind: string; id: string; event: string; record: unknown }>> => {
+const recent = async (nats: NatsHandle, limit: number): Promise<InspectorEvent[]> => {
   const info = await nats.jsm.streams.info(EVENTS_STREAM);
   if (info.state.messages === 0) return [];
   const start = Math.max(info.state.first_seq, info.state.last_seq - limit + 1);
   const consumer = await nats.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start });
-  const want = info.state.last_seq - start + 1;
-  const out: Array<{ kind: string; id: string; event: string; record: unknown }> = [];
-  for await (const m of await consumer.fetch({ max_messages: want, expires: 2_000 })) {
-    const [, , kind = "", id = "", event = ""] = m.subject.split(".");
-    const decoded = decodeJson(m.data);
-    out.push({ kind, id, event, record: decoded.ok ? decoded.value : null });
-    if (out.length >= want) break;
+  const out: InspectorEvent[] = [];
+  for await (const m of await consumer.fetch({ max_messages: limit, expires: 2_000 })) {
+    out.push(eventOf(m));
+    if (m.seq >= info.state.last_seq || out.length >= limit) break;
   }
   return out;
 };
 
-const current = async (nats: NatsHandle, kind: string, id: string): Promise<unknown> => {
-  const bucket = kind === "task" ? nats.tasks : kind === "workflow" ? nats.workflows : nats.workers;
-  const entry = await bucket.get(id);
+const bucketOf = (nats: NatsHandle, kind: Kind) => (kind === "task" ? nats.tasks : kind === "workflow" ? nats.workflows : nats.workers);
+
+const current = async (nats: NatsHandle, kind: Kind, id: string): Promise<unknown> => {
+  const entry = await bucketOf(nats, kind).get(id);
   if (entry === null || entry.operation !== "PUT") return null;
   const decoded = decodeJson(entry.value);
   return decoded.ok ? decoded.value : null;
 };
 
-/** What the page's buttons do: the SDK's calls. */
-export interface InspectorActions {
-  readonly retry: (id: string) => Promise<unknown>;
+/** One event of an actor by its stream sequence (time travel), or `undefined` when it is not that actor's. */
+const eventAt = async (nats: NatsHandle, kind: Kind, id: string, seq: number): Promise<InspectorEvent | undefined> => {
+  const m = await nats.jsm.streams.getMessage(EVENTS_STREAM, { seq }).catch(() => null);
+  if (m === null || !m.subject.startsWith(`troupe.events.${kind}.${id}.`)) return undefined;
+  const decoded = decodeJson(m.data);
+  const state = m.header?.get(Headers.state);
+  const e: HistoryEvent = {
+    event: m.subject.slice(m.subject.lastIndexOf(".") + 1),
+    at: m.time.toISOString(),
+    seq: m.seq,
+    ...(state === undefined || state === "" ? {} : { state }),
+    record: decoded.ok ? decoded.value : null,
+  };
+  return withActor(e, m.subject);
+};
+
+/** A step's status as a person reads it: a running step's task may still be queued, or waiting to retry. */
+const stepStatus = (status: StepStatus, task: TaskRecord | undefined): WorkflowStepView["status"] => {
+  if (status !== "RUNNING" || task === undefined) return status;
+  return task.status === "QUEUED" ? "QUEUED" : task.status === "RETRYING" ? "RETRYING" : "RUNNING";
+};
+
+const graphOf = async (nats: NatsHandle, id: string, layout: (steps: ReadonlyArray<{ name: string; after: ReadonlyArray<string> }>) => Promise<Dag>): Promise<WorkflowGraph | undefined> => {
+  const entry = await nats.workflows.get(id);
+  if (entry === null || entry.operation !== "PUT") return undefined;
+  const decoded = decodeWith(WorkflowRecord, entry.value, "workflow record");
+  if (!decoded.ok) return undefined;
+  const run = decoded.value;
+  const names = Object.keys(run.definition.steps);
+  const tasks = new Map<string, TaskRecord>();
+  await Promise.all(
+    names.map(async (name) => {
+      const taskId = run.steps[name]?.taskId;
+      if (taskId === undefined) return;
+      const record = (await current(nats, "task", taskId)) as TaskRecord | null;
+      if (record !== null) tasks.set(name, record);
+    }),
+  );
+  const waiting = names.some((n) => tasks.get(n)?.status === "QUEUED");
+  const [workers, pauses] = waiting
+    ? await Promise.all([readBucket(nats.workers, WorkerInfo, "worker registry entry"), readBucket(nats.pauses, PauseEntry, "pause entry")])
+    : [[], []];
+  const live = workers.map((w) => w.value).filter((w) => w.state !== "stopped" && w.state !== "lost");
+  const steps = names.map((name): WorkflowStepView => {
+    const definition = run.definition.steps[name]!;
+    const state = run.steps[name] ?? { status: "PENDING" as const };
+    const task = tasks.get(name);
+    const started = task?.startedAt === undefined ? undefined : Date.parse(task.startedAt);
+    const finished = task?.finishedAt === undefined ? undefined : Date.parse(task.finishedAt);
+    let stuck: string | undefined;
+    if (task?.status === "QUEUED") {
+      const pause = pauses.map((p) => p.value).find((p) => p.queue === definition.queue && (p.task === undefined || p.task === definition.task));
+      if (pause !== undefined) stuck = `${pause.task === undefined ? `queue "${pause.queue}"` : `task "${pause.task}"`} is paused${pause.reason === undefined ? "" : `: ${pause.reason}`}`;
+      else if (!live.some((w) => w.tasks.some((t) => t.name === definition.task && t.queue === definition.queue))) {
+        stuck = `no worker serves task "${definition.task}" on queue "${definition.queue}"`;
+      }
+    }
+    return {
+      step: name,
+      task: definition.task,
+      queue: definition.queue,
+      status: stepStatus(state.status, task),
+      after: definition.after,
+      ...(state.taskId === undefined ? {} : { taskId: state.taskId }),
+      ...(task === undefined ? {} : { attempt: task.attempt }),
+      ...(task?.startedAt === undefined ? {} : { startedAt: task.startedAt }),
+      ...(task?.finishedAt === undefined ? {} : { finishedAt: task.finishedAt }),
+      ...(started === undefined ? {} : { durationMs: (finished ?? Date.now()) - started }),
+      ...(state.error === undefined ? {} : { error: state.error }),
+      ...(stuck === undefined ? {} : { stuck }),
+    };
+  });
+  return { id: run.id, workflow: run.workflow, status: run.status, dag: await layout(names.map((name) => ({ name, after: run.definition.steps[name]!.after }))), steps };
+};
+
+/** Live events for the page's streams: one ordered consumer from the stream's end, while someone listens. */
+class LiveEvents {
+  private readonly clients = new Set<ServerResponse>();
+  private messages: ConsumerMessages | undefined;
+  private starting: Promise<void> | undefined;
+
+  constructor(private readonly nats: NatsHandle) {}
+
+  async add(res: ServerResponse): Promise<void> {
+    this.clients.add(res);
+    this.starting ??= this.start();
+    await this.starting;
+  }
+
+  remove(res: ServerResponse): void {
+    this.clients.delete(res);
+  }
+
+  private async start(): Promise<void> {
+    const consumer = await this.nats.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.New });
+    const messages = await consumer.consume();
+    this.messages = messages;
+    void (async () => {
+      for await (const m of messages) {
+        if (this.clients.size === 0) continue;
+        const line = `id: ${m.seq}\ndata: ${JSON.stringify(eventOf(m))}\n\n`;
+        for (const res of this.clients) res.write(line);
+      }
+    })().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    for (const res of this.clients) res.end();
+    this.clients.clear();
+    await this.starting?.catch(() => undefined);
+    await this.messages?.close().catch(() => undefined);
+  }
 }
 
-export const startInspector = async (nats: NatsHandle, options: { port?: number; host?: string; actions?: InspectorActions } = {}): Promise<Inspector> => {
-  const clients = new Set<ServerResponse>();
-  const sub = nats.nc.subscribe(EVENTS_SUBJECTS, {
-    callback: (_e, msg) => {
-      if (clients.size === 0) return;
-      const [, , kind, id, event] = msg.subject.split(".");
-      const decoded = decodeJson(msg.data);
-      const line = `data: ${JSON.stringify({ kind, id, event, record: decoded.ok ? decoded.value : null })}\n\n`;
-      for (const res of clients) res.write(line);
-    },
+const readBody = (req: IncomingMessage): Promise<void> =>
+  new Promise((resolve) => {
+    req.on("data", () => undefined);
+    req.on("end", resolve);
+    req.on("error", () => resolve());
   });
 
+export const startInspector = async (nats: NatsHandle, options: InspectorOptions = {}): Promise<Inspector> => {
+  const live = new LiveEvents(nats);
+  let diagrams: Promise<Record<Kind, Diagram>> | undefined;
+  const machines = () =>
+    (diagrams ??= Promise.all([machineDiagram(taskMachine), machineDiagram(workflowMachine), machineDiagram(workerMachine)]).then(([task, workflow, worker]) => ({ task, workflow, worker })));
+  const actions = options.actions;
+
+  /** A page's button: the action's SDK call, or why not. */
+  const act = async (req: IncomingMessage, res: ServerResponse, id: string, call: ((id: string) => Promise<unknown>) | undefined) => {
+    await readBody(req);
+    if (actions === undefined || call === undefined) return json(res, 405, { error: "this inspector does not act: start it with `troupe inspect`" });
+    if (req.headers["x-troupe-action"] !== "1") return json(res, 403, { error: "actions need the header X-Troupe-Action: 1" });
+    if (!ID.test(id)) return json(res, 400, { error: "not a Troupe id" });
+    const done = await call(id).then(
+      (result) => ({ ok: true as const, result }),
+      (e: unknown) => ({ ok: false as const, error: e instanceof Error ? e.message : String(e) }),
+    );
+    return json(res, done.ok ? 200 : 409, done.ok ? { ok: true, id, result: done.result } : { error: done.error });
+  };
+
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
-    const path = new URL(req.url ?? "/", "http://inspector").pathname;
+    const url = new URL(req.url ?? "/", "http://inspector");
+    const path = url.pathname;
+    if (req.method === "POST") {
+      const action = /^\/api\/(tasks|workflows|workers)\/([^/]+)\/(retry|cancel|drain)$/.exec(path);
+      if (action === null) return json(res, 404, { error: "not found" });
+      const [, kind, id, verb] = action as unknown as [string, string, string, string];
+      const call =
+        kind === "tasks" && verb === "retry"
+          ? actions?.retry
+          : kind === "tasks" && verb === "cancel"
+            ? actions?.cancel
+            : kind === "workflows" && verb === "cancel"
+              ? actions?.cancelWorkflow
+              : kind === "workers" && verb === "drain"
+                ? actions?.drain
+                : undefined;
+      if (actions !== undefined && call === undefined) return json(res, 404, { error: `no ${verb} for ${kind}` });
+      return act(req, res, id, call);
+    }
     if (path === "/") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(PAGE);
       return;
     }
-    if (path === "/favicon.ico") {
-      res.writeHead(204).end();
-      return;
-    }
-    if (path === "/api/machines") {
-      json(res, 200, { task: taskMachine.toJSON(), workflow: workflowMachine.toJSON(), worker: workerMachine.toJSON() });
-      return;
-    }
+    if (path === "/favicon.ico") return void res.writeHead(204).end();
+    if (path === "/api/config") return json(res, 200, { actions: actions !== undefined });
+    if (path === "/api/machines") return json(res, 200, await machines());
     if (path === "/api/recent") {
-      json(res, 200, await recent(nats));
-      return;
+      const limit = Math.min(Math.max(Number(url.searchParams.get("limit") ?? 300) || 300, 1), 5_000);
+      return json(res, 200, await recent(nats, limit));
     }
     if (path === "/events") {
       res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", connection: "keep-alive" });
+      req.on("close", () => live.remove(res));
+      await live.add(res);
+      // Written once the consumer is open: a client that heard this misses no later event.
       res.write(": troupe inspector\n\n");
-      clients.add(res);
-      req.on("close", () => clients.delete(res));
       return;
     }
-    const retry = /^\/api\/tasks\/([^/]+)\/retry$/.exec(path);
-    if (retry !== null && req.method === "POST") {
-      const id = retry[1]!;
-      if (options.actions === undefined) return json(res, 405, { error: "this inspector is read-only" });
-      // A header no cross-site form can send (nor a script elsewhere without a CORS preflight, never granted).
-      if (req.headers["x-troupe-action"] !== "1") return json(res, 403, { error: "actions need the header X-Troupe-Action: 1" });
-      if (!ID.test(id)) return json(res, 400, { error: "not a task id" });
-      const done = await options.actions.retry(id).then(
-        () => undefined,
-        (e: unknown) => (e instanceof Error ? e.message : String(e)),
-      );
-      return json(res, done === undefined ? 200 : 409, done === undefined ? { id, status: "QUEUED" } : { error: done });
+    const graph = /^\/api\/workflows\/([^/]+)\/graph$/.exec(path);
+    if (graph !== null) {
+      const id = graph[1]!;
+      if (!ID.test(id)) return json(res, 400, { error: "not a workflow run id" });
+      const found = await graphOf(nats, id, workflowDiagram);
+      return found === undefined ? json(res, 404, { error: `no workflow run ${id}` }) : json(res, 200, found);
+    }
+    const at = /^\/api\/actors\/([a-z]+)\/([^/]+)\/at\/(\d+)$/.exec(path);
+    if (at !== null) {
+      const [, kind, id, seq] = at as unknown as [string, string, string, string];
+      if (!KINDS.has(kind) || !ID.test(id)) return json(res, 400, { error: "kind is task, workflow or worker; id is a Troupe id" });
+      const event = await eventAt(nats, kind as Kind, id, Number(seq));
+      return event === undefined ? json(res, 404, { error: `no event ${seq} of ${kind} ${id}` }) : json(res, 200, { kind, id, seq: Number(seq), event });
     }
     const actor = /^\/api\/actors\/([a-z]+)\/([^/]+)$/.exec(path);
     if (actor !== null) {
-      const [, kind, id] = actor;
-      if (!KINDS.has(kind!) || !ID.test(id!)) return json(res, 400, { error: "kind is task, workflow or worker; id is a Troupe id" });
-      const [record, events] = await Promise.all([current(nats, kind!, id!), readHistory(nats, kind!, id!, 200)]);
+      const [, kind, id] = actor as unknown as [string, string, string];
+      if (!KINDS.has(kind) || !ID.test(id)) return json(res, 400, { error: "kind is task, workflow or worker; id is a Troupe id" });
+      const [record, history] = await Promise.all([current(nats, kind as Kind, id), readHistory(nats, kind, id, 20_000)]);
+      const events = history.slice(-HISTORY_SHOWN).map((e) => withActor(e, `troupe.events.${kind}.${id}`));
       if (record === null && events.length === 0) return json(res, 404, { error: `no ${kind} ${id}` });
-      json(res, 200, { kind, id, record, events });
-      return;
+      const state = events.findLast((e) => e.state !== undefined)?.state;
+      return json(res, 200, { kind, id, record, ...(state === undefined ? {} : { state }), events, ...(history.length > events.length ? { omitted: history.length - events.length } : {}) });
     }
     json(res, 404, { error: "not found" });
   };
 
   const server: Server = createServer((req, res) => {
-    handle(req, res).catch((e: unknown) => json(res, 500, { error: e instanceof Error ? e.message : String(e) }));
+    handle(req, res).catch((e: unknown) => {
+      if (!res.headersSent) json(res, 500, { error: e instanceof Error ? e.message : String(e) });
+      else res.end();
+    });
   });
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, options.host ?? "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://${options.host ?? "127.0.0.1"}:${port}`,
     close: async () => {
-      sub.unsubscribe();
-      for (const res of clients) res.end();
-      clients.clear();
+      await live.close();
+      server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };

@@ -142,7 +142,22 @@ export const COORDINATOR_CONSUMER = "troupe-coordinator";
 export const Headers = {
   /** KV revision of the QUEUED record: the first attempt's fencing token, saving a read. */
   revision: "Troupe-Revision",
+  /**
+   * On an event (`troupe.events.…`): the publishing actor's state path after the event, at
+   * every level (`RUNNING.executing`), read off the live actor, for the inspector.
+   */
+  state: "Troupe-State",
 } as const;
+
+/** A machine's state value as a dotted path: `{ RUNNING: "executing" }` → `RUNNING.executing` (the first region of a parallel state). */
+export const statePath = (value: unknown): string => {
+  if (typeof value === "string") return value;
+  if (value === null || typeof value !== "object") return "";
+  const [key, child] = Object.entries(value as Record<string, unknown>)[0] ?? [];
+  if (key === undefined) return "";
+  const rest = statePath(child);
+  return rest === "" ? key : `${key}.${rest}`;
+};
 
 const segment = /^[A-Za-z0-9_-]+$/;
 /** Task names: dot-separated segments of letters, digits, `_` and `-` (`math.add`). */

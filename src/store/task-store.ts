@@ -21,7 +21,7 @@ import { Effect } from "effect";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { JetStreamApiError } from "@nats-io/jetstream";
 import { recordWith, TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
-import { eventOf, hydrate, NO_POLICY, RESTING, taskMachine, type TaskContext, type TaskEvent, type TaskPolicy, type TaskSnapshot } from "../../machines/task.js";
+import { eventOf, hydrate, NO_POLICY, RESTING, stateOf, taskMachine, type TaskContext, type TaskEvent, type TaskPolicy, type TaskSnapshot } from "../../machines/task.js";
 import { TransitionPlans } from "../actor/transition-plans.js";
 import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
@@ -31,7 +31,7 @@ import { isTransientPublishError } from "../nats/publisher.js";
 import { retryNats, withRetryFor } from "../nats/retry.js";
 import { offload, payloadName } from "./payloads.js";
 import { traceSubmit, type SubmittedTask, type TraceCarrier } from "../trace.js";
-import { DEFAULT_PRIORITY, keySubject, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, TASKS_BUCKET, taskIndexSubject, taskSubject } from "../nats/topology.js";
+import { DEFAULT_PRIORITY, keySubject, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, statePath, TASKS_BUCKET, taskIndexSubject, taskSubject } from "../nats/topology.js";
 
 /** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
 export interface Stored {
@@ -245,6 +245,15 @@ export class TaskStore {
     });
   }
 
+  /**
+   * Write `record` over revision `expected` without announcing it: an attempt announces its
+   * writes once its actor has taken them in (`SAVED`), with the state it is in then.
+   */
+  write(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<{ readonly revision: number; readonly payload: Uint8Array }, Fenced | NatsFailure> {
+    const payload = encodeJson(record);
+    return Effect.map(this.compareAndSet(record.id, payload, expected, onRetry), (revision) => ({ revision, payload }));
+  }
+
   private compareAndSet(id: string, payload: Uint8Array, expected: number, onRetry?: () => void) {
     return compareAndSet(this.nats, { handle: this.nats.tasks, bucket: TASKS_BUCKET }, id, payload, expected, onRetry);
   }
@@ -292,27 +301,48 @@ export class TaskStore {
    * event, the one that may be announced again, carries message id `<id>:<revision>`, so
    * TROUPE_EVENTS keeps it once.
    */
-  announce(stored: Stored, payload = encodeJson(stored.record), event = eventOf(stored.record.status)): void {
+  announce(stored: Stored, payload = encodeJson(stored.record), event = eventOf(stored.record.status), state = statePath(stateOf(stored.record.status))): void {
     const { record, revision } = stored;
     const nc = this.nats.nc;
     if (nc.isClosed()) return;
     const subject = eventSubject("task", record.id, event);
     if (!TerminalStatuses.has(record.status)) {
-      nc.publish(subject, payload);
+      const h = natsHeaders();
+      h.set(Headers.state, state);
+      nc.publish(subject, payload, { headers: h });
       // A retry scheduled: counted by `stats` (only its own write announces it).
       if (record.status === "RETRYING" && event === "retrying") nc.publish(taskIndexSubject("RETRYING", record.queue, record.task), indexEntry(record.id, revision));
       return;
     }
+    const msgId = `${record.id}:${revision}`;
     const h = natsHeaders();
-    h.set("Nats-Msg-Id", `${record.id}:${revision}`);
+    h.set("Nats-Msg-Id", msgId);
+    h.set(Headers.state, state);
     nc.publish(subject, payload, { headers: h });
     // Its index entry (the same message id: TROUPE_INDEX keeps it once too).
-    nc.publish(taskIndexSubject(record.status, record.queue, record.task), indexEntry(record.id, revision), { headers: h });
+    const ih = natsHeaders();
+    ih.set("Nats-Msg-Id", msgId);
+    nc.publish(taskIndexSubject(record.status, record.queue, record.task), indexEntry(record.id, revision), { headers: ih });
     if (record.notify === undefined) return;
     // A workflow step's notify is a stream subject, one record per message; a client's
     // notifications are gathered, one message per client per tick.
     if (!record.notify.startsWith(NOTIFY_ROOT)) nc.publish(`${record.notify}.${record.id}`, payload);
     else this.notifyLater(record.notify, payload);
+  }
+
+  /**
+   * An attempt that lost its task (a newer write won, or its write did not finish): the event
+   * `lost` with the record as that attempt saw it and why. Nothing was written; the task's
+   * record belongs to whoever won.
+   */
+  announceLoss(record: TaskRecord, reason: string, state: string): void {
+    const nc = this.nats.nc;
+    if (nc.isClosed()) return;
+    const h = natsHeaders();
+    h.set(Headers.state, state);
+    // Not a record: what the attempt wanted to write, and why it could not.
+    const lost = { id: record.id, task: record.task, queue: record.queue, attempt: record.attempt, workerId: record.workerId, wanted: record.status, reason };
+    nc.publish(eventSubject("task", record.id, "lost"), encodeJson(lost), { headers: h });
   }
 
   /** Terminal records for clients, by notify subject, sent at the end of this tick. */

@@ -16,7 +16,7 @@ import { Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { compareAndSet } from "../nats/compare-and-set.js";
-import { eventSubject, kvSubject, OPEN_RUNS_BUCKET, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
+import { eventSubject, Headers, kvSubject, OPEN_RUNS_BUCKET, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
 import { traceStart, type TraceCarrier } from "../trace.js";
 import { cancelTask } from "./cancel.js";
 import type { TaskStore } from "./task-store.js";
@@ -207,7 +207,10 @@ export class WorkflowStore {
     }
     await Promise.all(work);
     const event = before.status === after.status ? "progress" : after.status.toLowerCase();
-    this.nats.nc.publish(eventSubject("workflow", after.id, event), payload);
+    // The workflow machine's states are flat and its value is the run's status.
+    const h = natsHeaders();
+    h.set(Headers.state, after.status);
+    this.nats.nc.publish(eventSubject("workflow", after.id, event), payload, { headers: h });
     if (isWorkflowTerminal(after.status) && !isWorkflowTerminal(before.status)) {
       await this.closed(after.id, after).catch((err: unknown) => log.warn({ err, workflowId: after.id }, "finished run left open; reconciliation closes it"));
     }

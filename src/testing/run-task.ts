@@ -31,12 +31,15 @@ export interface RunTaskOptions {
 /** The store of one attempt, in memory: compare-and-set on a revision counter, as in KV. */
 const memoryStore = (): AttemptStore => {
   let revision = 1;
+  const save = (record: TaskRecord, expected: number) =>
+    expected === revision ? Effect.succeed(++revision) : Effect.fail(new Fenced({ id: record.id, message: `revision ${expected} is stale` }));
   const store: AttemptStore = {
-    save: (record: TaskRecord, expected: number) =>
-      expected === revision ? Effect.succeed(++revision) : Effect.fail(new Fenced({ id: record.id, message: `revision ${expected} is stale` })),
+    write: (record, expected) => Effect.map(save(record, expected), (r) => ({ revision: r, payload: new Uint8Array() })),
+    announce: () => {},
+    announceLoss: () => {},
     apply: (_id, event, { from }) => {
       const next = nextRecord(from, event);
-      return next === undefined ? Effect.succeed(undefined) : Effect.map(store.save(next, from.revision), (r) => ({ record: next, revision: r }));
+      return next === undefined ? Effect.succeed(undefined) : Effect.map(save(next, from.revision), (r) => ({ record: next, revision: r }));
     },
   };
   return store;

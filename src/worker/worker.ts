@@ -3,7 +3,7 @@
  * keeps its registry entry in `troupe-workers` fresh, and stops gracefully.
  */
 import { availableParallelism, hostname } from "node:os";
-import { nuid } from "@nats-io/transport-node";
+import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
 import { workerMachine, type WorkerContext, type WorkerEvent } from "../../machines/worker.js";
 import { PauseEntry, type ExecutorInfo, type WorkerInfo } from "../../machines/records.js";
 import { KvWatchInclude } from "@nats-io/kv";
@@ -18,6 +18,8 @@ import {
   keySubject,
   DEFAULT_PRIORITY,
   eventSubject,
+  Headers,
+  statePath,
   logSubject,
   parseWorkSubject,
   prioritySubjects,
@@ -572,7 +574,9 @@ export class Worker {
     };
     const payload = encodeJson(entry);
     if (this.nats.nc.isClosed()) return Promise.resolve();
-    this.nats.nc.publish(eventSubject("worker", this.id, "heartbeat"), payload);
+    const h = natsHeaders();
+    h.set(Headers.state, statePath(s.value));
+    this.nats.nc.publish(eventSubject("worker", this.id, "heartbeat"), payload, { headers: h });
     return this.nats.workers.put(this.id, payload).then(
       () => undefined,
       (err: unknown) => this.log.warn({ err }, "worker registry write failed"),
