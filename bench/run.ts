@@ -9,7 +9,9 @@
  *   server operations each task cost (messages in, messages stored);
  * - BullMQ on the local Redis (127.0.0.1:6379) when one answers, in the same shape,
  *   alternated with Troupe round by round (A B A B A B);
- * - the same Troupe run with an OpenTelemetry SDK registered (`troupe-traced`), over the plain median;
+ * - the same Troupe run with an OpenTelemetry SDK registered (`troupe-traced`), and with an
+ *   inspector streaming every event to a page (`troupe-inspected`), over the plain median;
+ * - an fsync's latency here, and the rate it would bound with `sync_interval: always`;
  * - `troupe.list` among 100,000 finished tasks against 63 (BENCH_LIST_RECORDS);
  * - submit → handler start latency; a 1,000-step workflow against 1,000 plain tasks.
  *
@@ -19,7 +21,10 @@ import { connect as tcpConnect } from "node:net";
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { readFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { get as httpGet, type ClientRequest } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
 import { pino } from "pino";
 import { context, trace } from "@opentelemetry/api";
@@ -29,6 +34,7 @@ import { defineTask, defineWorkflow, NonRetryableError, Schema, Troupe, type Lis
 import { NatsServer, natsServerVersion } from "../src/dev/nats-server.js";
 import { connectNats, ensureTaskConsumer, openNats } from "../src/nats/connection.js";
 import { connectionOf } from "../src/sdk/troupe.js";
+import { startInspector } from "../src/inspect/server.js";
 import { noop, noopOptions } from "./tasks.js";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { TASKS_STREAM, taskSubject } from "../src/nats/topology.js";
@@ -105,11 +111,12 @@ const keyedNoop = defineTask({ ...noopOptions("bench.keyed"), limits: { perKey: 
 const cappedNoop = defineTask({ ...noopOptions("bench.capped"), limits: { concurrency: CONCURRENCY } });
 
 /** One round of Troupe in the issue's shape, on a fresh server: tasks/s and server operations per task. */
-const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => SubmitOptions, n = N) => {
+const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => SubmitOptions, n = N, beside?: (troupe: Troupe) => Promise<() => Promise<void>>) => {
   const server = await NatsServer.start({ monitoring: true });
   try {
     const troupe = await Troupe.connect({ servers: server.url, logger: quiet });
     await troupe.worker({ tasks: [task], concurrency: CONCURRENCY });
+    const stopBeside = await beside?.(troupe);
     const jsm = connectionOf(troupe).jsm;
     const before = await serverCounts(server, jsm);
     const cpu = { process: process.cpuUsage(), server: cpuMs(server.pid) };
@@ -117,6 +124,7 @@ const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => Su
     const used = process.cpuUsage(cpu.process);
     const serverCpu = cpuMs(server.pid) - cpu.server;
     const after = await serverCounts(server, jsm);
+    await stopBeside?.();
     await troupe.close();
     const storedPerTask: Record<string, number> = {};
     for (const [name, seq] of Object.entries(after.stored)) {
@@ -134,6 +142,53 @@ const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => Su
   } finally {
     await server.stop();
   }
+};
+
+/** An inspector streaming every event to a page (its server-sent events read and counted): what watching costs. */
+const inspected = async (troupe: Troupe): Promise<() => Promise<void>> => {
+  const inspector = await startInspector(connectionOf(troupe));
+  let events = 0;
+  const opened = new Promise<ClientRequest>((resolve, reject) => {
+    const req = httpGet(`${inspector.url}/events`, (res) => {
+      res.on("data", (d: Buffer) => {
+        const text = d.toString();
+        events += text.split("\ndata: ").length - 1;
+        // Its opening comment comes once the live consumer is open.
+        if (text.includes(": troupe inspector")) resolve(req);
+      });
+    });
+    req.on("error", reject);
+  });
+  const req = await opened;
+  return async () => {
+    if (events === 0) throw new Error("the inspector's page heard no event");
+    req.destroy();
+    await inspector.close();
+  };
+};
+
+/**
+ * What `sync_interval: always` would cost, estimated: nats-server 2.9 cannot fsync every
+ * write, so the latency of one 1 KiB append + fdatasync in the temp dir's file system is
+ * measured, and the bound it puts on a stream that waits for one per write.
+ */
+const fsyncLatency = async (samples = 200) => {
+  const dir = await mkdtemp(join(tmpdir(), "troupe-fsync-"));
+  const file = await open(join(dir, "log"), "a");
+  const block = Buffer.alloc(1024, 1);
+  const us: number[] = [];
+  try {
+    for (let i = 0; i < samples; i++) {
+      const t = process.hrtime.bigint();
+      await file.write(block);
+      await file.datasync();
+      us.push(Number(process.hrtime.bigint() - t) / 1_000);
+    }
+  } finally {
+    await file.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+  return { p50: Math.round(pct(us, 0.5)), p99: Math.round(pct(us, 0.99)) };
 };
 
 /** `run` with an OpenTelemetry SDK registered (spans kept in memory), unregistered after: what tracing costs. */
@@ -585,6 +640,31 @@ const main = async () => {
       cpuUsPerTask: traced.cpuUsPerTask,
       overPlainMedian: round3(traced.perSecond / plain),
       ...common,
+    });
+    // The inspector open on a page: every event streamed to it as it happens.
+    const watched = await troupeThroughput(noop, undefined, N, inspected);
+    emit({
+      bench: "throughput",
+      system: "troupe-inspected",
+      unit: "tasks/s",
+      value: Math.round(watched.perSecond),
+      correct: watched.correct,
+      cpuUsPerTask: watched.cpuUsPerTask,
+      overPlainMedian: round3(watched.perSecond / plain),
+      ...common,
+    });
+    // Per task the KV bucket waits for 2 acknowledged writes, the work stream for 1: with an
+    // fsync before each ack (and writes to one stream in order), the bucket bounds the rate.
+    const sync = await fsyncLatency();
+    emit({
+      bench: "durability",
+      system: "fsync estimate",
+      unit: "us",
+      what: "1 KiB append + fdatasync, temp dir",
+      p50: sync.p50,
+      p99: sync.p99,
+      boundTasksPerSecond: Math.round(1_000_000 / (2 * sync.p50)),
+      plainTasksPerSecond: Math.round(plain),
     });
     // Finding 3 FAILED and the newest 50 COMPLETED among 100,000 finished tasks, against 63.
     const finished = Number(process.env.BENCH_LIST_RECORDS ?? 100_000);
