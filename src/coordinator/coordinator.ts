@@ -7,6 +7,7 @@
  */
 import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import { Scheduler } from "../schedule/scheduler.js";
+import { startReaper } from "../worker/reaper.js";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { isWorkflowTerminal, type StepSettlement, type WorkflowEvent } from "../../machines/workflow.js";
@@ -59,6 +60,9 @@ export class Coordinator {
       coordinator.metrics = await CoordinatorMetrics.start(metrics, nats.jsm, coordinator.log);
     }
     if (options.scheduler !== false) coordinator.scheduler = Scheduler.start(nats, tasks, log);
+    // Tasks whose deliveries ran out are failed by coordinators too: with only workers limited
+    // to their queues (which may not read the work stream), someone must.
+    coordinator.reaper = await startReaper(nats, tasks, coordinator.log);
     try {
       const consumer = await nats.js.consumers.get(STEPS_STREAM, COORDINATOR_CONSUMER);
       coordinator.messages = await consumer.consume({ max_messages: 512 });
@@ -168,6 +172,7 @@ export class Coordinator {
 
   /** The Prometheus endpoint (`metrics`), when asked for. */
   private metrics: CoordinatorMetrics | undefined;
+  private reaper: { stop: () => Promise<void> } | undefined;
 
   /** The port its metrics are served on (`metrics: { port }`; the one picked for port 0). */
   get metricsPort(): number | undefined {
@@ -176,6 +181,7 @@ export class Coordinator {
 
   async stop(): Promise<void> {
     await this.scheduler?.stop();
+    await this.reaper?.stop();
     clearInterval(this.timer);
     await this.messages?.close().catch(() => undefined);
     await this.loop;

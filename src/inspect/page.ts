@@ -303,6 +303,8 @@ const seen = (e) => {
     a.seq = e.seq;
   }
   a.at = e.at || new Date().toISOString();
+  // An attempt's loss is that attempt's event: the task's record and state are the winner's.
+  if (e.kind === "task" && e.event === "lost") return;
   a.event = e.event;
   if (e.record) a.record = e.record;
   if (e.event !== "heartbeat" || !a.state) a.state = e.state;
@@ -857,7 +859,8 @@ const start = async () => {
     if (!ready) { early.push(e); return; }
     seen(e);
     scheduleList();
-    if (isMine(e)) scheduleRefresh();
+    // A worker's heartbeats only add to a folded row: its page is read again every 5 s at most for them.
+    if (isMine(e)) scheduleRefresh(e.event === "heartbeat" ? 5000 : undefined);
   };
   const [config, machines, recent] = await Promise.all([
     getJson("/api/config").catch(() => ({ actions: false })),

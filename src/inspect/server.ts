@@ -30,7 +30,7 @@ import { PauseEntry, WorkerInfo, WorkflowRecord, type StepStatus, type TaskRecor
 import { decodeJson, decodeWith, readBucket } from "../nats/codec.js";
 import { EVENTS_STREAM, Headers, STEPS_ROOT } from "../nats/topology.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { historyEvent, readHistory, type HistoryEvent } from "../nats/history.js";
+import { historyEvent, readRecentHistory, type HistoryEvent } from "../nats/history.js";
 import { machineDiagram, workflowDiagram, type Dag, type Diagram } from "./diagram.js";
 import { PAGE } from "./page.js";
 
@@ -137,7 +137,8 @@ const current = async (nats: NatsHandle, kind: Kind, id: string): Promise<unknow
 
 /** One event of an actor by its stream sequence (time travel), or `undefined` when it is not that actor's. */
 const eventAt = async (nats: NatsHandle, kind: Kind, id: string, seq: number): Promise<InspectorEvent | undefined> => {
-  const m = await nats.jsm.streams.getMessage(EVENTS_STREAM, { seq }).catch(() => null);
+  // `null`: no such message (removed by retention, or never); another error is the server's (a 500).
+  const m = await nats.jsm.streams.getMessage(EVENTS_STREAM, { seq });
   if (m === null || !m.subject.startsWith(`troupe.events.${kind}.${id}.`)) return undefined;
   const decoded = decodeJson(m.data);
   const state = m.header?.get(Headers.state);
@@ -210,42 +211,64 @@ const graphOf = async (nats: NatsHandle, id: string, layout: (steps: ReadonlyArr
   return { id: run.id, workflow: run.workflow, status: run.status, dag: await layout(names.map((name) => ({ name, after: run.definition.steps[name]!.after }))), steps };
 };
 
-/** Live events for the page's streams: one ordered consumer from the stream's end, while someone listens. */
+/** A page's unsent events past which it is dropped. */
+const MAX_UNSENT = 4 * 1024 * 1024;
+
+/** Live events for the pages' streams: one ordered consumer from the stream's end, while someone listens. */
 class LiveEvents {
   private readonly clients = new Set<ServerResponse>();
-  private messages: ConsumerMessages | undefined;
-  private starting: Promise<void> | undefined;
+  /** The consumer's messages while someone listens (or is about to). */
+  private feed: Promise<ConsumerMessages> | undefined;
 
   constructor(private readonly nats: NatsHandle) {}
 
+  /** Resolves once the consumer is open: the client misses no later event. */
   async add(res: ServerResponse): Promise<void> {
     this.clients.add(res);
-    this.starting ??= this.start();
-    await this.starting;
+    const feed = (this.feed ??= this.start());
+    await feed.catch((e: unknown) => {
+      // Tried again by the next page that asks.
+      if (this.feed === feed) this.feed = undefined;
+      throw e;
+    });
   }
 
   remove(res: ServerResponse): void {
     this.clients.delete(res);
+    if (this.clients.size > 0 || this.feed === undefined) return;
+    // No one listens: this consumer stops; the next page starts another.
+    const feed = this.feed;
+    this.feed = undefined;
+    void feed.then((messages) => messages.close(), () => undefined).catch(() => undefined);
   }
 
-  private async start(): Promise<void> {
+  private async start(): Promise<ConsumerMessages> {
     const consumer = await this.nats.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.New });
     const messages = await consumer.consume();
-    this.messages = messages;
     void (async () => {
       for await (const m of messages) {
         if (this.clients.size === 0) continue;
         const line = `id: ${m.seq}\ndata: ${JSON.stringify(eventOf(m))}\n\n`;
-        for (const res of this.clients) res.write(line);
+        for (const res of this.clients) {
+          if (res.writableLength > MAX_UNSENT) {
+            // A page that reads slower than events come: dropped (its EventSource reconnects and reloads).
+            this.clients.delete(res);
+            res.destroy();
+            continue;
+          }
+          res.write(line);
+        }
       }
     })().catch(() => undefined);
+    return messages;
   }
 
   async close(): Promise<void> {
     for (const res of this.clients) res.end();
     this.clients.clear();
-    await this.starting?.catch(() => undefined);
-    await this.messages?.close().catch(() => undefined);
+    const feed = this.feed;
+    this.feed = undefined;
+    await feed?.then((messages) => messages.close(), () => undefined).catch(() => undefined);
   }
 }
 
@@ -279,7 +302,12 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? "/", "http://inspector");
     const path = url.pathname;
+    // A page elsewhere whose name was rebound to this address would be same-origin: on a
+    // loopback address, only the names of this address answer.
+    if (!hostAllowed(req.headers.host)) return json(res, 421, { error: "this inspector answers on its own address only" });
     if (req.method === "POST") {
+      const origin = req.headers.origin;
+      if (origin !== undefined && !hostAllowed(URL.canParse(origin) ? new URL(origin).host : "")) return json(res, 403, { error: "actions come from this inspector's page only" });
       const action = /^\/api\/(tasks|workflows|workers)\/([^/]+)\/(retry|cancel|drain)$/.exec(path);
       if (action === null) return json(res, 404, { error: "not found" });
       const [, kind, id, verb] = action as unknown as [string, string, string, string];
@@ -334,14 +362,21 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
     if (actor !== null) {
       const [, kind, id] = actor as unknown as [string, string, string];
       if (!KINDS.has(kind) || !ID.test(id)) return json(res, 400, { error: "kind is task, workflow or worker; id is a Troupe id" });
-      const [record, history] = await Promise.all([current(nats, kind as Kind, id), readHistory(nats, kind, id, 20_000)]);
-      const events = history.slice(-HISTORY_SHOWN).map((e) => withActor(e, `troupe.events.${kind}.${id}`));
+      const [record, history] = await Promise.all([current(nats, kind as Kind, id), readRecentHistory(nats, kind, id, HISTORY_SHOWN)]);
+      const events = history.events.map((e) => withActor(e, `troupe.events.${kind}.${id}`));
       if (record === null && events.length === 0) return json(res, 404, { error: `no ${kind} ${id}` });
-      const state = events.findLast((e) => e.state !== undefined)?.state;
-      return json(res, 200, { kind, id, record, ...(state === undefined ? {} : { state }), events, ...(history.length > events.length ? { omitted: history.length - events.length } : {}) });
+      // A `lost` event is one attempt's (fenced, often after the winner wrote): not the task's state.
+      const state = events.findLast((e) => e.state !== undefined && !(kind === "task" && e.event === "lost"))?.state;
+      return json(res, 200, { kind, id, record, ...(state === undefined ? {} : { state }), events, ...(history.total > events.length ? { omitted: history.total - events.length } : {}) });
     }
     json(res, 404, { error: "not found" });
   };
+
+  let port = 0;
+  const bound = options.host ?? "127.0.0.1";
+  const loopback = ["127.0.0.1", "localhost", "::1"].includes(bound);
+  const hostAllowed = (host: string | undefined): boolean =>
+    !loopback || (host !== undefined && [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`].includes(host.toLowerCase()));
 
   const server: Server = createServer((req, res) => {
     handle(req, res).catch((e: unknown) => {
@@ -350,7 +385,7 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
     });
   });
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, options.host ?? "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
+  port = (server.address() as AddressInfo).port;
   return {
     url: `http://${options.host ?? "127.0.0.1"}:${port}`,
     close: async () => {

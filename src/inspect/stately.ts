@@ -152,6 +152,11 @@ export const bridgeToStately = async (
   };
 
   const send = (e: HistoryEvent) => {
+    // An attempt's loss is that attempt's event, not the task's: its state stays the task's.
+    if (target.kind === "task" && e.event === "lost") {
+      if (registered) inspector.event(ref, { type: e.event, at: e.at, seq: e.seq, data: e.record });
+      return;
+    }
     // The actor's own record is its context; anything else an event carried stays with the event.
     const isRecord = fieldOf(e.record, "id") === target.id;
     const event: StatelyEvent = { type: e.event, at: e.at, seq: e.seq, ...(isRecord || e.record === null ? {} : { data: e.record }) };

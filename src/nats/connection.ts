@@ -167,35 +167,41 @@ export const DEFAULT_SUBMIT_RETRY_FOR = 30_000;
 
 /** One connection attempt's bound (`connectTimeout`). */
 export const DEFAULT_CONNECT_TIMEOUT = 10_000;
-const PING_INTERVAL_MS = 2_000;
+const PING_INTERVAL_MS = 5_000;
 
 export { WORKERS_TTL } from "./layout.js";
 
-export const isApiError = (e: unknown, ...codes: number[]) =>
+const isApiError = (e: unknown, ...codes: number[]) =>
   e instanceof JetStreamApiError && codes.includes(e.code);
 
 /** A NATS error as a `NatsFailure` saying what was being done. */
 export const asFailure = (what: string) => (cause: unknown) =>
   new NatsFailure({ message: `${what}: ${cause instanceof Error ? cause.message : String(cause)}`, cause });
 
-/** How long a server this client lost (stale, or gone) is tried only when no other server is left. */
-const AVOID_LOST_MS = 30_000;
-
 /**
- * Reconnect away from the server just lost: a frozen server's port still accepts TCP
- * connections (the kernel does) but it never answers, so dialling it again costs a whole
- * connect timeout while the other servers of the cluster have elected leaders and carry on.
+ * Reconnect away from the server just lost. nats.js dials the lost server first (its pool
+ * rotates only after that), and a frozen server's port still accepts TCP connections (the
+ * kernel does) without ever answering: that costs a whole connect timeout while the other
+ * servers of the cluster have elected leaders and carry on. So the first attempt after a
+ * disconnect goes to another server of the pool; later ones follow nats.js's rotation,
+ * which comes back to the lost server too (a single server, or the only one left).
  */
 const awayFromLost = () => {
-  // `info` is the last server's INFO until a new connection's arrives: the server lost.
-  let lost: { info: ServerInfo; since: number } | undefined;
-  const isLost = (s: Server, info: ServerInfo) => s.port === info.port && (s.hostname === info.host || ["0.0.0.0", "::", ""].includes(info.host));
-  return (pool: ReadonlyArray<Server>, info: ServerInfo | null): Server | null => {
-    if (info === null) return null; // the first connect
-    if (lost?.info !== info) lost = { info, since: Date.now() };
-    if (Date.now() - lost.since > AVOID_LOST_MS || !isLost(pool[0]!, info)) return null;
-    return pool.find((s) => !isLost(s, info)) ?? null;
+  let connected: NatsConnection | undefined;
+  let lastListen = "";
+  const choose = (pool: ReadonlyArray<Server>, info: ServerInfo | null): Server | null => {
+    // `info` is the lost server's INFO only on the first attempt after a disconnect (a dial clears it).
+    if (info === null || connected === undefined || pool[0]?.listen !== lastListen) return null;
+    return pool.find((s) => s.listen !== lastListen) ?? null;
   };
+  const watch = (nc: NatsConnection) => {
+    connected = nc;
+    lastListen = nc.getServer();
+    void (async () => {
+      for await (const status of nc.status()) if (status.type === "reconnect") lastListen = nc.getServer();
+    })().catch(() => undefined);
+  };
+  return { choose, watch };
 };
 
 export const connectNats = async (options: ConnectOptions = {}): Promise<NatsConnection> => {
@@ -206,11 +212,11 @@ export const connectNats = async (options: ConnectOptions = {}): Promise<NatsCon
     // Measured: nats-core builds an Error (with a stack) per request for async traces;
     // turning that off roughly doubles client throughput.
     noAsyncTraces: true,
-    // A server that stops answering (frozen, cut off) is left after two missed pings, 2 s
+    // A server that stops answering (frozen, cut off) is left after three missed pings, 5 s
     // apart, for another server of the list; nats.js waits 2 × 2 min by default, while an
-    // election elsewhere took seconds.
+    // election elsewhere takes seconds. Not less: a loaded process answers pings late.
     pingInterval: PING_INTERVAL_MS,
-    maxPingOut: 2,
+    maxPingOut: 3,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     // Each attempt is bounded: a server that never finishes the handshake is an error, not a hang.
@@ -236,9 +242,12 @@ export const connectNats = async (options: ConnectOptions = {}): Promise<NatsCon
     opts.authenticator = nkeyAuthenticator(new TextEncoder().encode(seed));
   }
   if (options.tls !== undefined) opts.tls = { ...options.tls };
-  opts.reconnectToServer = awayFromLost();
+  const away = awayFromLost();
+  opts.reconnectToServer = away.choose;
   try {
-    return await connect(opts);
+    const nc = await connect(opts);
+    away.watch(nc);
+    return nc;
   } catch (e) {
     throw await connectFailure(opts.servers as string[], options, e, opts.timeout ?? DEFAULT_CONNECT_TIMEOUT);
   }

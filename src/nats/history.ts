@@ -46,3 +46,42 @@ export const readHistory = async (nats: NatsHandle, kind: string, id: string, li
   }
   return out;
 };
+
+/** The stored events of `filter` with sequences in [from, to], oldest first. */
+const readRange = async (nats: NatsHandle, filter: string, from: number, to: number): Promise<HistoryEvent[]> => {
+  const consumer = await nats.js.consumers.get(EVENTS_STREAM, { filter_subjects: filter, deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from });
+  if ((await consumer.info()).num_pending === 0) return [];
+  const out: HistoryEvent[] = [];
+  const messages = await consumer.consume({ max_messages: 1_000 });
+  try {
+    for await (const m of messages) {
+      if (m.seq > to) break;
+      out.push(historyEvent(m));
+      if (m.info.pending === 0 || m.seq === to) break;
+    }
+  } finally {
+    await messages.close().catch(() => undefined);
+  }
+  return out;
+};
+
+/**
+ * An actor's newest `limit` events, oldest first, and how many it has in all: read
+ * backwards in windows of stream sequences, each 8 times the last (a long-lived worker has
+ * heartbeats by the ten thousand; its newest are what a person looks at).
+ */
+export const readRecentHistory = async (nats: NatsHandle, kind: string, id: string, limit = 1_000): Promise<{ readonly events: HistoryEvent[]; readonly total: number }> => {
+  const filter = `troupe.events.${kind}.${id}.>`;
+  const info = await nats.jsm.streams.info(EVENTS_STREAM, { subjects_filter: filter });
+  const total = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
+  if (total === 0) return { events: [], total };
+  const { first_seq: first, last_seq: last } = info.state;
+  let events: HistoryEvent[] = [];
+  let to = last;
+  for (let window = Math.max(4_096, 4 * limit); to >= first && events.length < Math.min(limit, total); window *= 8) {
+    const from = Math.max(first, to - window + 1);
+    events = [...(await readRange(nats, filter, from, to)), ...events];
+    to = from - 1;
+  }
+  return { events: events.slice(-limit), total };
+};

@@ -141,6 +141,10 @@ export const rolePermissions = (role: Role): RolePermissions => {
           ...RETENTION,
           api(`CONSUMER.MSG.NEXT.${STEPS_STREAM}.${COORDINATOR_CONSUMER}`),
           `$JS.ACK.${STEPS_STREAM}.${COORDINATOR_CONSUMER}.>`,
+          // It fails tasks whose deliveries ran out (the reaper), as full workers do.
+          api(`CONSUMER.MSG.NEXT.${ADVISORIES_STREAM}.${REAPER_CONSUMER}`),
+          `$JS.ACK.${ADVISORIES_STREAM}.${REAPER_CONSUMER}.>`,
+          api(`STREAM.MSG.DELETE.${TASKS_STREAM}`),
           "troupe.tasks.>",
           "troupe.events.>",
           "troupe.index.>",
@@ -206,11 +210,22 @@ const scopedWorker = (base: RolePermissions, { queue, types }: WorkerScope): Rol
         // MAX_DELIVERIES of every queue are reaped by full workers: reaping reads the message.
         api(`CONSUMER.MSG.NEXT.${ADVISORIES_STREAM}.${REAPER_CONSUMER}`),
         `$JS.ACK.${ADVISORIES_STREAM}.${REAPER_CONSUMER}.>`,
+        // Retention purges whole streams' subjects of every queue: left to full workers and coordinators.
+        ...RETENTION,
+        // Not other queues' work subjects, nor other workers' control subjects.
+        "troupe.>",
       ]),
-      // A consumer's filter is the last part of its create subject: only this queue's work.
-      api(`CONSUMER.CREATE.${TASKS_STREAM}.*.${TASKS_ROOT}${queue}.>`),
+      // Its own consumers only, by name, each over this queue's work (the filter is the last
+      // part of a create subject): no other queue's consumer can be made or remade.
+      ...consumers.map((c) => api(`CONSUMER.CREATE.${TASKS_STREAM}.${c}.${TASKS_ROOT}${queue}.>`)),
       ...consumers.map((c) => api(`CONSUMER.MSG.NEXT.${TASKS_STREAM}.${c}`)),
       ...consumers.map((c) => `$JS.ACK.${TASKS_STREAM}.${c}.>`),
+      `${TASKS_ROOT}${queue}.>`,
+      `troupe.index.task.*.${queue}.>`,
+      "troupe.events.>",
+      "troupe.logs.>",
+      "troupe.notify.>",
+      "troupe.steps.>",
     ],
     subscribe: [...drop(base.subscribe, ["troupe.>"]), "troupe.control.>", "troupe.rpc", "troupe.events.>", "troupe.notify.>", `${TASKS_ROOT}${queue}.>`],
     deny: [...base.deny, api(`DIRECT.GET.${TASKS_STREAM}`), api(`DIRECT.GET.${TASKS_STREAM}.>`), api(`STREAM.MSG.GET.${TASKS_STREAM}`)],

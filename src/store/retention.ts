@@ -19,6 +19,7 @@ import { durationOption } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
 import type { NatsHandle, RetentionOptions } from "../nats/connection.js";
 import { LeaderLease } from "../nats/leader.js";
+import { permissionDenied } from "../nats/permissions.js";
 import { EVENTS_STREAM, eventSubject, INDEX_STREAM, kvSubject, TASKS_BUCKET, TASKS_STREAM, taskSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
 import { removePayloads } from "./payloads.js";
 
@@ -164,9 +165,30 @@ export class RetentionSweeper {
     this.timer.unref();
   }
 
+  private allowed: Promise<boolean> | undefined;
+
+  /**
+   * Whether this identity may purge (a purge of nothing, once): a worker limited to a queue
+   * may not, and leaves retention to full workers and coordinators.
+   */
+  private mayPurge(): Promise<boolean> {
+    return (this.allowed ??= this.nats.jsm.streams.purge(INDEX_STREAM, { filter: "troupe.index.none.troupe-probe" }).then(
+      () => true,
+      (e: unknown) => {
+        if (permissionDenied(e) === undefined) {
+          this.allowed = undefined; // not an answer about rights: asked again next time
+          return true;
+        }
+        this.log.info("this identity may not remove finished records: retention is applied by full workers and coordinators");
+        return false;
+      },
+    ));
+  }
+
   private pass(): void {
     if (this.running !== undefined || this.stopped || this.nats.nc.isClosed()) return;
     this.running = (async () => {
+      if (!(await this.mayPurge())) return;
       if (!(await this.lease.hold())) return;
       try {
         const removed = await sweep(this.nats, this.policy, Date.now(), () => this.lease.hold());

@@ -302,9 +302,20 @@ export class TaskStore {
    * TROUPE_EVENTS keeps it once.
    */
   announce(stored: Stored, payload = encodeJson(stored.record), event = eventOf(stored.record.status), state = statePath(stateOf(stored.record.status))): void {
+    // Fire and forget, never a throw into whoever wrote: a connection closing (or draining,
+    // where a publish throws) drops the announcement, which whoever finds the terminal record
+    // makes again (a delivery of a settled task, the reaper, the client's wait that reads it).
+    if (this.nats.nc.isClosed() || this.nats.nc.isDraining()) return;
+    try {
+      this.publishAnnouncement(stored, payload, event, state);
+    } catch {
+      // The connection closed in between: as above.
+    }
+  }
+
+  private publishAnnouncement(stored: Stored, payload: Uint8Array, event: string, state: string): void {
     const { record, revision } = stored;
     const nc = this.nats.nc;
-    if (nc.isClosed()) return;
     const subject = eventSubject("task", record.id, event);
     if (!TerminalStatuses.has(record.status)) {
       const h = natsHeaders();
@@ -337,12 +348,16 @@ export class TaskStore {
    */
   announceLoss(record: TaskRecord, reason: string, state: string): void {
     const nc = this.nats.nc;
-    if (nc.isClosed()) return;
+    if (nc.isClosed() || nc.isDraining()) return;
     const h = natsHeaders();
     h.set(Headers.state, state);
     // Not a record: what the attempt wanted to write, and why it could not.
     const lost = { id: record.id, task: record.task, queue: record.queue, attempt: record.attempt, workerId: record.workerId, wanted: record.status, reason };
-    nc.publish(eventSubject("task", record.id, "lost"), encodeJson(lost), { headers: h });
+    try {
+      nc.publish(eventSubject("task", record.id, "lost"), encodeJson(lost), { headers: h });
+    } catch {
+      // Closing: an inspection event only.
+    }
   }
 
   /** Terminal records for clients, by notify subject, sent at the end of this tick. */

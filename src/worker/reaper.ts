@@ -10,7 +10,7 @@ import { Effect, Schema } from "effect";
 import type { Logger } from "pino";
 import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
 import { decodeWith } from "../nats/codec.js";
-import { isApiError, type NatsHandle } from "../nats/connection.js";
+import type { NatsHandle } from "../nats/connection.js";
 import { permissionDenied } from "../nats/permissions.js";
 import { ADVISORIES_STREAM, REAPER_CONSUMER, TASKS_STREAM } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
@@ -26,8 +26,8 @@ type MaxDeliveriesAdvisory = typeof MaxDeliveriesAdvisory.Type;
 export const reap = async (nats: NatsHandle, store: TaskStore, advisory: MaxDeliveriesAdvisory, log: Logger): Promise<TaskRecord | undefined> => {
   const seq = advisory.stream_seq;
   if (advisory.stream !== TASKS_STREAM) return undefined;
-  // Only "no such message" means acked in the meantime; any other error redelivers the advisory.
-  const stored = await nats.jsm.streams.getMessage(TASKS_STREAM, { seq }).catch((e: unknown) => (isApiError(e, 10037) ? null : Promise.reject(e)));
+  // `null` ("no such message") means acked in the meantime; an error redelivers the advisory.
+  const stored = await nats.jsm.streams.getMessage(TASKS_STREAM, { seq });
   if (stored === null) return undefined;
   const message = decodeWith(TaskRecordSchema, stored.data, "task record");
   let failed: TaskRecord | undefined;

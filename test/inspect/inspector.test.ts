@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { request } from "node:http";
 import { defineTask, defineWorkflow, Schema } from "../../src/index.js";
-import { connectionOf, startInspector, type Inspector } from "../../src/internals.js";
+import { headers } from "@nats-io/transport-node";
+import { connectionOf, startInspector, Topology, type Inspector } from "../../src/internals.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 
 const server = useNatsServer();
@@ -48,6 +49,16 @@ const sse = (url: string, until: (event: { kind: string; id: string; event: stri
 type Event = { kind: string; id: string; event: string; seq: number; at: string; state?: string; record: { status?: string } | null };
 
 const getJson = async <T>(url: string): Promise<T> => (await fetch(url)).json() as Promise<T>;
+/** A GET with another Host header than the inspector's address. */
+const statusWithHost = (url: string, host: string) =>
+  new Promise<number>((resolve, reject) => {
+    const req = request(url, { headers: { host } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on("error", reject);
+    req.end();
+  });
 const post = (url: string, headers: Record<string, string> = { "X-Troupe-Action": "1" }) => fetch(url, { method: "POST", headers });
 
 describe("inspector", () => {
@@ -90,6 +101,14 @@ describe("inspector", () => {
     expect(recent.filter((e) => e.id === id).map((e) => e.event)).toEqual(["queued", "started", "completed"]);
     expect((await fetch(`${inspector.url}/api/actors/task/nope`)).status).toBe(404);
     expect((await fetch(`${inspector.url}/api/actors/planet/x`)).status).toBe(400);
+    // A late attempt's loss (it was fenced after another attempt completed the task) is its own event, not the task's state.
+    const h = headers();
+    h.set(Topology.Headers.state, "LOST");
+    connectionOf(troupe).nc.publish(`troupe.events.task.${id}.lost`, JSON.stringify({ id, attempt: 1, wanted: "COMPLETED", reason: "fenced" }), { headers: h });
+    await expect.poll(async () => (await getJson<{ events: Event[] }>(`${inspector.url}/api/actors/task/${id}`)).events.at(-1)?.event, { timeout: 20_000 }).toBe("lost");
+    expect(await getJson(`${inspector.url}/api/actors/task/${id}`)).toMatchObject({ state: "COMPLETED.saved", record: { status: "COMPLETED" } });
+    // Another name for this address (a rebound DNS name) gets nothing.
+    expect(await statusWithHost(`${inspector.url}/api/recent`, "evil.example:80")).toBe(421);
     // Read-only without actions.
     expect(await getJson(`${inspector.url}/api/config`)).toEqual({ actions: false });
     expect((await post(`${inspector.url}/api/tasks/${id}/retry`)).status).toBe(405);

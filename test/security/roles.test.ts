@@ -174,6 +174,14 @@ describe("roles (troupe auth init, troupe setup)", () => {
       jsm.consumers.add(TASKS_STREAM, { durable_name: "spy", ack_policy: AckPolicy.Explicit, filter_subject: "troupe.tasks.default.>" }),
       `$JS.API.CONSUMER.CREATE.${TASKS_STREAM}.spy.troupe.tasks.default.>`,
     );
+    // Take over another queue's consumer by its name (a filter on its own queue).
+    const takeover = `$JS.API.CONSUMER.CREATE.${TASKS_STREAM}.${consumer}.troupe.tasks.payments.roles.charge`;
+    await refused(jsm.consumers.add(TASKS_STREAM, { durable_name: consumer, ack_policy: AckPolicy.Explicit, filter_subject: "troupe.tasks.payments.roles.charge" }), takeover);
+    expect((await connectionOf(admin).jsm.consumers.info(TASKS_STREAM, consumer)).config.filter_subject).toBe(taskSubject("default", "roles.other"));
+    // Put work on another queue, stop another worker, wipe every record, as a full worker could.
+    await refused(connectionOf(scoped).publisher.publish(taskSubject("default", "roles.other"), new TextEncoder().encode("{}")), taskSubject("default", "roles.other"));
+    await refused(nc.request("troupe.control.w-other.drain", "{}", { timeout: 10_000 }), "troupe.control.w-other.drain");
+    await refused(jsm.streams.purge("KV_troupe-tasks"), "$JS.API.STREAM.PURGE.KV_troupe-tasks");
     // Listen to another queue's work subjects, or to another identity's inbox.
     const heard: string[] = [];
     const errors: unknown[] = [];
