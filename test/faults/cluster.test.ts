@@ -183,7 +183,9 @@ describe("a 3-node cluster with replicas 3", () => {
     // The submitting client and a worker first connect to the node that freezes (they learn
     // the others from it), another worker to the next one.
     const frozen = 1;
-    const troupe = await connect({ servers: cluster.urls[frozen]! });
+    // A frozen server is noticed after three missed pings (15-20 s), then submits go elsewhere:
+    // on a loaded machine that came near the default bound of 30 s, so this client waits 60 s.
+    const troupe = await connect({ servers: cluster.urls[frozen]!, submitRetryFor: 60_000 });
     const onIt = await connect({ servers: cluster.urls[frozen]! });
     expect([serverOf(troupe), serverOf(onIt)]).toEqual([cluster.names[frozen], cluster.names[frozen]]);
     await onIt.worker({ tasks: [task], concurrency: 8 });
