@@ -49,16 +49,34 @@ const WHOLE = /^\$\{([^}]+)\}$/;
 
 class Unresolved extends Error {}
 
-const lookup = (scope: Record<string, unknown>, path: string): unknown => {
+/** The key of a reference to a large value kept in the object store (src/store/payloads.ts). */
+const PAYLOAD_REF = "troupe.payload";
+const isStored = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && typeof (value as Record<string, unknown>)[PAYLOAD_REF] === "string";
+
+/**
+ * What `path` references. A path that reaches into a step's output kept in the object store
+ * (too large for the record) resolves to that reference with the rest of the path
+ * (`{ "troupe.payload": name, bytes, path: ["items"] }`): the worker reads the object and
+ * picks the path before the handler runs. `whole`: the reference is the template's whole
+ * string (inside a longer string a stored value cannot be interpolated here).
+ */
+const lookup = (scope: Record<string, unknown>, path: string, whole = true): unknown => {
   const parts = path.replace(/\[(\d+)\]/g, ".$1").split(".").filter(Boolean);
   let value: unknown = scope;
-  for (const part of parts) {
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
+    if (isStored(value) && i > 0) {
+      if (!whole) throw new Unresolved(`\${${path}} reaches into a stored output (over the payload threshold): use it as the whole value of an input field`);
+      return { ...value, path: [...(Array.isArray(value.path) ? value.path : []), ...parts.slice(i)] };
+    }
     if (value === null || typeof value !== "object" || !(part in (value as object))) {
       throw new Unresolved(`\${${path}} resolves to nothing`);
     }
     value = (value as Record<string, unknown>)[part];
   }
   if (value === undefined) throw new Unresolved(`\${${path}} resolves to nothing`);
+  if (isStored(value) && !whole) throw new Unresolved(`\${${path}} is a stored output (over the payload threshold): use it as the whole value of an input field`);
   return value;
 };
 
@@ -72,7 +90,7 @@ const resolveTemplate = (template: unknown, scope: Record<string, unknown>): unk
     const whole = WHOLE.exec(template);
     if (whole) return lookup(scope, whole[1]!.trim());
     return template.replace(REF, (_m, path: string) => {
-      const v = lookup(scope, path.trim());
+      const v = lookup(scope, path.trim(), false);
       return typeof v === "string" ? v : JSON.stringify(v);
     });
   }

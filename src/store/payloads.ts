@@ -19,6 +19,8 @@ export const PAYLOAD_REF = "troupe.payload";
 export interface PayloadRef {
   readonly [PAYLOAD_REF]: string;
   readonly bytes: number;
+  /** A part of the stored value (a workflow step's input reaching into an earlier step's stored output). */
+  readonly path?: ReadonlyArray<string>;
 }
 
 export const isPayloadRef = (value: unknown): value is PayloadRef =>
@@ -58,7 +60,19 @@ const fetch = async (nats: NatsHandle, ref: PayloadRef): Promise<unknown> => {
   if (bytes === null) throw new Serialization({ message: `payload ${name} is gone from the object store (past its retention?)` });
   const decoded = decodeJson(bytes);
   if (!decoded.ok) throw new Serialization({ message: `payload ${name}: ${decoded.error.message}` });
-  return decoded.value;
+  return ref.path === undefined ? decoded.value : pick(decoded.value, name, ref.path);
+};
+
+/** A path into a stored value: what a workflow step's `${step.path}` referenced. */
+const pick = (value: unknown, name: string, path: ReadonlyArray<string>): unknown => {
+  let at = value;
+  for (const part of path) {
+    if (at === null || typeof at !== "object" || !(part in at)) {
+      throw new Serialization({ message: `payload ${name}: ${path.join(".")} resolves to nothing` });
+    }
+    at = (at as Record<string, unknown>)[part];
+  }
+  return at;
 };
 
 /** `value` with every reference in it (itself, or one level down) replaced by what it stands for. */
@@ -77,10 +91,10 @@ export const resolveRecord = async (nats: NatsHandle, record: TaskRecord): Promi
   return input === record.input && output === record.output ? record : recordWith(record, { input, output });
 };
 
-/** The objects a finished record references, deleted. */
+/** The objects a finished record owns (its own input and output, not another task's a reference points into), deleted. */
 export const removePayloads = async (nats: NatsHandle, record: TaskRecord): Promise<void> => {
-  for (const value of [record.input, record.output]) {
-    if (isPayloadRef(value)) await nats.payloads.delete(value[PAYLOAD_REF]).catch(() => undefined);
+  for (const [value, what] of [[record.input, "input"], [record.output, "output"]] as const) {
+    if (isPayloadRef(value) && value[PAYLOAD_REF] === payloadName(record.id, what)) await nats.payloads.delete(value[PAYLOAD_REF]).catch(() => undefined);
   }
 };
 

@@ -229,6 +229,59 @@ describe("large payloads", () => {
   });
 });
 
+describe("large payloads in workflows", () => {
+  it("a step's input reaches into an earlier step's output kept in the object store", { timeout: 90_000 }, async () => {
+    // A small threshold: the producer's output (about 6 KB) is stored, its record holds a reference.
+    const troupe = await connect({ payloadThreshold: 1_024 });
+    const produce = defineTask({
+      name: "ops.produce",
+      input: Schema.Struct({ n: Schema.Number }),
+      output: Schema.Struct({ items: Schema.Array(Schema.String), count: Schema.Number }),
+      handler: ({ n }) => ({ items: Array.from({ length: n }, (_, i) => `item-${i}-${"x".repeat(20)}`), count: n }),
+    });
+    const consume = defineTask({
+      name: "ops.consume",
+      input: Schema.Struct({ items: Schema.Array(Schema.String), count: Schema.Number }),
+      output: Schema.Number,
+      handler: ({ items, count }) => items.length + count,
+    });
+    const label = defineTask({ name: "ops.label", input: Schema.Struct({ text: Schema.String }), output: Schema.String, handler: ({ text }) => text });
+    const reach = defineWorkflow({
+      name: "ops.reach",
+      input: Schema.Struct({ n: Schema.Number }),
+      steps: {
+        produce: { task: produce, input: { n: "${input.n}" } },
+        consume: { task: consume, after: ["produce"], input: { items: "${produce.items}", count: "${produce.count}" } },
+      },
+    });
+    await troupe.worker({ tasks: [produce, consume, label] });
+    await troupe.coordinator({ reconcileEvery: 0 });
+    const run = await troupe.start(reach, { n: 200 });
+    const result = (await run.result({ timeout: 60_000 })) as { produce: { count: number }; consume: number };
+    expect(result.consume).toBe(400);
+    expect(result.produce.count).toBe(200);
+    const raw = (await connectionOf(troupe).tasks.get(`${run.id}-produce`))!.json<{ output: unknown }>();
+    expect(raw.output).toMatchObject({ "troupe.payload": `${run.id}-produce.output` });
+    const consumed = (await connectionOf(troupe).tasks.get(`${run.id}-consume`))!.json<{ input: { items: unknown } }>();
+    expect(consumed.input.items).toEqual({ "troupe.payload": `${run.id}-produce.output`, bytes: expect.any(Number), path: ["items"] });
+
+    // Inside a longer string a stored value cannot be interpolated: the step fails InvalidInput, saying why.
+    const interpolated = defineWorkflow({
+      name: "ops.reach.text",
+      input: Schema.Struct({ n: Schema.Number }),
+      steps: {
+        produce: { task: produce, input: { n: "${input.n}" } },
+        label: { task: label, after: ["produce"], input: { text: "${produce.count} items" } },
+      },
+    });
+    const failed = await troupe.start(interpolated, { n: 200 });
+    await expect(failed.result({ timeout: 60_000 })).rejects.toBeDefined();
+    const record = await troupe.getWorkflow(failed.id);
+    expect(record?.steps.label).toMatchObject({ status: "FAILED", error: { _tag: "InvalidInput" } });
+    expect(record?.steps.label?.error?.message).toContain("reaches into a stored output");
+  });
+});
+
 describe("the CLI's ls, retry and history", () => {
   it("lists a failed task, retries it and shows its history; each verb has its --help", { timeout: 180_000 }, async () => {
     const troupe = await connect();
