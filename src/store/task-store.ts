@@ -33,6 +33,9 @@ import { offload, payloadName } from "./payloads.js";
 import { traceSubmit, type SubmittedTask, type TraceCarrier } from "../trace.js";
 import { DEFAULT_PRIORITY, keySubject, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, statePath, TASKS_BUCKET, taskIndexSubject, taskSubject } from "../nats/topology.js";
 
+/** How long a failed submit waits for its FAILED record before it throws (the write goes on). */
+const RECORD_FAILURE_WAIT_MS = 3_000;
+
 /** A record as stored, with its KV revision: the expectation of the next compare-and-set. */
 export interface Stored {
   readonly record: TaskRecord;
@@ -153,12 +156,15 @@ export class TaskStore {
       await this.publishWork(stored, payload, trace);
     } catch (e) {
       const failure = asFailure(`could not enqueue task ${task.id}`)(e);
-      await Effect.runPromise(
-        Effect.ignore(
-          // From the record as enqueued: had the message landed after all and been claimed, this loses.
-          this.apply(task.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() }, { from: stored }),
-        ),
+      // From the record as enqueued: had the message landed after all and been claimed, this loses.
+      const recorded = Effect.runPromise(
+        Effect.ignore(this.apply(task.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() }, { from: stored })),
       );
+      // The submit's bound is `submitRetryFor`: its FAILED record is waited for a moment more,
+      // then goes on being written while the error is thrown (with no quorum the write would
+      // retry for another half minute). A unique task's record left QUEUED is repaired by
+      // submitting it again.
+      await Promise.race([recorded, new Promise<void>((resolve) => setTimeout(resolve, RECORD_FAILURE_WAIT_MS).unref())]);
       throw failure;
     }
     this.announce(stored, payload);

@@ -163,7 +163,7 @@ export class NatsCluster {
     });
   }
 
-  /** Wait until every stream (and so every bucket) has a leader and all its replicas current. */
+  /** Wait until every stream (and so every bucket) and every durable consumer has a leader and all its replicas current. */
   async healthy(timeoutMs = 90_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     const names = await until("the stream list", timeoutMs, async () => {
@@ -171,7 +171,19 @@ export class NatsCluster {
       for await (const info of (await this.manager()).streams.list()) all.push(info.config.name);
       return all;
     });
-    for (const name of names) await this.streamHealthy(name, Math.max(1_000, deadline - Date.now()));
+    for (const name of names) {
+      const info = await this.streamHealthy(name, Math.max(1_000, deadline - Date.now()));
+      const replicas = info.config.num_replicas;
+      await until(`the durable consumers of ${name} with every replica current`, Math.max(1_000, deadline - Date.now()), async () => {
+        for await (const c of (await this.manager()).consumers.list(name)) {
+          if (c.config.durable_name === undefined) continue;
+          const others = c.cluster?.replicas ?? [];
+          const current = this.names.includes(c.cluster?.leader ?? "") && others.length === Math.max(0, (c.config.num_replicas || replicas) - 1) && others.every((r) => r.current && r.offline !== true);
+          if (!current) return undefined;
+        }
+        return true;
+      });
+    }
   }
 
   /** SIGKILL node `i`: it dies at once, as in a crash. */

@@ -229,4 +229,27 @@ describe("a 3-node cluster with replicas 3", () => {
     await cluster.healthy();
     expect(await wf.result({ timeout: "60 seconds" })).toMatchObject({ second: 4 });
   }, 180_000);
+
+  it("with two nodes of three down (no quorum) a submit fails within its bound; once they are back, work goes on", async () => {
+    const task = job("cluster.quorum");
+    const troupe = await workers(task);
+    const before = await Promise.all(Array.from({ length: 20 }, (_, n) => troupe.submit(task, { n })));
+    expect(await Promise.all(before.map((r) => r.result({ timeout: "60 seconds" })))).toEqual(before.map((_, n) => 2 * n));
+    // On the node that stays up.
+    const impatient = await connect({ servers: cluster.urls[0]!, submitRetryFor: 3_000 });
+    await cluster.kill(1);
+    await cluster.kill(2);
+    const at = Date.now();
+    const error = await impatient.submit(task, { n: -1 }).catch((e: unknown) => e);
+    const took = Date.now() - at;
+    console.log(`cluster: with no quorum a submit failed after ${took} ms (submitRetryFor 3 s)`);
+    expect(error).toBeInstanceOf(NatsFailure);
+    // Its bound, a last try's ack timeout and the few seconds its FAILED record is waited for: not another half minute.
+    expect(took).toBeLessThan(20_000);
+    await cluster.restart(1);
+    await cluster.restart(2);
+    await cluster.healthy();
+    const after = await troupe.submit(task, { n: 21 });
+    expect(await after.result({ timeout: "120 seconds" })).toBe(42);
+  }, 240_000);
 });
