@@ -1,12 +1,13 @@
 /**
  * The task store: the only code that writes a task record (KV `troupe-tasks`).
  *
- * - `enqueue` publishes a task's work message, the QUEUED record itself. A task that must
- *   be one for ever (an idempotency key, a chosen id, a workflow step) also has its record
- *   created first; any other is first written in KV by its first attempt's claim, a create
- *   (revision 0), which a cancel that created CANCELLED first still fences.
- * - `save` writes a record an attempt's actor arrived at (compare-and-set on the revision
- *   it saw), then announces it.
+ * - `enqueue` announces `queued`, then publishes a task's work message, the QUEUED record
+ *   itself. A task that must be one for ever (an idempotency key, a chosen id, a workflow
+ *   step) also has its record created first; any other is first written in KV by its first
+ *   attempt's claim, a create (revision 0), which a cancel that created CANCELLED first
+ *   still fences.
+ * - `save` writes a record (compare-and-set on the revision it saw), then announces it;
+ *   `write` only writes: an attempt announces once its actor took the write in.
  * - `apply` takes the stored record, applies one task-machine event with the machine's pure
  *   transition (a cancel, a give-up, a failed enqueue), writes the result, announces it.
  * - `announce` publishes a write's event (the status's, or `progress` for a record whose
@@ -152,6 +153,9 @@ export class TaskStore {
       return this.existing(existing);
     }
     const stored = { record, revision };
+    // Its `queued` event before its work: a worker's `started` must come after it in the history
+    // (announced after the publish's ack, it came after `completed` now and then).
+    this.announce(stored, payload);
     try {
       await this.publishWork(stored, payload, trace);
     } catch (e) {
@@ -167,7 +171,6 @@ export class TaskStore {
       await Promise.race([recorded, new Promise<void>((resolve) => setTimeout(resolve, RECORD_FAILURE_WAIT_MS).unref())]);
       throw failure;
     }
-    this.announce(stored, payload);
     return { created: true, stored };
   }
 
@@ -215,6 +218,8 @@ export class TaskStore {
     const payload = encodeJson(record);
     const revision = await Effect.runPromise(this.compareAndSet(old.id, payload, current.revision));
     const stored = { record, revision };
+    // Its `queued` event before its work: a worker's `started` must come after it in the history.
+    this.announce(stored, payload);
     try {
       // Its own message id: the first work message's may still be in the duplicate window.
       // A submit span of its own: the new attempts are its children.
@@ -224,7 +229,6 @@ export class TaskStore {
       await Effect.runPromise(Effect.ignore(this.apply(old.id, { type: "FAIL", failure: { _tag: "NatsFailure", message: failure.message }, at: Date.now() }, { from: stored })));
       throw failure;
     }
-    this.announce(stored, payload);
     return stored;
   }
 
