@@ -28,9 +28,9 @@ import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
 import { PauseEntry, WorkerInfo, WorkflowRecord, type StepStatus, type TaskRecord } from "../../machines/records.js";
 import { decodeJson, decodeWith, readBucket } from "../nats/codec.js";
-import { EVENTS_STREAM, Headers, STEPS_ROOT } from "../nats/topology.js";
+import { EVENTS_STREAM, STEPS_ROOT } from "../nats/topology.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { historyEvent, readRecentHistory, type HistoryEvent } from "../nats/history.js";
+import { historyEvent, readRecentHistory, storedEvent, type HistoryEvent } from "../nats/history.js";
 import { machineDiagram, workflowDiagram, type Dag, type Diagram } from "./diagram.js";
 import { PAGE } from "./page.js";
 
@@ -140,16 +140,7 @@ const eventAt = async (nats: NatsHandle, kind: Kind, id: string, seq: number): P
   // `null`: no such message (removed by retention, or never); another error is the server's (a 500).
   const m = await nats.jsm.streams.getMessage(EVENTS_STREAM, { seq });
   if (m === null || !m.subject.startsWith(`troupe.events.${kind}.${id}.`)) return undefined;
-  const decoded = decodeJson(m.data);
-  const state = m.header?.get(Headers.state);
-  const e: HistoryEvent = {
-    event: m.subject.slice(m.subject.lastIndexOf(".") + 1),
-    at: m.time.toISOString(),
-    seq: m.seq,
-    ...(state === undefined || state === "" ? {} : { state }),
-    record: decoded.ok ? decoded.value : null,
-  };
-  return withActor(e, m.subject);
+  return withActor(storedEvent(m.subject, m.seq, m.time, m.data, m.header), m.subject);
 };
 
 /** A step's status as a person reads it: a running step's task may still be queued, or waiting to retry. */

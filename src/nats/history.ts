@@ -1,5 +1,6 @@
 /** An actor's history: its events in TROUPE_EVENTS, oldest first (`troupe.history`, `troupe history`, the inspector). */
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream";
+import type { MsgHdrs } from "@nats-io/transport-node";
 import { decodeJson } from "./codec.js";
 import type { NatsHandle } from "./connection.js";
 import { EVENTS_STREAM, Headers } from "./topology.js";
@@ -18,18 +19,20 @@ export interface HistoryEvent {
   readonly record: unknown;
 }
 
-/** One stored event as the history and the inspector show it. */
-export const historyEvent = (m: JsMsg): HistoryEvent => {
-  const decoded = decodeJson(m.data);
-  const state = m.headers?.get(Headers.state);
+/** One stored event as the history and the inspector show it, from what a consumer or a direct read gives. */
+export const storedEvent = (subject: string, seq: number, at: Date, data: Uint8Array, headers: MsgHdrs | undefined): HistoryEvent => {
+  const decoded = decodeJson(data);
+  const state = headers?.get(Headers.state);
   return {
-    event: m.subject.slice(m.subject.lastIndexOf(".") + 1),
-    at: new Date(m.info.timestampNanos / 1e6).toISOString(),
-    seq: m.seq,
+    event: subject.slice(subject.lastIndexOf(".") + 1),
+    at: at.toISOString(),
+    seq,
     ...(state === undefined || state === "" ? {} : { state }),
     record: decoded.ok ? decoded.value : null,
   };
 };
+
+export const historyEvent = (m: JsMsg): HistoryEvent => storedEvent(m.subject, m.seq, new Date(m.info.timestampNanos / 1e6), m.data, m.headers);
 
 /** An actor's events, oldest first (at most `limit`), while TROUPE_EVENTS keeps them. */
 export const readHistory = async (nats: NatsHandle, kind: string, id: string, limit = 1_000): Promise<HistoryEvent[]> => {

@@ -71,13 +71,8 @@ describe("schedules", () => {
     await troupe.worker({ tasks: [beat], concurrency: 2 });
     troupe.scheduler();
     await troupe.schedule({ id: "fast", task: beat, input: { n: 7 }, every: "250 millis" });
-    const nats = connectionOf(troupe);
-    const done = async () => {
-      const ids: string[] = [];
-      for await (const key of await nats.tasks.keys()) if (key.startsWith("fast-")) ids.push(key);
-      const records = await Promise.all(ids.map((id) => troupe.get(id)));
-      return records.filter((r) => r?.status === "COMPLETED").length;
-    };
+    // From the index: listing a bucket's keys while a tick writes every 250 ms need not end on a loaded machine.
+    const done = async () => (await troupe.list({ task: beat, status: "COMPLETED" })).tasks.filter((t) => t.id.startsWith("fast-")).length;
     while ((await done()) < 3) await new Promise((r) => setTimeout(r, 100));
     const [listed] = await troupe.schedules();
     expect(listed).toMatchObject({ id: "fast", task: "sched.beat", everyMs: 250, catchUp: "one" });
@@ -121,7 +116,7 @@ describe("schedules", () => {
     expect(all.length).toBeGreaterThanOrEqual(6);
     expect(all.every((t, i) => i === 0 || t - all[i - 1]! === 1_000)).toBe(true);
     const stored = await nats.jsm.streams.info(Topology.TASKS_STREAM, { subjects_filter: Topology.taskSubject("default", "sched.unserved") });
-    expect(stored.state.messages).toBe(all.length);
+    expect(Object.values(stored.state.subjects ?? {}).reduce((a, b) => a + b, 0)).toBe(all.length);
     expect(await troupe.schedulerLeader()).not.toBe(leader);
   });
 });
