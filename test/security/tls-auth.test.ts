@@ -3,6 +3,7 @@
  * nats-servers configured for each, with certificates and keys made at run time. A refused
  * credential or certificate is a `NatsFailure` naming what was refused, never a hang.
  */
+import { createServer, type AddressInfo, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -162,15 +163,18 @@ describe("authorization", () => {
   }, 60_000);
 
   it("a server that never answers fails the connect after connectTimeout", async () => {
-    const frozen = await NatsServer.start();
+    // A port that accepts connections and never says a word, as a frozen server's does.
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const url = `nats://127.0.0.1:${(silent.address() as AddressInfo).port}`;
     try {
-      frozen.pause();
-      const message = await refusal({ servers: frozen.url, connectTimeout: 1_000 });
+      const message = await refusal({ servers: url, connectTimeout: 1_000 });
       expect(message).toMatch(/: no answer from NATS within 1000 ms \(connectTimeout\)$/);
-      await expect(Troupe.connect({ servers: frozen.url, connectTimeout: 5 })).rejects.toBeInstanceOf(InvalidOption);
+      await expect(Troupe.connect({ servers: url, connectTimeout: 5 })).rejects.toBeInstanceOf(InvalidOption);
     } finally {
-      frozen.resume();
-      await frozen.stop();
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
     }
   }, 60_000);
 });
