@@ -8,6 +8,7 @@
 import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import { Scheduler } from "../schedule/scheduler.js";
 import { startReaper } from "../worker/reaper.js";
+import { isTransientJetStream, withRetryFor } from "../nats/retry.js";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { isWorkflowTerminal, type StepSettlement, type WorkflowEvent } from "../../machines/workflow.js";
@@ -62,10 +63,20 @@ export class Coordinator {
     if (options.scheduler !== false) coordinator.scheduler = Scheduler.start(nats, tasks, log);
     // Tasks whose deliveries ran out are failed by coordinators too: with only workers limited
     // to their queues (which may not read the work stream), someone must.
-    coordinator.reaper = await startReaper(nats, tasks, coordinator.log);
     try {
-      const consumer = await nats.js.consumers.get(STEPS_STREAM, COORDINATOR_CONSUMER);
-      coordinator.messages = await consumer.consume({ max_messages: 512 });
+      coordinator.reaper = await startReaper(nats, tasks, coordinator.log);
+    } catch (e) {
+      await coordinator.stop();
+      throw e;
+    }
+    try {
+      // Started through a passing unavailability (an election, a node back from a pause), for `submitRetryFor`.
+      coordinator.messages = await withRetryFor(
+        nats.nc,
+        async () => (await nats.js.consumers.get(STEPS_STREAM, COORDINATOR_CONSUMER)).consume({ max_messages: 512 }),
+        isTransientJetStream,
+        nats.submitRetryFor,
+      );
     } catch (e) {
       // Nothing of a coordinator that did not start keeps running.
       await coordinator.stop();

@@ -8,6 +8,7 @@
  */
 import { Duration, Effect, Schedule } from "effect";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { JetStreamApiError } from "@nats-io/jetstream";
 
 const natsSchedule = Schedule.exponential("100 millis").pipe(
   Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(2)))),
@@ -60,4 +61,15 @@ export const withRetryFor = <A, E>(nc: NatsConnection, attempt: () => Promise<A>
         )
       : Promise.reject(e),
   );
+};
+
+/**
+ * A JetStream API answer that may pass: no meta or stream leader for a moment (an election,
+ * a node back from a pause: "JetStream system temporarily unavailable", 10008; 503), or no
+ * answer in time.
+ */
+export const isTransientJetStream = (e: unknown): boolean => {
+  if (e instanceof JetStreamApiError) return e.code === 10008 || e.status === 503;
+  const name = (e as { name?: unknown } | null)?.name;
+  return name === "TimeoutError" || name === "NoRespondersError";
 };

@@ -163,9 +163,24 @@ export class NatsCluster {
     });
   }
 
-  /** Wait until every stream (and so every bucket) and every durable consumer has a leader and all its replicas current. */
+  /** Wait until JetStream answers on every node, and every stream (and so every bucket) and every durable consumer has a leader and all its replicas current. */
   async healthy(timeoutMs = 90_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
+    // A node back from a pause or a restart may still say "JetStream system temporarily unavailable".
+    for (const url of this.urls) {
+      await until(`JetStream answering on ${url}`, Math.max(1_000, deadline - Date.now()), async () => {
+        const nc = await connect({ servers: url, name: "troupe-cluster-helper", timeout: 5_000, ...this.auth }).catch(() => undefined);
+        if (nc === undefined) return undefined;
+        try {
+          await (await jetstreamManager(nc)).getAccountInfo();
+          return true;
+        } catch {
+          return undefined;
+        } finally {
+          await nc.close();
+        }
+      });
+    }
     const names = await until("the stream list", timeoutMs, async () => {
       const all: string[] = [];
       for await (const info of (await this.manager()).streams.list()) all.push(info.config.name);

@@ -12,6 +12,7 @@ import { TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } fro
 import { decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { permissionDenied } from "../nats/permissions.js";
+import { isTransientJetStream, withRetryFor } from "../nats/retry.js";
 import { ADVISORIES_STREAM, REAPER_CONSUMER, TASKS_STREAM } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 
@@ -58,7 +59,7 @@ export const reap = async (nats: NatsHandle, store: TaskStore, advisory: MaxDeli
  */
 const mayReap = async (nats: NatsHandle): Promise<boolean> => {
   try {
-    await nats.jsm.streams.getMessage(TASKS_STREAM, { seq: 1 });
+    await withRetryFor(nats.nc, () => nats.jsm.streams.getMessage(TASKS_STREAM, { seq: 1 }), isTransientJetStream, nats.submitRetryFor);
     return true;
   } catch (e) {
     return permissionDenied(e) === undefined;
@@ -71,8 +72,13 @@ export const startReaper = async (nats: NatsHandle, store: TaskStore, log: Logge
     log.info("this identity may not read the work stream: tasks that run out of deliveries are failed by workers with the full worker role");
     return { stop: async () => undefined };
   }
-  const consumer = await nats.js.consumers.get(ADVISORIES_STREAM, REAPER_CONSUMER);
-  const messages: ConsumerMessages = await consumer.consume({ max_messages: 4 });
+  // Started through a passing unavailability (an election, a node back from a pause), for `submitRetryFor`.
+  const messages: ConsumerMessages = await withRetryFor(
+    nats.nc,
+    async () => (await nats.js.consumers.get(ADVISORIES_STREAM, REAPER_CONSUMER)).consume({ max_messages: 4 }),
+    isTransientJetStream,
+    nats.submitRetryFor,
+  );
   const handle = async (m: JsMsg) => {
     const advisory = decodeWith(MaxDeliveriesAdvisory, m.data, "MAX_DELIVERIES advisory");
     if (!advisory.ok) {
