@@ -28,9 +28,9 @@ import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
 import { PauseEntry, WorkerInfo, WorkflowRecord, type StepStatus, type TaskRecord } from "../../machines/records.js";
 import { decodeJson, decodeWith, readBucket } from "../nats/codec.js";
-import { EVENTS_STREAM, STEPS_ROOT } from "../nats/topology.js";
+import { EVENTS_STREAM, EVENTS_SUBJECTS, STEPS_ROOT } from "../nats/topology.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { historyEvent, readRecentHistory, storedEvent, type HistoryEvent } from "../nats/history.js";
+import { historyEvent, readEvents, readRecentHistory, storedEvent, type HistoryEvent } from "../nats/history.js";
 import { machineDiagram, workflowDiagram, type Dag, type Diagram } from "./diagram.js";
 import { PAGE } from "./page.js";
 
@@ -117,13 +117,7 @@ const recent = async (nats: NatsHandle, limit: number): Promise<InspectorEvent[]
   const info = await nats.jsm.streams.info(EVENTS_STREAM);
   if (info.state.messages === 0) return [];
   const start = Math.max(info.state.first_seq, info.state.last_seq - limit + 1);
-  const consumer = await nats.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start });
-  const out: InspectorEvent[] = [];
-  for await (const m of await consumer.fetch({ max_messages: limit, expires: 2_000 })) {
-    out.push(eventOf(m));
-    if (m.seq >= info.state.last_seq || out.length >= limit) break;
-  }
-  return out;
+  return readEvents(nats, EVENTS_SUBJECTS, start, info.state.last_seq, limit, eventOf);
 };
 
 const bucketOf = (nats: NatsHandle, kind: Kind) => (kind === "task" ? nats.tasks : kind === "workflow" ? nats.workflows : nats.workers);

@@ -40,27 +40,24 @@ export const readHistory = async (nats: NatsHandle, kind: string, id: string, li
   const info = await nats.jsm.streams.info(EVENTS_STREAM, { subjects_filter: filter });
   const total = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
   if (total === 0) return [];
-  const consumer = await nats.js.consumers.get(EVENTS_STREAM, { filter_subjects: filter, deliver_policy: DeliverPolicy.All });
-  const out: HistoryEvent[] = [];
-  const want = Math.min(total, limit);
-  for await (const m of await consumer.fetch({ max_messages: want, expires: 2_000 })) {
-    out.push(historyEvent(m));
-    if (out.length >= want) break;
-  }
-  return out;
+  return readEvents(nats, filter, info.state.first_seq, info.state.last_seq, limit, historyEvent);
 };
 
-/** The stored events of `filter` with sequences in [from, to], oldest first. */
-const readRange = async (nats: NatsHandle, filter: string, from: number, to: number): Promise<HistoryEvent[]> => {
+/**
+ * The stored events of `filter` with sequences in [from, to], oldest first, at most `max`,
+ * each as `map` makes it: read until the range (or the stream) is exhausted, not until a
+ * fetch's expiry, which a loaded server can reach first.
+ */
+export const readEvents = async <T>(nats: NatsHandle, filter: string, from: number, to: number, max: number, map: (m: JsMsg) => T): Promise<T[]> => {
   const consumer = await nats.js.consumers.get(EVENTS_STREAM, { filter_subjects: filter, deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from });
   if ((await consumer.info()).num_pending === 0) return [];
-  const out: HistoryEvent[] = [];
-  const messages = await consumer.consume({ max_messages: 1_000 });
+  const out: T[] = [];
+  const messages = await consumer.consume({ max_messages: Math.min(max, 1_000) });
   try {
     for await (const m of messages) {
       if (m.seq > to) break;
-      out.push(historyEvent(m));
-      if (m.info.pending === 0 || m.seq === to) break;
+      out.push(map(m));
+      if (m.info.pending === 0 || m.seq === to || out.length >= max) break;
     }
   } finally {
     await messages.close().catch(() => undefined);
@@ -83,7 +80,7 @@ export const readRecentHistory = async (nats: NatsHandle, kind: string, id: stri
   let to = last;
   for (let window = Math.max(4_096, 4 * limit); to >= first && events.length < Math.min(limit, total); window *= 8) {
     const from = Math.max(first, to - window + 1);
-    events = [...(await readRange(nats, filter, from, to)), ...events];
+    events = [...(await readEvents(nats, filter, from, to, Number.POSITIVE_INFINITY, historyEvent)), ...events];
     to = from - 1;
   }
   return { events: events.slice(-limit), total };
