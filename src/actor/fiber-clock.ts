@@ -92,7 +92,12 @@ export const makeFiberClock: Effect.Effect<FiberClock> = Effect.map(Effect.conte
   fiberClockFrom(services),
 );
 
-export const fiberClockFrom = (services: Context.Context<never>): FiberClock => {
+/** Where a timer callback's error goes (its own host reports what failed; the clock only survives it). */
+const reportTimerError = (error: unknown) => {
+  process.emitWarning(`a timer callback threw: ${error instanceof Error ? error.message : String(error)}`, "TroupeTimerWarning");
+};
+
+export const fiberClockFrom = (services: Context.Context<never>, onError: (error: unknown) => void = reportTimerError): FiberClock => {
   const run = Effect.runForkWith(services);
   const clock = Context.get(services, Clock.Clock);
   const now = () => clock.currentTimeMillisUnsafe();
@@ -112,7 +117,13 @@ export const fiberClockFrom = (services: Context.Context<never>): FiberClock => 
     for (let t = earliest(); t !== undefined && t.at <= now(); t = earliest()) {
       heap.pop();
       live.delete(t.id);
-      t.fn();
+      // Each callback on its own: one that throws must not keep the others (heartbeats,
+      // leases, stop and disconnect timeouts) from firing, now or ever after.
+      try {
+        t.fn();
+      } catch (error) {
+        onError(error);
+      }
     }
     arm();
   };
@@ -151,4 +162,4 @@ export const fiberClockFrom = (services: Context.Context<never>): FiberClock => 
 };
 
 /** The clock for hosts that run on real time. */
-export const liveFiberClock = (): FiberClock => fiberClockFrom(Context.empty() as Context.Context<never>);
+export const liveFiberClock = (onError?: (error: unknown) => void): FiberClock => fiberClockFrom(Context.empty() as Context.Context<never>, onError);
