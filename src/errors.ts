@@ -84,6 +84,12 @@ export class Fenced extends Data.TaggedError("Fenced")<{ readonly message: strin
 /** The Troupe layout is not (all) there for a client that only opens it (layout "verify"): run `troupe setup`. */
 export class LayoutMissing extends Data.TaggedError("LayoutMissing")<{ readonly message: string; readonly missing: ReadonlyArray<string> }> {}
 
+/**
+ * The layout on the server predates this version of Troupe (`outdated` says what): stop every
+ * Troupe process and run `troupe setup --migrate`, which carries its records and queued work over.
+ */
+export class LayoutOutdated extends Data.TaggedError("LayoutOutdated")<{ readonly message: string; readonly outdated: ReadonlyArray<string> }> {}
+
 /** The server refused a publish or a subscription this identity has no permission for; `subject` is what was refused. */
 export class PermissionDenied extends Data.TaggedError("PermissionDenied")<{
   readonly message: string;

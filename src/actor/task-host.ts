@@ -31,10 +31,8 @@ import { TransitionPlans, type PlannedAction } from "./transition-plans.js";
 
 /** What an attempt writes through: the task store, or an in-memory one for `runTask`. */
 export interface AttemptStore {
-  /** Write without announcing; `onRetry`: after each failed try of a write that will be tried again. */
+  /** Write a record (its bucket tells its watchers); `onRetry`: after each failed try of a write that will be tried again. */
   write(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<{ readonly revision: number; readonly payload: Uint8Array }, Fenced | NatsFailure>;
-  /** Publish a write's event with the state path the attempt's actor is in (`event` defaults to the status's). */
-  announce(stored: Stored, payload: Uint8Array, event: string | undefined, state: string): void;
   /** Publish what only an attempt knows, no write behind it: that it lost the task (`lost`). */
   announceLoss(record: TaskRecord, reason: string, state: string): void;
   apply(id: string, event: TaskEvent, options: { readonly from: Stored }): Effect.Effect<Stored | undefined, Fenced | Internal | NatsFailure>;
@@ -316,12 +314,9 @@ export class TaskHost {
     // While a write is retried (a reconnect), the lease is still extended: a terminal
     // write must not lose its delivery to another worker while it waits.
     const write = attempt.write((expected) => this.deps.store.write(context.record, expected, () => attempt.lease.working()));
-    this.answer(attempt, write, ({ revision, payload }) => {
-      const saved = { record: context.record, revision };
-      attempt.saved = saved;
+    this.answer(attempt, write, ({ revision }) => {
+      attempt.saved = { record: context.record, revision };
       attempt.send({ type: "SAVED", revision });
-      // Announced once the actor took the write in: its event carries the state it is in now.
-      this.deps.store.announce(saved, payload, undefined, statePath(attempt.snapshot.value));
     });
   }
 
@@ -336,14 +331,12 @@ export class TaskHost {
       // The attempt moved on (its outcome is being written, or it ended): that write carries the progress.
       if (latest === undefined || attempt.isDone || !attempt.snapshot.matches({ RUNNING: "executing" })) return Effect.succeed(undefined);
       const record = latest.record;
-      return Effect.map(this.deps.store.write(record, expected, () => attempt.lease.working()), ({ revision, payload }) => ({ record, revision, payload }));
+      return Effect.map(this.deps.store.write(record, expected, () => attempt.lease.working()), ({ revision }) => ({ record, revision }));
     });
     this.answer(attempt, write, (written) => {
       if (written === undefined) return;
-      const saved = { record: written.record, revision: written.revision };
-      attempt.saved = saved;
-      attempt.send({ type: "PROGRESS_SAVED", revision: saved.revision });
-      this.deps.store.announce(saved, written.payload, "progress", statePath(attempt.snapshot.value));
+      attempt.saved = { record: written.record, revision: written.revision };
+      attempt.send({ type: "PROGRESS_SAVED", revision: written.revision });
     });
   }
 

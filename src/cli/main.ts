@@ -19,7 +19,7 @@ import { parse as parseYaml } from "yaml";
 import { workflowFromDocument, type WorkflowDefinition } from "../workflow.js";
 import { TaskStatuses, WorkflowRecord as WorkflowRecordSchema, type TaskStatus, type WorkflowRecord } from "../../machines/records.js";
 import { decodeWith } from "../nats/codec.js";
-import { eventSubject } from "../nats/topology.js";
+import { recordSubject } from "../nats/topology.js";
 import { parseDuration } from "../duration.js";
 import { ProgressBar } from "./progress.js";
 import { serveStately } from "../inspect/stately.js";
@@ -379,7 +379,7 @@ const watchRun = async (troupe: Troupe, id: string, steps: string[], timeout: nu
     bar.update(settled, record.status);
   };
   const run = troupe.workflowRun(undefined, id);
-  const sub = connectionOf(troupe).nc.subscribe(eventSubject("workflow", id, "*"), {
+  const sub = connectionOf(troupe).nc.subscribe(recordSubject("workflow", id), {
     callback: (_e, msg) => {
       const decoded = decodeWith(WorkflowRecordSchema, msg.data, "workflow record");
       if (decoded.ok) show(decoded.value);

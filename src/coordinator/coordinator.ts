@@ -11,12 +11,16 @@ import { startReaper } from "../worker/reaper.js";
 import { isTransientJetStream, withRetryFor } from "../nats/retry.js";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { isWorkflowTerminal, type StepSettlement, type WorkflowEvent } from "../../machines/workflow.js";
+import { isWorkflowTerminal, stepTaskId, type StepSettlement, type WorkflowEvent } from "../../machines/workflow.js";
 import { Schema } from "effect";
 import { TaskFailure, TaskStatus, TerminalStatuses } from "../../machines/records.js";
 import { decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { COORDINATOR_CONSUMER, STEPS_STREAM } from "../nats/topology.js";
+import { LeaderLease } from "../nats/leader.js";
+
+/** The lease a reconciliation pass holds: one coordinator reconciles at a time. */
+const RECONCILE_LEASE = "reconcile";
 import type { TaskStore } from "../store/task-store.js";
 import type { WorkflowStore } from "../store/workflow-store.js";
 import { CoordinatorMetrics } from "../metrics/coordinator-metrics.js";
@@ -32,8 +36,9 @@ export interface CoordinatorOptions {
   readonly metrics?: MetricsOptions;
 }
 
-/** What a coordinator reads of a step task's final record (published to the step's notify subject). */
+/** What a coordinator reads of a step task's final record (its notice in TROUPE_STEPS). */
 const StepCompletion = Schema.Struct({
+  id: Schema.String,
   status: TaskStatus,
   output: Schema.optional(Schema.Unknown),
   error: Schema.optional(TaskFailure),
@@ -48,14 +53,20 @@ export class Coordinator {
   private loop: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
 
+  private readonly lease: LeaderLease;
+  private stopped = false;
+
   private constructor(
+    nats: NatsHandle,
     private readonly workflows: WorkflowStore,
     private readonly tasks: TaskStore,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.lease = new LeaderLease(nats.leases, RECONCILE_LEASE, `c-${nuid.next()}`, log, false);
+  }
 
   static async start(nats: NatsHandle, workflows: WorkflowStore, tasks: TaskStore, log: Logger, options: CoordinatorOptions = {}): Promise<Coordinator> {
-    const coordinator = new Coordinator(workflows, tasks, log.child({ coordinator: nuid.next() }));
+    const coordinator = new Coordinator(nats, workflows, tasks, log.child({ coordinator: nuid.next() }));
     if (options.metrics !== undefined) {
       const metrics = metricsOption(options.metrics, (message) => new InvalidOption({ message: `coordinator: ${message}` }));
       coordinator.metrics = await CoordinatorMetrics.start(metrics, nats.jsm, coordinator.log);
@@ -111,7 +122,8 @@ export class Coordinator {
         // troupe.steps.<runId>.<step>.<taskId>
         const [, , runId, step] = m.subject.split(".");
         const decoded = decodeWith(StepCompletion, m.data, "step completion");
-        if (runId === undefined || step === undefined || !decoded.ok || !TerminalStatuses.has(decoded.value.status)) {
+        // The run's step's own task only: its id says which run and step it is.
+        if (runId === undefined || step === undefined || !decoded.ok || !TerminalStatuses.has(decoded.value.status) || decoded.value.id !== stepTaskId(runId, step)) {
           this.log.warn({ subject: m.subject }, "malformed step completion terminated");
           m.term();
           continue;
@@ -143,20 +155,38 @@ export class Coordinator {
    * that ended but is still listed open is closed.
    */
   async reconcile(): Promise<void> {
-    let ids: string[];
+    // One pass at a time here, and one coordinator at a time in all (the `reconcile` lease,
+    // renewed between runs): N coordinators do not each read every open run.
+    if (this.reconciling !== undefined) return this.reconciling;
+    this.reconciling = this.reconcilePass().finally(() => (this.reconciling = undefined));
+    return this.reconciling;
+  }
+
+  private reconciling: Promise<void> | undefined;
+
+  private async reconcilePass(): Promise<void> {
+    if (!(await this.lease.hold().catch(() => false))) return;
     try {
-      ids = await this.workflows.openIds();
-    } catch (err) {
-      this.log.warn({ err }, "reconciliation pass failed");
-      return;
-    }
-    for (const id of ids) {
+      let ids: string[];
       try {
-        await this.reconcileRun(id);
+        ids = await this.workflows.openIds();
       } catch (err) {
-        // One run's trouble (an unreadable record) does not stop the others'.
-        this.log.warn({ err, workflowId: id }, "reconciliation of a run failed");
+        this.log.warn({ err }, "reconciliation pass failed");
+        return;
       }
+      for (const id of ids) {
+        if (this.stopped) return;
+        await this.lease.hold().catch(() => false);
+        try {
+          await this.reconcileRun(id);
+        } catch (err) {
+          // One run's trouble (an unreadable record) does not stop the others'.
+          this.log.warn({ err, workflowId: id }, "reconciliation of a run failed");
+        }
+      }
+    } finally {
+      // The lease would lapse before the next pass anyway (it lives 5 s): given up for the next one.
+      await this.lease.release();
     }
   }
 
@@ -191,6 +221,8 @@ export class Coordinator {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
+    await this.reconciling;
     await this.scheduler?.stop();
     await this.reaper?.stop();
     clearInterval(this.timer);

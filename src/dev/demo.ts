@@ -7,7 +7,7 @@ import { Effect } from "effect";
 import { pino } from "pino";
 import { defineTask, Schema, Troupe, type TaskRecord } from "../index.js";
 import { ProgressBar } from "../cli/progress.js";
-import { consumerName, EVENTS_STREAM, TASKS_BUCKET, TASKS_STREAM, WORKERS_BUCKET } from "../nats/topology.js";
+import { consumerName, TASKS_BUCKET, TASKS_STREAM, WORKERS_BUCKET } from "../nats/topology.js";
 
 export const add = defineTask({
   name: "math.add",
@@ -94,9 +94,10 @@ export const runDemo = async (options: DemoOptions = {}): Promise<void> => {
     const s = "--server $NATS_URL";
     out(`  nats ${s} stream info ${TASKS_STREAM}`);
     out(`  nats ${s} consumer info ${TASKS_STREAM} ${consumerName("default", "math.add")}`);
-    out(`  nats ${s} kv get ${TASKS_BUCKET} <task id>`);
+    out(`  nats ${s} kv get ${TASKS_BUCKET} <task id>          # a task's record, at any status once claimed`);
+    out(`  nats ${s} kv history ${TASKS_BUCKET} <task id>      # its transitions`);
+    out(`  nats ${s} stream get ${TASKS_STREAM} --last-for 'troupe.tasks.*.<task id>.>'   # a queued one`);
     out(`  nats ${s} kv ls ${WORKERS_BUCKET}`);
-    out(`  nats ${s} stream view ${EVENTS_STREAM} --subject 'troupe.events.task.<task id>.>'`);
     out(`  nats ${s} micro stats troupe-worker`);
     out(`  nats ${s} sub 'troupe.events.>'`);
     const failed = n - (byStatus.get("COMPLETED") ?? 0);

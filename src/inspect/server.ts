@@ -4,11 +4,13 @@
  * - `/`                              the page (src/inspect/page.ts)
  * - `/api/machines`                  the task, workflow and worker machines as laid-out diagrams
  *                                    (the definitions the hosts run, laid out by elkjs once)
- * - `/api/recent?limit=N`            the last transitions (TROUPE_EVENTS), so the page opens populated
- * - `/api/actors/:kind/:id`          an actor's record (KV), its state path and its events
- * - `/api/actors/:kind/:id/at/:seq`  one of its events: the record and state as of that event
+ * - `/api/recent?limit=N`            the last transitions (the record buckets' newest writes, the
+ *                                    work waiting), so the page opens populated
+ * - `/api/actors/:kind/:id`          an actor's record (KV), its state path and its history (its record's revisions)
+ * - `/api/actors/:kind/:id/at/:seq`  one of its events: the record and state as of that revision
  * - `/api/workflows/:id/graph`       a run's steps as a graph, each with its live status, and why a waiting one waits
- * - `/events`                        every transition, live (server-sent events, from an ordered consumer of TROUPE_EVENTS)
+ * - `/events`                        every transition, live (server-sent events, from the buckets' republished
+ *                                    writes, the notes and the work's bells, heard while a page listens)
  * - `/api/config`                    whether this inspector acts (`{ actions }`)
  *
  * With `actions` (the CLI's `troupe inspect` and `troupe dev`: the same SDK calls as the CLI),
@@ -16,21 +18,22 @@
  * `/api/tasks/:id/retry`, `/api/tasks/:id/cancel`, `/api/workflows/:id/cancel`,
  * `/api/workers/:id/drain`. Otherwise read-only: it subscribes and reads.
  *
- * Every event the API gives is `{ kind, id, event, seq, at, state?, record, workflow? }`: `at`
- * is when the stream stored it, `state` the publishing actor's state path after it (header
- * `Troupe-State`), `workflow` the run and step of a step's task.
+ * Every event the API gives is `{ kind, id, event, seq, at, state?, record, workflow? }`: `seq`
+ * the record's revision (0: a task's QUEUED state before any write), `at` when it was stored
+ * (live: heard), `state` the actor's state path after it, `workflow` the run and step of a
+ * step's task.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { DeliverPolicy, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import type { Subscription } from "@nats-io/transport-node";
 import { taskMachine } from "../../machines/task.js";
 import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
 import { PauseEntry, WorkerInfo, WorkflowRecord, type StepStatus, type TaskRecord } from "../../machines/records.js";
 import { decodeJson, decodeWith, readBucket } from "../nats/codec.js";
-import { EVENTS_STREAM, EVENTS_SUBJECTS, STEPS_ROOT } from "../nats/topology.js";
+import { BELLS_SUBJECTS, EVENTS_STREAM, STEPS_ROOT, TASKS_STREAM, TASKS_SUBJECTS, type ActorKind } from "../nats/topology.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { historyEvent, readEvents, readRecentHistory, storedEvent, type HistoryEvent } from "../nats/history.js";
+import { fromJs, liveEvent, queuedFrom, readEventAt, readHistory, readRange, recordStream, storedEvent, type HistoryEvent } from "../nats/history.js";
 import { machineDiagram, workflowDiagram, type Dag, type Diagram } from "./diagram.js";
 import { PAGE } from "./page.js";
 
@@ -104,20 +107,46 @@ const stepOf = (record: unknown): { run: string; step: string } | undefined => {
   return run === undefined || step === undefined ? undefined : { run, step };
 };
 
-const withActor = (e: HistoryEvent, subject: string): InspectorEvent => {
-  const [, , kind = "", id = ""] = subject.split(".");
+const withActor = (kind: Kind, id: string, e: HistoryEvent): InspectorEvent => {
   const workflow = kind === "task" ? stepOf(e.record) : undefined;
-  return { kind: kind as Kind, id, ...e, ...(workflow === undefined ? {} : { workflow }) };
+  return { kind, id, ...e, ...(workflow === undefined ? {} : { workflow }) };
 };
 
-const eventOf = (m: JsMsg): InspectorEvent => withActor(historyEvent(m), m.subject);
-
-/** The last `limit` events of the stream, oldest first. */
-const recent = async (nats: NatsHandle, limit: number): Promise<InspectorEvent[]> => {
-  const info = await nats.jsm.streams.info(EVENTS_STREAM);
+/** The newest `limit` messages of one stream, as events of `kind`; `id` is what a message's subject says of its actor. */
+const newest = async (nats: NatsHandle, stream: string, filter: string, limit: number, event: (subject: string, e: HistoryEvent) => InspectorEvent | undefined): Promise<InspectorEvent[]> => {
+  const info = await nats.jsm.streams.info(stream);
   if (info.state.messages === 0) return [];
   const start = Math.max(info.state.first_seq, info.state.last_seq - limit + 1);
-  return readEvents(nats, EVENTS_SUBJECTS, start, info.state.last_seq, limit, eventOf);
+  const kind: Kind = stream === recordStream("workflow") ? "workflow" : stream === recordStream("worker") ? "worker" : "task";
+  const read = await readRange(nats, stream, filter, start, info.state.last_seq, limit, (m) => event(m.subject, storedEvent(kind, fromJs(m))));
+  return read.filter((e): e is InspectorEvent => e !== undefined);
+};
+
+/** The last `limit` events, oldest first: the record buckets' newest writes, TROUPE_EVENTS' notes and the work waiting, by time. */
+const recent = async (nats: NatsHandle, limit: number): Promise<InspectorEvent[]> => {
+  const keyOf = (subject: string) => subject.slice(subject.indexOf(".", 4) + 1);
+  const sources = await Promise.all([
+    ...(["task", "workflow", "worker"] as const).map((kind) => newest(nats, recordStream(kind), ">", limit, (subject, e) => withActor(kind, keyOf(subject), e))),
+    newest(nats, EVENTS_STREAM, ">", limit, (subject, e) => {
+      const [, , kind, id] = subject.split(".");
+      return KINDS.has(kind ?? "") && id !== undefined ? withActor(kind as Kind, id, e) : undefined;
+    }),
+    // Work not claimed yet: its message is its record.
+    newest(nats, TASKS_STREAM, TASKS_SUBJECTS, limit, (subject, e) => {
+      const id = (e.record as { id?: unknown } | null)?.id;
+      return typeof id === "string" ? withActor("task", id, { ...e, event: "queued", seq: 0, state: "QUEUED" }) : undefined;
+    }),
+  ]);
+  const events = sources.flat();
+  // A task's QUEUED state was its work message, gone once claimed: what its first claim says of it.
+  const queued = new Set(events.filter((e) => e.kind === "task" && e.event === "queued").map((e) => e.id));
+  for (const e of [...events]) {
+    const r = e.record as TaskRecord | null;
+    if (e.kind !== "task" || e.event !== "started" || r?.attempt !== 1 || r.retries !== undefined || queued.has(e.id)) continue;
+    queued.add(e.id);
+    events.push(withActor("task", e.id, { event: "queued", at: r.createdAt, seq: 0, state: "QUEUED", record: queuedFrom(r) }));
+  }
+  return events.sort((a, b) => a.at.localeCompare(b.at) || a.seq - b.seq).slice(-limit);
 };
 
 const bucketOf = (nats: NatsHandle, kind: Kind) => (kind === "task" ? nats.tasks : kind === "workflow" ? nats.workflows : nats.workers);
@@ -129,12 +158,10 @@ const current = async (nats: NatsHandle, kind: Kind, id: string): Promise<unknow
   return decoded.ok ? decoded.value : null;
 };
 
-/** One event of an actor by its stream sequence (time travel), or `undefined` when it is not that actor's. */
+/** One event of an actor by its revision (time travel), or `undefined` when it is not that actor's. */
 const eventAt = async (nats: NatsHandle, kind: Kind, id: string, seq: number): Promise<InspectorEvent | undefined> => {
-  // `null`: no such message (removed by retention, or never); another error is the server's (a 500).
-  const m = await nats.jsm.streams.getMessage(EVENTS_STREAM, { seq });
-  if (m === null || !m.subject.startsWith(`troupe.events.${kind}.${id}.`)) return undefined;
-  return withActor(storedEvent(m.subject, m.seq, m.time, m.data, m.header), m.subject);
+  const e = await readEventAt(nats, kind, id, seq);
+  return e === undefined ? undefined : withActor(kind, id, e);
 };
 
 /** A step's status as a person reads it: a running step's task may still be queued, or waiting to retry. */
@@ -199,61 +226,63 @@ const graphOf = async (nats: NatsHandle, id: string, layout: (steps: ReadonlyArr
 /** A page's unsent events past which it is dropped. */
 const MAX_UNSENT = 4 * 1024 * 1024;
 
-/** Live events for the pages' streams: one ordered consumer from the stream's end, while someone listens. */
+/**
+ * Live events for the pages' streams, while someone listens: the record buckets' republished
+ * writes and the notes (`troupe.events.>`), and the work's bells (`troupe.bells.>`: a task
+ * queued, without its payload).
+ */
 class LiveEvents {
   private readonly clients = new Set<ServerResponse>();
-  /** The consumer's messages while someone listens (or is about to). */
-  private feed: Promise<ConsumerMessages> | undefined;
+  private subs: Subscription[] = [];
+  /** The last record seen of each workflow run, to tell a run's progress from a change of status. */
+  private readonly lastRun = new Map<string, unknown>();
 
   constructor(private readonly nats: NatsHandle) {}
 
-  /** Resolves once the consumer is open: the client misses no later event. */
+  /** Resolves once the subscriptions are in place at the server: the client misses no later event. */
   async add(res: ServerResponse): Promise<void> {
     this.clients.add(res);
-    const feed = (this.feed ??= this.start());
-    await feed.catch((e: unknown) => {
-      // Tried again by the next page that asks.
-      if (this.feed === feed) this.feed = undefined;
-      throw e;
-    });
+    if (this.subs.length === 0) {
+      const heard = (_e: unknown, m: { subject: string; data: Uint8Array; headers?: import("@nats-io/transport-node").MsgHdrs }) => this.heard(m.subject, m.data, m.headers);
+      this.subs = [this.nats.nc.subscribe("troupe.events.>", { callback: heard }), this.nats.nc.subscribe(BELLS_SUBJECTS, { callback: heard })];
+    }
+    await this.nats.nc.flush();
+  }
+
+  private heard(subject: string, data: Uint8Array, headers: import("@nats-io/transport-node").MsgHdrs | undefined): void {
+    if (this.clients.size === 0) return;
+    const runKey = subject.startsWith("troupe.events.workflow.") ? subject : undefined;
+    const e = liveEvent(subject, data, headers, runKey === undefined ? undefined : this.lastRun.get(runKey));
+    if (e === undefined) return;
+    if (runKey !== undefined && !e.note) {
+      this.lastRun.delete(runKey);
+      if (this.lastRun.size > 10_000) this.lastRun.delete(this.lastRun.keys().next().value!);
+      this.lastRun.set(runKey, e.record);
+    }
+    const line = `id: ${e.seq}\ndata: ${JSON.stringify(withActor(e.kind as Kind, e.id, e))}\n\n`;
+    for (const res of this.clients) {
+      if (res.writableLength > MAX_UNSENT) {
+        // A page that reads slower than events come: dropped (its EventSource reconnects and reloads).
+        this.clients.delete(res);
+        res.destroy();
+        continue;
+      }
+      res.write(line);
+    }
   }
 
   remove(res: ServerResponse): void {
     this.clients.delete(res);
-    if (this.clients.size > 0 || this.feed === undefined) return;
-    // No one listens: this consumer stops; the next page starts another.
-    const feed = this.feed;
-    this.feed = undefined;
-    void feed.then((messages) => messages.close(), () => undefined).catch(() => undefined);
-  }
-
-  private async start(): Promise<ConsumerMessages> {
-    const consumer = await this.nats.js.consumers.get(EVENTS_STREAM, { deliver_policy: DeliverPolicy.New });
-    const messages = await consumer.consume();
-    void (async () => {
-      for await (const m of messages) {
-        if (this.clients.size === 0) continue;
-        const line = `id: ${m.seq}\ndata: ${JSON.stringify(eventOf(m))}\n\n`;
-        for (const res of this.clients) {
-          if (res.writableLength > MAX_UNSENT) {
-            // A page that reads slower than events come: dropped (its EventSource reconnects and reloads).
-            this.clients.delete(res);
-            res.destroy();
-            continue;
-          }
-          res.write(line);
-        }
-      }
-    })().catch(() => undefined);
-    return messages;
+    if (this.clients.size > 0) return;
+    // No one listens: nothing is heard until the next page asks.
+    for (const sub of this.subs.splice(0)) sub.unsubscribe();
+    this.lastRun.clear();
   }
 
   async close(): Promise<void> {
     for (const res of this.clients) res.end();
     this.clients.clear();
-    const feed = this.feed;
-    this.feed = undefined;
-    await feed?.then((messages) => messages.close(), () => undefined).catch(() => undefined);
+    for (const sub of this.subs.splice(0)) sub.unsubscribe();
   }
 }
 
@@ -347,12 +376,14 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
     if (actor !== null) {
       const [, kind, id] = actor as unknown as [string, string, string];
       if (!KINDS.has(kind) || !ID.test(id)) return json(res, 400, { error: "kind is task, workflow or worker; id is a Troupe id" });
-      const [record, history] = await Promise.all([current(nats, kind as Kind, id), readRecentHistory(nats, kind, id, HISTORY_SHOWN)]);
-      const events = history.events.map((e) => withActor(e, `troupe.events.${kind}.${id}`));
-      if (record === null && events.length === 0) return json(res, 404, { error: `no ${kind} ${id}` });
-      // A `lost` event is one attempt's (fenced, often after the winner wrote): not the task's state.
-      const state = events.findLast((e) => e.state !== undefined && !(kind === "task" && e.event === "lost"))?.state;
-      return json(res, 200, { kind, id, record, ...(state === undefined ? {} : { state }), events, ...(history.total > events.length ? { omitted: history.total - events.length } : {}) });
+      const [record, history] = await Promise.all([current(nats, kind as Kind, id), readHistory(nats, kind as ActorKind, id, Number.POSITIVE_INFINITY, true)]);
+      const events = history.slice(-HISTORY_SHOWN).map((e) => withActor(kind as Kind, id, e));
+      // A task never claimed: its work message is its record.
+      const now = record ?? (kind === "task" ? (events.findLast((e) => !e.note)?.record ?? null) : null);
+      if (now === null && events.length === 0) return json(res, 404, { error: `no ${kind} ${id}` });
+      // A note (an attempt's `lost`, fenced, often after the winner wrote) is not the actor's state.
+      const state = events.findLast((e) => e.state !== undefined && !e.note)?.state;
+      return json(res, 200, { kind, id, record: now, ...(state === undefined ? {} : { state }), events, ...(history.length > events.length ? { omitted: history.length - events.length } : {}) });
     }
     json(res, 404, { error: "not found" });
   };

@@ -1,6 +1,6 @@
 /**
- * A bridge to Stately's inspector (`@statelyai/inspect`): one actor's events in TROUPE_EVENTS,
- * its history first and then live, sent as the inspection events Stately's tools draw. The
+ * A bridge to Stately's inspector (`@statelyai/inspect`): one actor's events (its record's
+ * revisions and the notes about it), its history first and then live, sent as the inspection events Stately's tools draw. The
  * actor is registered with the machine its hosts run; each event is an event and a snapshot
  * (the state after it, and the record as context).
  *
@@ -9,15 +9,14 @@
  * `serveStately` (the CLI's) loads the package when called.
  */
 import { createServer as createNetServer, type AddressInfo } from "node:net";
-import { DeliverPolicy } from "@nats-io/jetstream";
 import type { AnyStateMachine, StateValue } from "xstate";
 import { stateOf, taskMachine } from "../../machines/task.js";
 import { TaskStatuses } from "../../machines/records.js";
 import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
 import { InvalidOption } from "../errors.js";
-import { historyEvent, type HistoryEvent } from "../nats/history.js";
-import { EVENTS_STREAM, type ActorKind } from "../nats/topology.js";
+import { followActor, type HistoryEvent } from "../nats/history.js";
+import type { ActorKind } from "../nats/topology.js";
 import { connectionOf, type Troupe } from "../sdk/troupe.js";
 
 /** A snapshot as Stately's inspector takes it. */
@@ -138,11 +137,6 @@ export const bridgeToStately = async (
     getSnapshot: () => snapshot,
   };
 
-  const consumer = await nats.js.consumers.get(EVENTS_STREAM, {
-    filter_subjects: `troupe.events.${target.kind}.${target.id}.>`,
-    deliver_policy: options.replay === false ? DeliverPolicy.New : DeliverPolicy.All,
-  });
-  const messages = await consumer.consume();
   let registered = false;
   let closed = false;
   const register = () => {
@@ -153,7 +147,7 @@ export const bridgeToStately = async (
 
   const send = (e: HistoryEvent) => {
     // An attempt's loss is that attempt's event, not the task's: its state stays the task's.
-    if (target.kind === "task" && e.event === "lost") {
+    if (e.note) {
       if (registered) inspector.event(ref, { type: e.event, at: e.at, seq: e.seq, data: e.record });
       return;
     }
@@ -172,28 +166,24 @@ export const bridgeToStately = async (
     inspector.snapshot(ref, snapshot, { event });
   };
 
-  const following = (async () => {
+  const following = await followActor(nats, target.kind, target.id, options.replay !== false, (e) => {
+    if (closed) return;
     try {
-      for await (const m of messages) {
-        if (closed) break;
-        send(historyEvent(m));
-      }
+      send(e);
     } catch (error) {
-      await messages.close();
-      if (!closed) (options.onError ?? ((err: unknown) => troupe.log.warn({ err, actor: sessionId }, "stately bridge stopped")))(error);
+      (options.onError ?? ((err: unknown) => troupe.log.warn({ err, actor: sessionId }, "stately bridge stopped")))(error);
     }
-  })();
+  });
 
   // An actor with no stored events yet is drawn in its machine's initial state until its first one.
-  if (options.replay === false || (await consumer.info(true)).num_pending === 0) register();
+  if (options.replay === false || following.replayed === 0) register();
 
   return {
     sessionId,
     close: async () => {
       if (closed) return;
       closed = true;
-      await messages.close();
-      await following;
+      following.close();
     },
   };
 };

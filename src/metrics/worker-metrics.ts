@@ -91,7 +91,8 @@ export class WorkerMetrics {
   attempted(subject: string, outcome: string, ms: number): void {
     const label = OUTCOMES[outcome];
     if (label === undefined) return;
-    const base = parseWorkSubject(subject).base;
+    const base = parseWorkSubject(subject)?.base;
+    if (base === undefined) return;
     const key = `${base}\0${label}`;
     let s = this.series.get(key);
     if (s === undefined) {

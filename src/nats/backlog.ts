@@ -4,7 +4,7 @@
  * metrics' queue depth gauge read it.
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
-import { parseWorkSubject, TASKS_STREAM, TASKS_SUBJECTS } from "./topology.js";
+import { keySubject, parseWorkSubject, TASKS_STREAM, TASKS_SUBJECTS, taskSubject } from "./topology.js";
 
 /** One task type's work, summed over its priorities and keys. */
 export interface TypeBacklog {
@@ -19,15 +19,10 @@ export interface TypeBacklog {
 /** `<queue>\0<task>`: how types are keyed here and by the readers of a backlog. */
 export const typeKey = (queue: string, task: string) => `${queue}\0${task}`;
 
-const WORK_PREFIX = TASKS_SUBJECTS.slice(0, -1);
-
-/** The queue and type of a work subject (any priority or key), or `undefined` for another subject. */
+/** The queue and type of a work subject or a consumer's filter (any priority or key), or `undefined` for another subject. */
 const typeOf = (subject: string): { queue: string; task: string } | undefined => {
-  const { base } = parseWorkSubject(subject);
-  if (!base.startsWith(WORK_PREFIX)) return undefined;
-  const rest = base.slice(WORK_PREFIX.length);
-  const dot = rest.indexOf(".");
-  return dot <= 0 || dot === rest.length - 1 ? undefined : { queue: rest.slice(0, dot), task: rest.slice(dot + 1) };
+  const parsed = parseWorkSubject(subject);
+  return parsed === undefined ? undefined : { queue: parsed.queue, task: parsed.type };
 };
 
 /**
@@ -36,13 +31,13 @@ const typeOf = (subject: string): { queue: string; task: string } | undefined =>
  * worker ever served it) counts them all as waiting.
  */
 export const readBacklog = async (jsm: JetStreamManager): Promise<Map<string, TypeBacklog>> => {
-  const [consumers, info] = await Promise.all([
+  const [consumers, stream] = await Promise.all([
     (async () => {
       const found = [];
       for await (const c of jsm.consumers.list(TASKS_STREAM)) found.push(c);
       return found;
     })(),
-    jsm.streams.info(TASKS_STREAM, { subjects_filter: TASKS_SUBJECTS }),
+    jsm.streams.info(TASKS_STREAM),
   ]);
   const types = new Map<string, TypeBacklog>();
   const entry = (type: { queue: string; task: string }) => {
@@ -52,6 +47,7 @@ export const readBacklog = async (jsm: JetStreamManager): Promise<Map<string, Ty
     return found;
   };
   const read = new Set<string>();
+  let covered = 0;
   for (const c of consumers) {
     const subject = c.config.filter_subject ?? c.config.filter_subjects?.[0];
     const type = subject === undefined ? undefined : typeOf(subject);
@@ -60,11 +56,19 @@ export const readBacklog = async (jsm: JetStreamManager): Promise<Map<string, Ty
     const e = entry(type);
     e.waiting += c.num_pending;
     e.running += c.num_ack_pending;
+    covered += c.num_pending + c.num_ack_pending;
   }
-  for (const [subject, count] of Object.entries(info.state.subjects ?? {})) {
-    const type = typeOf(subject);
-    if (type === undefined || read.has(subject)) continue;
-    entry(type).waiting += count;
+  // Each message is some consumer's (a work queue's filters do not overlap): only when some
+  // are no one's (a type no worker ever served) are the stream's subjects read, one per task.
+  if (stream.state.messages > covered) {
+    const info = await jsm.streams.info(TASKS_STREAM, { subjects_filter: TASKS_SUBJECTS });
+    for (const [subject, count] of Object.entries(info.state.subjects ?? {})) {
+      const parsed = parseWorkSubject(subject);
+      if (parsed === undefined) continue;
+      const lane = parsed.key !== undefined ? keySubject(parsed.queue, parsed.type, parsed.key) : taskSubject(parsed.queue, parsed.type, parsed.priority);
+      if (read.has(lane)) continue;
+      entry({ queue: parsed.queue, task: parsed.type }).waiting += count;
+    }
   }
   return types;
 };

@@ -28,8 +28,9 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvOptions } from "@nats-io/kv";
 import { Objm, type ObjectStore } from "@nats-io/obj";
-import { LayoutMissing, NatsFailure, TopologyConflict } from "../errors.js";
-import { LAYOUT_BUCKETS, LAYOUT_CONSUMERS, layoutStreams, verifyLayout, type LayoutMode } from "./layout.js";
+import { LayoutMissing, LayoutOutdated, NatsFailure, TopologyConflict } from "../errors.js";
+import { bucketOptions, formatDrift, LAYOUT_BUCKETS, LAYOUT_CONSUMERS, layoutDrift, layoutStreams, MIGRATED, verifyLayout, type LayoutMode } from "./layout.js";
+import { migrateLayout } from "./migrate.js";
 import { permissionDenied } from "./permissions.js";
 import { parseDuration, type DurationInput } from "../duration.js";
 import { AckedPublisher } from "./publisher.js";
@@ -99,6 +100,12 @@ export interface ConnectOptions {
    * something is missing: what a client, worker or coordinator with a role uses (docs/security.md).
    */
   readonly layout?: LayoutMode;
+  /**
+   * Carry a layout made by an earlier version over to this one (its queued work and records
+   * copied into the new streams) instead of failing with `LayoutOutdated`: `troupe setup
+   * --migrate` and `Troupe.dev` do; nothing else may run meanwhile.
+   */
+  readonly migrate?: boolean;
   /** How long TROUPE_EVENTS keeps events (ms); 7 days by default. */
   readonly eventsMaxAge?: number;
   /** How long TROUPE_LOGS keeps handlers' log lines (ms); 3 days by default. */
@@ -255,14 +262,8 @@ export const connectNats = async (options: ConnectOptions = {}): Promise<NatsCon
 
 const ensureStream = async (jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string; subjects: string[] }) => {
   try {
-    const info = await jsm.streams.info(config.name);
-    const missing = config.subjects.filter((s) => !info.config.subjects?.includes(s));
-    if (missing.length > 0) {
-      throw new TopologyConflict({
-        message: `stream ${config.name} exists without subjects ${missing.join(", ")}; delete it or fix its subjects`,
-      });
-    }
-    return;
+    await jsm.streams.info(config.name);
+    return; // its settings are compared by `upgradeLayout`
   } catch (e) {
     if (!isApiError(e, 10059)) throw e; // 10059: stream not found
   }
@@ -288,6 +289,34 @@ const ensureBucket = async (jsm: JetStreamManager, kvm: Kvm, name: string, opts:
   }
 };
 
+/**
+ * What this version changed in the layout, for a layout made by an earlier one: the record
+ * buckets' history and TROUPE_EVENTS' subjects are updated in place (by a process that may
+ * create the layout); work subjects without task ids and buckets that republish nothing need
+ * their messages carried over (`migrate`, run by `troupe setup --migrate` and `Troupe.dev`):
+ * anyone else is told so with `LayoutOutdated`. Other drift (replicas, ages) is `troupe setup`'s.
+ */
+const upgradeLayout = async (nc: NatsConnection, jsm: JetStreamManager, options: ConnectOptions, create: boolean): Promise<void> => {
+  const drift = await layoutDrift(jsm, options);
+  const outdated = drift.filter((d) => MIGRATED.includes(d.setting));
+  if (outdated.length > 0) {
+    if (create && options.migrate === true) {
+      await migrateLayout(nc, jsm, options);
+      return upgradeLayout(nc, jsm, { ...options, migrate: false }, create);
+    }
+    throw new LayoutOutdated({
+      message: `the Troupe layout on this server predates this version (${outdated.map((d) => d.what).join(", ")} ${outdated.length === 1 ? "has" : "have"} no RePublish): stop every Troupe process and run \`troupe setup --migrate\``,
+      outdated: outdated.map(formatDrift),
+    });
+  }
+  const versionUpgrades = drift.filter((d) => (d.setting === "max_msgs_per_subject" && (d.actual as number) < (d.configured as number)) || (d.setting === "subjects" && d.stream === EVENTS_STREAM));
+  if (versionUpgrades.length === 0) return;
+  if (!create) {
+    throw new LayoutOutdated({ message: `the Troupe layout on this server predates this version: run \`troupe setup\``, outdated: versionUpgrades.map(formatDrift) });
+  }
+  for (const d of versionUpgrades) await jsm.streams.update(d.stream, { [d.setting]: d.configured });
+};
+
 /** Create (or find) the whole layout (the README's NATS layout) with `replicas` copies. */
 export const openNats = async (nc: NatsConnection, options: ConnectOptions = {}): Promise<NatsHandle> => {
   const replicas = options.replicas ?? 1;
@@ -298,6 +327,7 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
     const create = options.layout !== "verify";
     if (create) {
       for (const stream of layoutStreams(options)) await ensureStream(jsm, stream);
+
       for (const [stream, durable, ackWaitS] of LAYOUT_CONSUMERS) {
         try {
           await jsm.consumers.add(stream, {
@@ -313,10 +343,12 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
     } else {
       await verifyLayout(jsm);
     }
+    // Before the buckets are opened: a migration makes some of them again.
+    await upgradeLayout(nc, jsm, options, create);
     const kvm = new Kvm(js);
     const bucket = (name: string): Promise<KV> => {
-      const ttl = LAYOUT_BUCKETS.find((b) => b.name === name)?.ttl;
-      return create ? ensureBucket(jsm, kvm, name, { history: 1, replicas, ...(ttl === undefined ? {} : { ttl }) }) : kvm.open(name);
+      const b = LAYOUT_BUCKETS.find((x) => x.name === name)!;
+      return create ? ensureBucket(jsm, kvm, name, bucketOptions(b, replicas)) : kvm.open(name);
     };
     const [tasks, workers, workflows, pauses, schedules, leases, limits, openRuns, methods] = await Promise.all(
       [TASKS_BUCKET, WORKERS_BUCKET, WORKFLOWS_BUCKET, PAUSES_BUCKET, SCHEDULES_BUCKET, LEASES_BUCKET, LIMITS_BUCKET, OPEN_RUNS_BUCKET, METHODS_BUCKET].map(bucket),
@@ -344,7 +376,7 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       submitRetryFor: parseDuration(options.submitRetryFor) ?? DEFAULT_SUBMIT_RETRY_FOR,
     };
   } catch (e) {
-    if (e instanceof TopologyConflict || e instanceof LayoutMissing) throw e;
+    if (e instanceof TopologyConflict || e instanceof LayoutMissing || e instanceof LayoutOutdated) throw e;
     throw permissionDenied(e) ?? asFailure(`cannot ${options.layout === "verify" ? "open" : "create"} the Troupe streams and buckets`)(e);
   }
 };

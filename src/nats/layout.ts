@@ -14,6 +14,7 @@ import {
 import { LayoutMissing } from "../errors.js";
 import {
   ADVISORIES_STREAM,
+  BELLS_SUBJECTS,
   COORDINATOR_CONSUMER,
   EVENTS_STREAM,
   EVENTS_SUBJECTS,
@@ -29,6 +30,8 @@ import {
   OPEN_RUNS_BUCKET,
   PAUSES_BUCKET,
   PAYLOADS_BUCKET,
+  RECORD_HISTORY,
+  recordRepublish,
   REAPER_CONSUMER,
   SCHEDULES_BUCKET,
   STEPS_STREAM,
@@ -63,7 +66,17 @@ const DAY_MS = 24 * 3600 * 1000;
 export const layoutStreams = (options: LayoutSettings = {}): LayoutStream[] => {
   const num_replicas = options.replicas ?? 1;
   return [
-    { name: TASKS_STREAM, subjects: [TASKS_SUBJECTS], retention: RetentionPolicy.Workqueue, storage: StorageType.File, num_replicas, duplicate_window: 2 * 60 * 1000 * NS },
+    {
+      name: TASKS_STREAM,
+      subjects: [TASKS_SUBJECTS],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      num_replicas,
+      duplicate_window: 2 * 60 * 1000 * NS,
+      // Idle workers hear that work came (its subject) without a copy of it.
+      republish: { src: TASKS_SUBJECTS, dest: BELLS_SUBJECTS, headers_only: true },
+      allow_direct: true,
+    },
     {
       name: EVENTS_STREAM,
       subjects: [EVENTS_SUBJECTS],
@@ -99,13 +112,18 @@ export interface LayoutBucket {
   readonly name: string;
   /** Entries expire after this many ms; none when unset. */
   readonly ttl?: number;
+  /** Revisions kept per key (1 when unset): a record bucket's history is its records' history. */
+  readonly history?: number;
+  /** A record bucket republishes every write it stores to `troupe.events.<kind>.<id>` (its live watchers). */
+  readonly republish?: { readonly src: string; readonly dest: string };
 }
 
-/** The KV buckets of the layout (each a stream `KV_<name>`), history 1. */
+/** The KV buckets of the layout (each a stream `KV_<name>`). */
 export const LAYOUT_BUCKETS: ReadonlyArray<LayoutBucket> = [
-  { name: TASKS_BUCKET },
-  { name: WORKERS_BUCKET, ttl: WORKERS_TTL },
-  { name: WORKFLOWS_BUCKET },
+  { name: TASKS_BUCKET, history: RECORD_HISTORY, republish: recordRepublish("task") },
+  // A worker beats every 10 s and its entries expire after 30 s: its last few beats.
+  { name: WORKERS_BUCKET, ttl: WORKERS_TTL, history: 8, republish: recordRepublish("worker") },
+  { name: WORKFLOWS_BUCKET, history: RECORD_HISTORY, republish: recordRepublish("workflow") },
   { name: PAUSES_BUCKET },
   { name: SCHEDULES_BUCKET },
   { name: LEASES_BUCKET, ttl: LEASE_TTL_MS },
@@ -113,6 +131,14 @@ export const LAYOUT_BUCKETS: ReadonlyArray<LayoutBucket> = [
   { name: OPEN_RUNS_BUCKET },
   { name: METHODS_BUCKET },
 ];
+
+/** What `kvm.create` takes to make `bucket` as the layout wants it. */
+export const bucketOptions = (bucket: LayoutBucket, replicas: number) => ({
+  history: bucket.history ?? 1,
+  replicas,
+  ...(bucket.ttl === undefined ? {} : { ttl: bucket.ttl }),
+  ...(bucket.republish === undefined ? {} : { republish: bucket.republish }),
+});
 
 /** The object store's stream. */
 export const PAYLOADS_STREAM = `OBJ_${PAYLOADS_BUCKET}`;
@@ -160,16 +186,29 @@ export interface LayoutDrift {
   /** `stream TROUPE_EVENTS`, `bucket troupe-leases`, `object store troupe-payloads`. */
   readonly what: string;
   readonly stream: string;
-  /** The stream config field: `num_replicas`, `storage`, `retention`, `max_age`, `max_bytes`. */
+  /** The stream config field: `num_replicas`, `storage`, `retention`, `max_age`, `max_bytes`, `max_msgs_per_subject`, `subjects`, `republish`. */
   readonly setting: keyof StreamConfig;
   readonly configured: unknown;
   readonly actual: unknown;
 }
 
 /** Settings `jsm.streams.update` can change in place; the others need the stream made again. */
-export const UPDATABLE: ReadonlyArray<keyof StreamConfig> = ["num_replicas", "max_age", "max_bytes"];
+export const UPDATABLE: ReadonlyArray<keyof StreamConfig> = ["num_replicas", "max_age", "max_bytes", "max_msgs_per_subject", "subjects"];
 
-const NAMES: Partial<Record<keyof StreamConfig, string>> = { num_replicas: "replicas", max_age: "max age", max_bytes: "max bytes" };
+/**
+ * Settings whose drift means the layout predates this version: the work subjects carry no
+ * task id and the record buckets republish nothing (TROUPE_TASKS' and the record buckets'
+ * RePublish). Their messages must be carried over (`troupe setup --migrate`).
+ */
+export const MIGRATED: ReadonlyArray<keyof StreamConfig> = ["republish"];
+
+const NAMES: Partial<Record<keyof StreamConfig, string>> = {
+  num_replicas: "replicas",
+  max_age: "max age",
+  max_bytes: "max bytes",
+  max_msgs_per_subject: "history",
+  republish: "republish",
+};
 
 const shown = (setting: keyof StreamConfig, value: unknown): string => {
   if (setting === "max_age" && typeof value === "number") {
@@ -178,37 +217,76 @@ const shown = (setting: keyof StreamConfig, value: unknown): string => {
     for (const [unit, size] of [["d", DAY_MS], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) if (ms % size === 0) return `${ms / size}${unit}`;
     return `${ms}ms`;
   }
+  if (setting === "republish") {
+    const r = value as { src?: string; dest?: string } | undefined;
+    return r === undefined || r === null ? "none" : `${r.src} → ${r.dest}`;
+  }
+  if (Array.isArray(value)) return value.join(", ");
   return String(value);
 };
 
 /** One line per drift: `stream TROUPE_EVENTS: max age is 1h, the configuration says 7d`. */
 export const formatDrift = (d: LayoutDrift): string =>
-  `${d.what}: ${NAMES[d.setting] ?? d.setting} is ${shown(d.setting, d.actual)}, the configuration says ${shown(d.setting, d.configured)}${UPDATABLE.includes(d.setting) ? "" : " (cannot be changed in place: recreate the stream)"}`;
+  `${d.what}: ${NAMES[d.setting] ?? d.setting} is ${shown(d.setting, d.actual)}, the configuration says ${shown(d.setting, d.configured)}${
+    UPDATABLE.includes(d.setting) ? "" : MIGRATED.includes(d.setting) ? " (run `troupe setup --migrate`)" : " (cannot be changed in place: recreate the stream)"
+  }`;
 
-/** Every setting of the layout that drifted from `options` (replicas, storage, retention, max age, max bytes, bucket TTLs); missing parts are `missingLayout`'s. */
-export const layoutDrift = async (jsm: JetStreamManager, options: LayoutSettings = {}): Promise<LayoutDrift[]> => {
+/** What the layout wants of every stream, bucket and the object store, as stream configs (the settings compared). */
+export const wantedStreams = (options: LayoutSettings = {}): Array<{ readonly what: string; readonly config: Partial<StreamConfig> & { name: string } }> => {
   const replicas = options.replicas ?? 1;
-  const wanted: Array<{ what: string; config: Partial<StreamConfig> & { name: string } }> = [
+  return [
     ...layoutStreams(options).map((config) => ({ what: `stream ${config.name}`, config })),
     ...LAYOUT_BUCKETS.map((b) => ({
       what: `bucket ${b.name}`,
-      config: { name: `KV_${b.name}`, num_replicas: replicas, storage: StorageType.File, max_age: (b.ttl ?? 0) * NS },
+      config: {
+        name: `KV_${b.name}`,
+        num_replicas: replicas,
+        storage: StorageType.File,
+        max_age: (b.ttl ?? 0) * NS,
+        max_msgs_per_subject: b.history ?? 1,
+        ...(b.republish === undefined ? {} : { republish: b.republish }),
+      },
     })),
     { what: `object store ${PAYLOADS_BUCKET}`, config: { name: PAYLOADS_STREAM, num_replicas: replicas, storage: StorageType.File } },
   ];
+};
+
+const sameRepublish = (a: unknown, b: unknown): boolean => {
+  const x = (a ?? undefined) as { src?: string; dest?: string; headers_only?: boolean } | undefined;
+  const y = (b ?? undefined) as { src?: string; dest?: string; headers_only?: boolean } | undefined;
+  if (x === undefined || y === undefined) return x === y;
+  return x.src === y.src && x.dest === y.dest && (x.headers_only ?? false) === (y.headers_only ?? false);
+};
+
+/** Every setting of the layout that drifted from `options` (replicas, storage, retention, max age, max bytes, history, subjects, republish, bucket TTLs); missing parts are `missingLayout`'s. */
+export const layoutDrift = async (jsm: JetStreamManager, options: LayoutSettings = {}): Promise<LayoutDrift[]> => {
   const drift: LayoutDrift[] = [];
-  for (const { what, config } of wanted) {
-    let actual: StreamConfig;
-    try {
-      actual = (await jsm.streams.info(config.name)).config;
-    } catch (e) {
-      if (notFound(e, 10059)) continue;
-      throw e;
-    }
-    for (const setting of ["num_replicas", "storage", "retention", "max_age", "max_bytes"] as const) {
+  const wanted = wantedStreams(options);
+  // Asked at once: every process that opens the layout asks this.
+  const actuals = await Promise.all(
+    wanted.map(({ config }) =>
+      jsm.streams.info(config.name).then(
+        (info) => info.config,
+        (e: unknown) => {
+          if (notFound(e, 10059)) return undefined;
+          throw e;
+        },
+      ),
+    ),
+  );
+  for (const [i, { what, config }] of wanted.entries()) {
+    const actual = actuals[i];
+    if (actual === undefined) continue;
+    for (const setting of ["num_replicas", "storage", "retention", "max_age", "max_bytes", "max_msgs_per_subject", "subjects", "republish"] as const) {
       const configured = config[setting];
-      if (configured === undefined) continue;
-      if (actual[setting] !== configured) drift.push({ what, stream: config.name, setting, configured, actual: actual[setting] });
+      if (configured === undefined && setting !== "republish") continue;
+      const differs =
+        setting === "subjects"
+          ? JSON.stringify([...((actual.subjects ?? []) as string[])].sort()) !== JSON.stringify([...(configured as string[])].sort())
+          : setting === "republish"
+            ? !sameRepublish(actual.republish, configured)
+            : actual[setting] !== configured;
+      if (differs) drift.push({ what, stream: config.name, setting, configured, actual: actual[setting] });
     }
   }
   return drift;

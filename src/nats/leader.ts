@@ -50,6 +50,7 @@ export class LeaderLease {
   async release(): Promise<void> {
     const revision = this.revision;
     this.revision = undefined;
+    this.lastTry = 0; // free to be taken again at once, by this process too
     if (revision !== undefined) await this.leases.delete(this.key, { previousSeq: revision }).catch(() => undefined);
   }
 }

@@ -28,6 +28,8 @@ import {
   WORKERS_BUCKET,
   WORKFLOWS_BUCKET,
   consumerName,
+  BELLS_ROOT,
+  RECORD_SUBJECTS,
   isValidQueueName,
   isValidTaskName,
   PRIORITIES,
@@ -73,11 +75,12 @@ const READ: RolePermissions = {
   ],
   subscribe: ["_INBOX.>"],
   // Layout management is the admin's alone: no role creates, changes or deletes a stream.
-  deny: [api("STREAM.CREATE.>"), api("STREAM.UPDATE.>"), api("STREAM.DELETE.>"), api(`CONSUMER.DELETE.${TASKS_STREAM}.>`), api(`CONSUMER.DELETE.${STEPS_STREAM}.>`), api(`CONSUMER.DELETE.${ADVISORIES_STREAM}.>`)],
+  // Records' writes are heard on `troupe.events.<kind>.<id>` from the server alone (RePublish).
+  deny: [RECORD_SUBJECTS, api("STREAM.CREATE.>"), api("STREAM.UPDATE.>"), api("STREAM.DELETE.>"), api(`CONSUMER.DELETE.${TASKS_STREAM}.>`), api(`CONSUMER.DELETE.${STEPS_STREAM}.>`), api(`CONSUMER.DELETE.${ADVISORIES_STREAM}.>`)],
 };
 
-/** Retention (run by workers and coordinators) removes finished records, their payloads, index entries and events. */
-const RETENTION = [kvStream(TASKS_BUCKET), kvStream(WORKFLOWS_BUCKET), kvStream(OPEN_RUNS_BUCKET), EVENTS_STREAM, INDEX_STREAM, PAYLOADS_STREAM].map(purge);
+/** Retention (run by workers and coordinators) removes finished records, their payloads, index entries and a cancelled task's waiting work. */
+const RETENTION = [...[kvStream(TASKS_BUCKET), kvStream(WORKFLOWS_BUCKET), kvStream(OPEN_RUNS_BUCKET), INDEX_STREAM, PAYLOADS_STREAM, TASKS_STREAM].map(purge), api(`STREAM.MSG.DELETE.${INDEX_STREAM}`)];
 
 const PAYLOADS = [`$O.${PAYLOADS_BUCKET}.>`, purge(PAYLOADS_STREAM)];
 
@@ -105,13 +108,12 @@ export const rolePermissions = (role: Role): RolePermissions => {
           ...PAYLOADS,
           purge(kvStream(OPEN_RUNS_BUCKET)),
           "troupe.tasks.>",
-          "troupe.events.>",
           "troupe.index.>",
           "troupe.control.>",
           "troupe.rpc",
           "$SRV.>",
         ],
-        subscribe: ["troupe.notify.>", "troupe.events.>", "troupe.logs.>"],
+        subscribe: ["troupe.events.>", "troupe.logs.>"],
       });
     case "worker":
       // Its task types' consumers are its own to create and tune (ensureTaskConsumer); no stream is.
@@ -146,9 +148,8 @@ export const rolePermissions = (role: Role): RolePermissions => {
           `$JS.ACK.${ADVISORIES_STREAM}.${REAPER_CONSUMER}.>`,
           api(`STREAM.MSG.DELETE.${TASKS_STREAM}`),
           "troupe.tasks.>",
-          "troupe.events.>",
           "troupe.index.>",
-          "troupe.notify.>",
+          "troupe.steps.>",
           "troupe.control.>",
           "$SRV.>",
         ],
@@ -222,12 +223,12 @@ const scopedWorker = (base: RolePermissions, { queue, types }: WorkerScope): Rol
       ...consumers.map((c) => `$JS.ACK.${TASKS_STREAM}.${c}.>`),
       `${TASKS_ROOT}${queue}.>`,
       `troupe.index.task.*.${queue}.>`,
-      "troupe.events.>",
+      // Its notes (an attempt fenced, a message rejected); records' subjects are the server's.
+      "troupe.events.*.*.*",
       "troupe.logs.>",
-      "troupe.notify.>",
       "troupe.steps.>",
     ],
-    subscribe: [...drop(base.subscribe, ["troupe.>"]), "troupe.control.>", "troupe.rpc", "troupe.events.>", "troupe.notify.>", `${TASKS_ROOT}${queue}.>`],
+    subscribe: [...drop(base.subscribe, ["troupe.>"]), "troupe.control.>", "troupe.rpc", "troupe.events.>", `${BELLS_ROOT}${queue}.>`],
     deny: [...base.deny, api(`DIRECT.GET.${TASKS_STREAM}`), api(`DIRECT.GET.${TASKS_STREAM}.>`), api(`STREAM.MSG.GET.${TASKS_STREAM}`)],
     subscribeDeny: base.subscribeDeny ?? [],
   };

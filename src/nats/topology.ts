@@ -50,36 +50,91 @@ export const DEFAULT_PRIORITY = 3;
 export const isPriority = (value: unknown): value is number => typeof value === "number" && Number.isInteger(value) && value >= 1 && value <= 5;
 
 /**
- * `troupe.tasks.<queue>.<type>`: the work at the default priority (3); another priority
- * adds a last token `@<priority>` (`troupe.tasks.default.math.add.@1`), which no task name
- * can end with, since name segments have no `@`. A dotted type name spans several tokens.
+ * `troupe.tasks.<queue>.<id>.<type>`: one task's work message at the default priority (3);
+ * another priority adds a last token `@<priority>` (`troupe.tasks.default.<id>.math.add.@1`),
+ * a keyed task `=<key>`, neither of which a task name can end with (name segments have no
+ * `@` or `=`). A dotted type name spans several tokens. The task id sits at a fixed place, so
+ * a task's work is readable by id alone (`troupe.tasks.*.<id>.>`, a wildcard `last_by_subj`)
+ * whatever its queue, type or lane: a queued task is readable for as long as it waits.
  */
-export const taskSubject = (queue: string, type: string, priority: number = DEFAULT_PRIORITY) =>
-  priority === DEFAULT_PRIORITY ? `troupe.tasks.${queue}.${type}` : `troupe.tasks.${queue}.${type}.@${priority}`;
+export const workSubject = (queue: string, type: string, id: string, priority: number = DEFAULT_PRIORITY, key?: string) =>
+  `${TASKS_ROOT}${queue}.${id}.${type}${lane(priority, key)}`;
+/** What a type's consumer reads: every task of the type on one lane (`troupe.tasks.<queue>.*.<type>[.@p|.=k]`). */
+export const taskSubject = (queue: string, type: string, priority: number = DEFAULT_PRIORITY) => `${TASKS_ROOT}${queue}.*.${type}${lane(priority)}`;
+const lane = (priority: number, key?: string) => (key !== undefined ? `.=${key}` : priority === DEFAULT_PRIORITY ? "" : `.@${priority}`);
+/** A task's work messages, whatever its queue, type and lane: `troupe.tasks.*.<id>.>`. */
+export const workOfTask = (id: string) => `${TASKS_ROOT}*.${id}.>`;
 export const TASKS_SUBJECTS = "troupe.tasks.>";
 export const TASKS_ROOT = "troupe.tasks.";
 /**
- * A keyed task's work (`submit(..., { key })`): `troupe.tasks.<queue>.<type>.=<key>`, one
+ * A keyed task's lane (`submit(..., { key })`): `troupe.tasks.<queue>.*.<type>.=<key>`, one
  * consumer per key, so that keys are served round robin and `limits.perKey` is the key
  * consumer's `max_ack_pending`.
  */
-export const keySubject = (queue: string, type: string, key: string) => `${taskSubject(queue, type)}.=${key}`;
+export const keySubject = (queue: string, type: string, key: string) => `${TASKS_ROOT}${queue}.*.${type}.=${key}`;
 export const KEY = /^[A-Za-z0-9_-]{1,64}$/;
-/** Every priority but the default, and every key, of one type: `troupe.tasks.<queue>.<type>.*`. */
+/** Every priority but the default, and every key, of one type: `troupe.tasks.<queue>.*.<type>.*`. */
 export const prioritySubjects = (queue: string, type: string) => `${taskSubject(queue, type)}.*`;
-/** What a work subject carries: its priority or key, and the subject of its type at the default priority. */
-export const parseWorkSubject = (subject: string): { readonly base: string; readonly priority: number; readonly key?: string } => {
-  const dot = subject.lastIndexOf(".");
-  const last = subject.slice(dot + 1);
-  if (last.startsWith("=") && KEY.test(last.slice(1))) return { base: subject.slice(0, dot), priority: DEFAULT_PRIORITY, key: last.slice(1) };
-  const priority = last.startsWith("@") ? Number(last.slice(1)) : Number.NaN;
-  return isPriority(priority) ? { base: subject.slice(0, dot), priority } : { base: subject, priority: DEFAULT_PRIORITY };
+
+/**
+ * What a work subject (or its bell, `troupe.bells.…`) carries: its queue, task id, type,
+ * priority or key, and `base`, its type's default-lane filter (`taskSubject(queue, type)`);
+ * `undefined` for a subject of another shape.
+ */
+export const parseWorkSubject = (
+  subject: string,
+): { readonly queue: string; readonly id: string; readonly type: string; readonly base: string; readonly priority: number; readonly key?: string } | undefined => {
+  const tokens = subject.split(".");
+  if (tokens.length < 5 || tokens[0] !== "troupe" || (tokens[1] !== "tasks" && tokens[1] !== "bells")) return undefined;
+  const queue = tokens[2]!;
+  const id = tokens[3]!;
+  let type = tokens.slice(4);
+  const last = type[type.length - 1]!;
+  let priority = DEFAULT_PRIORITY;
+  let key: string | undefined;
+  if (last.startsWith("=") && KEY.test(last.slice(1))) key = last.slice(1);
+  else if (last.startsWith("@") && isPriority(Number(last.slice(1)))) priority = Number(last.slice(1));
+  if (key !== undefined || priority !== DEFAULT_PRIORITY) type = type.slice(0, -1);
+  if (type.length === 0) return undefined;
+  const name = type.join(".");
+  return { queue, id, type: name, base: taskSubject(queue, name), priority, ...(key === undefined ? {} : { key }) };
 };
 
+/**
+ * `troupe.bells.<queue>.<id>.<type>[…]`: TROUPE_TASKS republishes every work message it
+ * stores here, headers only (no payload): what an idle worker listens to, to know that work
+ * came for a type it serves, without a copy of the work itself.
+ */
+export const BELLS_ROOT = "troupe.bells.";
+export const BELLS_SUBJECTS = "troupe.bells.>";
+/** The bells of one lane of a type (a consumer's filter, rung). */
+export const bellSubject = (filter: string) => `${BELLS_ROOT}${filter.slice(TASKS_ROOT.length)}`;
+
 export type ActorKind = "task" | "workflow" | "worker";
-/** `troupe.events.<kind>.<id>.<event>`: every transition, captured by TROUPE_EVENTS. */
+
+/**
+ * `troupe.events.<kind>.<id>`: an actor's record as stored, every write of it. Each record
+ * bucket (`troupe-tasks`, `troupe-workflows`, `troupe-workers`) keeps its records' revisions
+ * (its history) and republishes every write it stores here (the stream's RePublish, with
+ * headers `Nats-Sequence`, the revision, and `Nats-Last-Sequence`, the one before): a live
+ * watcher hears the very write, once it is stored, and never one that lost its
+ * compare-and-set. No user may publish here; only the server does.
+ */
+export const recordSubject = (kind: ActorKind, id: string) => `troupe.events.${kind}.${id}`;
+export const RECORD_SUBJECTS = "troupe.events.*.*";
+/** Where the bucket of `kind` republishes its writes: `$KV.<bucket>.>` → `troupe.events.<kind>.>`. */
+export const recordRepublish = (kind: ActorKind) => ({ src: `$KV.${bucketOf(kind)}.>`, dest: `troupe.events.${kind}.>` });
+export const bucketOf = (kind: ActorKind) => (kind === "task" ? TASKS_BUCKET : kind === "workflow" ? WORKFLOWS_BUCKET : WORKERS_BUCKET);
+/** Revisions a record bucket keeps per key: its history (a task's retries and progress, a run's steps, a worker's beats). */
+export const RECORD_HISTORY = 64;
+
+/**
+ * `troupe.events.<kind>.<id>.<note>`: what happened to an actor that is not a write of its
+ * record, kept in TROUPE_EVENTS (age-limited): `lost` (an attempt fenced: what it wanted to
+ * write, and why it could not) and a worker's `rejected` (a malformed work message terminated).
+ */
 export const eventSubject = (kind: ActorKind, id: string, event: string) => `troupe.events.${kind}.${id}.${event}`;
-export const EVENTS_SUBJECTS = "troupe.events.>";
+export const EVENTS_SUBJECTS = "troupe.events.*.*.*";
 
 /**
  * `troupe.logs.<workerId>.<taskId>`: every line a handler logs through `ctx.log` (pino

@@ -19,7 +19,7 @@ import { IndexEntry, TaskRecord as TaskRecordSchema, TaskStatuses, TerminalStatu
 import { InvalidOption } from "../errors.js";
 import { decodeJson, decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { INDEX_STREAM, isValidQueueName, isValidTaskName, parseTaskIndexSubject, TASKS_STREAM } from "../nats/topology.js";
+import { INDEX_STREAM, isValidQueueName, isValidTaskName, parseTaskIndexSubject, prioritySubjects, TASKS_STREAM, taskSubject } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 
 export interface ListOptions {
@@ -132,17 +132,18 @@ const finished = async (nats: NatsHandle, store: TaskStore, q: Query, want: numb
 
 /** QUEUED and RETRYING (and, listing every status, RUNNING) tasks from their work messages. */
 const unfinished = async (nats: NatsHandle, store: TaskStore, q: Query, want: number, before: number | undefined): Promise<SourcePage> => {
-  // A type's work is its subject, and under it its other priorities and keys; a dotted
-  // type may have sub-types under it too, left out by name below.
-  const subject = `troupe.tasks.${q.queue ?? "*"}.${q.task === undefined ? ">" : `${q.task}.>`}`;
-  const exact = q.task === undefined ? undefined : `troupe.tasks.${q.queue ?? "*"}.${q.task}`;
+  // A type's work is its lanes: the default one, and one per other priority and key (a dotted
+  // type's sub-type one token longer looks like a lane, and is left out by name below).
+  const subject = q.task === undefined ? `troupe.tasks.${q.queue ?? "*"}.>` : prioritySubjects(q.queue ?? "*", q.task);
+  const exact = q.task === undefined ? undefined : taskSubject(q.queue ?? "*", q.task);
   const seen = new Set<string>();
   const accept = async (msg: StoredMsg): Promise<TaskRecord | "stop" | undefined> => {
     if (msg.time.getTime() < q.since) return "stop";
     const message = decodeWith(TaskRecordSchema, msg.data, "task record");
     if (!message.ok || (q.task !== undefined && message.value.task !== q.task) || seen.has(message.value.id)) return undefined;
     seen.add(message.value.id);
-    const stored = await store.get(message.value.id).catch(() => undefined);
+    // Not claimed yet when KV has nothing: the message is its record.
+    const stored = await store.read(message.value.id).pipe(Effect.orElseSucceed(() => undefined), Effect.runPromise);
     const record = stored?.record ?? message.value;
     if (TerminalStatuses.has(record.status)) return undefined; // ending now: its index entry lists it
     return q.status === undefined || record.status === q.status ? record : undefined;

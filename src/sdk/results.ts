@@ -1,15 +1,23 @@
 /**
- * Waiting for results. A client hears the terminal records of the tasks it submitted on its
- * notify subject (`troupe.notify.<client>`, the record's `notify`: each message the records
- * that ended in one tick), and of any other task on that task's events. A wait starts when someone asks for a result, not at
- * submit: what ends before anyone asks is kept in a bounded buffer of recent results, so
- * a client that submits a million tasks and awaits none holds no state for them. Neither is the only way: a notify or an event can be lost
- * (a worker or a server killed at the wrong moment), so every wait that lasts re-reads
- * the record now and then (after 5 s, then less and less often), and all of them after a
- * reconnect. Closing the client ends every wait with `NatsFailure`.
+ * Waiting for results. A record bucket republishes every write it stores on
+ * `troupe.events.<kind>.<id>` (only the server publishes there), so a wait hears the very
+ * write that ended its task or run, once it is stored, never one that lost its
+ * compare-and-set: it settles from the record.
+ *
+ * A wait starts when someone asks for a result, not at submit. A client with a few waits
+ * listens to each of their subjects; one with many (a burst of submits awaited) listens to
+ * `troupe.events.task.>` once instead, and keeps the terminal records of its own tasks
+ * (their `notify` is this client's) that end before anyone asks, in a bounded buffer of
+ * recent results: a client that submits a million tasks and awaits none holds no state for
+ * them. A wait that may have missed its end (it started after the task could have ended,
+ * unheard) reads the record once. The republished write can still be lost (a server
+ * restart, a reconnect), so every wait that lasts re-reads its record now and then (after
+ * 5 s, then less and less often), and all of them after a reconnect. Closing the client ends
+ * every wait with `NatsFailure`.
  */
 import type { Schema } from "effect";
-import type { Subscription } from "@nats-io/transport-node";
+import type { Msg, Subscription } from "@nats-io/transport-node";
+import { Effect } from "effect";
 import {
   TaskRecord as TaskRecordSchema,
   TerminalStatuses,
@@ -19,14 +27,11 @@ import {
 } from "../../machines/records.js";
 import { isWorkflowTerminal } from "../../machines/workflow.js";
 import { NatsFailure, ResultTimeout, TaskNotFound, WorkflowNotFound } from "../errors.js";
-import { decodeJson, decodeValueWith, decodeWith } from "../nats/codec.js";
+import { decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { eventSubject } from "../nats/topology.js";
+import { recordSubject } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { WorkflowStore } from "../store/workflow-store.js";
-
-/** The events that end a task or a run (`troupe.events.<kind>.<id>.<event>`). */
-const ENDS: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
 
 /** When a wait first re-reads its record, and the longest it goes between two reads. */
 const FIRST_CHECK_MS = 5_000;
@@ -35,6 +40,12 @@ const MAX_CHECK_MS = 30_000;
 const RECENT_MAX = 10_000;
 /** Records re-read per second at most, oldest waits first: a large backlog of waits costs the server little. */
 const CHECKS_PER_TICK = 100;
+/** Task waits at which a client listens to every task's writes instead of each one's, and back. */
+const WIDE_AT = 64;
+const NARROW_AT = 16;
+
+const TASK_EVENTS = recordSubject("task", "");
+const STATUS = Buffer.from('"status":"');
 
 interface Waiter<R> {
   readonly promise: Promise<R>;
@@ -43,16 +54,26 @@ interface Waiter<R> {
   /** Re-read the record then (epoch ms). */
   nextCheck: number;
   interval: number;
-  /** The ending events of a task or run this client did not submit. */
-  subs?: Subscription[] | undefined;
+  /** This wait's own subscription (while the client does not listen to every task's writes). */
+  sub?: Subscription | undefined;
 }
+
+/** Whether a task record's bytes say it ended: its `status` starts with C(OMPLETED|ANCELLED) or F(AILED). */
+const endedBytes = (data: Uint8Array): boolean => {
+  const at = Buffer.from(data.buffer, data.byteOffset, data.byteLength).indexOf(STATUS);
+  if (at < 0) return false;
+  const first = data[at + STATUS.length];
+  return first === 0x43 || first === 0x46;
+};
 
 export class Results {
   private readonly tasks = new Map<string, Waiter<TaskRecord>>();
   private readonly runs = new Map<string, Waiter<WorkflowRecord>>();
   private readonly recent = new Map<string, TaskRecord>();
-  private notifySub: Subscription | undefined;
-  private singleSub: Subscription | undefined;
+  /** `troupe.events.task.>` while this client has many waits, and since when (epoch ms). */
+  private wide: Subscription | undefined;
+  private wideSince = Number.POSITIVE_INFINITY;
+  private readonly ownMark: Buffer;
   private readonly timer: NodeJS.Timeout;
   private checking = false;
   private closed = false;
@@ -61,41 +82,20 @@ export class Results {
     private readonly nats: NatsHandle,
     private readonly taskStore: TaskStore,
     private readonly workflowStore: WorkflowStore,
-    /** Where workers notify this client (`troupe.notify.<client>`). */
+    /** What this client's tasks carry as `notify`: how it knows its own. */
     readonly notify: string,
   ) {
+    this.ownMark = Buffer.from(JSON.stringify(notify));
     this.timer = setInterval(() => void this.check(), 1_000);
     this.timer.unref();
     void this.watchReconnects();
   }
 
-  /** Hear the terminal records of this client's tasks: call before the first work message is published. */
-  listen(): void {
-    if (this.notifySub !== undefined || this.closed) return;
-    // `<notify>` carries arrays of records; `<notify>.<id>` one record, as earlier workers
-    // sent them, so a client upgraded before its workers still hears them.
-    this.notifySub = this.nats.nc.subscribe(this.notify, {
-      callback: (_e, msg) => this.heard(msg.data),
-    });
-    this.singleSub = this.nats.nc.subscribe(`${this.notify}.*`, { callback: (_e, msg) => this.heard(msg.data) });
-  }
-
-  /** A notification: an array of terminal records, or one record. */
-  private heard(data: Uint8Array): void {
-    // Parsed as JSON here; each record is decoded on its own below.
-    const decoded = decodeJson(data);
-    if (!decoded.ok) return;
-    for (const item of Array.isArray(decoded.value) ? decoded.value : [decoded.value]) {
-      const record = decodeValueWith(TaskRecordSchema, item, "task record");
-      if (record.ok) this.settleOwn(record.value);
-    }
-  }
-
   /**
-   * The terminal record of a task this client submitted: from the recent results if it
-   * already ended, else a wait on its notify (re-read now and then, as every wait).
+   * The terminal record of a task this client submitted at `submittedAt` (epoch ms): from the
+   * recent results if it ended while the client listened to every task, else a wait.
    */
-  own(id: string): Promise<TaskRecord> {
+  own(id: string, submittedAt: number): Promise<TaskRecord> {
     const waiting = this.tasks.get(id);
     if (waiting !== undefined) return waiting.promise;
     const ended = this.recent.get(id);
@@ -103,7 +103,9 @@ export class Results {
       this.recent.delete(id);
       return Promise.resolve(ended);
     }
-    return this.waiter(this.tasks, id).promise;
+    // Listening to every task since before it was submitted: its end is still to come (or in `recent`).
+    const heard = this.wide !== undefined && this.wideSince <= submittedAt;
+    return this.followTask(id, heard ? undefined : () => this.readTask(id, false));
   }
 
   /** Drop a task's result kept from before (it runs again: `troupe.retry`), so that a wait awaits its new end. */
@@ -113,81 +115,126 @@ export class Results {
 
   /** The task's terminal record, however and wherever it ends. */
   task(id: string): Promise<TaskRecord> {
-    const own = this.tasks.get(id);
-    if (own !== undefined) return own.promise;
-    return this.follow(this.tasks, id, "task", TaskRecordSchema, (r) => this.settleTask(r), async () => (await this.taskStore.get(id))?.record, () =>
-      new TaskNotFound({ id, message: `no task ${id}` }),
-    );
+    const waiting = this.tasks.get(id);
+    if (waiting !== undefined) return waiting.promise;
+    return this.followTask(id, () => this.readTask(id, true));
   }
 
-  /** The run's terminal record; `fresh` for a run this client is starting (it may not be stored yet). */
-  run(id: string, fresh: boolean): Promise<WorkflowRecord> {
+  /** The run's terminal record. */
+  run(id: string): Promise<WorkflowRecord> {
     const existing = this.runs.get(id);
     if (existing !== undefined) return existing.promise;
-    const read = async () => (await this.workflowStore.read(id))?.record;
-    return this.follow(this.runs, id, "workflow", WorkflowRecordSchema, (r) => this.settleRun(r), fresh ? undefined : read, () =>
-      new WorkflowNotFound({ id, message: `no workflow run ${id}` }),
+    const waiter = this.waiter(this.runs, id);
+    if (this.closed) return waiter.promise;
+    waiter.sub = this.subscribe("workflow", id, WorkflowRecordSchema, (r) => this.settleRun(r));
+    // After the subscription (on the same connection, so the server has it first): an end between the two is heard either way.
+    this.workflowStore.read(id).then(
+      (now) => (now === undefined ? this.end(this.runs, id, (w) => w.reject(new WorkflowNotFound({ id, message: `no workflow run ${id}` }))) : this.settleRun(now.record)),
+      (e: unknown) => this.end(this.runs, id, (w) => w.reject(e)),
     );
+    return waiter.promise;
   }
 
-  /**
-   * Wait on an actor this client did not start: hear its events, then read it once (an end
-   * between the two is heard either way); `read` is skipped for one not stored yet.
-   */
-  private async follow<R>(
-    map: Map<string, Waiter<R>>,
-    id: string,
-    kind: "task" | "workflow",
-    schema: Schema.Decoder<R, never>,
-    settle: (record: R) => void,
-    read: (() => Promise<R | undefined>) | undefined,
-    missing: () => unknown,
-  ): Promise<R> {
-    const waiter = this.waiter(map, id);
-    // Only the events that end it: a run's progress events carry the whole run, and a
-    // large run's would cost the waiter a copy per write for nothing.
-    waiter.subs = [...ENDS].map((end) =>
-      this.nats.nc.subscribe(eventSubject(kind, id, end), {
-        callback: (_e, msg) => {
-          const decoded = decodeWith(schema, msg.data, `${kind} record`);
-          if (decoded.ok) settle(decoded.value);
-        },
-      }),
-    );
-    try {
-      await this.nats.nc.flush();
-    } catch (e) {
-      this.end(map, id, (w) => w.reject(e));
-      return waiter.promise;
+  /** A task's record, read once for a wait: `undefined` when it has not ended. `must`: a task that does not exist is `TaskNotFound`. */
+  private async readTask(id: string, must: boolean): Promise<TaskRecord | undefined> {
+    if (!must) return (await Effect.runPromise(this.taskStore.read(id)))?.record;
+    const stored = await this.taskStore.get(id);
+    if (stored === undefined) throw new TaskNotFound({ id, message: `no task ${id}` });
+    return stored.record;
+  }
+
+  /** A wait on a task: its subject (or every task's), then `read` once, if given. */
+  private followTask(id: string, read: (() => Promise<TaskRecord | undefined>) | undefined): Promise<TaskRecord> {
+    const waiter = this.waiter(this.tasks, id);
+    if (this.closed) return waiter.promise;
+    if (this.wide === undefined) {
+      if (this.tasks.size >= WIDE_AT) this.widen();
+      else waiter.sub = this.subscribe("task", id, TaskRecordSchema, (r) => this.settleTask(r));
     }
     if (read !== undefined) {
-      const now = await read().catch((e: unknown) => {
-        this.end(map, id, (w) => w.reject(e));
-        return null;
-      });
-      if (now === undefined) this.end(map, id, (w) => w.reject(missing()));
-      else if (now !== null) settle(now);
+      read().then(
+        (now) => now !== undefined && this.settleTask(now),
+        (e: unknown) => this.end(this.tasks, id, (w) => w.reject(e)),
+      );
     }
     return waiter.promise;
   }
 
-  /** End the wait for a run that was never started. */
-  abandon(id: string, reason: unknown): void {
-    this.end(this.runs, id, (w) => w.reject(reason));
+  private subscribe<R>(kind: "task" | "workflow", id: string, schema: Schema.Decoder<R, never>, settle: (record: R) => void): Subscription {
+    return this.nats.nc.subscribe(recordSubject(kind, id), {
+      callback: (_e, msg) => {
+        const decoded = decodeWith(schema, msg.data, `${kind} record`);
+        if (decoded.ok) settle(decoded.value);
+      },
+    });
+  }
+
+  /** Listen to every task's writes, in place of each wait's own subscription. */
+  private widen(): void {
+    this.wideSince = Date.now();
+    this.wide = this.nats.nc.subscribe(`${TASK_EVENTS}>`, { callback: (_e, msg) => this.heardWide(msg) });
+    const old: Subscription[] = [];
+    for (const w of this.tasks.values()) {
+      if (w.sub !== undefined) old.push(w.sub);
+      w.sub = undefined;
+    }
+    this.retire(old);
+  }
+
+  /** Back to each wait's own subscription, once few are left. */
+  private narrow(): void {
+    if (this.wide === undefined || this.tasks.size > NARROW_AT) return;
+    for (const [id, w] of this.tasks) w.sub = this.subscribe("task", id, TaskRecordSchema, (r) => this.settleTask(r));
+    this.retire([this.wide]);
+    this.wide = undefined;
+    this.wideSince = Number.POSITIVE_INFINITY;
+  }
+
+  /**
+   * Subscriptions another took over from: kept until the server has answered a ping sent
+   * after the new one, so that what it sent them before it had the new one is still heard
+   * (a write heard twice settles once).
+   */
+  private retire(subs: ReadonlyArray<Subscription>): void {
+    if (subs.length === 0) return;
+    const drop = () => subs.forEach((s) => s.unsubscribe());
+    this.nats.nc.flush().then(drop, drop);
+  }
+
+  /** Any task's write: decoded only when it ends a wait, or ends a task of this client's that nobody waits for yet. */
+  private heardWide(msg: Msg): void {
+    const id = msg.subject.slice(TASK_EVENTS.length);
+    if (!endedBytes(msg.data)) return;
+    const waiting = this.tasks.has(id);
+    if (!waiting && Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength).indexOf(this.ownMark) < 0) return;
+    const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");
+    if (!decoded.ok || decoded.value.id !== id) return;
+    if (waiting) return this.settleTask(decoded.value);
+    if (decoded.value.notify !== this.notify) return;
+    this.recent.set(id, decoded.value);
+    if (this.recent.size > RECENT_MAX) this.recent.delete(this.recent.keys().next().value!);
   }
 
   /** End every wait: the client is closing. */
   close(): void {
     this.closed = true;
     clearInterval(this.timer);
-    this.notifySub?.unsubscribe();
-    this.singleSub?.unsubscribe();
+    this.wide?.unsubscribe();
+    this.wide = undefined;
     this.recent.clear();
     for (const map of [this.tasks, this.runs] as const) {
       for (const id of [...map.keys()]) {
         this.end(map as Map<string, Waiter<unknown>>, id, (w) => w.reject(new NatsFailure({ message: `client closed while waiting for ${id}` })));
       }
     }
+  }
+
+  /** Stop waiting for `id` (a wait that timed out): its subscription and its place go. */
+  release(id: string): void {
+    const waiter = this.tasks.get(id);
+    if (waiter !== undefined) this.end(this.tasks, id, () => undefined);
+    const run = this.runs.get(id);
+    if (run !== undefined) this.end(this.runs, id, () => undefined);
   }
 
   private waiter<R>(map: Map<string, Waiter<R>>, id: string): Waiter<R> {
@@ -208,16 +255,9 @@ export class Results {
     const waiter = map.get(id);
     if (waiter === undefined) return;
     map.delete(id);
-    for (const sub of waiter.subs ?? []) sub.unsubscribe();
+    waiter.sub?.unsubscribe();
     how(waiter);
-  }
-
-  /** A notify: the wait for it, or the recent results until someone asks. */
-  private settleOwn(record: TaskRecord): void {
-    if (!TerminalStatuses.has(record.status)) return;
-    if (this.tasks.has(record.id)) return this.settleTask(record);
-    this.recent.set(record.id, record);
-    if (this.recent.size > RECENT_MAX) this.recent.delete(this.recent.keys().next().value!);
+    if (map === (this.tasks as Map<string, unknown>)) this.narrow();
   }
 
   private settleTask(record: TaskRecord): void {
@@ -247,7 +287,7 @@ export class Results {
       };
       await Promise.all([
         ...due(this.tasks).map(async (id) => {
-          const stored = await this.taskStore.get(id).catch(() => undefined);
+          const stored = await Effect.runPromise(this.taskStore.read(id)).catch(() => undefined);
           if (stored !== undefined) this.settleTask(stored.record);
         }),
         ...due(this.runs).map(async (id) => {
@@ -260,7 +300,7 @@ export class Results {
     }
   }
 
-  /** Notifications and events are plain publishes: after a reconnect, re-read everything waited on. */
+  /** A republished write can be lost with the connection: after a reconnect, re-read everything waited on. */
   private async watchReconnects(): Promise<void> {
     for await (const status of this.nats.nc.status()) {
       if (status.type !== "reconnect") continue;
@@ -270,15 +310,18 @@ export class Results {
   }
 }
 
-/** `promise`, or `ResultTimeout` after `ms` (none when undefined); the timer never outlives the wait. */
-export const withTimeout = async <T>(promise: Promise<T>, ms: number | undefined, id: string, what: string): Promise<T> => {
+/** `promise`, or `ResultTimeout` after `ms` (none when undefined); the timer never outlives the wait, and `expired` is told when it ends it. */
+export const withTimeout = async <T>(promise: Promise<T>, ms: number | undefined, id: string, what: string, expired?: () => void): Promise<T> => {
   if (ms === undefined) return promise;
   let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new ResultTimeout({ id, message: `${what} ${id} did not end within ${ms} ms` })), ms);
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      expired?.();
+      reject(new ResultTimeout({ id, message: `${what} ${id} did not end within ${ms} ms` }));
+    }, ms);
   });
   try {
-    return await Promise.race([promise, expired]);
+    return await Promise.race([promise, timedOut]);
   } finally {
     clearTimeout(timer);
   }

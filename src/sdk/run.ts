@@ -17,6 +17,8 @@ export interface WaitOptions {
 /** What a run handle asks of its client. */
 export interface TaskRunClient {
   get(id: string): Promise<TaskRecord | undefined>;
+  /** Stop a wait every asker gave up on. */
+  releaseWait(id: string): void;
   cancel(id: string, reason?: string): Promise<CancelResult>;
   /** The task's `progress` events from now on (core NATS), until `close`. */
   progressEvents(id: string): ProgressEvents;
@@ -36,20 +38,56 @@ export interface TaskProgress {
   readonly at: string;
 }
 
+/**
+ * A wait for a terminal record, started on the first ask and shared by every ask. An ask
+ * with a timeout that passes gives up (`ResultTimeout`); once every asker has given up, the
+ * wait itself is released (nothing of it is kept) and the next ask starts another.
+ */
+export class SharedWait<R> {
+  private settled: Promise<R> | undefined;
+  private askers = 0;
+
+  constructor(
+    private readonly start: () => Promise<R>,
+    private readonly release: () => void,
+    private readonly id: string,
+    private readonly what: string,
+  ) {}
+
+  ask(ms: number | undefined): Promise<R> {
+    let settled = this.settled;
+    if (settled === undefined) {
+      settled = this.settled = this.start();
+      settled.then(
+        () => (this.askers = 0),
+        () => (this.askers = 0),
+      );
+    }
+    this.askers++;
+    return withTimeout(settled, ms, this.id, this.what, () => {
+      if (--this.askers > 0 || this.settled !== settled) return;
+      this.settled = undefined;
+      this.release();
+    });
+  }
+}
+
 /** A wait's timeout in milliseconds, checked. */
 export const waitTimeout = (options: WaitOptions): number | undefined =>
   options.timeout === undefined ? undefined : durationOption("timeout", options.timeout, (message) => new InvalidOption({ message }));
 
 export class TaskRun<O> {
-  private settled: Promise<TaskRecord> | undefined;
+  private readonly wait: SharedWait<TaskRecord>;
 
   constructor(
     private readonly client: TaskRunClient,
     readonly id: string,
     readonly task: TaskDefinition,
     /** Starts the wait for the terminal record: on the first ask, not at submit. */
-    private readonly wait: () => Promise<TaskRecord>,
-  ) {}
+    start: () => Promise<TaskRecord>,
+  ) {
+    this.wait = new SharedWait(start, () => client.releaseWait(id), id, "task");
+  }
 
   /**
    * The task's output, decoded with its schema; rejects with the typed error of a failed or
@@ -67,9 +105,7 @@ export class TaskRun<O> {
 
   /** The terminal record, whatever the outcome; `ResultTimeout` when `timeout` passes first. */
   settledRecord(options: WaitOptions = {}): Promise<TaskRecord> {
-    const timeout = waitTimeout(options);
-    this.settled ??= this.wait();
-    return withTimeout(this.settled, timeout, this.id, "task");
+    return this.wait.ask(waitTimeout(options));
   }
 
   /**

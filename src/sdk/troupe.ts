@@ -16,7 +16,7 @@ import { InvalidInput, InvalidOption, NatsFailure, TaskNotFound, WorkerNotFound,
 import { durationOption, type DurationInput } from "../duration.js";
 import { decodeWith, readBucket } from "../nats/codec.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { controlSubject, eventSubject, isPriority, KEY, isValidQueueName, isValidTaskName, notifySubject, pauseKey, STEPS_ROOT } from "../nats/topology.js";
+import { controlSubject, isPriority, recordSubject, KEY, isValidQueueName, isValidTaskName, notifySubject, pauseKey, STEPS_ROOT } from "../nats/topology.js";
 import { encodeJson } from "../nats/codec.js";
 import { TaskRecord as TaskRecordSchema } from "../../machines/records.js";
 import { readLogs, type LogFilter, type LogLine } from "./logs.js";
@@ -240,7 +240,7 @@ export class Troupe {
     }
     const key = options.idempotencyKey;
     const id = key === undefined ? (options.id ?? nuid.next()) : idempotentId(task, key);
-    this.results.listen();
+    const submittedAt = Date.now();
     const { created } = await this.tasks.enqueue({
       id,
       task: task.name,
@@ -251,13 +251,12 @@ export class Troupe {
       runAt: delay === undefined ? undefined : Date.now() + delay,
       priority: options.priority,
       key: options.key,
-      // A chosen id or key stands for one task for ever, and a delayed task may wait longer
-      // than the events are kept: their record is created first.
-      unique: key !== undefined || options.id !== undefined || delay !== undefined,
+      // A chosen id or key stands for one task for ever: its record is created first.
+      unique: key !== undefined || options.id !== undefined,
     });
     if (!created) return this.run(task, id);
     void this.warnIfUnserved(task);
-    return new TaskRun<OutputOf<T>>(this, id, task, () => this.results.own(id));
+    return new TaskRun<OutputOf<T>>(this, id, task, () => this.results.own(id, submittedAt));
   }
 
   /** The task's state record (its large input and output read from the object store), or `undefined` when there is none. */
@@ -281,7 +280,7 @@ export class Troupe {
     return listTasks(this.nats, this.tasks, async () => (await this.workerStats()).flatMap((w) => w.runningTasks), options);
   }
 
-  /** A task's transitions, oldest first, while TROUPE_EVENTS keeps them (7 days by default). */
+  /** A task's transitions, oldest first: its record's revisions (its QUEUED state first), kept with the record. */
   history(id: string, options: { readonly limit?: number } = {}): Promise<HistoryEvent[]> {
     if (!TASK_ID.test(id)) throw new InvalidOption({ message: `history: "${id}" is not a task id` });
     return readHistory(this.nats, "task", id, options.limit);
@@ -303,14 +302,14 @@ export class Troupe {
     if (current.record.notify?.startsWith(STEPS_ROOT)) {
       throw new InvalidOption({ message: `task ${target} is a step of workflow run ${current.record.notify.split(".")[2]}; its run decides what runs` });
     }
-    this.results.listen();
     this.results.forget(target);
+    const retriedAt = Date.now();
     const retried = await this.tasks.retry(current, this.results.notify);
     if (retried === undefined) {
       throw new InvalidOption({ message: `task ${target} is ${current.record.status}; only FAILED or CANCELLED tasks are retried` });
     }
     const task = untypedTask(current.record.task, current.record.queue);
-    return new TaskRun<unknown>(this, target, task, () => this.results.own(target));
+    return new TaskRun<unknown>(this, target, task, () => this.results.own(target, retriedAt));
   }
 
   private async retryAll(filter: RetryFilter): Promise<RetryResult> {
@@ -356,14 +355,14 @@ export class Troupe {
     return cancelTask(this.nats.nc, this.tasks, id, reason);
   }
 
-  /** The task's `progress` events from now on, for `run.progress()`. */
+  /** The task's writes from now on (its bucket republishes each), for `run.progress()`. */
   progressEvents(id: string): ProgressEvents {
     const queued: TaskRecord[] = [];
     let waiting: ((record: TaskRecord) => void) | undefined;
-    const sub = this.nats.nc.subscribe(eventSubject("task", id, "progress"), {
+    const sub = this.nats.nc.subscribe(recordSubject("task", id), {
       callback: (_error, msg) => {
         const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");
-        if (!decoded.ok) return;
+        if (!decoded.ok || decoded.value.progress === undefined) return;
         if (waiting === undefined) queued.push(decoded.value);
         else {
           const resolve = waiting;
@@ -379,6 +378,11 @@ export class Troupe {
       },
       close: () => sub.unsubscribe(),
     };
+  }
+
+  /** Stop waiting for a task or run whose wait timed out (`TaskRun`, `WorkflowRun`): nothing of it is kept. */
+  releaseWait(id: string): void {
+    this.results.release(id);
   }
 
   /**
@@ -575,20 +579,18 @@ export class Troupe {
       throw new InvalidInput({ task: workflow.name, path: [], message: `input of workflow "${workflow.name}" is invalid: ${missing}` });
     }
     const id = nuid.next();
-    const settled = this.results.run(id, true);
     try {
       await this.workflows.start({ name: workflow.name, steps: workflow.steps, policy: workflow.policy }, encoded.value, this.log, id);
     } catch (e) {
-      const failure = new NatsFailure({ message: `cannot start workflow ${workflow.name}: ${(e as Error).message}`, cause: e });
-      this.results.abandon(id, failure);
-      throw failure;
+      throw new NatsFailure({ message: `cannot start workflow ${workflow.name}: ${(e as Error).message}`, cause: e });
     }
-    return new WorkflowRun(this, id, settled, workflow.tasks);
+    // Its wait starts on the first ask: it reads the run once, after listening.
+    return new WorkflowRun(this, id, () => this.results.run(id), workflow.tasks);
   }
 
   /** A handle on an existing workflow run; with its definition, step outputs are decoded. */
   workflowRun<W extends WorkflowDefinition>(workflow: W | undefined, id: string): WorkflowRun<WorkflowOutputsOf<W>> {
-    return new WorkflowRun(this, id, this.results.run(id, false), workflow?.tasks);
+    return new WorkflowRun(this, id, () => this.results.run(id), workflow?.tasks);
   }
 
   /** The run's record, or `undefined`. */

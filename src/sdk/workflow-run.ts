@@ -4,8 +4,7 @@ import type { WorkflowRecord } from "../../machines/records.js";
 import { WorkflowFailed, WorkflowNotFound } from "../errors.js";
 import { decodeOutput, type TaskDefinition } from "../task.js";
 import { isPayloadRef } from "../store/payloads.js";
-import { withTimeout } from "./results.js";
-import { waitTimeout, type WaitOptions } from "./run.js";
+import { SharedWait, waitTimeout, type WaitOptions } from "./run.js";
 
 /** What cancelling a run did. */
 export interface WorkflowCancelResult {
@@ -23,17 +22,22 @@ export interface WorkflowRunClient {
   cancelWorkflow(id: string, reason?: string): Promise<WorkflowCancelResult>;
   /** A value with its large-payload references replaced by what they stand for. */
   resolvePayload(value: unknown): Promise<unknown>;
+  /** Stop a wait every asker gave up on. */
+  releaseWait(id: string): void;
 }
 
 export class WorkflowRun<O> {
+  private readonly wait: SharedWait<WorkflowRecord>;
+
   constructor(
     private readonly client: WorkflowRunClient,
     readonly id: string,
-    private readonly settled: Promise<WorkflowRecord>,
+    /** Starts the wait for the run's end: on the first ask. */
+    start: () => Promise<WorkflowRecord>,
     /** The task definitions of the steps that named one: their outputs are decoded with its schema. */
     private readonly tasks: Readonly<Record<string, TaskDefinition>> = {},
   ) {
-    settled.catch(() => undefined);
+    this.wait = new SharedWait(start, () => client.releaseWait(id), id, "workflow run");
   }
 
   /**
@@ -68,7 +72,7 @@ export class WorkflowRun<O> {
 
   /** The terminal record, whatever the outcome; `ResultTimeout` when `timeout` passes first. */
   settledRecord(options: WaitOptions = {}): Promise<WorkflowRecord> {
-    return withTimeout(this.settled, waitTimeout(options), this.id, "workflow run");
+    return this.wait.ask(waitTimeout(options));
   }
 
   /** The run's current record. */

@@ -92,6 +92,14 @@ export const resolveRecord = async (nats: NatsHandle, record: TaskRecord): Promi
 };
 
 /** The objects a finished record owns (its own input and output, not another task's a reference points into), deleted. */
+/** A task's own payload objects by name, whether or not its record is still there (a sweep that died before them). */
+export const removePayloadsOf = async (nats: NatsHandle, taskId: string): Promise<void> => {
+  for (const what of ["input", "output"] as const) {
+    const name = payloadName(taskId, what);
+    if ((await nats.payloads.info(name).catch(() => null)) !== null) await nats.payloads.delete(name).catch(() => undefined);
+  }
+};
+
 export const removePayloads = async (nats: NatsHandle, record: TaskRecord): Promise<void> => {
   for (const [value, what] of [[record.input, "input"], [record.output, "output"]] as const) {
     if (isPayloadRef(value) && value[PAYLOAD_REF] === payloadName(record.id, what)) await nats.payloads.delete(value[PAYLOAD_REF]).catch(() => undefined);

@@ -1,27 +1,37 @@
 /**
- * Retention: finished task and workflow records, their large payloads and their TROUPE_INDEX
- * entries are removed once they are older than the retention of their status (COMPLETED 7
- * days, FAILED and CANCELLED 30 by default); unfinished ones never.
+ * Retention: finished task and workflow records, with what is derived from them (their large
+ * payloads, their TROUPE_INDEX entries, a cancelled task's work message still waiting), are
+ * removed once they are older than the retention of their status (COMPLETED 7 days, FAILED
+ * and CANCELLED 30 by default); unfinished ones never. A record and its derivatives go
+ * together, or stay together.
  *
  * A sweep reads each status's index entries oldest first, up to the first one still within
  * its retention (entries are in the order tasks ended), so its cost grows with what expired,
- * not with what is kept. For each entry it reads the record: one that ended before the
- * cut-off is removed (a purge of its key up to the revision read, so that a write made
- * meanwhile, a retry, survives); one that moved on (retried, ended again later) stays,
- * listed by its newer entry. Then the entries read are purged. Workers and coordinators
- * sweep every minute while they hold the `retention` lease (one sweeper at a time).
+ * not with what is kept. For each entry it reads the record:
+ * - one that ended before the cut-off, at the entry's revision, is removed: first a work
+ *   message of it still waiting (a task cancelled while queued; the record then stays one
+ *   sweep more, so that a delivery of that message in flight finds it CANCELLED), then the
+ *   record (a purge of its key up to the revision read, so that a write made meanwhile, a
+ *   retry, survives), its payloads, and the entry;
+ * - one that moved on (retried, ended again later: listed by its newer entry), or is gone
+ *   (removed by a sweep that died before its entry: its payloads are removed by name), has
+ *   the entry deleted;
+ * - anything else keeps its entry.
+ * RETRYING entries count retries for `stats`: they go after the COMPLETED retention. Workers
+ * and coordinators sweep every minute while they hold the `retention` lease (one sweeper at a
+ * time).
  */
 import type { Logger } from "pino";
 import { nuid } from "@nats-io/transport-node";
-import { IndexEntry, TaskRecord as TaskRecordSchema, TerminalStatuses, WorkflowRecord as WorkflowRecordSchema } from "../../machines/records.js";
+import { IndexEntry as IndexEntrySchema, TaskRecord as TaskRecordSchema, TerminalStatuses, WorkflowRecord as WorkflowRecordSchema, type IndexEntry } from "../../machines/records.js";
 import { InvalidOption } from "../errors.js";
 import { durationOption } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
 import type { NatsHandle, RetentionOptions } from "../nats/connection.js";
 import { LeaderLease } from "../nats/leader.js";
 import { permissionDenied } from "../nats/permissions.js";
-import { EVENTS_STREAM, eventSubject, INDEX_STREAM, kvSubject, TASKS_BUCKET, TASKS_STREAM, taskSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
-import { removePayloads } from "./payloads.js";
+import { INDEX_STREAM, kvSubject, parseTaskIndexSubject, TASKS_BUCKET, TASKS_STREAM, WORKFLOWS_BUCKET, workOfTask } from "../nats/topology.js";
+import { removePayloads, removePayloadsOf } from "./payloads.js";
 
 /** Retention by finished status, in ms. */
 export interface RetentionPolicy {
@@ -64,45 +74,50 @@ export const sweep = async (nats: NatsHandle, policy: RetentionPolicy, now = Dat
   let workflows = 0;
   for (const status of ["COMPLETED", "FAILED", "CANCELLED", "RETRYING"] as const) {
     const cutoff = now - policy[status === "RETRYING" ? "COMPLETED" : status];
-    tasks += await sweepIndex(nats, `troupe.index.task.${status}.>`, cutoff, (id) => removeTask(nats, id, policy, now), keepAlive);
-    if (status !== "RETRYING") workflows += await sweepIndex(nats, `troupe.index.workflow.${status}.>`, cutoff, (id) => removeRun(nats, id, policy, now), keepAlive);
+    tasks += await sweepIndex(nats, `troupe.index.task.${status}.>`, cutoff, (entry, s) => removeTask(nats, entry, s, policy, now), keepAlive);
+    if (status !== "RETRYING") workflows += await sweepIndex(nats, `troupe.index.workflow.${status}.>`, cutoff, (entry, s) => removeRun(nats, entry, s, policy, now), keepAlive);
   }
   return { tasks, workflows };
 };
 
+/** What a sweep did with one index entry's record. */
+type Swept = "removed" | "entry" | "kept";
+
 /**
- * The entries on `filter` older than `cutoff`, oldest first, each handed to `remove`; then
- * purged. Resolves with how many records were removed.
+ * The entries on `filter` older than `cutoff`, oldest first, each handed to `remove`; an entry
+ * is deleted unless its record was kept. Resolves with how many records were removed.
  */
 const sweepIndex = async (
   nats: NatsHandle,
   filter: string,
   cutoff: number,
-  remove: (id: string) => Promise<boolean>,
+  remove: (entry: IndexEntry, status: string) => Promise<Swept>,
   keepAlive: () => Promise<unknown>,
 ): Promise<number> => {
   let removed = 0;
   let seq = 1;
-  let last: number | undefined;
   for (;;) {
-    const batch: Array<{ id: string; seq: number }> = [];
+    const batch: Array<{ entry: IndexEntry | undefined; status: string; seq: number }> = [];
     while (batch.length < PARALLEL) {
       const msg = await nats.jsm.streams.getMessage(INDEX_STREAM, { seq, next_by_subj: filter } as unknown as { seq: number });
       if (msg === null) break;
-      const entry = decodeWith(IndexEntry, msg.data, "index entry");
+      const entry = decodeWith(IndexEntrySchema, msg.data, "index entry");
       if (entry.ok && entry.value.at >= cutoff) break;
       seq = msg.seq + 1;
-      if (entry.ok) batch.push({ id: entry.value.id, seq: msg.seq });
-      else last = msg.seq; // unreadable: purged with the rest
+      // Unreadable: deleted with the rest.
+      batch.push({ entry: entry.ok ? entry.value : undefined, status: parseTaskIndexSubject(msg.subject)?.status ?? msg.subject.split(".")[3] ?? "", seq: msg.seq });
     }
     if (batch.length === 0) break;
     await keepAlive();
-    const results = await Promise.all(batch.map((e) => remove(e.id)));
-    removed += results.filter(Boolean).length;
-    last = batch[batch.length - 1]!.seq;
+    await Promise.all(
+      batch.map(async ({ entry, status, seq }) => {
+        const swept = entry === undefined ? "entry" : await remove(entry, status);
+        if (swept === "removed") removed++;
+        if (swept !== "kept") await nats.jsm.streams.deleteMessage(INDEX_STREAM, seq, false).catch(() => false);
+      }),
+    );
     if (batch.length < PARALLEL) break;
   }
-  if (last !== undefined) await nats.jsm.streams.purge(INDEX_STREAM, { filter, seq: last + 1 });
   return removed;
 };
 
@@ -110,41 +125,41 @@ const sweepIndex = async (
 const expired = (status: string, finishedAt: string | undefined, policy: RetentionPolicy, now: number) =>
   TerminalStatuses.has(status as never) && Date.parse(finishedAt ?? "") < now - policy[status as keyof RetentionPolicy];
 
-const removeTask = async (nats: NatsHandle, id: string, policy: RetentionPolicy, now: number): Promise<boolean> => {
-  const entry = await nats.tasks.get(id);
-  if (entry === null || entry.operation !== "PUT") return false;
-  const decoded = decodeWith(TaskRecordSchema, entry.value, "task record");
-  if (decoded.ok && !expired(decoded.value.status, decoded.value.finishedAt, policy, now)) return false;
-  // Cancelled before any worker took it: its work message may still wait in TROUPE_TASKS,
-  // and without the record its first delivery would claim it. Kept while its type has work waiting.
-  if (decoded.ok && decoded.value.startedAt === undefined && (await workWaits(nats, decoded.value.queue, decoded.value.task))) return false;
-  const key = kvSubject(TASKS_BUCKET, id);
-  // Up to the revision read: a write made since (a retry) stays.
-  await nats.jsm.streams.purge(`KV_${TASKS_BUCKET}`, { filter: key, seq: entry.revision + 1 });
-  // A retry written meanwhile keeps its record, and with it its payloads and events.
-  if ((await nats.tasks.get(id))?.operation === "PUT") return false;
-  // Its `queued` event would otherwise stand in for the record (see `TaskStore.get`).
-  await nats.jsm.streams.purge(EVENTS_STREAM, { filter: eventSubject("task", id, "queued") });
-  if (decoded.ok) await removePayloads(nats, decoded.value);
-  return true;
-};
-
-/** Whether TROUPE_TASKS holds any work of the type (any priority or key). */
-const workWaits = async (nats: NatsHandle, queue: string, task: string): Promise<boolean> => {
-  for (const filter of [taskSubject(queue, task), `${taskSubject(queue, task)}.*`]) {
-    const info = await nats.jsm.streams.info(TASKS_STREAM, { subjects_filter: filter });
-    if (Object.keys(info.state.subjects ?? {}).length > 0) return true;
+const removeTask = async (nats: NatsHandle, entry: IndexEntry, status: string, policy: RetentionPolicy, now: number): Promise<Swept> => {
+  const { id } = entry;
+  const stored = await nats.tasks.get(id);
+  if (stored === null || stored.operation !== "PUT") {
+    // Gone: removed by a sweep that died before this entry (its payloads may be left), or a retry's count.
+    if (status !== "RETRYING") await removePayloadsOf(nats, id);
+    return "entry";
   }
-  return false;
+  // A retry's count (stats) goes with its age; the record is its own status entry's to remove.
+  if (status === "RETRYING") return "entry";
+  const decoded = decodeWith(TaskRecordSchema, stored.value, "task record");
+  // Moved on since this entry (retried, ended again): its newer entry stands for it.
+  if (decoded.ok && (decoded.value.status !== status || (entry.rev !== undefined && entry.rev !== stored.revision))) return "entry";
+  if (decoded.ok && !expired(decoded.value.status, decoded.value.finishedAt, policy, now)) return "kept";
+  // Cancelled while it waited: its work message goes first, the record a sweep later (a
+  // delivery of that message already on its way must find it CANCELLED, not gone).
+  const waiting = await nats.jsm.streams.purge(TASKS_STREAM, { filter: workOfTask(id) });
+  if (waiting.purged > 0) return "kept";
+  // Up to the revision read: a write made since (a retry) stays.
+  await nats.jsm.streams.purge(`KV_${TASKS_BUCKET}`, { filter: kvSubject(TASKS_BUCKET, id), seq: stored.revision + 1 });
+  // A retry written meanwhile keeps its record, and with it its payloads; this entry is stale.
+  if ((await nats.tasks.get(id))?.operation === "PUT") return "entry";
+  if (decoded.ok) await removePayloads(nats, decoded.value);
+  else await removePayloadsOf(nats, id);
+  return "removed";
 };
 
-const removeRun = async (nats: NatsHandle, id: string, policy: RetentionPolicy, now: number): Promise<boolean> => {
-  const entry = await nats.workflows.get(id);
-  if (entry === null || entry.operation !== "PUT") return false;
-  const decoded = decodeWith(WorkflowRecordSchema, entry.value, "workflow record");
-  if (decoded.ok && !expired(decoded.value.status, decoded.value.finishedAt, policy, now)) return false;
-  await nats.jsm.streams.purge(`KV_${WORKFLOWS_BUCKET}`, { filter: kvSubject(WORKFLOWS_BUCKET, id), seq: entry.revision + 1 });
-  return true;
+const removeRun = async (nats: NatsHandle, entry: IndexEntry, status: string, policy: RetentionPolicy, now: number): Promise<Swept> => {
+  const stored = await nats.workflows.get(entry.id);
+  if (stored === null || stored.operation !== "PUT") return "entry";
+  const decoded = decodeWith(WorkflowRecordSchema, stored.value, "workflow record");
+  if (decoded.ok && decoded.value.status !== status) return "entry";
+  if (decoded.ok && !expired(decoded.value.status, decoded.value.finishedAt, policy, now)) return "kept";
+  await nats.jsm.streams.purge(`KV_${WORKFLOWS_BUCKET}`, { filter: kvSubject(WORKFLOWS_BUCKET, entry.id), seq: stored.revision + 1 });
+  return "removed";
 };
 
 /** A sweeper: every minute, while it holds the `retention` lease, one sweep. */

@@ -1,20 +1,26 @@
 /**
  * The task store: the only code that writes a task record (KV `troupe-tasks`).
  *
- * - `enqueue` announces `queued`, then publishes a task's work message, the QUEUED record
- *   itself. A task that must be one for ever (an idempotency key, a chosen id, a workflow
- *   step) also has its record created first; any other is first written in KV by its first
- *   attempt's claim, a create (revision 0), which a cancel that created CANCELLED first
- *   still fences.
- * - `save` writes a record (compare-and-set on the revision it saw), then announces it;
- *   `write` only writes: an attempt announces once its actor took the write in.
+ * Each transition is stored once: the record's write. The bucket keeps a record's revisions
+ * (they are its history) and republishes every write it stores on `troupe.events.task.<id>`
+ * (its live watchers: waits, progress, the inspector). Nothing else about a transition is
+ * published, and what is derived from one is stored acknowledged (`derive`).
+ *
+ * - `enqueue` publishes a task's work message, the QUEUED record itself, on a subject that
+ *   ends in its id (readable by id while it waits). A task that must be one for ever (an
+ *   idempotency key, a chosen id, a workflow step) also has its record created first; any
+ *   other is first written in KV by its first attempt's claim, a create (revision 0), which a
+ *   cancel that created CANCELLED first still fences.
+ * - `write` writes a record (compare-and-set on the revision it saw); `save` writes and, for
+ *   a record that ended or will retry, derives.
  * - `apply` takes the stored record, applies one task-machine event with the machine's pure
- *   transition (a cancel, a give-up, a failed enqueue), writes the result, announces it.
- * - `announce` publishes a write's event (the status's, or `progress` for a record whose
- *   attempt reported progress) and, for a terminal record (its event deduplicated
- *   by message id `<id>:<revision>`), its TROUPE_INDEX entry (a RETRYING record's too) and
- *   the submitter's notify. Whoever finds a terminal record whose
- *   announcement may be missing calls it again: a transition is complete or repairable.
+ *   transition (a cancel, a give-up, a failed enqueue), writes the result, derives.
+ * - `derive` stores what a terminal (or RETRYING) record implies, each an acknowledged publish
+ *   with a message id, so that one made again is kept once: its TROUPE_INDEX entry and, for a
+ *   workflow step, its notice in TROUPE_STEPS. Whoever finds a terminal record whose
+ *   derivatives may be missing derives again (a delivery of a settled task, the reaper): a
+ *   writer settles its work message only once they are stored, so the message is what
+ *   tells a later reader to repair.
  *
  * Every read is decoded with the `TaskRecord` schema; NATS writes retry on one schedule.
  */
@@ -22,17 +28,18 @@ import { Effect } from "effect";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { JetStreamApiError } from "@nats-io/jetstream";
 import { recordWith, TaskRecord as TaskRecordSchema, TerminalStatuses, type TaskRecord } from "../../machines/records.js";
-import { eventOf, hydrate, NO_POLICY, RESTING, stateOf, taskMachine, type TaskContext, type TaskEvent, type TaskPolicy, type TaskSnapshot } from "../../machines/task.js";
+import { hydrate, NO_POLICY, RESTING, taskMachine, type TaskContext, type TaskEvent, type TaskPolicy, type TaskSnapshot } from "../../machines/task.js";
 import { TransitionPlans } from "../actor/transition-plans.js";
 import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import { asFailure, type NatsHandle } from "../nats/connection.js";
 import { compareAndSet, kvEntry } from "../nats/compare-and-set.js";
 import { isTransientPublishError } from "../nats/publisher.js";
+import { permissionDenied } from "../nats/permissions.js";
 import { retryNats, withRetryFor } from "../nats/retry.js";
 import { offload, payloadName } from "./payloads.js";
 import { traceSubmit, type SubmittedTask, type TraceCarrier } from "../trace.js";
-import { DEFAULT_PRIORITY, keySubject, EVENTS_STREAM, eventSubject, Headers, NOTIFY_ROOT, statePath, TASKS_BUCKET, taskIndexSubject, taskSubject } from "../nats/topology.js";
+import { DEFAULT_PRIORITY, eventSubject, Headers, STEPS_ROOT, TASKS_BUCKET, TASKS_STREAM, taskIndexSubject, workOfTask, workSubject } from "../nats/topology.js";
 
 /** How long a failed submit waits for its FAILED record before it throws (the write goes on). */
 const RECORD_FAILURE_WAIT_MS = 3_000;
@@ -78,7 +85,8 @@ export class TaskStore {
 
   /** The record and its revision; `undefined` when there is none; `Internal` when it cannot be read as a task record. */
   read(id: string): Effect.Effect<Stored | undefined, Internal | NatsFailure> {
-    return retryNats(this.nats.nc, kvEntry(this.nats.tasks, id), () => true).pipe(
+    // A refused permission is final, not something to wait out.
+    return retryNats(this.nats.nc, kvEntry(this.nats.tasks, id), (e) => permissionDenied(e.cause) === undefined).pipe(
       Effect.flatMap((entry) => {
         if (entry === null || entry.operation !== "PUT") return Effect.succeed(undefined);
         const decoded = decodeWith(TaskRecordSchema, entry.value, "task record");
@@ -90,21 +98,26 @@ export class TaskStore {
   }
 
   /**
-   * The record as a client sees it: KV, or, for a task no attempt has claimed yet, the
-   * QUEUED record its `queued` event carries (revision 0: not in KV).
+   * The record as a client sees it: KV, or, for a task no attempt has claimed yet, the QUEUED
+   * record its work message carries (revision 0: not in KV), read by id from the work stream
+   * (`troupe.tasks.*.<id>.>`) for as long as it waits.
    */
   async get(id: string): Promise<Stored | undefined> {
     const stored = await Effect.runPromise(this.read(id));
     if (stored !== undefined) return stored;
-    const queued = await this.nats.jsm.streams
-      .getMessage(EVENTS_STREAM, { last_by_subj: eventSubject("task", id, "queued") })
-      .catch((e: unknown) => {
-        // Only "no such message" means there is no such task; anything else is an error to report.
-        if (e instanceof JetStreamApiError && e.code === 10037) return null;
-        throw asFailure(`cannot read task ${id}`)(e);
-      });
-    const decoded = queued === null ? undefined : decodeWith(TaskRecordSchema, queued.data, "task record");
-    return decoded?.ok && decoded.value.id === id ? { record: decoded.value, revision: 0 } : undefined;
+    const queued = await this.queued(id);
+    return queued === undefined ? undefined : { record: queued, revision: 0 };
+  }
+
+  /** The QUEUED record of a task's waiting work message, or `undefined` when none waits. */
+  async queued(id: string): Promise<TaskRecord | undefined> {
+    const work = await this.nats.jsm.streams.getMessage(TASKS_STREAM, { last_by_subj: workOfTask(id) }).catch((e: unknown) => {
+      // Only "no such message" means no work waits; anything else is an error to report.
+      if (e instanceof JetStreamApiError && e.code === 10037) return null;
+      throw asFailure(`cannot read task ${id}`)(e);
+    });
+    const decoded = work === null ? undefined : decodeWith(TaskRecordSchema, work.data, "task record");
+    return decoded?.ok && decoded.value.id === id ? decoded.value : undefined;
   }
 
   /**
@@ -153,9 +166,6 @@ export class TaskStore {
       return this.existing(existing);
     }
     const stored = { record, revision };
-    // Its `queued` event before its work: a worker's `started` must come after it in the history
-    // (announced after the publish's ack, it came after `completed` now and then).
-    this.announce(stored, payload);
     try {
       await this.publishWork(stored, payload, trace);
     } catch (e) {
@@ -218,8 +228,6 @@ export class TaskStore {
     const payload = encodeJson(record);
     const revision = await Effect.runPromise(this.compareAndSet(old.id, payload, current.revision));
     const stored = { record, revision };
-    // Its `queued` event before its work: a worker's `started` must come after it in the history.
-    this.announce(stored, payload);
     try {
       // Its own message id: the first work message's may still be in the duplicate window.
       // A submit span of its own: the new attempts are its children.
@@ -235,7 +243,7 @@ export class TaskStore {
   /** The work message: the QUEUED record, with its revision (the first attempt's fencing token) and its submit's trace context. */
   private publishWork(stored: Stored, payload = encodeJson(stored.record), trace?: TraceCarrier, msgId = stored.record.id): Promise<unknown> {
     const { record, revision } = stored;
-    const subject = record.key === undefined ? taskSubject(record.queue, record.task, record.priority) : keySubject(record.queue, record.task, record.key);
+    const subject = workSubject(record.queue, record.task, record.id, record.priority, record.key);
     // A retried publish is a no-op inside the duplicate window; it is retried for `submitRetryFor` (an election).
     const headers = trace === undefined ? { [Headers.revision]: String(revision) } : { ...trace, [Headers.revision]: String(revision) };
     const expect = { msgId, headers };
@@ -243,22 +251,16 @@ export class TaskStore {
   }
 
   /**
-   * Write `record` over revision `expected`, then announce it. A lost compare-and-set is
-   * `Fenced`, unless a retry finds the very record it wrote (the first try landed and only
-   * its ack was lost).
+   * Write `record` over revision `expected`, then, for a record that ended or will retry,
+   * derive what it implies (`derive`; a derivative that could not be stored is left to whoever
+   * finds the record next). A lost compare-and-set is `Fenced`, unless a retry finds the very
+   * record it wrote (the first try landed and only its ack was lost).
    */
-  save(record: TaskRecord, expected: number, onRetry?: () => void, event?: string): Effect.Effect<number, Fenced | NatsFailure> {
-    const payload = encodeJson(record);
-    return Effect.map(this.compareAndSet(record.id, payload, expected, onRetry), (revision) => {
-      this.announce({ record, revision }, payload, event);
-      return revision;
-    });
+  save(record: TaskRecord, expected: number): Effect.Effect<number, Fenced | NatsFailure> {
+    return Effect.tap(this.write(record, expected), ({ revision }) => Effect.promise(() => this.derive({ record, revision }))).pipe(Effect.map(({ revision }) => revision));
   }
 
-  /**
-   * Write `record` over revision `expected` without announcing it: an attempt announces its
-   * writes once its actor has taken them in (`SAVED`), with the state it is in then.
-   */
+  /** Write `record` over revision `expected`: the write itself, which its bucket republishes to its watchers. */
   write(record: TaskRecord, expected: number, onRetry?: () => void): Effect.Effect<{ readonly revision: number; readonly payload: Uint8Array }, Fenced | NatsFailure> {
     const payload = encodeJson(record);
     return Effect.map(this.compareAndSet(record.id, payload, expected, onRetry), (revision) => ({ revision, payload }));
@@ -307,54 +309,32 @@ export class TaskStore {
   }
 
   /**
-   * Publish a write's event and, for a terminal record, the submitter's notify. A terminal
-   * event, the one that may be announced again, carries message id `<id>:<revision>`, so
-   * TROUPE_EVENTS keeps it once.
+   * Store what a record that ended (or will retry) implies, each an acknowledged publish with
+   * message id `<id>:<revision>`, so that deriving again (a repair) keeps it once: its
+   * TROUPE_INDEX entry and, for a workflow step that ended, its notice in TROUPE_STEPS (the
+   * record, one per message). Resolves whether all of them are stored; never rejects.
+   * Nothing for any other record: its write is all there is.
    */
-  announce(stored: Stored, payload = encodeJson(stored.record), event = eventOf(stored.record.status), state = statePath(stateOf(stored.record.status))): void {
-    // Fire and forget, never a throw into whoever wrote: a connection closing (or draining,
-    // where a publish throws) drops the announcement, which whoever finds the terminal record
-    // makes again (a delivery of a settled task, the reaper, the client's wait that reads it).
-    if (this.nats.nc.isClosed() || this.nats.nc.isDraining()) return;
-    try {
-      this.publishAnnouncement(stored, payload, event, state);
-    } catch {
-      // The connection closed in between: as above.
-    }
-  }
-
-  private publishAnnouncement(stored: Stored, payload: Uint8Array, event: string, state: string): void {
+  async derive(stored: Stored): Promise<boolean> {
     const { record, revision } = stored;
-    const nc = this.nats.nc;
-    const subject = eventSubject("task", record.id, event);
-    if (!TerminalStatuses.has(record.status)) {
-      const h = natsHeaders();
-      h.set(Headers.state, state);
-      nc.publish(subject, payload, { headers: h });
-      // A retry scheduled: counted by `stats` (only its own write announces it).
-      if (record.status === "RETRYING" && event === "retrying") nc.publish(taskIndexSubject("RETRYING", record.queue, record.task), indexEntry(record.id, revision));
-      return;
-    }
-    const msgId = `${record.id}:${revision}`;
-    const h = natsHeaders();
-    h.set("Nats-Msg-Id", msgId);
-    h.set(Headers.state, state);
-    nc.publish(subject, payload, { headers: h });
-    // Its index entry (the same message id: TROUPE_INDEX keeps it once too).
-    const ih = natsHeaders();
-    ih.set("Nats-Msg-Id", msgId);
-    nc.publish(taskIndexSubject(record.status, record.queue, record.task), indexEntry(record.id, revision), { headers: ih });
-    if (record.notify === undefined) return;
-    // A workflow step's notify is a stream subject, one record per message; a client's
-    // notifications are gathered, one message per client per tick.
-    if (!record.notify.startsWith(NOTIFY_ROOT)) nc.publish(`${record.notify}.${record.id}`, payload);
-    else this.notifyLater(record.notify, payload);
+    const terminal = TerminalStatuses.has(record.status);
+    if (!terminal && record.status !== "RETRYING") return true;
+    if (this.nats.nc.isClosed()) return false;
+    const expect = { msgId: `${record.id}:${revision}` };
+    const publish = (subject: string, payload: Uint8Array) =>
+      withRetryFor(this.nats.nc, () => this.nats.publisher.publish(subject, payload, expect), isTransientPublishError, this.nats.submitRetryFor);
+    const writes = [publish(taskIndexSubject(record.status, record.queue, record.task), indexEntry(record.id, revision))];
+    if (terminal && record.notify?.startsWith(STEPS_ROOT)) writes.push(publish(`${record.notify}.${record.id}`, encodeJson(record)));
+    return Promise.all(writes).then(
+      () => true,
+      () => false,
+    );
   }
 
   /**
-   * An attempt that lost its task (a newer write won, or its write did not finish): the event
-   * `lost` with the record as that attempt saw it and why. Nothing was written; the task's
-   * record belongs to whoever won.
+   * An attempt that lost its task (a newer write won, or its write did not finish): the note
+   * `lost` (TROUPE_EVENTS) with the record as that attempt saw it and why. Nothing was
+   * written; the task's record belongs to whoever won.
    */
   announceLoss(record: TaskRecord, reason: string, state: string): void {
     const nc = this.nats.nc;
@@ -366,74 +346,11 @@ export class TaskStore {
     try {
       nc.publish(eventSubject("task", record.id, "lost"), encodeJson(lost), { headers: h });
     } catch {
-      // Closing: an inspection event only.
+      // Closing: an inspection note only.
     }
-  }
-
-  /** Terminal records for clients, by notify subject, sent at the end of this tick. */
-  private readonly notifies = new Map<string, Uint8Array[]>();
-
-  private notifyLater(subject: string, payload: Uint8Array): void {
-    const pending = this.notifies.get(subject);
-    if (pending !== undefined) {
-      pending.push(payload);
-      return;
-    }
-    this.notifies.set(subject, [payload]);
-    if (this.notifies.size === 1) queueMicrotask(() => this.flushNotifies());
-  }
-
-  /**
-   * One message per client (more when they would pass the server's payload limit): a JSON
-   * array of the terminal records, their encodings joined.
-   */
-  private flushNotifies(): void {
-    const nc = this.nats.nc;
-    const limit = nc.info?.max_payload ?? 1024 * 1024;
-    for (const [subject, payloads] of this.notifies) {
-      for (const chunk of chunks(payloads, limit)) {
-        try {
-          if (!nc.isClosed()) nc.publish(subject, jsonArray(chunk));
-        } catch {
-          // A connection draining or closing: the waits re-read the records they wait for.
-        }
-      }
-    }
-    this.notifies.clear();
   }
 }
 
 /** A TROUPE_INDEX entry: the record's id and revision, and when. */
 const indexEntry = (id: string, rev: number) => encodeJson({ id, rev, at: Date.now() });
 
-/** `items` in runs whose JSON array stays within `limit` bytes (each item fits alone: records are capped below it). */
-const chunks = (items: ReadonlyArray<Uint8Array>, limit: number): Uint8Array[][] => {
-  const out: Uint8Array[][] = [];
-  let current: Uint8Array[] = [];
-  let size = 2;
-  for (const item of items) {
-    if (current.length > 0 && size + 1 + item.length > limit) {
-      out.push(current);
-      current = [];
-      size = 2;
-    }
-    current.push(item);
-    size += item.length + 1;
-  }
-  if (current.length > 0) out.push(current);
-  return out;
-};
-
-const OPEN = Buffer.from("[");
-const COMMA = Buffer.from(",");
-const CLOSE = Buffer.from("]");
-/** `[a,b,…]` from the JSON encodings of a, b, …, without encoding anything again. */
-const jsonArray = (items: ReadonlyArray<Uint8Array>): Uint8Array => {
-  const parts: Uint8Array[] = [OPEN];
-  for (const item of items) {
-    if (parts.length > 1) parts.push(COMMA);
-    parts.push(item);
-  }
-  parts.push(CLOSE);
-  return Buffer.concat(parts);
-};

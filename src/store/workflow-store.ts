@@ -3,12 +3,13 @@
  * A run changes one way: read it (decoded), take one transition of the pure workflow
  * machine (`advance`), compare-and-set, then carry out the difference between the two
  * records: enqueue the steps that became RUNNING, cancel the ones that became CANCELLED,
- * publish the run's event (and, once it ended, its TROUPE_INDEX entry and the removal of its
- * `troupe-open-runs` key). Clients (start, cancel) and coordinators (step completions,
- * reconciliation) all come through here.
+ * and, once it ended, store its TROUPE_INDEX entry (acknowledged, message id `<id>:<status>`)
+ * and remove its `troupe-open-runs` key. The write is the run's event: the bucket keeps its
+ * revisions and republishes each on `troupe.events.workflow.<id>`. Clients (start, cancel)
+ * and coordinators (step completions, reconciliation) all come through here.
  */
 import { Effect } from "effect";
-import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
+import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { advance, isWorkflowTerminal, stepTaskId, type WorkflowEvent } from "../../machines/workflow.js";
 import { WorkflowRecord as WorkflowRecordSchema, type WorkflowRecord } from "../../machines/records.js";
@@ -16,7 +17,9 @@ import { Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { compareAndSet } from "../nats/compare-and-set.js";
-import { eventSubject, Headers, kvSubject, OPEN_RUNS_BUCKET, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
+import { kvSubject, OPEN_RUNS_BUCKET, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
+import { isTransientPublishError } from "../nats/publisher.js";
+import { withRetryFor } from "../nats/retry.js";
 import { traceStart, type TraceCarrier } from "../trace.js";
 import { cancelTask } from "./cancel.js";
 import type { TaskStore } from "./task-store.js";
@@ -76,9 +79,14 @@ export class WorkflowStore {
    */
   async closed(id: string, record: WorkflowRecord | undefined): Promise<void> {
     if (record !== undefined) {
-      const h = natsHeaders();
-      h.set("Nats-Msg-Id", `${id}:${record.status}`);
-      this.nats.nc.publish(workflowIndexSubject(record.status, record.workflow), encodeJson({ id, at: Date.now() }), { headers: h });
+      // Acknowledged before the key goes: the open key is what tells reconciliation to do it again.
+      const entry = encodeJson({ id, at: Date.now() });
+      await withRetryFor(
+        this.nats.nc,
+        () => this.nats.publisher.publish(workflowIndexSubject(record.status, record.workflow), entry, { msgId: `${id}:${record.status}` }),
+        isTransientPublishError,
+        this.nats.submitRetryFor,
+      );
     }
     // A purge of the key's subject leaves no delete marker behind, one per run for ever.
     await this.nats.jsm.streams.purge(`KV_${OPEN_RUNS_BUCKET}`, { filter: kvSubject(OPEN_RUNS_BUCKET, id) });
@@ -110,7 +118,7 @@ export class WorkflowStore {
     const written = await this.write(id, payload, 0);
     if (written === undefined) throw new NatsFailure({ message: `workflow run ${id} exists already` });
     this.remember(id, { record: running, revision: written });
-    await this.carryOut(pending, running, payload, log);
+    await this.carryOut(pending, running, log);
     return running;
   }
 
@@ -136,12 +144,11 @@ export class WorkflowStore {
         if (event.type === "STEPS_SETTLED") await this.redo(current.record, event.settled.map((s) => s.step), log);
         return current.record;
       }
-      // Encoded once: the write and the run's event carry the same bytes.
       const payload = encodeJson(next);
       const revision = await this.write(id, payload, current.revision);
       if (revision === undefined) continue;
       this.remember(id, isWorkflowTerminal(next.status) ? undefined : { record: next, revision });
-      await this.carryOut(current.record, next, payload, log);
+      await this.carryOut(current.record, next, log);
       return next;
     }
     throw new NatsFailure({ message: `workflow run ${id} kept changing; gave up applying ${event.type}` });
@@ -194,8 +201,8 @@ export class WorkflowStore {
     if (this.written.size > WRITTEN_KEPT) this.written.delete(this.written.keys().next().value!);
   }
 
-  /** Carry out what changed between two records of a run: enqueue, cancel, publish. */
-  private async carryOut(before: WorkflowRecord, after: WorkflowRecord, payload: Uint8Array, log: Logger): Promise<void> {
+  /** Carry out what changed between two records of a run: enqueue, cancel, close. */
+  private async carryOut(before: WorkflowRecord, after: WorkflowRecord, log: Logger): Promise<void> {
     const work: Array<Promise<unknown>> = [];
     for (const [name, step] of Object.entries(after.steps)) {
       const was = before.steps[name];
@@ -206,11 +213,6 @@ export class WorkflowStore {
       }
     }
     await Promise.all(work);
-    const event = before.status === after.status ? "progress" : after.status.toLowerCase();
-    // The workflow machine's states are flat and its value is the run's status.
-    const h = natsHeaders();
-    h.set(Headers.state, after.status);
-    this.nats.nc.publish(eventSubject("workflow", after.id, event), payload, { headers: h });
     if (isWorkflowTerminal(after.status) && !isWorkflowTerminal(before.status)) {
       await this.closed(after.id, after).catch((err: unknown) => log.warn({ err, workflowId: after.id }, "finished run left open; reconciliation closes it"));
     }

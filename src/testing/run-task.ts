@@ -35,7 +35,6 @@ const memoryStore = (): AttemptStore => {
     expected === revision ? Effect.succeed(++revision) : Effect.fail(new Fenced({ id: record.id, message: `revision ${expected} is stale` }));
   const store: AttemptStore = {
     write: (record, expected) => Effect.map(save(record, expected), (r) => ({ revision: r, payload: new Uint8Array() })),
-    announce: () => {},
     announceLoss: () => {},
     apply: (_id, event, { from }) => {
       const next = nextRecord(from, event);

@@ -2,8 +2,10 @@
  * One JetStream delivery, from message to settled lease: decode the work message, pick the
  * task up from its stored record (the message's own on a first delivery, KV on any later
  * one), run the attempt, then ack a final outcome, NAK a retry until its `retryAt`, or leave
- * a lost one alone. A delivery of a task already settled re-announces its last write (the
- * event and notify a worker killed right after writing may never have sent) and acks.
+ * a lost one alone. A record that ended or will retry has its derivatives stored (index
+ * entry, step notice) before its message is settled: the message is what tells whoever
+ * comes next to derive them again. So a delivery of a task already settled derives its last
+ * write again (a worker killed right after writing may never have) and acks.
  */
 import { Effect } from "effect";
 import type { Logger } from "pino";
@@ -39,7 +41,8 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
   if (!decoded.ok) return reject(lease, deps, decoded.error.message);
   const message = decoded.value;
   const definition = deps.definitions.get(message.task);
-  if (definition === undefined || parseWorkSubject(lease.msg.subject).base !== taskSubject(definition.queue, definition.name)) {
+  const work = parseWorkSubject(lease.msg.subject);
+  if (definition === undefined || work === undefined || work.base !== taskSubject(definition.queue, definition.name) || work.id !== message.id) {
     return reject(lease, deps, `no handler for task "${message.task}" on ${lease.msg.subject}`);
   }
 
@@ -53,12 +56,19 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
   } else {
     const read = await Effect.runPromise(Effect.result(store.read(message.id)));
     if (read._tag === "Failure") {
-      if (read.failure._tag === "NatsFailure") return "skipped"; // left to redelivery
+      if (read.failure._tag === "NatsFailure") {
+        // Not readable now (NATS kept failing, or this identity may not): handed back for a
+        // while, not left to run out its lease and count as a lost attempt.
+        log.warn({ taskId: message.id, reason: read.failure.message }, "task record not readable; the task's message is handed back");
+        lease.nak(READ_AGAIN_MS);
+        return "skipped";
+      }
       // Unreadable: the task ends FAILED (Internal) rather than stuck.
       log.error({ taskId: message.id, reason: read.failure.message }, "task record unreadable; failing the task");
       const failure = { _tag: "Internal" as const, message: read.failure.message };
-      await Effect.runPromise(Effect.ignore(store.apply(message.id, { type: "FAIL", failure, at: deps.now() }, { fallback: message })));
-      lease.ack();
+      const failed = await Effect.runPromise(Effect.orElseSucceed(store.apply(message.id, { type: "FAIL", failure, at: deps.now() }, { fallback: message }), () => undefined));
+      if (failed === undefined) lease.nak(DERIVE_AGAIN_MS); // not written: tried again on its next delivery
+      else await settleEnded(failed, lease, deps);
       return "failed";
     }
     // Not in KV: no attempt ever claimed it (a delayed task, a lease that lapsed before the claim).
@@ -66,7 +76,7 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
   }
   if (stored === undefined) return reject(lease, deps, `task ${message.id} has no record in KV`);
   const id = stored.record.id;
-  if (handledElsewhere(stored, lease, deps)) return "skipped";
+  if (await handledElsewhere(stored, lease, deps)) return "skipped";
   const wait = Date.parse(stored.record.runAt ?? "") - deps.now();
   if (stored.record.status === "QUEUED" && wait > 0) {
     // A delayed task: back on the server until it is due; no attempt, no slot held.
@@ -113,8 +123,9 @@ const limited = async (stored: Stored, definition: TaskDefinition, handle: Limit
   if (record.status === "RUNNING" && (record.lostAttempts ?? 0) + 1 >= definition.maxDeliveries) {
     const failure = { _tag: "WorkerLost" as const, message: `${(record.lostAttempts ?? 0) + 1} attempts of task ${record.id} lost their workers` };
     deps.log.warn({ taskId: record.id, lostAttempts: record.lostAttempts }, "task failed with WorkerLost: its attempts keep losing their workers");
-    await Effect.runPromise(Effect.ignore(deps.store.apply(record.id, { type: "FAIL", failure, at: deps.now() }, { from: stored })));
-    lease.ack();
+    const failed = await Effect.runPromise(Effect.orElseSucceed(deps.store.apply(record.id, { type: "FAIL", failure, at: deps.now() }, { from: stored }), () => undefined));
+    if (failed === undefined) lease.nak(DERIVE_AGAIN_MS); // fenced or not written: its next delivery looks again
+    else await settleEnded(failed, lease, deps);
     return "failed";
   }
   const admission = await handle.limiter.acquire(record.id).catch((err: unknown) => {
@@ -148,11 +159,10 @@ const limited = async (stored: Stored, definition: TaskDefinition, handle: Limit
  * for it holds it (this one is a duplicate, republished past the duplicate window, not a
  * sign of a lost worker: that attempt settles the task).
  */
-const handledElsewhere = ({ record, revision }: Stored, lease: Lease, deps: DeliveryDeps): boolean => {
+const handledElsewhere = async ({ record, revision }: Stored, lease: Lease, deps: DeliveryDeps): Promise<boolean> => {
   if (TerminalStatuses.has(record.status)) {
-    deps.log.debug({ taskId: record.id, status: record.status }, "delivery of a settled task: announced again and acknowledged");
-    deps.store.announce({ record, revision });
-    lease.ack();
+    deps.log.debug({ taskId: record.id, status: record.status }, "delivery of a settled task: derived again and acknowledged");
+    await settleEnded({ record, revision }, lease, deps);
     return true;
   }
   if (record.status === "RUNNING" && record.message !== undefined && record.message !== lease.info.streamSequence) {
@@ -161,6 +171,22 @@ const handledElsewhere = ({ record, revision }: Stored, lease: Lease, deps: Deli
     return true;
   }
   return false;
+};
+
+/** How long a message whose record could not be read waits before it is tried again. */
+const READ_AGAIN_MS = 5_000;
+
+/** How long a message whose record's derivatives could not be stored waits before it is tried again. */
+const DERIVE_AGAIN_MS = 5_000;
+
+/**
+ * A terminal record's message: acknowledged once its derivatives are stored; handed back for
+ * a while otherwise, so that its next delivery derives them again.
+ */
+const settleEnded = async (stored: Stored, lease: Lease, deps: DeliveryDeps): Promise<void> => {
+  if (await deps.store.derive(stored)) return lease.ack();
+  deps.log.warn({ taskId: stored.record.id, status: stored.record.status }, "index entry or step notice not stored; the task's message is kept to try again");
+  lease.nak(DERIVE_AGAIN_MS);
 };
 
 /** Settle the lease after an attempt. */
@@ -176,26 +202,29 @@ const settle = async ({ snapshot, stopped }: AttemptOutcome, lease: Lease, deps:
     // Settled meanwhile (a cancel, another worker), or held by another message's attempt:
     // acknowledged; otherwise left to redelivery.
     const read = await Effect.runPromise(Effect.result(deps.store.read(record.id)));
-    if (read._tag === "Success" && read.success !== undefined) handledElsewhere(read.success, lease, deps);
+    if (read._tag === "Success" && read.success !== undefined) await handledElsewhere(read.success, lease, deps);
     return "lost";
   }
+  const saved = { record, revision: snapshot.context.revision };
   switch (record.status) {
     case "RETRYING": {
       const delay = Math.max(0, Date.parse(record.retryAt ?? "") - deps.now());
       log().info({ error: record.error, retryAt: record.retryAt }, "attempt failed; retry scheduled");
+      // Its RETRYING index entry (what `stats` counts as retried); the retry goes ahead either way.
+      await deps.store.derive(saved);
       lease.nak(delay);
       return "retrying";
     }
     case "COMPLETED":
-      lease.ack();
+      await settleEnded(saved, lease, deps);
       return "completed";
     case "CANCELLED":
       log().info("task cancelled");
-      lease.ack();
+      await settleEnded(saved, lease, deps);
       return "cancelled";
     default:
       log().info({ error: record.error }, "task failed");
-      lease.ack();
+      await settleEnded(saved, lease, deps);
       return "failed";
   }
 };

@@ -19,7 +19,7 @@
  */
 import { type Msg, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { TASKS_STREAM } from "../nats/topology.js";
+import { bellSubject, TASKS_STREAM } from "../nats/topology.js";
 import { inboxOf } from "../nats/publisher.js";
 import { Lease, parseAckSubject } from "../nats/lease.js";
 
@@ -291,7 +291,8 @@ export class PullLoop {
   private goIdle(source: Source): void {
     if (!source.active) return;
     source.active = false;
-    source.bell ??= this.nc.subscribe(source.subject, {
+    // Its bells: the subjects of the work stored for it, without the work (TROUPE_TASKS republishes them).
+    source.bell ??= this.nc.subscribe(bellSubject(source.subject), {
       callback: () => {
         this.goActive(source);
         this.makeRoom(source);

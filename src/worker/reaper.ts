@@ -40,12 +40,12 @@ export const reap = async (nats: NatsHandle, store: TaskStore, advisory: MaxDeli
     };
     const after = await Effect.runPromise(store.apply(id, { type: "FAIL", failure, at: Date.now() }, { fallback: message.value }));
     failed = after?.record;
-    if (failed !== undefined) {
-      log.warn({ taskId: id, deliveries: advisory.deliveries }, "task failed with WorkerLost: deliveries exhausted");
-    } else {
-      // Already settled: a reaper that died after writing may not have announced it.
-      const now = await store.get(id);
-      if (now !== undefined && TerminalStatuses.has(now.record.status)) store.announce(now);
+    if (failed !== undefined) log.warn({ taskId: id, deliveries: advisory.deliveries }, "task failed with WorkerLost: deliveries exhausted");
+    // Ended (now, or before: a reaper that died after writing may not have derived it): its
+    // derivatives stored before its message goes; otherwise the advisory comes back.
+    const ended = after ?? (await store.get(id));
+    if (ended !== undefined && TerminalStatuses.has(ended.record.status) && !(await store.derive(ended))) {
+      throw new Error(`the index entry of task ${id} could not be stored`);
     }
   }
   await nats.jsm.streams.deleteMessage(TASKS_STREAM, seq, false).catch(() => false);

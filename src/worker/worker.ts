@@ -17,12 +17,14 @@ import {
   controlSubject,
   keySubject,
   DEFAULT_PRIORITY,
-  eventSubject,
+  kvSubject,
+  WORKERS_BUCKET,
   Headers,
   statePath,
   logSubject,
   parseWorkSubject,
   prioritySubjects,
+  bellSubject,
   TASKS_STREAM,
   taskSubject,
 } from "../nats/topology.js";
@@ -180,7 +182,11 @@ export class Worker {
         this.loopStopped = this.loop.stop();
       },
       interruptAll: () => this.interruptAll(),
-      finish: () => void this.finish(),
+      finish: () =>
+        void this.finish().catch((err: unknown) => {
+          this.log.error({ err }, "worker stop failed");
+          this.end(err instanceof Error ? err : new NatsFailure({ message: String(err) }));
+        }),
     });
     const host = new TaskHost({
       store,
@@ -245,7 +251,7 @@ export class Worker {
     store: TaskStore,
     options: WorkerOptions,
     log: Logger,
-    clock: FiberClock = liveFiberClock(),
+    clock: FiberClock = liveFiberClock((err) => log.error({ err }, "a timer callback threw; the other timers go on")),
     /** The client whose `submit` JSON-RPC calls go through; without one the worker serves no RPC. */
     submitter?: RpcSubmitter,
   ): Promise<Worker> {
@@ -514,16 +520,17 @@ export class Worker {
   private readonly prioritySubs: Subscription[] = [];
 
   /**
-   * Work published at a priority other than the default rings here (`troupe.tasks.<queue>.<type>.*`,
+   * Work published at a priority other than the default rings here (its bell, `troupe.bells.<queue>.*.<type>.*`,
    * core NATS: nothing arrives while no one uses priorities): a consumer read already is
    * asked at once; a priority seen for the first time gets its consumer, read from then on.
    */
   private listenForPriorities(): void {
     for (const t of this.definitions.values()) {
-      const sub = this.nats.nc.subscribe(prioritySubjects(t.queue, t.name), {
+      const sub = this.nats.nc.subscribe(bellSubject(prioritySubjects(t.queue, t.name)), {
         callback: (_error, msg) => {
-          const { priority, key } = parseWorkSubject(msg.subject);
-          if (priority === DEFAULT_PRIORITY && key === undefined) return;
+          const work = parseWorkSubject(msg.subject);
+          if (work === undefined || (work.priority === DEFAULT_PRIORITY && work.key === undefined)) return;
+          const { priority, key } = work;
           const name = consumerName(t.queue, t.name, priority, key);
           if (this.loop.has(name)) return this.loop.ring(name);
           if (this.priorityConsumers.has(name)) return;
@@ -574,10 +581,10 @@ export class Worker {
     };
     const payload = encodeJson(entry);
     if (this.nats.nc.isClosed()) return Promise.resolve();
-    const h = natsHeaders();
-    h.set(Headers.state, statePath(s.value));
-    this.nats.nc.publish(eventSubject("worker", this.id, "heartbeat"), payload, { headers: h });
-    return this.nats.workers.put(this.id, payload).then(
+    // The registry write is the worker's event: its bucket keeps its last beats and
+    // republishes each (`troupe.events.worker.<id>`), with the actor's state path.
+    const headers = { [Headers.state]: statePath(s.value) };
+    return this.nats.publisher.publish(kvSubject(WORKERS_BUCKET, this.id), payload, { headers }).then(
       () => undefined,
       (err: unknown) => this.log.warn({ err }, "worker registry write failed"),
     );
@@ -657,14 +664,19 @@ export class Worker {
   private async finish(): Promise<void> {
     clearInterval(this.renewTimer);
     const lost = this.actor.snapshot.context.lost;
+    // Each part stopped on its own: one that fails (logged) keeps none of the others running, nor `stop()` waiting.
+    const step = (what: string, part: () => unknown) =>
+      Promise.resolve()
+        .then(part)
+        .catch((err: unknown) => this.log.error({ err }, `worker stop: ${what} failed`));
     const released = (async () => {
-      await this.loopStopped;
-      await Promise.all(this.inFlight);
-      await this.pool?.stop();
-      this.service?.stop();
-      await this.rpc?.stop();
-      await this.reaper?.stop();
-      await this.metrics?.stop();
+      await step("the pull loop", () => this.loopStopped);
+      await step("the running tasks", () => Promise.all(this.inFlight));
+      await step("the executors", () => this.pool?.stop());
+      await step("the micro service", () => this.service?.stop());
+      await step("the JSON-RPC service", () => this.rpc?.stop());
+      await step("the reaper", () => this.reaper?.stop());
+      await step("the metrics endpoint", () => this.metrics?.stop());
     })();
     // Cut off from NATS, the consumers cannot be closed cleanly: the worker does not wait long for them.
     if (lost) await Promise.race([released, new Promise((resolve) => setTimeout(resolve, LOST_CLEANUP_MS).unref())]);
@@ -709,13 +721,16 @@ const workSource = async (nats: NatsHandle, t: TaskDefinition, at: { readonly pr
   };
 };
 
-/** The priorities other than the default, and the keys, with messages waiting for this type (the stream's subjects). */
+/** The priorities other than the default, and the keys, with messages waiting for this type (the stream's subjects, one per task). */
 const waitingSources = async (nats: NatsHandle, t: TaskDefinition): Promise<Array<{ priority?: number; key?: string }>> => {
   const info = await nats.jsm.streams.info(TASKS_STREAM, { subjects_filter: prioritySubjects(t.queue, t.name) });
-  return Object.keys(info.state.subjects ?? {})
-    .map((subject) => parseWorkSubject(subject))
-    .filter((p) => p.key !== undefined || p.priority !== DEFAULT_PRIORITY)
-    .map((p) => (p.key !== undefined ? { key: p.key } : { priority: p.priority }));
+  const lanes = new Map<string, { priority?: number; key?: string }>();
+  for (const subject of Object.keys(info.state.subjects ?? {})) {
+    const p = parseWorkSubject(subject);
+    if (p === undefined || (p.key === undefined && p.priority === DEFAULT_PRIORITY)) continue;
+    lanes.set(p.key !== undefined ? `=${p.key}` : `@${p.priority}`, p.key !== undefined ? { key: p.key } : { priority: p.priority });
+  }
+  return [...lanes.values()];
 };
 
 /**

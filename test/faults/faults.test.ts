@@ -35,19 +35,8 @@ const worker = async (concurrency = 4) => {
 };
 
 
-/** Every transition the task went through, from TROUPE_EVENTS. */
-const history = async (troupe: Troupe, id: string): Promise<TaskRecord[]> => {
-  const events: TaskRecord[] = [];
-  const oc = await connectionOf(troupe).js.consumers.get(Topology.EVENTS_STREAM, { filter_subjects: `troupe.events.task.${id}.>` });
-  const info = await oc.info(true);
-  let left = info.num_pending;
-  if (left === 0) return events;
-  for await (const m of await oc.consume()) {
-    events.push(m.json<TaskRecord>());
-    if (--left === 0) break;
-  }
-  return events;
-};
+/** Every transition the task went through: its record's revisions, its QUEUED state first. */
+const history = async (troupe: Troupe, id: string): Promise<TaskRecord[]> => (await troupe.history(id)).map((e) => e.record as TaskRecord);
 
 const terminalTransitions = (events: TaskRecord[]) => events.filter((e) => TerminalStatuses.has(e.status));
 
@@ -158,9 +147,9 @@ describe("faults", () => {
     const troupe = await connect(server());
     const w = await worker();
     const bodies = ["", "{", "[]", "null", '{"id":1}', JSON.stringify({ id: "x", task: "fault.noop", status: "QUEUED", attempt: "one" })];
-    for (const body of bodies) {
-      await connectionOf(troupe).js.publish(Topology.taskSubject("default", "fault.noop"), body);
-      await connectionOf(troupe).js.publish(Topology.taskSubject("default", "fault.sleep"), body);
+    for (const [i, body] of bodies.entries()) {
+      await connectionOf(troupe).js.publish(Topology.workSubject("default", "fault.noop", `bad-${i}`), body);
+      await connectionOf(troupe).js.publish(Topology.workSubject("default", "fault.sleep", `bad-${i}`), body);
     }
     const run = await troupe.submit(noop, { n: 7 });
     expect(await run.result()).toBe(7);

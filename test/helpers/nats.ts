@@ -21,7 +21,8 @@ export const useNatsServer = (options: NatsServerOptions = {}) => {
 export const clients = () => {
   const open: Troupe[] = [];
   return {
-    connect: async (server: NatsServer) => {
+    /** A client of `server` (or of another URL to it: a proxy's). */
+    connect: async (server: NatsServer | { readonly url: string }) => {
       const t = await Troupe.connect({ servers: server.url });
       open.push(t);
       return t;

@@ -8,7 +8,14 @@ export const recordWhere = async (troupe: Troupe, id: string, predicate: (r: Tas
   const watch = await connectionOf(troupe).tasks.watch({ key: id });
   try {
     for await (const e of watch) {
-      if (e.operation === "PUT" && predicate(e.json<TaskRecord>())) return e.json<TaskRecord>();
+      if (e.operation !== "PUT") continue;
+      let record: TaskRecord;
+      try {
+        record = e.json<TaskRecord>();
+      } catch {
+        continue; // not a record (a test wrote garbage on purpose)
+      }
+      if (predicate(record)) return record;
     }
   } finally {
     watch.stop();

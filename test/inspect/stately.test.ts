@@ -127,10 +127,11 @@ describe("bridgeToStately", () => {
     await bridge.close();
     const count = first.sent.length;
     const record = stateOf(last).context as Record<string, unknown>;
-    // Stored with the state path a live actor publishes: the path wins over the record's status.
+    // A write with the state path a live actor would give it: the path wins over the record's status.
     const h = headers();
     h.set(Topology.Headers.state, "RUNNING.claiming");
-    await jetstream(connectionOf(troupe).nc).publish(Topology.eventSubject("task", run.id, "progress"), JSON.stringify({ ...record, progress: "late" }), { headers: h });
+    const late = JSON.stringify({ ...record, status: "RUNNING", progress: { data: "late", at: new Date().toISOString() } });
+    await jetstream(connectionOf(troupe).nc).publish(Topology.kvSubject(Topology.TASKS_BUCKET, run.id), late, { headers: h });
     const before = await subscriptions();
     const second = recorder();
     const again = await bridgeToStately(troupe, { kind: "task", id: run.id }, second.inspector);

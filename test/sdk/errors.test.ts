@@ -211,10 +211,12 @@ describe("options are checked where they are given", () => {
     await troupe.worker({ tasks: [jittery] });
     const run = await troupe.submit(jittery, { n: 1 });
     const retrying = await new Promise<{ finishedAt?: string; retryAt?: string }>((resolve) => {
-      const sub = connectionOf(troupe).nc.subscribe(Topology.eventSubject("task", run.id, "retrying"), {
+      const sub = connectionOf(troupe).nc.subscribe(Topology.recordSubject("task", run.id), {
         callback: (_e, m) => {
+          const record = m.json<{ status: string; finishedAt?: string; retryAt?: string }>();
+          if (record.status !== "RETRYING") return;
           sub.unsubscribe();
-          resolve(m.json());
+          resolve(record);
         },
       });
     });

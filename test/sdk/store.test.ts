@@ -11,7 +11,8 @@ import { defineTask, Internal, Schema, type TaskRecord } from "../../src/index.j
 import { connectionOf, ensureTaskConsumer, nextRecord, Topology, type Stored } from "../../src/internals.js";
 import { encodeJson } from "../../src/nats/codec.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
-import { eventCount, recordWhere } from "../helpers/records.js";
+import { recordWhere } from "../helpers/records.js";
+import { startProxy } from "../helpers/proxy.js";
 
 const server = useNatsServer();
 const { connect, closeAll } = clients();
@@ -55,28 +56,42 @@ const writeLikeAWorker = async (troupe: Parameters<typeof connectionOf>[0], deli
 };
 
 describe("the task store", () => {
-  it("a worker killed between its terminal write and its announcements: the redelivery announces, the result arrives", async () => {
+  it("a worker killed between its terminal write and its index entry: the write is heard at once, the redelivery stores the entry", async () => {
     calls = 0;
     const troupe = await connect(server());
     const run = await troupe.submit(echo, { text: "kept" });
     await writeLikeAWorker(troupe, await takeDelivery(troupe, echo), "kept");
-    const completed = Topology.eventSubject("task", run.id, "completed");
-    expect(await eventCount(troupe, completed)).toBe(0); // it died before announcing
+    // The write itself is what waits hear: no announcement was needed.
+    expect(await run.result({ timeout: "4 seconds" })).toBe("kept");
+    const entries = async () => {
+      const info = await connectionOf(troupe).jsm.streams.info(Topology.INDEX_STREAM, { subjects_filter: Topology.taskIndexSubject("COMPLETED", echo.queue, echo.name) });
+      return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
+    };
+    expect(await entries()).toBe(0); // it died before its index entry
+    expect((await troupe.list({ status: "COMPLETED", task: echo })).tasks).toHaveLength(0);
 
     await troupe.worker({ tasks: [echo] }); // gets the redelivery once the dead worker's lease lapses
-    expect(await run.result({ timeout: "20 seconds" })).toBe("kept");
-    await vi.waitFor(async () => expect(await eventCount(troupe, completed)).toBe(1));
+    await vi.waitFor(async () => expect(await entries()).toBe(1), { timeout: 20_000 });
+    expect((await troupe.list({ status: "COMPLETED", task: echo })).tasks.map((t) => t.id)).toEqual([run.id]);
     expect(calls).toBe(0); // the committed result stands: the handler did not run again
   });
 
-  it("a waiting client re-reads the record when no notify ever comes", async () => {
-    const troupe = await connect(server());
+  it("a waiting client re-reads the record when the write's publish to it is lost", async () => {
+    // The client's connection loses every task write the server sends it (a core publish lost on the way).
+    const proxy = await startProxy({ host: "127.0.0.1", port: server().port });
+    const troupe = await connect(proxy);
+    proxy.dropping((subject) => subject.startsWith("troupe.events.task."));
     const run = await troupe.submit(echo, { text: "quiet" });
+    const waiting = run.result({ timeout: "20 seconds" });
+    const other = troupe.run(echo, run.id).result({ timeout: "20 seconds" });
     const delivery = await takeDelivery(troupe, echo);
     await writeLikeAWorker(troupe, delivery, "quiet");
-    delivery.ack(); // settled, never announced: no redelivery will repair it
-    expect(await run.result({ timeout: "20 seconds" })).toBe("quiet");
-    expect(await troupe.run(echo, run.id).result({ timeout: "20 seconds" })).toBe("quiet");
+    delivery.ack();
+    expect(await waiting).toBe("quiet");
+    expect(await other).toBe("quiet");
+    expect(proxy.dropped).toBeGreaterThan(0);
+    await troupe.close();
+    await proxy.cut();
   });
 
   it("an exception inside a task actor ends the task FAILED with Internal, never RUNNING", async () => {
@@ -134,10 +149,10 @@ describe("the task store", () => {
     const run = await troupe.submit(held, { text: "once" });
     await recordWhere(troupe, run.id, (r) => r.status === "RUNNING");
     // The same QUEUED record again under another message id: as a re-enqueue past the duplicate window would.
-    const queued = await nats.jsm.streams.getMessage(Topology.EVENTS_STREAM, { last_by_subj: Topology.eventSubject("task", run.id, "queued") });
+    const queued = await nats.jsm.streams.getMessage(Topology.TASKS_STREAM, { last_by_subj: Topology.workOfTask(run.id) });
     const h = headers();
     h.set("Troupe-Revision", "0");
-    await nats.js.publish(Topology.taskSubject(held.queue, held.name), queued!.data, { msgID: `${run.id}-again`, headers: h });
+    await nats.js.publish(Topology.workSubject(held.queue, held.name, run.id), queued!.data, { msgID: `${run.id}-again`, headers: h });
     // The duplicate is acknowledged; only the running attempt's message stays pending.
     const consumer = Topology.consumerName(held.queue, held.name);
     await vi.waitFor(async () => {

@@ -26,7 +26,7 @@ const add = defineTask({
 });
 
 describe("tasks end to end", () => {
-  it("runs a typed task and records every transition in KV and TROUPE_EVENTS", async () => {
+  it("runs a typed task and stores each transition once: the record's revisions in KV are its history", async () => {
     const troupe = await connect(server());
     await troupe.worker({ tasks: [add], concurrency: 4 });
     const run = await troupe.submit(add, { a: 1, b: 2 });
@@ -36,57 +36,72 @@ describe("tasks end to end", () => {
     expect(record?.workerId).toMatch(/^w-/);
     expect(Date.parse(record!.finishedAt!)).toBeGreaterThanOrEqual(Date.parse(record!.startedAt!));
 
-    // The record is plain JSON under the task id, as `nats kv get troupe-tasks <id>` shows it.
-    const entry = await connectionOf(troupe).tasks.get(run.id);
+    // The record is plain JSON under the task id, as `nats kv get troupe-tasks <id>` shows it,
+    // and `nats kv history troupe-tasks <id>` its writes: the claim and the outcome.
+    const nats = connectionOf(troupe);
+    const entry = await nats.tasks.get(run.id);
     const raw = decodeJson(entry!.value);
     expect(raw.ok && (raw.value as { status: string }).status).toBe("COMPLETED");
-
-    const jsm = await jetstreamManager(connectionOf(troupe).nc);
-    const events: string[] = [];
-    for (const e of ["queued", "started", "completed"]) {
-      const msg = await jsm.streams.getMessage(Topology.EVENTS_STREAM, { last_by_subj: Topology.eventSubject("task", run.id, e) });
-      events.push((msg?.json() as { status: string }).status);
-    }
-    expect(events).toEqual(["QUEUED", "RUNNING", "COMPLETED"]);
+    const revisions: string[] = [];
+    for await (const e of await nats.tasks.history({ key: run.id })) revisions.push(e.json<{ status: string }>().status);
+    expect(revisions).toEqual(["RUNNING", "COMPLETED"]);
+    // The history: its QUEUED state (its work message, which the claim's record says), then each write.
+    const history = await troupe.history(run.id);
+    expect(history.map((e) => [e.event, (e.record as { status: string }).status])).toEqual([
+      ["queued", "QUEUED"],
+      ["started", "RUNNING"],
+      ["completed", "COMPLETED"],
+    ]);
+    expect(history.map((e) => e.seq).slice(1)).toEqual([...history.map((e) => e.seq).slice(1)].sort((a, b) => a - b));
+    expect(history.at(-1)?.seq).toBe(entry!.revision);
+    // No second copy: TROUPE_EVENTS holds nothing of it.
+    const events = await nats.jsm.streams.info(Topology.EVENTS_STREAM, { subjects_filter: `troupe.events.task.${run.id}.>` });
+    expect(events.state.subjects ?? {}).toEqual({});
   });
 
-  it("tells each client of its own tasks' ends on troupe.notify.<client>: JSON arrays of their terminal records", async () => {
+  it("tells waiting clients of their tasks' ends from the bucket's own publish of each write (RePublish), with its revision", async () => {
     const a = await connect(server());
     const b = await connect(server());
     await a.worker({ tasks: [add], concurrency: 8 });
-    const seen: Array<{ subject: string; records: Array<{ id: string; status: string; notify: string }> }> = [];
-    const watcher = connectionOf(a).nc.subscribe("troupe.notify.>", {
+    const heard = new Map<string, Array<{ status: string; revision: number }>>();
+    const watcher = connectionOf(a).nc.subscribe("troupe.events.task.*", {
       callback: (_e, msg) => {
         const decoded = decodeJson(msg.data);
-        if (decoded.ok) seen.push({ subject: msg.subject, records: decoded.value as never });
+        if (!decoded.ok) return;
+        const id = msg.subject.split(".")[3]!;
+        heard.set(id, [...(heard.get(id) ?? []), { status: (decoded.value as { status: string }).status, revision: Number(msg.headers?.get("Nats-Sequence")) }]);
       },
     });
     await connectionOf(a).nc.flush();
-    const runs = await Promise.all(Array.from({ length: 60 }, (_, i) => (i % 2 === 0 ? a : b).submit(add, { a: i, b: 1 })));
+    // 100 waits at once in each client: past the point where a client listens to every task's writes.
+    const runs = await Promise.all(Array.from({ length: 200 }, (_, i) => (i % 2 === 0 ? a : b).submit(add, { a: i, b: 1 })));
     expect(await Promise.all(runs.map((r) => r.result()))).toEqual(runs.map((_, i) => i + 1));
     await connectionOf(a).nc.flush();
     watcher.unsubscribe();
-    // Every message is an array of one client's records: none of another client's, none twice.
-    for (const { subject, records } of seen) {
-      expect(Array.isArray(records)).toBe(true);
-      for (const r of records) expect(r).toMatchObject({ status: "COMPLETED", notify: subject });
+    for (const run of runs) {
+      const stored = await connectionOf(a).tasks.get(run.id);
+      // Each write heard once, the last the stored one, at its revision.
+      expect(heard.get(run.id)?.map((h) => h.status)).toEqual(["RUNNING", "COMPLETED"]);
+      expect(heard.get(run.id)?.at(-1)?.revision).toBe(stored!.revision);
     }
-    const ids = seen.flatMap((m) => m.records.map((r) => r.id));
-    expect(new Set(ids).size).toBe(ids.length);
-    expect(new Set(ids)).toEqual(new Set(runs.map((r) => r.id)));
-    expect(new Set(seen.map((m) => m.subject)).size).toBe(2);
   });
 
-  it("still hears a terminal record sent alone on troupe.notify.<client>.<id>, as earlier workers sent them", async () => {
+  it("settles a wait from stored writes only: a write that lost its compare-and-set is never heard", async () => {
     const troupe = await connect(server());
-    const run = await troupe.submit(add, { a: 2, b: 2 }); // no worker serves it
+    const run = await troupe.submit(add, { a: 2, b: 2 }); // no worker serves it yet
     const queued = await run.get();
-    const done = { ...queued, status: "COMPLETED", attempt: 1, output: 4, finishedAt: new Date().toISOString() };
-    connectionOf(troupe).nc.publish(`${queued.notify}.${run.id}`, JSON.stringify(done));
-    expect(await run.result({ timeout: "3 seconds" })).toBe(4);
+    const forged = { ...queued, status: "COMPLETED", attempt: 1, output: 99, finishedAt: new Date().toISOString() };
+    // A write over a revision the record does not have is refused by the bucket, and so never republished.
+    const refused = await connectionOf(troupe)
+      .publisher.publish(Topology.kvSubject(Topology.TASKS_BUCKET, run.id), new TextEncoder().encode(JSON.stringify(forged)), { lastSubjectSequence: 12_345 })
+      .catch((e: unknown) => e);
+    expect(refused).toMatchObject({ _tag: "PublishRejected", errCode: 10071 });
+    await expect(run.result({ timeout: "1 second" })).rejects.toMatchObject({ _tag: "ResultTimeout" });
+    await troupe.worker({ tasks: [add] });
+    expect(await run.result({ timeout: "20 seconds" })).toBe(4);
   });
 
-  it("splits a client's notifications at the server's payload limit: large results that end together all arrive", async () => {
+  it("hears large results that end together, each its own write", async () => {
     const big = defineTask({
       name: "big.output",
       input: Schema.Struct({ i: Schema.Number }),
@@ -96,7 +111,7 @@ describe("tasks end to end", () => {
     const troupe = await connect(server());
     await troupe.worker({ tasks: [big], concurrency: 8 });
     const runs = await Promise.all(Array.from({ length: 8 }, (_, i) => troupe.submit(big, { i })));
-    // Well before a wait's first re-read of KV (5 s): these come from the notifications.
+    // Well before a wait's first re-read of KV (5 s): these come from the republished writes.
     const outputs = await Promise.all(runs.map((r) => r.result({ timeout: "4 seconds" })));
     expect(outputs.map((o) => o.length)).toEqual(runs.map(() => 400_000));
   });
