@@ -43,6 +43,7 @@ export {
   InvalidDefinition,
   InvalidInput,
   InvalidOption,
+  LayoutOutdated,
   NatsFailure,
   NatsServerNotFound,
   NonRetryableError,

@@ -9,6 +9,7 @@ export { workerMachine } from "../machines/worker.js";
 export { backoffDelay, retryWait, type RetryPolicy } from "../machines/backoff.js";
 export * as Records from "../machines/records.js";
 export { connectNats, openNats, ensureTaskConsumer, type NatsHandle } from "./nats/connection.js";
+export { setupLayout, type SetupReport } from "./nats/setup.js";
 export { decodeJson, decodeWith, encodeJson } from "./nats/codec.js";
 export { connectionOf, idempotentId } from "./sdk/troupe.js";
 export { TaskStore, nextRecord, type Stored, type NewTask } from "./store/task-store.js";

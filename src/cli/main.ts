@@ -94,10 +94,12 @@ Usage:
   troupe workflow get <id>                   print a workflow run's record (JSON)
   troupe workflow cancel <id> [--reason TEXT]
                                              cancel a workflow run (exit 1 if it had already finished)
-  troupe setup [--check]                     create or upgrade the streams, consumers and buckets (an
+  troupe setup [--check | --migrate]         create or upgrade the streams, consumers and buckets (an
                                              admin identity: --auth admin.json); --check changes nothing
                                              and reports each missing part or setting that drifted from
-                                             the configuration, one line each (exit 1 if any)
+                                             the configuration, one line each (exit 1 if any); --migrate
+                                             carries a layout made by an earlier version over (its queued
+                                             work and records; stop every Troupe process first)
   troupe auth init <dir> [--queue-worker Q=T1,T2]...
                                              write <dir>/auth.conf (a nats-server authorization block to
                                              include: one user per role, least permissions) and
@@ -134,6 +136,7 @@ const options = {
   auth: { type: "string" },
   "queue-worker": { type: "string", multiple: true },
   check: { type: "boolean" },
+  migrate: { type: "boolean" },
   nkey: { type: "string" },
   "connect-timeout": { type: "string" },
   "tls-ca": { type: "string" },
@@ -413,7 +416,8 @@ const dev = async (flags: Flags) => {
   // The embedded default also runs a coordinator, so workflows advance with no other process.
   // The configuration's retention and layout, on the embedded server (no credentials, no TLS, one replica).
   const { retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger } = connection(flags);
-  const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger });
+  // Its own store: one an earlier version left is carried over.
+  const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger, migrate: true });
   const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
   const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
   const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: inspectorActions(troupe) });
@@ -835,7 +839,13 @@ export const main = async (argv: string[]): Promise<void> => {
       case "workflow":
         return await workflow(flags, rest);
       case "setup":
-        process.exitCode = await runSetup(configOf(flags).connection, flags.check === true, (line) => process.stdout.write(`${line}\n`));
+        process.exitCode = await runSetup(
+          configOf(flags).connection,
+          flags.check === true,
+          (line) => process.stdout.write(`${line}\n`),
+          flags.migrate === true,
+          (line) => process.stderr.write(`${line}\n`),
+        );
         return;
       case "auth":
         if (rest[0] !== "init" || rest[1] === undefined) throw new UsageError("use troupe auth init <dir>");

@@ -6,14 +6,15 @@ import { parseWorkerScope, writeAuth } from "../nats/roles.js";
 import { setupLayout } from "../nats/setup.js";
 
 /** Create or upgrade the layout (an admin's identity); `check`: only report, exit code 1 on any difference. */
-export const runSetup = async (connection: ConnectOptions, check: boolean, out: (line: string) => void): Promise<number> => {
-  const report = await setupLayout(connection, check);
+export const runSetup = async (connection: ConnectOptions, check: boolean, out: (line: string) => void, migrate = false, progress: (line: string) => void = out): Promise<number> => {
+  const report = await setupLayout(connection, check, migrate, progress);
   if (check) {
     for (const m of report.missing) out(`missing: ${m}`);
     for (const d of report.drift) out(`drift: ${d}`);
     if (report.missing.length === 0 && report.drift.length === 0) out("the Troupe layout matches the configuration");
     return report.missing.length + report.drift.length === 0 ? 0 : 1;
   }
+  for (const m of report.migrated) out(`migrated: ${m}`);
   for (const m of report.missing) out(`created: ${m}`);
   for (const u of report.upgraded) out(`updated: ${u}`);
   for (const d of report.drift) out(`drift: ${d}`);

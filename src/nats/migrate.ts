@@ -37,7 +37,7 @@ const notFound = (e: unknown) => e instanceof JetStreamApiError && (e.code === 1
 const readAll = async function* (nc: NatsConnection, stream: string, filter: string, lastPerSubject = false) {
   const js = jetstream(nc);
   const consumer = await js.consumers.get(stream, {
-    filter_subjects: [filter],
+    filter_subjects: filter,
     deliver_policy: lastPerSubject ? DeliverPolicy.LastPerSubject : DeliverPolicy.All,
   });
   if ((await consumer.info()).num_pending === 0) return;

@@ -210,8 +210,8 @@ export class Troupe {
     });
     try {
       const nc = await connectNats({ ...options, servers: server.url });
-      // Its own server: dev always creates the layout.
-      return new Troupe(await openNats(nc, { ...options, layout: "create" }), options.logger ?? rootLogger(), server, retention);
+      // Its own server: dev always creates the layout, and carries an earlier version's store over.
+      return new Troupe(await openNats(nc, { ...options, layout: "create", migrate: true }), options.logger ?? rootLogger(), server, retention);
     } catch (e) {
       await server.stop();
       throw e;

@@ -47,11 +47,12 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
   }
 
   // The work message is the QUEUED record, with the revision it has in KV (0: not there
-  // yet). The first delivery needs no read; a later one reads what attempts wrote.
+  // yet; -1: unknown, a message carried over by a migration). The first delivery of a known
+  // revision needs no read; any other reads what attempts wrote.
   const headerRevision = Number(lease.msg.headers?.get(Headers.revision) ?? NaN);
   if (!Number.isInteger(headerRevision)) return reject(lease, deps, "work message without a Troupe-Revision header");
   let stored: Stored | undefined;
-  if (lease.info.deliveryCount === 1) {
+  if (lease.info.deliveryCount === 1 && headerRevision >= 0) {
     stored = { record: message, revision: headerRevision };
   } else {
     const read = await Effect.runPromise(Effect.result(store.read(message.id)));
@@ -72,7 +73,7 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
       return "failed";
     }
     // Not in KV: no attempt ever claimed it (a delayed task, a lease that lapsed before the claim).
-    stored = read.success ?? (headerRevision === 0 ? { record: message, revision: 0 } : undefined);
+    stored = read.success ?? (headerRevision <= 0 ? { record: message, revision: 0 } : undefined);
   }
   if (stored === undefined) return reject(lease, deps, `task ${message.id} has no record in KV`);
   const id = stored.record.id;
