@@ -7,15 +7,18 @@
  *   20,000 tasks with an 80-byte input, 1,000 submissions in flight, one worker at
  *   concurrency 64, client and worker in one process, a fresh server each time; with the
  *   server operations each task cost (messages in, messages stored);
- * - BullMQ on the local Redis (127.0.0.1:6379) when one answers, in the same shape,
- *   alternated with Troupe round by round (A B A B A B);
+ * - the floor of this substrate (bench/floor.ts: the bare fenced protocol, three stored
+ *   messages and an ack per task) on a fresh server of its own, BullMQ on the local Redis
+ *   (127.0.0.1:6379) and Graphile Worker on the local PostgreSQL (127.0.0.1:5432) when they
+ *   answer, in the same shape, alternated with Troupe round by round;
  * - the same Troupe run with an OpenTelemetry SDK registered (`troupe-traced`), and with an
  *   inspector streaming every event to a page (`troupe-inspected`), over the plain median;
  * - an fsync's latency here, and the rate it would bound with `sync_interval: always`;
  * - `troupe.list` among 100,000 finished tasks against 63 (BENCH_LIST_RECORDS);
  * - submit → handler start latency; a 1,000-step workflow against 1,000 plain tasks.
  *
- * BENCH_TASKS sets the task count (default 20000), BENCH_ROUNDS the rounds (default 3).
+ * BENCH_TASKS sets the task count (default 20000), BENCH_ROUNDS the rounds (default 3);
+ * BENCH_ONLY=throughput stops after the alternated rounds.
  */
 import { connect as tcpConnect } from "node:net";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -36,6 +39,7 @@ import { connectNats, ensureTaskConsumer, openNats } from "../src/nats/connectio
 import { connectionOf } from "../src/sdk/troupe.js";
 import { startInspector } from "../src/inspect/server.js";
 import { noop, noopOptions } from "./tasks.js";
+import { floorIdleStart, floorThroughput } from "./floor.js";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { TASKS_STREAM, taskSubject } from "../src/nats/topology.js";
 
@@ -131,11 +135,15 @@ const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => Su
       const delta = seq - (before.stored[name] ?? 0);
       if (round3(delta / N) > 0) storedPerTask[name] = round3(delta / N);
     }
+    const inPerTask = (after.inMsgs - before.inMsgs) / N;
+    const storedTotal = Object.values(storedPerTask).reduce((a, b) => a + b, 0);
     return {
       perSecond,
       correct,
-      inMsgsPerTask: round3((after.inMsgs - before.inMsgs) / N),
+      inMsgsPerTask: round3(inPerTask),
       storedPerTask,
+      // What the server received: the stored writes, and the rest (acks, pull requests).
+      receivedPerTask: { stored: round3(storedTotal), other: round3(inPerTask - storedTotal) },
       // CPU time per task: this process (client and worker), and nats-server.
       cpuUsPerTask: { process: Math.round((used.user + used.system) / N), server: Math.round((serverCpu * 1000) / N) },
     };
@@ -544,6 +552,73 @@ const bullmq = async ({ Queue, Worker }: BullMQ) => {
   return { perSecond };
 };
 
+/**
+ * Graphile Worker (PostgreSQL) is not a dependency either: `npm run bench` installs it without
+ * saving, like BullMQ. Its jobs live in a schema of their own, dropped after the round.
+ */
+interface GraphileWorker {
+  run(options: object): Promise<{ stop(): Promise<void>; events: { on(event: "job:success", fn: () => void): void } }>;
+  makeWorkerUtils(options: object): Promise<{ addJob(task: string, payload: object): Promise<unknown>; migrate(): Promise<void>; release(): Promise<void> }>;
+}
+const GRAPHILE = "graphile-worker";
+const PG_URL = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+const loadGraphile = async (): Promise<GraphileWorker | string> => {
+  try {
+    return (await import(GRAPHILE)) as GraphileWorker;
+  } catch {
+    return "graphile-worker is not installed (npm run bench installs it with `npm install --no-save graphile-worker@0.18`)";
+  }
+};
+
+const postgresAnswers = () =>
+  new Promise<boolean>((resolve) => {
+    const s = tcpConnect(5432, "127.0.0.1");
+    s.setTimeout(500);
+    s.once("connect", () => {
+      s.end();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+    s.once("timeout", () => {
+      s.destroy();
+      resolve(false);
+    });
+  });
+
+const graphile = async ({ run, makeWorkerUtils }: GraphileWorker) => {
+  const schema = `troupe_bench_${process.pid}_${Date.now()}`;
+  const utils = await makeWorkerUtils({ connectionString: PG_URL, schema });
+  await utils.migrate();
+  let done = 0;
+  let finish!: () => void;
+  const finished = new Promise<void>((r) => (finish = r));
+  const runner = await run({
+    connectionString: PG_URL,
+    schema,
+    concurrency: CONCURRENCY,
+    noHandleSignals: true,
+    pollInterval: 1_000,
+    logger: undefined,
+    taskList: { noop: async (payload: { i: number }) => payload.i },
+  });
+  runner.events.on("job:success", () => {
+    if (++done === N) finish();
+  });
+  const started = performance.now();
+  await window(N, IN_FLIGHT, (i) => utils.addJob("noop", { i, pad: PAD }));
+  await finished;
+  const perSecond = N / ((performance.now() - started) / 1000);
+  await runner.stop();
+  await utils.release();
+  // The round's schema goes with it.
+  const { default: pg } = (await import("pg" as string)) as { default: { Client: new (o: object) => { connect(): Promise<void>; query(q: string): Promise<unknown>; end(): Promise<void> } } };
+  const client = new pg.Client({ connectionString: PG_URL });
+  await client.connect();
+  await client.query(`drop schema if exists "${schema}" cascade`);
+  await client.end();
+  return { perSecond };
+};
+
 const main = async () => {
   const server = await NatsServer.start();
   const common = { tasks: N, node: process.version, natsServer: natsServerVersion(server.binary).join(".") };
@@ -552,9 +627,13 @@ const main = async () => {
     emit({ bench: "throughput", system: "jetstream-raw", unit: "msg/s", value: Math.round(raw), ...common });
     const lib = (await redisAnswers()) ? await loadBullmq() : "no Redis answers on 127.0.0.1:6379";
     if (typeof lib === "string") emit({ bench: "throughput", system: "bullmq", skipped: lib });
-    // Alternated round by round, so both see the same state of a noisy machine.
+    const gw = (await postgresAnswers()) ? await loadGraphile() : "no PostgreSQL answers on 127.0.0.1:5432";
+    if (typeof gw === "string") emit({ bench: "throughput", system: "graphile-worker", skipped: gw });
+    // Alternated round by round, so all see the same state of a noisy machine.
     const troupeRates: number[] = [];
     const ratios: number[] = [];
+    const overFloor: number[] = [];
+    const overGraphile: number[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
       const troupe = await troupeThroughput(noop);
       troupeRates.push(troupe.perSecond);
@@ -569,14 +648,32 @@ const main = async () => {
         concurrency: CONCURRENCY,
         inMsgsPerTask: troupe.inMsgsPerTask,
         storedPerTask: troupe.storedPerTask,
+        receivedPerTask: troupe.receivedPerTask,
         cpuUsPerTask: troupe.cpuUsPerTask,
         ...common,
       });
+      const floorServer = await NatsServer.start();
+      try {
+        const floor = await floorThroughput(floorServer.url, { n: N, inFlight: IN_FLIGHT, concurrency: CONCURRENCY, pad: PAD });
+        overFloor.push(troupe.perSecond / floor);
+        emit({ bench: "throughput", system: "floor", round, unit: "tasks/s", value: Math.round(floor), protocol: "work + claim (expect 0) + outcome (expect claim) + ack", storedPerTask: 3, ...common });
+      } finally {
+        await floorServer.stop();
+      }
       if (typeof lib !== "string") {
         const bull = await bullmq(lib);
         ratios.push(troupe.perSecond / bull.perSecond);
         emit({ bench: "throughput", system: "bullmq", round, unit: "jobs/s", value: Math.round(bull.perSecond), tasks: N, node: process.version });
       }
+      if (typeof gw !== "string") {
+        const g = await graphile(gw);
+        overGraphile.push(troupe.perSecond / g.perSecond);
+        emit({ bench: "throughput", system: "graphile-worker", round, unit: "jobs/s", value: Math.round(g.perSecond), tasks: N, node: process.version });
+      }
+    }
+    if (process.env.BENCH_ONLY === "throughput") {
+      emit({ bench: "throughput-ratio", troupeOverFloor: round3(median(overFloor)), floorRounds: overFloor.map(round3), ...(ratios.length === 0 ? {} : { troupeOverBullmq: round3(median(ratios)) }) });
+      return;
     }
     const armed = await troupeThroughput(guarded);
     const plain = median(troupeRates);
@@ -684,7 +781,9 @@ const main = async () => {
     emit({ bench: "submit-to-start", system: "troupe", worker: "busy", unit: "ms", p50: latency.p50, p99: latency.p99, inFlight: 4 });
     const idleMs = Number(process.env.BENCH_IDLE_MS ?? 10_000);
     const idle = await idleLatency(server.url, idleMs, 3);
-    emit({ bench: "submit-to-start", system: "troupe", worker: `idle ${idleMs} ms`, unit: "ms", ...idle });
+    const floorIdle = await floorIdleStart(server.url, idleMs, 3);
+    emit({ bench: "submit-to-start", system: "floor", worker: `idle ${idleMs} ms`, unit: "ms", p50: pct(floorIdle, 0.5), max: round3(Math.max(...floorIdle)), samples: floorIdle.map(round3) });
+    emit({ bench: "submit-to-start", system: "troupe", worker: `idle ${idleMs} ms`, unit: "ms", ...idle, overFloorP50: round3(idle.p50 / pct(floorIdle, 0.5)) });
     const two = await scaleOut(2);
     emit({
       bench: "scale-out",
@@ -710,7 +809,10 @@ const main = async () => {
     emit({
       bench: "throughput-ratio",
       troupeOverRaw: round3(plain / raw),
+      troupeOverFloor: round3(median(overFloor)),
+      floorRounds: overFloor.map(round3),
       ...(ratios.length === 0 ? {} : { troupeOverBullmq: round3(median(ratios)), rounds: ratios.map(round3) }),
+      ...(overGraphile.length === 0 ? {} : { troupeOverGraphileWorker: round3(median(overGraphile)), graphileRounds: overGraphile.map(round3) }),
     });
   } finally {
     await server.stop();

@@ -122,6 +122,24 @@ const newest = async (nats: NatsHandle, stream: string, filter: string, limit: n
   return read.filter((e): e is InspectorEvent => e !== undefined);
 };
 
+/**
+ * The newest waiting work messages, as `queued` events: read one by one (a work queue's
+ * consumer would take its messages away, and may not overlap the workers' anyway).
+ */
+const waitingWork = async (nats: NatsHandle, limit: number): Promise<InspectorEvent[]> => {
+  const { state } = await nats.jsm.streams.info(TASKS_STREAM);
+  const out: InspectorEvent[] = [];
+  for (let seq = Math.max(state.first_seq, state.last_seq - limit + 1); state.messages > 0 && seq <= state.last_seq; ) {
+    const m = await nats.jsm.streams.getMessage(TASKS_STREAM, { seq, next_by_subj: TASKS_SUBJECTS } as unknown as { seq: number });
+    if (m === null) break;
+    seq = m.seq + 1;
+    const e = storedEvent("task", { seq: 0, time: m.time, data: m.data, headers: m.header, subject: m.subject });
+    const id = (e.record as { id?: unknown } | null)?.id;
+    if (typeof id === "string") out.push(withActor("task", id, { ...e, event: "queued", seq: 0, state: "QUEUED" }));
+  }
+  return out;
+};
+
 /** The last `limit` events, oldest first: the record buckets' newest writes, TROUPE_EVENTS' notes and the work waiting, by time. */
 const recent = async (nats: NatsHandle, limit: number): Promise<InspectorEvent[]> => {
   const keyOf = (subject: string) => subject.slice(subject.indexOf(".", 4) + 1);
@@ -132,10 +150,7 @@ const recent = async (nats: NatsHandle, limit: number): Promise<InspectorEvent[]
       return KINDS.has(kind ?? "") && id !== undefined ? withActor(kind as Kind, id, e) : undefined;
     }),
     // Work not claimed yet: its message is its record.
-    newest(nats, TASKS_STREAM, TASKS_SUBJECTS, limit, (subject, e) => {
-      const id = (e.record as { id?: unknown } | null)?.id;
-      return typeof id === "string" ? withActor("task", id, { ...e, event: "queued", seq: 0, state: "QUEUED" }) : undefined;
-    }),
+    waitingWork(nats, limit),
   ]);
   const events = sources.flat();
   // A task's QUEUED state was its work message, gone once claimed: what its first claim says of it.

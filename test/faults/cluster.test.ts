@@ -160,6 +160,33 @@ describe("a 3-node cluster with replicas 3", () => {
     await cluster.healthy();
   }, 180_000);
 
+  it("misses no outcome in any history or listing when the leaders of the record bucket and of TROUPE_INDEX are SIGKILLed", async () => {
+    const task = job("cluster.records");
+    const troupe = await workers(task);
+    const kvStream = `KV_${Topology.TASKS_BUCKET}`;
+    await flow(troupe, task, 200, 40, async () => {
+      for (const stream of [kvStream, Topology.INDEX_STREAM]) {
+        const leader = await cluster.streamLeader(stream);
+        await cluster.kill(leader);
+        await cluster.streamLeader(stream, { timeout: 60_000, not: leader });
+        await cluster.restart(leader);
+        await cluster.healthy();
+      }
+    });
+    // Every task of this run completed (flow checked) and is listed: its index entry was
+    // stored before its message was acknowledged, through both elections.
+    const ours = (await Promise.all([...runs.keys()].map((id) => troupe.get(id)))).filter((r): r is TaskRecord => r?.task === task.name);
+    expect(ours).toHaveLength(200);
+    const listed = new Set((await troupe.list({ status: "COMPLETED", task, limit: 1000 })).tasks.map((t) => t.id));
+    expect(ours.filter((r) => !listed.has(r.id)).map((r) => r.id)).toEqual([]);
+    // Each history ends with its outcome, once: the history is the record's own revisions.
+    for (const record of ours) {
+      const history = await troupe.history(record.id);
+      expect(history.filter((e) => e.event === "completed")).toHaveLength(1);
+      expect(history.at(-1)?.event).toBe("completed");
+    }
+  }, 240_000);
+
   it("loses nothing while a follower is paused, then resumed", async () => {
     const task = job("cluster.paused");
     await workers(task);
