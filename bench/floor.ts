@@ -9,8 +9,9 @@
  *
  * The client hears outcomes from a core subscription on the record subjects. No schemas, no
  * actors, no retries, no index: what NATS itself allows, measured on the same server in the
- * same run as Troupe. Its writes go through the same pipelined acked publisher Troupe uses, so
- * the difference between the two is Troupe's own work.
+ * same run as Troupe. Two ways of writing: through the same pipelined acked publisher Troupe
+ * uses (`pipelined`: the difference between the two is Troupe's own work), or with nats.js's
+ * own `js.publish` (`js.publish`: a script as a user would write it).
  */
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type JsMsg } from "@nats-io/jetstream";
 import { connectNats } from "../src/nats/connection.js";
@@ -24,7 +25,12 @@ export interface FloorOptions {
   readonly inFlight: number;
   readonly concurrency: number;
   readonly pad: string;
+  /** How the acked writes are made (default `pipelined`). */
+  readonly writes?: "pipelined" | "js.publish";
 }
+
+/** An acked write expecting a subject's last sequence, or a message id. */
+type Write = (subject: string, data: Uint8Array, expect: { lastSubjectSequence?: number; msgId?: string }) => Promise<{ seq: number }>;
 
 /** Make the floor's two streams and its consumer on a fresh server. */
 const layout = async (url: string) => {
@@ -39,6 +45,14 @@ const layout = async (url: string) => {
 /** One round of the floor: tasks per second, submit → outcome heard, `inFlight` submits at a time. */
 export const floorThroughput = async (url: string, options: FloorOptions): Promise<number> => {
   const { nc, js, publisher } = await layout(url);
+  const write: Write =
+    options.writes === "js.publish"
+      ? (subject, data, expect) =>
+          js.publish(subject, data, {
+            ...(expect.msgId === undefined ? {} : { msgID: expect.msgId }),
+            ...(expect.lastSubjectSequence === undefined ? {} : { expect: { lastSubjectSequence: expect.lastSubjectSequence } }),
+          })
+      : (subject, data, expect) => publisher.publish(subject, data, expect);
   const encoder = new TextEncoder();
   const waiting = new Map<string, () => void>();
   const sub = nc.subscribe("floor.rec.>", {
@@ -56,9 +70,9 @@ export const floorThroughput = async (url: string, options: FloorOptions): Promi
   const handle = async (m: JsMsg) => {
     const id = m.subject.slice("floor.work.".length);
     const task = JSON.parse(new TextDecoder().decode(m.data)) as { id: string; input: unknown };
-    const claim = await publisher.publish(`floor.rec.${id}`, encoder.encode(JSON.stringify({ id, status: "RUNNING", input: task.input })), { lastSubjectSequence: 0 });
+    const claim = await write(`floor.rec.${id}`, encoder.encode(JSON.stringify({ id, status: "RUNNING", input: task.input })), { lastSubjectSequence: 0 });
     const output = (task.input as { i: number }).i;
-    await publisher.publish(`floor.rec.${id}`, encoder.encode(JSON.stringify({ id, status: "COMPLETED", output })), { lastSubjectSequence: claim.seq });
+    await write(`floor.rec.${id}`, encoder.encode(JSON.stringify({ id, status: "COMPLETED", output })), { lastSubjectSequence: claim.seq });
     m.ack();
   };
   const pump = () => {
@@ -87,7 +101,7 @@ export const floorThroughput = async (url: string, options: FloorOptions): Promi
         const i = next++;
         const id = `t${i}`;
         const done = new Promise<void>((resolve) => waiting.set(id, resolve));
-        await publisher.publish(`floor.work.${id}`, encoder.encode(JSON.stringify({ id, status: "QUEUED", input: { i, pad: options.pad } })), { msgId: id });
+        await write(`floor.work.${id}`, encoder.encode(JSON.stringify({ id, status: "QUEUED", input: { i, pad: options.pad } })), { msgId: id });
         await done;
       }
     }),

@@ -633,6 +633,7 @@ const main = async () => {
     const troupeRates: number[] = [];
     const ratios: number[] = [];
     const overFloor: number[] = [];
+    const overFloorJs: number[] = [];
     const overGraphile: number[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
       const troupe = await troupeThroughput(noop);
@@ -652,13 +653,15 @@ const main = async () => {
         cpuUsPerTask: troupe.cpuUsPerTask,
         ...common,
       });
-      const floorServer = await NatsServer.start();
-      try {
-        const floor = await floorThroughput(floorServer.url, { n: N, inFlight: IN_FLIGHT, concurrency: CONCURRENCY, pad: PAD });
-        overFloor.push(troupe.perSecond / floor);
-        emit({ bench: "throughput", system: "floor", round, unit: "tasks/s", value: Math.round(floor), protocol: "work + claim (expect 0) + outcome (expect claim) + ack", storedPerTask: 3, ...common });
-      } finally {
-        await floorServer.stop();
+      for (const writes of ["pipelined", "js.publish"] as const) {
+        const floorServer = await NatsServer.start();
+        try {
+          const floor = await floorThroughput(floorServer.url, { n: N, inFlight: IN_FLIGHT, concurrency: CONCURRENCY, pad: PAD, writes });
+          (writes === "pipelined" ? overFloor : overFloorJs).push(troupe.perSecond / floor);
+          emit({ bench: "throughput", system: writes === "pipelined" ? "floor" : "floor-js.publish", round, unit: "tasks/s", value: Math.round(floor), protocol: "work + claim (expect 0) + outcome (expect claim) + ack", writes, storedPerTask: 3, ...common });
+        } finally {
+          await floorServer.stop();
+        }
       }
       if (typeof lib !== "string") {
         const bull = await bullmq(lib);
@@ -672,7 +675,14 @@ const main = async () => {
       }
     }
     if (process.env.BENCH_ONLY === "throughput") {
-      emit({ bench: "throughput-ratio", troupeOverFloor: round3(median(overFloor)), floorRounds: overFloor.map(round3), ...(ratios.length === 0 ? {} : { troupeOverBullmq: round3(median(ratios)) }) });
+      emit({
+        bench: "throughput-ratio",
+        troupeOverFloor: round3(median(overFloor)),
+        floorRounds: overFloor.map(round3),
+        troupeOverFloorJsPublish: round3(median(overFloorJs)),
+        ...(ratios.length === 0 ? {} : { troupeOverBullmq: round3(median(ratios)) }),
+        ...(overGraphile.length === 0 ? {} : { troupeOverGraphileWorker: round3(median(overGraphile)) }),
+      });
       return;
     }
     const armed = await troupeThroughput(guarded);
@@ -811,6 +821,7 @@ const main = async () => {
       troupeOverRaw: round3(plain / raw),
       troupeOverFloor: round3(median(overFloor)),
       floorRounds: overFloor.map(round3),
+      troupeOverFloorJsPublish: round3(median(overFloorJs)),
       ...(ratios.length === 0 ? {} : { troupeOverBullmq: round3(median(ratios)), rounds: ratios.map(round3) }),
       ...(overGraphile.length === 0 ? {} : { troupeOverGraphileWorker: round3(median(overGraphile)), graphileRounds: overGraphile.map(round3) }),
     });

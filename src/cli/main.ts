@@ -69,7 +69,7 @@ Usage:
   troupe retry <id> [--wait [--timeout T]]   run a FAILED or CANCELLED task again (same id, history kept)
   troupe retry --status FAILED|CANCELLED [--task NAME] [--queue Q] [--since T] [--limit N]
                                              retry every task the filter lists
-  troupe history <id> [--json]               a task's transitions, oldest first, while TROUPE_EVENTS keeps them
+  troupe history <id> [--json]               a task's transitions, oldest first: its record's revisions
   troupe cancel <id> [--reason TEXT]         cancel a task (exit 1 if it had already finished)
   troupe coordinator [--metrics-port N]      advance workflow runs and fire schedules (run any number)
   troupe stats [--watch] [--json]            per task type and queue: waiting, running, completed, failed

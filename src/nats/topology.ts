@@ -156,8 +156,9 @@ export const consumerName = (queue: string, type: string, priority: number = DEF
 export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`;
 
 /**
- * Where a client hears about the end of the tasks it submitted: `troupe.notify.<client>`,
- * core NATS, each message a JSON array of terminal records (those that ended in one tick).
+ * What a client's tasks carry as `notify` (`troupe.notify.<client>`): who submitted them, so
+ * that a client listening to every task's writes keeps its own tasks' ends. Nothing is
+ * published on it.
  */
 export const NOTIFY_ROOT = "troupe.notify.";
 export const notifySubject = (clientId: string) => `${NOTIFY_ROOT}${clientId}`;
@@ -184,8 +185,9 @@ export const MAX_DELIVERIES_SUBJECTS = `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERI
 export const REAPER_CONSUMER = "troupe-max-deliveries";
 
 /**
- * Workflow steps' terminal records: `troupe.steps.<runId>.<step>.<taskId>` (the step
- * task's notify subject), kept in a work-queue stream that coordinators share.
+ * Workflow steps' terminal records: `troupe.steps.<runId>.<step>.<taskId>` (a step task's
+ * `notify` is `troupe.steps.<runId>.<step>`), each stored acknowledged (message id
+ * `<taskId>:<revision>`) in a work-queue stream that coordinators share.
  */
 export const STEPS_STREAM = "TROUPE_STEPS";
 export const STEPS_SUBJECTS = "troupe.steps.>";

@@ -82,7 +82,7 @@ describe("roles (troupe auth init, troupe setup)", () => {
     const setup = await cli(["setup"], "admin");
     expect(setup.code, setup.stderr).toBe(0);
     expect(setup.stdout).toContain(`created: stream ${TASKS_STREAM}`);
-    expect(await setupLayout(await adminOptions(), true)).toEqual({ missing: [], upgraded: [], drift: [] });
+    expect(await setupLayout(await adminOptions(), true)).toEqual({ missing: [], upgraded: [], drift: [], migrated: [] });
 
     const worker = await asRole("worker");
     await worker.worker({ tasks: [shout] });
