@@ -58,7 +58,11 @@ interface Waiter<R> {
   sub?: Subscription | undefined;
 }
 
-/** Whether a task record's bytes say it ended: its `status` starts with C(OMPLETED|ANCELLED) or F(AILED). */
+/**
+ * Whether a task's or run's record, as bytes, says it ended: its `status` (the first one in
+ * it: both records start with their own) starts with C(OMPLETED|ANCELLED) or F(AILED), not
+ * Q(UEUED), R(UNNING|ETRYING) or P(ENDING).
+ */
 const endedBytes = (data: Uint8Array): boolean => {
   const at = Buffer.from(data.buffer, data.byteOffset, data.byteLength).indexOf(STATUS);
   if (at < 0) return false;
@@ -163,6 +167,8 @@ export class Results {
   private subscribe<R>(kind: "task" | "workflow", id: string, schema: Schema.Decoder<R, never>, settle: (record: R) => void): Subscription {
     return this.nats.nc.subscribe(recordSubject(kind, id), {
       callback: (_e, msg) => {
+        // Only a write that ends it is decoded: a large run's every write would cost a copy for nothing.
+        if (!endedBytes(msg.data)) return;
         const decoded = decodeWith(schema, msg.data, `${kind} record`);
         if (decoded.ok) settle(decoded.value);
       },
