@@ -3,7 +3,7 @@ import { TestClock } from "effect/testing";
 import { describe, expect, it, vi } from "vitest";
 import { createActor } from "xstate";
 import { taskMachine, type TaskRecord } from "../../machines/task.js";
-import { makeFiberClock } from "../../src/actor/fiber-clock.js";
+import { fiberClockFrom, makeFiberClock } from "../../src/actor/fiber-clock.js";
 
 const record: TaskRecord = {
   id: "t1",
@@ -101,6 +101,28 @@ describe("fiber clock", () => {
       clock.setTimeout(() => fired.push("d@+10"), 10); // due before b and c
       yield* TestClock.adjust("1 second");
       expect(fired).toEqual(["a@100", "d@+10", "b@200", "c@300"]);
+      expect(clock.pending()).toBe(0);
+    });
+    await Effect.runPromise(Effect.provide(program, TestClock.layer()));
+  });
+
+  it("keeps firing every other timer, now and later, when one callback throws", async () => {
+    const program = Effect.gen(function* () {
+      const errors: unknown[] = [];
+      const clock = fiberClockFrom(yield* Effect.context<never>(), (e) => errors.push(e));
+      const fired: string[] = [];
+      clock.setTimeout(() => fired.push("a"), 10);
+      clock.setTimeout(() => {
+        throw new Error("a timer's bug");
+      }, 10);
+      clock.setTimeout(() => fired.push("b"), 10);
+      yield* TestClock.adjust("10 millis");
+      expect(fired).toEqual(["a", "b"]);
+      expect(errors).toHaveLength(1);
+      // The clock goes on: a timer set after the throw still fires.
+      clock.setTimeout(() => fired.push("c"), 5);
+      yield* TestClock.adjust("5 millis");
+      expect(fired).toEqual(["a", "b", "c"]);
       expect(clock.pending()).toBe(0);
     });
     await Effect.runPromise(Effect.provide(program, TestClock.layer()));

@@ -99,4 +99,36 @@ describe("one copy of each transition", () => {
     await vi.waitFor(async () => expect((await troupe.list({ status: "COMPLETED", task: echo })).tasks.map((t) => t.id)).toContain(run.id), { timeout: 20_000 });
     expect(calls).not.toContain(run.id);
   });
+
+  it("rings idle workers with bells that carry no payload: the work's subject, headers only", async () => {
+    const troupe = await Troupe.connect({ servers: server().url });
+    open.push(troupe);
+    const nats = connectionOf(troupe);
+    const bells: Array<{ subject: string; bytes: number; stored?: string }> = [];
+    const sub = nats.nc.subscribe("troupe.bells.>", { callback: (_e, m) => bells.push({ subject: m.subject, bytes: m.data.length, stored: m.headers?.get("Nats-Subject") }) });
+    await nats.nc.flush();
+    const run = await troupe.submit(echo, { n: 1 }, { priority: 2 });
+    await vi.waitFor(() => expect(bells).toHaveLength(1));
+    sub.unsubscribe();
+    expect(bells[0]).toEqual({
+      subject: `troupe.bells.default.${run.id}.${echo.name}.@2`,
+      bytes: 0,
+      stored: Topology.workSubject("default", echo.name, run.id, 2),
+    });
+    await troupe.cancel(run.id);
+  });
+
+  it("releases a wait every asker gave up on: nothing of it stays subscribed", async () => {
+    const troupe = await Troupe.connect({ servers: server().url });
+    open.push(troupe);
+    const subscriptions = () => (connectionOf(troupe).nc as unknown as { protocol: { subscriptions: { size(): number } } }).protocol.subscriptions.size();
+    const before = subscriptions();
+    const run = await troupe.submit(echo, { n: 2 }); // no worker: it waits
+    await expect(run.result({ timeout: 200 })).rejects.toMatchObject({ _tag: "ResultTimeout" });
+    await vi.waitFor(() => expect(subscriptions()).toBe(before));
+    // Asked again, it waits again, and hears the end.
+    const worker = await troupe.worker({ tasks: [echo] });
+    expect(await run.result({ timeout: "10 seconds" })).toBe(2);
+    await worker.stop();
+  });
 });
