@@ -22,6 +22,8 @@ const RECORDS = "FLOOR_RECORDS";
 
 export interface FloorOptions {
   readonly n: number;
+  /** Tasks run first, unmeasured (warm). */
+  readonly warm?: number;
   readonly inFlight: number;
   readonly concurrency: number;
   readonly pad: string;
@@ -93,19 +95,23 @@ export const floorThroughput = async (url: string, options: FloorOptions): Promi
       pump();
     }
   })();
+  const submitAll = async (n: number, prefix: string) => {
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(options.inFlight, n) }, async () => {
+        while (next < n) {
+          const i = next++;
+          const id = `${prefix}${i}`;
+          const done = new Promise<void>((resolve) => waiting.set(id, resolve));
+          await write(`floor.work.${id}`, encoder.encode(JSON.stringify({ id, status: "QUEUED", input: { i, pad: options.pad } })), { msgId: id });
+          await done;
+        }
+      }),
+    );
+  };
+  if ((options.warm ?? 0) > 0) await submitAll(options.warm!, "w");
   const started = performance.now();
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(options.inFlight, options.n) }, async () => {
-      while (next < options.n) {
-        const i = next++;
-        const id = `t${i}`;
-        const done = new Promise<void>((resolve) => waiting.set(id, resolve));
-        await write(`floor.work.${id}`, encoder.encode(JSON.stringify({ id, status: "QUEUED", input: { i, pad: options.pad } })), { msgId: id });
-        await done;
-      }
-    }),
-  );
+  await submitAll(options.n, "t");
   const perSecond = options.n / ((performance.now() - started) / 1000);
   await messages.close();
   sub.unsubscribe();

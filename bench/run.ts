@@ -44,6 +44,8 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { TASKS_STREAM, taskSubject } from "../src/nats/topology.js";
 
 const N = Number(process.env.BENCH_TASKS ?? 20_000);
+/** Each system runs a quarter round first, in the same process and on the same server: every figure is measured warm. */
+const WARM = Number(process.env.BENCH_WARMUP ?? Math.floor(N / 4));
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const CONCURRENCY = 64;
 const IN_FLIGHT = 1_000;
@@ -122,6 +124,7 @@ const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => Su
     await troupe.worker({ tasks: [task], concurrency: CONCURRENCY });
     const stopBeside = await beside?.(troupe);
     const jsm = connectionOf(troupe).jsm;
+    if (WARM > 0) await submitAll(troupe, task, Math.min(WARM, n), optionsOf);
     const before = await serverCounts(server, jsm);
     const cpu = { process: process.cpuUsage(), server: cpuMs(server.pid) };
     const { perSecond, correct } = await submitAll(troupe, task, n, optionsOf);
@@ -133,9 +136,9 @@ const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => Su
     const storedPerTask: Record<string, number> = {};
     for (const [name, seq] of Object.entries(after.stored)) {
       const delta = seq - (before.stored[name] ?? 0);
-      if (round3(delta / N) > 0) storedPerTask[name] = round3(delta / N);
+      if (round3(delta / n) > 0) storedPerTask[name] = round3(delta / n);
     }
-    const inPerTask = (after.inMsgs - before.inMsgs) / N;
+    const inPerTask = (after.inMsgs - before.inMsgs) / n;
     const storedTotal = Object.values(storedPerTask).reduce((a, b) => a + b, 0);
     return {
       perSecond,
@@ -145,7 +148,7 @@ const troupeThroughput = async (task: typeof noop, optionsOf?: (i: number) => Su
       // What the server received: the stored writes, and the rest (acks, pull requests).
       receivedPerTask: { stored: round3(storedTotal), other: round3(inPerTask - storedTotal) },
       // CPU time per task: this process (client and worker), and nats-server.
-      cpuUsPerTask: { process: Math.round((used.user + used.system) / N), server: Math.round((serverCpu * 1000) / N) },
+      cpuUsPerTask: { process: Math.round((used.user + used.system) / n), server: Math.round((serverCpu * 1000) / n) },
     };
   } finally {
     await server.stop();
@@ -527,8 +530,6 @@ const bullmq = async ({ Queue, Worker }: BullMQ) => {
   const name = `troupe-bench-${process.pid}-${Date.now()}`;
   const queue = new Queue(name, { connection });
   let done = 0;
-  let finish!: () => void;
-  const finished = new Promise<void>((r) => (finish = r));
   const starts: number[] = [];
   const worker = new Worker(
     name,
@@ -538,10 +539,20 @@ const bullmq = async ({ Queue, Worker }: BullMQ) => {
     },
     { connection, concurrency: CONCURRENCY },
   );
+  let goal = WARM;
+  let finish!: () => void;
+  let finished = new Promise<void>((r) => (finish = r));
   worker.on("completed", () => {
-    if (++done === N) finish();
+    if (++done === goal) finish();
   });
   await worker.waitUntilReady();
+  if (WARM > 0) {
+    await window(WARM, IN_FLIGHT, (i) => queue.add("noop", { i, pad: PAD }, { removeOnComplete: true }));
+    await finished;
+  }
+  done = 0;
+  goal = N;
+  finished = new Promise<void>((r) => (finish = r));
   const started = performance.now();
   await window(N, IN_FLIGHT, (i) => queue.add("noop", { i, pad: PAD }, { removeOnComplete: true }));
   await finished;
@@ -590,8 +601,9 @@ const graphile = async ({ run, makeWorkerUtils }: GraphileWorker) => {
   const utils = await makeWorkerUtils({ connectionString: PG_URL, schema });
   await utils.migrate();
   let done = 0;
+  let goal = WARM;
   let finish!: () => void;
-  const finished = new Promise<void>((r) => (finish = r));
+  let finished = new Promise<void>((r) => (finish = r));
   const runner = await run({
     connectionString: PG_URL,
     schema,
@@ -602,8 +614,15 @@ const graphile = async ({ run, makeWorkerUtils }: GraphileWorker) => {
     taskList: { noop: async (payload: { i: number }) => payload.i },
   });
   runner.events.on("job:success", () => {
-    if (++done === N) finish();
+    if (++done === goal) finish();
   });
+  if (WARM > 0) {
+    await window(WARM, IN_FLIGHT, (i) => utils.addJob("noop", { i, pad: PAD }));
+    await finished;
+  }
+  done = 0;
+  goal = N;
+  finished = new Promise<void>((r) => (finish = r));
   const started = performance.now();
   await window(N, IN_FLIGHT, (i) => utils.addJob("noop", { i, pad: PAD }));
   await finished;
@@ -656,7 +675,7 @@ const main = async () => {
       for (const writes of ["pipelined", "js.publish"] as const) {
         const floorServer = await NatsServer.start();
         try {
-          const floor = await floorThroughput(floorServer.url, { n: N, inFlight: IN_FLIGHT, concurrency: CONCURRENCY, pad: PAD, writes });
+          const floor = await floorThroughput(floorServer.url, { n: N, warm: WARM, inFlight: IN_FLIGHT, concurrency: CONCURRENCY, pad: PAD, writes });
           (writes === "pipelined" ? overFloor : overFloorJs).push(troupe.perSecond / floor);
           emit({ bench: "throughput", system: writes === "pipelined" ? "floor" : "floor-js.publish", round, unit: "tasks/s", value: Math.round(floor), protocol: "work + claim (expect 0) + outcome (expect claim) + ack", writes, storedPerTask: 3, ...common });
         } finally {

@@ -105,7 +105,11 @@ describe("one copy of each transition", () => {
     open.push(troupe);
     const nats = connectionOf(troupe);
     const bells: Array<{ subject: string; bytes: number; stored?: string }> = [];
-    const sub = nats.nc.subscribe("troupe.bells.>", { callback: (_e, m) => bells.push({ subject: m.subject, bytes: m.data.length, stored: m.headers?.get("Nats-Subject") }) });
+    const sub = nats.nc.subscribe("troupe.bells.>", {
+      callback: (_e, m) => {
+        bells.push({ subject: m.subject, bytes: m.data.length, stored: m.headers?.get("Nats-Subject") });
+      },
+    });
     await nats.nc.flush();
     const run = await troupe.submit(echo, { n: 1 }, { priority: 2 });
     await vi.waitFor(() => expect(bells).toHaveLength(1));
