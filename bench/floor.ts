@@ -81,10 +81,12 @@ export const floorThroughput = async (url: string, options: FloorOptions): Promi
     while (active < options.concurrency && queue.length > 0) {
       const m = queue.shift()!;
       active++;
-      void handle(m).finally(() => {
-        active--;
-        pump();
-      });
+      void handle(m)
+        .catch(() => undefined) // closing: the last outcomes' acks may still be on their way
+        .finally(() => {
+          active--;
+          pump();
+        });
     }
   };
   const consumer = await js.consumers.get(WORK, "floor");
@@ -113,6 +115,8 @@ export const floorThroughput = async (url: string, options: FloorOptions): Promi
   const started = performance.now();
   await submitAll(options.n, "t");
   const perSecond = options.n / ((performance.now() - started) / 1000);
+  // The outcomes heard, their acks may still be on their way: let them land before closing.
+  for (let i = 0; i < 200 && (active > 0 || queue.length > 0); i++) await new Promise((r) => setTimeout(r, 10));
   await messages.close();
   sub.unsubscribe();
   publisher.close();
