@@ -107,8 +107,10 @@ export class Results {
       this.recent.delete(id);
       return Promise.resolve(ended);
     }
-    // Listening to every task since before it was submitted: its end is still to come (or in `recent`).
-    const heard = this.wide !== undefined && this.wideSince <= submittedAt;
+    // Listening to every task since before it was submitted (strictly: a subscription made in
+    // the same millisecond may have reached the server after the work): its end is still to
+    // come, or in `recent`.
+    const heard = this.wide !== undefined && this.wideSince < submittedAt;
     return this.followTask(id, heard ? undefined : () => this.readTask(id, false));
   }
 
