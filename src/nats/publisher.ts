@@ -113,6 +113,8 @@ export class AckedPublisher {
   }
 
   publish(subject: string, payload: Uint8Array, expect: PublishExpectations = {}): Promise<PubAck> {
+    // Its acks are no longer heard: a write now would wait for ever.
+    if (this.isClosed) return Promise.reject(new PublishTimeout({ message: "publisher closed" }));
     const id = ++this.seq;
     let h: MsgHdrs | undefined;
     if (expect.lastSubjectSequence !== undefined || expect.msgId !== undefined || expect.headers !== undefined) {
@@ -174,7 +176,15 @@ export class AckedPublisher {
     }
   }
 
+  /** Closed with its client: what was still waiting for its ack was rejected. */
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  private isClosed = false;
+
   close(): void {
+    this.isClosed = true;
     clearInterval(this.sweeper);
     this.sub.unsubscribe();
     for (const p of this.pending.values()) p.reject(new PublishTimeout({ message: "publisher closed" }));

@@ -255,7 +255,7 @@ export class Troupe {
       unique: key !== undefined || options.id !== undefined,
     });
     if (!created) return this.run(task, id);
-    void this.warnIfUnserved(task);
+    this.checkServed(task);
     return new TaskRun<OutputOf<T>>(this, id, task, () => this.results.own(id, submittedAt));
   }
 
@@ -629,10 +629,25 @@ export class Troupe {
     await Promise.all([...this.workerSet].map((w) => w.stop()));
     await Promise.all([...this.gateways].map((g) => g.stop()));
     await this.sweeper?.stop();
+    // A check of the registry still listing it, given a moment to end (its listing's consumer with it).
+    if (this.checks.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(this.checks), new Promise((resolve) => (timer = setTimeout(resolve, 2_000)))]);
+      clearTimeout(timer);
+    }
     this.results.close();
     this.nats.publisher.close();
     await this.nats.nc.drain().catch(() => undefined);
     await this.server?.stop();
+  }
+
+  /** The "no live worker" checks under way: `close()` lets them end first (a registry listing is a consumer of its own). */
+  private readonly checks = new Set<Promise<void>>();
+
+  private checkServed(task: TaskDefinition): void {
+    if (this.closed) return;
+    const check = this.warnIfUnserved(task).finally(() => this.checks.delete(check));
+    this.checks.add(check);
   }
 
   /** A warning, once in a while per task type, when no live worker serves it: it waits queued until one starts. */

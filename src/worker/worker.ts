@@ -586,7 +586,8 @@ export class Worker {
     const headers = { [Headers.state]: statePath(s.value) };
     return this.nats.publisher.publish(kvSubject(WORKERS_BUCKET, this.id), payload, { headers }).then(
       () => undefined,
-      (err: unknown) => this.log.warn({ err }, "worker registry write failed"),
+      // Its client closing while the last beat was on its way: nothing to tell.
+      (err: unknown) => (this.nats.publisher.closed ? undefined : this.log.warn({ err }, "worker registry write failed")),
     );
   }
 
