@@ -485,9 +485,10 @@ const workflowOverhead = async (url: string) => {
   return { steps, workflowMs, plainMs };
 };
 
-const redisAnswers = () =>
+/** Whether something listens on 127.0.0.1:`port` (a peer's server: Redis, PostgreSQL). */
+const answers = (port: number) =>
   new Promise<boolean>((resolve) => {
-    const s = tcpConnect(6379, "127.0.0.1");
+    const s = tcpConnect(port, "127.0.0.1");
     s.setTimeout(500);
     s.once("connect", () => {
       s.end();
@@ -581,21 +582,6 @@ const loadGraphile = async (): Promise<GraphileWorker | string> => {
   }
 };
 
-const postgresAnswers = () =>
-  new Promise<boolean>((resolve) => {
-    const s = tcpConnect(5432, "127.0.0.1");
-    s.setTimeout(500);
-    s.once("connect", () => {
-      s.end();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-    s.once("timeout", () => {
-      s.destroy();
-      resolve(false);
-    });
-  });
-
 const graphile = async ({ run, makeWorkerUtils }: GraphileWorker) => {
   const schema = `troupe_bench_${process.pid}_${Date.now()}`;
   const utils = await makeWorkerUtils({ connectionString: PG_URL, schema });
@@ -644,9 +630,9 @@ const main = async () => {
   try {
     const raw = await rawJetStream(server.url);
     emit({ bench: "throughput", system: "jetstream-raw", unit: "msg/s", value: Math.round(raw), ...common });
-    const lib = (await redisAnswers()) ? await loadBullmq() : "no Redis answers on 127.0.0.1:6379";
+    const lib = (await answers(6379)) ? await loadBullmq() : "no Redis answers on 127.0.0.1:6379";
     if (typeof lib === "string") emit({ bench: "throughput", system: "bullmq", skipped: lib });
-    const gw = (await postgresAnswers()) ? await loadGraphile() : "no PostgreSQL answers on 127.0.0.1:5432";
+    const gw = (await answers(5432)) ? await loadGraphile() : "no PostgreSQL answers on 127.0.0.1:5432";
     if (typeof gw === "string") emit({ bench: "throughput", system: "graphile-worker", skipped: gw });
     // Alternated round by round, so all see the same state of a noisy machine.
     const troupeRates: number[] = [];
