@@ -3,7 +3,7 @@
  * keeps its registry entry in `troupe-workers` fresh, and stops gracefully.
  */
 import { availableParallelism, hostname } from "node:os";
-import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
+import { nuid } from "@nats-io/transport-node";
 import { workerMachine, type WorkerContext, type WorkerEvent } from "../../machines/worker.js";
 import { PauseEntry, type ExecutorInfo, type WorkerInfo } from "../../machines/records.js";
 import { KvWatchInclude } from "@nats-io/kv";
@@ -38,7 +38,7 @@ import { TransitionPlans } from "../actor/transition-plans.js";
 import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
-import { durationOption, parseDuration, type DurationInput } from "../duration.js";
+import { durationOption, type DurationInput } from "../duration.js";
 import { loadTasks, moduleUrl } from "../tasks-module.js";
 import { ExecutorPool, type Isolation } from "../pool/pool.js";
 import { runDelivery, type DeliveryDeps, type LimiterHandle } from "./delivery.js";
