@@ -30,6 +30,7 @@ import { LayoutMissing, LayoutOutdated, NatsFailure, TopologyConflict } from "..
 import { bucketOptions, formatDrift, LAYOUT_BUCKETS, LAYOUT_CONSUMERS, layoutDrift, layoutStreams, MIGRATED, verifyLayout, type LayoutMode } from "./layout.js";
 import { migrateLayout } from "./migrate.js";
 import { permissionDenied } from "./permissions.js";
+import { isTransientJetStream, withRetryFor } from "./retry.js";
 import { parseDuration, type DurationInput } from "../duration.js";
 import { AckedPublisher } from "./publisher.js";
 import { connectFailure } from "./connect-failure.js";
@@ -304,8 +305,24 @@ const upgradeLayout = async (nc: NatsConnection, jsm: JetStreamManager, options:
 
 /** Create (or find) the whole layout (the README's NATS layout) with `replicas` copies. */
 export const openNats = async (nc: NatsConnection, options: ConnectOptions = {}): Promise<NatsHandle> => {
-  const replicas = options.replicas ?? 1;
+  const submitRetryFor = parseDuration(options.submitRetryFor) ?? DEFAULT_SUBMIT_RETRY_FOR;
+  // A server without JetStream is not a passing unavailability: said at once.
+  if (nc.info !== undefined && nc.info.jetstream !== true) {
+    throw new NatsFailure({ message: `the NATS server at ${nc.getServer()} runs without JetStream, which Troupe needs (start it with -js, or jetstream {} in its configuration)` });
+  }
   try {
+    // Idempotent, so tried again through a passing unavailability (an election, a loaded
+    // cluster's slow answer), as long as a submit would be.
+    return await withRetryFor(nc, () => openLayout(nc, options), isTransientJetStream, submitRetryFor);
+  } catch (e) {
+    if (e instanceof TopologyConflict || e instanceof LayoutMissing || e instanceof LayoutOutdated) throw e;
+    throw permissionDenied(e) ?? asFailure(`cannot ${options.layout === "verify" ? "open" : "create"} the Troupe streams and buckets`)(e);
+  }
+};
+
+const openLayout = async (nc: NatsConnection, options: ConnectOptions): Promise<NatsHandle> => {
+  const replicas = options.replicas ?? 1;
+  {
     const jsm = await jetstreamManager(nc);
     const js = jetstream(nc);
     // A role without layout rights only checks the layout is there (LayoutMissing otherwise).
@@ -360,9 +377,6 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
       publisher: new AckedPublisher(nc),
       submitRetryFor: parseDuration(options.submitRetryFor) ?? DEFAULT_SUBMIT_RETRY_FOR,
     };
-  } catch (e) {
-    if (e instanceof TopologyConflict || e instanceof LayoutMissing || e instanceof LayoutOutdated) throw e;
-    throw permissionDenied(e) ?? asFailure(`cannot ${options.layout === "verify" ? "open" : "create"} the Troupe streams and buckets`)(e);
   }
 };
 
