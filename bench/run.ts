@@ -502,6 +502,31 @@ const answers = (port: number) =>
   });
 
 /**
+ * A peer's rounds in the throughput shape: a warm one (`WARM` jobs), then the measured one
+ * (`N`): jobs added `IN_FLIGHT` at a time, each round done once the peer said each completed.
+ * Jobs per second of the measured round.
+ */
+const timedJobs = async (add: (i: number) => Promise<unknown>, onCompleted: (completed: () => void) => void): Promise<number> => {
+  let done = 0;
+  let goal = 0;
+  let finish = () => {};
+  onCompleted(() => {
+    if (++done === goal) finish();
+  });
+  const round = async (n: number) => {
+    done = 0;
+    goal = n;
+    const finished = new Promise<void>((resolve) => (finish = resolve));
+    const started = performance.now();
+    await window(n, IN_FLIGHT, add);
+    await finished;
+    return n / ((performance.now() - started) / 1000);
+  };
+  if (WARM > 0) await round(WARM);
+  return round(N);
+};
+
+/**
  * BullMQ is not a dependency (one of its optional native packages is missing from some
  * registries, which breaks `npm ci`): `npm run bench` installs it without saving first.
  */
@@ -530,7 +555,6 @@ const bullmq = async ({ Queue, Worker }: BullMQ) => {
   const connection = { host: "127.0.0.1", port: 6379, maxRetriesPerRequest: null };
   const name = `troupe-bench-${process.pid}-${Date.now()}`;
   const queue = new Queue(name, { connection });
-  let done = 0;
   const starts: number[] = [];
   const worker = new Worker(
     name,
@@ -540,24 +564,11 @@ const bullmq = async ({ Queue, Worker }: BullMQ) => {
     },
     { connection, concurrency: CONCURRENCY },
   );
-  let goal = WARM;
-  let finish!: () => void;
-  let finished = new Promise<void>((r) => (finish = r));
-  worker.on("completed", () => {
-    if (++done === goal) finish();
-  });
   await worker.waitUntilReady();
-  if (WARM > 0) {
-    await window(WARM, IN_FLIGHT, (i) => queue.add("noop", { i, pad: PAD }, { removeOnComplete: true }));
-    await finished;
-  }
-  done = 0;
-  goal = N;
-  finished = new Promise<void>((r) => (finish = r));
-  const started = performance.now();
-  await window(N, IN_FLIGHT, (i) => queue.add("noop", { i, pad: PAD }, { removeOnComplete: true }));
-  await finished;
-  const perSecond = N / ((performance.now() - started) / 1000);
+  const perSecond = await timedJobs(
+    (i) => queue.add("noop", { i, pad: PAD }, { removeOnComplete: true }),
+    (completed) => worker.on("completed", completed),
+  );
   await worker.close();
   await queue.obliterate({ force: true });
   await queue.close();
@@ -586,10 +597,6 @@ const graphile = async ({ run, makeWorkerUtils }: GraphileWorker) => {
   const schema = `troupe_bench_${process.pid}_${Date.now()}`;
   const utils = await makeWorkerUtils({ connectionString: PG_URL, schema });
   await utils.migrate();
-  let done = 0;
-  let goal = WARM;
-  let finish!: () => void;
-  let finished = new Promise<void>((r) => (finish = r));
   const runner = await run({
     connectionString: PG_URL,
     schema,
@@ -599,20 +606,10 @@ const graphile = async ({ run, makeWorkerUtils }: GraphileWorker) => {
     logger: undefined,
     taskList: { noop: async (payload: { i: number }) => payload.i },
   });
-  runner.events.on("job:success", () => {
-    if (++done === goal) finish();
-  });
-  if (WARM > 0) {
-    await window(WARM, IN_FLIGHT, (i) => utils.addJob("noop", { i, pad: PAD }));
-    await finished;
-  }
-  done = 0;
-  goal = N;
-  finished = new Promise<void>((r) => (finish = r));
-  const started = performance.now();
-  await window(N, IN_FLIGHT, (i) => utils.addJob("noop", { i, pad: PAD }));
-  await finished;
-  const perSecond = N / ((performance.now() - started) / 1000);
+  const perSecond = await timedJobs(
+    (i) => utils.addJob("noop", { i, pad: PAD }),
+    (completed) => runner.events.on("job:success", completed),
+  );
   await runner.stop();
   await utils.release();
   // The round's schema goes with it.

@@ -25,7 +25,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { Subscription } from "@nats-io/transport-node";
+import type { MsgHdrs, Subscription } from "@nats-io/transport-node";
 import { taskMachine } from "../../machines/task.js";
 import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
@@ -33,7 +33,7 @@ import { PauseEntry, WorkerInfo, WorkflowRecord, type StepStatus, type TaskRecor
 import { decodeJson, decodeWith, readBucket } from "../nats/codec.js";
 import { BELLS_SUBJECTS, EVENTS_STREAM, STEPS_ROOT, TASKS_STREAM, TASKS_SUBJECTS, type ActorKind } from "../nats/topology.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { fromJs, liveEvent, queuedFrom, readEventAt, readHistory, readRange, recordStream, storedEvent, type HistoryEvent } from "../nats/history.js";
+import { ACTOR_KINDS, fromJs, liveEvent, queuedFrom, readEventAt, readHistory, readRange, recordStream, storedEvent, type HistoryEvent } from "../nats/history.js";
 import { machineDiagram, workflowDiagram, type Dag, type Diagram } from "./diagram.js";
 import { PAGE } from "./page.js";
 
@@ -57,7 +57,7 @@ export interface InspectorOptions {
 }
 
 type Kind = "task" | "workflow" | "worker";
-const KINDS = new Set<string>(["task", "workflow", "worker"]);
+const KINDS = ACTOR_KINDS;
 const ID = /^[A-Za-z0-9_-]+$/;
 /** The most events an actor's page shows (a long-lived worker's heartbeats are folded by the page). */
 const HISTORY_SHOWN = 1_000;
@@ -112,12 +112,18 @@ const withActor = (kind: Kind, id: string, e: HistoryEvent): InspectorEvent => {
   return { kind, id, ...e, ...(workflow === undefined ? {} : { workflow }) };
 };
 
-/** The newest `limit` messages of one stream, as events of `kind`; `id` is what a message's subject says of its actor. */
-const newest = async (nats: NatsHandle, stream: string, filter: string, limit: number, event: (subject: string, e: HistoryEvent) => InspectorEvent | undefined): Promise<InspectorEvent[]> => {
+/** The newest `limit` messages of one stream, read as `kind`'s; `event` names the actor its subject says. */
+const newest = async (
+  nats: NatsHandle,
+  stream: string,
+  kind: Kind,
+  limit: number,
+  event: (subject: string, e: HistoryEvent) => InspectorEvent | undefined,
+): Promise<InspectorEvent[]> => {
+  const filter = ">";
   const info = await nats.jsm.streams.info(stream);
   if (info.state.messages === 0) return [];
   const start = Math.max(info.state.first_seq, info.state.last_seq - limit + 1);
-  const kind: Kind = stream === recordStream("workflow") ? "workflow" : stream === recordStream("worker") ? "worker" : "task";
   const read = await readRange(nats, stream, filter, start, info.state.last_seq, limit, (m) => event(m.subject, storedEvent(kind, fromJs(m))));
   return read.filter((e): e is InspectorEvent => e !== undefined);
 };
@@ -144,8 +150,9 @@ const waitingWork = async (nats: NatsHandle, limit: number): Promise<InspectorEv
 const recent = async (nats: NatsHandle, limit: number): Promise<InspectorEvent[]> => {
   const keyOf = (subject: string) => subject.slice(subject.indexOf(".", 4) + 1);
   const sources = await Promise.all([
-    ...(["task", "workflow", "worker"] as const).map((kind) => newest(nats, recordStream(kind), ">", limit, (subject, e) => withActor(kind, keyOf(subject), e))),
-    newest(nats, EVENTS_STREAM, ">", limit, (subject, e) => {
+    ...(["task", "workflow", "worker"] as const).map((kind) => newest(nats, recordStream(kind), kind, limit, (subject, e) => withActor(kind, keyOf(subject), e))),
+    // Notes: a note's own subject says whose it is.
+    newest(nats, EVENTS_STREAM, "task", limit, (subject, e) => {
       const [, , kind, id] = subject.split(".");
       return KINDS.has(kind ?? "") && id !== undefined ? withActor(kind as Kind, id, e) : undefined;
     }),
@@ -258,13 +265,13 @@ class LiveEvents {
   async add(res: ServerResponse): Promise<void> {
     this.clients.add(res);
     if (this.subs.length === 0) {
-      const heard = (_e: unknown, m: { subject: string; data: Uint8Array; headers?: import("@nats-io/transport-node").MsgHdrs }) => this.heard(m.subject, m.data, m.headers);
+      const heard = (_e: unknown, m: { subject: string; data: Uint8Array; headers?: MsgHdrs }) => this.heard(m.subject, m.data, m.headers);
       this.subs = [this.nats.nc.subscribe("troupe.events.>", { callback: heard }), this.nats.nc.subscribe(BELLS_SUBJECTS, { callback: heard })];
     }
     await this.nats.nc.flush();
   }
 
-  private heard(subject: string, data: Uint8Array, headers: import("@nats-io/transport-node").MsgHdrs | undefined): void {
+  private heard(subject: string, data: Uint8Array, headers: MsgHdrs | undefined): void {
     if (this.clients.size === 0) return;
     const runKey = subject.startsWith("troupe.events.workflow.") ? subject : undefined;
     const e = liveEvent(subject, data, headers, runKey === undefined ? undefined : this.lastRun.get(runKey));

@@ -246,17 +246,12 @@ export const connectNats = async (options: ConnectOptions = {}): Promise<NatsCon
   }
 };
 
+/** Create a stream of the layout unless it is there (as it is, or made by an earlier version: `upgradeLayout` compares its settings). */
 const ensureStream = async (jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string; subjects: string[] }) => {
-  try {
-    await jsm.streams.info(config.name);
-    return; // its settings are compared by `upgradeLayout`
-  } catch (e) {
-    if (!isApiError(e, 10059)) throw e; // 10059: stream not found
-  }
   try {
     await jsm.streams.add(config);
   } catch (e) {
-    // 10058: another process created it first.
+    // 10058: there already (made by another process, or with other settings).
     if (!isApiError(e, 10058)) throw e;
   }
 };
@@ -322,62 +317,60 @@ export const openNats = async (nc: NatsConnection, options: ConnectOptions = {})
 
 const openLayout = async (nc: NatsConnection, options: ConnectOptions): Promise<NatsHandle> => {
   const replicas = options.replicas ?? 1;
-  {
-    const jsm = await jetstreamManager(nc);
-    const js = jetstream(nc);
-    // A role without layout rights only checks the layout is there (LayoutMissing otherwise).
-    const create = options.layout !== "verify";
-    if (create) {
-      for (const stream of layoutStreams(options)) await ensureStream(jsm, stream);
+  const jsm = await jetstreamManager(nc);
+  const js = jetstream(nc);
+  // A role without layout rights only checks the layout is there (LayoutMissing otherwise).
+  const create = options.layout !== "verify";
+  if (create) {
+    for (const stream of layoutStreams(options)) await ensureStream(jsm, stream);
 
-      for (const [stream, durable, ackWaitS] of LAYOUT_CONSUMERS) {
-        try {
-          await jsm.consumers.add(stream, {
-            durable_name: durable,
-            ack_policy: AckPolicy.Explicit,
-            ack_wait: ackWaitS * 1_000_000_000,
-            max_deliver: -1,
-          });
-        } catch (e) {
-          if (!isApiError(e, 10148, 10013)) throw e; // exists already
-        }
+    for (const [stream, durable, ackWaitS] of LAYOUT_CONSUMERS) {
+      try {
+        await jsm.consumers.add(stream, {
+          durable_name: durable,
+          ack_policy: AckPolicy.Explicit,
+          ack_wait: ackWaitS * 1_000_000_000,
+          max_deliver: -1,
+        });
+      } catch (e) {
+        if (!isApiError(e, 10148, 10013)) throw e; // exists already
       }
-    } else {
-      await verifyLayout(jsm);
     }
-    // Before the buckets are opened: a migration makes some of them again.
-    await upgradeLayout(nc, jsm, options, create);
-    const kvm = new Kvm(js);
-    const bucket = (name: string): Promise<KV> => {
-      const b = LAYOUT_BUCKETS.find((x) => x.name === name)!;
-      return create ? ensureBucket(jsm, kvm, name, bucketOptions(b, replicas)) : kvm.open(name);
-    };
-    const [tasks, workers, workflows, pauses, schedules, leases, limits, openRuns, methods] = await Promise.all(
-      [TASKS_BUCKET, WORKERS_BUCKET, WORKFLOWS_BUCKET, PAUSES_BUCKET, SCHEDULES_BUCKET, LEASES_BUCKET, LIMITS_BUCKET, OPEN_RUNS_BUCKET, METHODS_BUCKET].map(bucket),
-    ) as [KV, KV, KV, KV, KV, KV, KV, KV, KV];
-    const payloads = create
-      ? await new Objm(js).create(PAYLOADS_BUCKET, { replicas, storage: StorageType.File })
-      : await new Objm(js).open(PAYLOADS_BUCKET);
-    return {
-      nc,
-      js,
-      jsm,
-      tasks,
-      workers,
-      workflows,
-      pauses,
-      schedules,
-      leases,
-      limits,
-      openRuns,
-      methods,
-      payloads,
-      payloadThreshold: options.payloadThreshold ?? DEFAULT_PAYLOAD_THRESHOLD,
-      replicas,
-      publisher: new AckedPublisher(nc),
-      submitRetryFor: parseDuration(options.submitRetryFor) ?? DEFAULT_SUBMIT_RETRY_FOR,
-    };
+  } else {
+    await verifyLayout(jsm);
   }
+  // Before the buckets are opened: a migration makes some of them again.
+  await upgradeLayout(nc, jsm, options, create);
+  const kvm = new Kvm(js);
+  const bucket = (name: string): Promise<KV> => {
+    const b = LAYOUT_BUCKETS.find((x) => x.name === name)!;
+    return create ? ensureBucket(jsm, kvm, name, bucketOptions(b, replicas)) : kvm.open(name);
+  };
+  const [tasks, workers, workflows, pauses, schedules, leases, limits, openRuns, methods] = await Promise.all(
+    [TASKS_BUCKET, WORKERS_BUCKET, WORKFLOWS_BUCKET, PAUSES_BUCKET, SCHEDULES_BUCKET, LEASES_BUCKET, LIMITS_BUCKET, OPEN_RUNS_BUCKET, METHODS_BUCKET].map(bucket),
+  ) as [KV, KV, KV, KV, KV, KV, KV, KV, KV];
+  const payloads = create
+    ? await new Objm(js).create(PAYLOADS_BUCKET, { replicas, storage: StorageType.File })
+    : await new Objm(js).open(PAYLOADS_BUCKET);
+  return {
+    nc,
+    js,
+    jsm,
+    tasks,
+    workers,
+    workflows,
+    pauses,
+    schedules,
+    leases,
+    limits,
+    openRuns,
+    methods,
+    payloads,
+    payloadThreshold: options.payloadThreshold ?? DEFAULT_PAYLOAD_THRESHOLD,
+    replicas,
+    publisher: new AckedPublisher(nc),
+    submitRetryFor: parseDuration(options.submitRetryFor) ?? DEFAULT_SUBMIT_RETRY_FOR,
+  };
 };
 
 export interface ConsumerSettings {

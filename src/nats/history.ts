@@ -12,7 +12,7 @@ import { recordWith, TaskRecord as TaskRecordSchema, type TaskRecord, type TaskS
 import { eventOf, stateOf } from "../../machines/task.js";
 import { decodeJson, decodeValueWith } from "./codec.js";
 import type { NatsHandle } from "./connection.js";
-import { bucketOf, EVENTS_STREAM, eventSubject, Headers, kvSubject, statePath, TASKS_STREAM, workOfTask, type ActorKind } from "./topology.js";
+import { bucketOf, EVENTS_STREAM, eventSubject, Headers, kvSubject, recordSubject, statePath, TASKS_STREAM, workOfTask, type ActorKind } from "./topology.js";
 
 /** One transition: a write of the actor's record (or, from TROUPE_EVENTS, a note about it: `lost`, `rejected`). */
 export interface HistoryEvent {
@@ -192,7 +192,8 @@ export interface LiveEvent extends HistoryEvent {
   readonly id: string;
 }
 
-const KINDS: ReadonlySet<string> = new Set(["task", "workflow", "worker"]);
+/** The actor kinds a subject may name. */
+export const ACTOR_KINDS: ReadonlySet<string> = new Set(["task", "workflow", "worker"]);
 
 /**
  * What a live message says, or `undefined` for another subject: a write carries its revision
@@ -209,7 +210,7 @@ export const liveEvent = (subject: string, data: Uint8Array, headers: MsgHdrs | 
     return { kind: "task", id, event: "queued", at, seq: 0, state: "QUEUED", record: { id, task, queue, status: "QUEUED" } };
   }
   const [root, events, kind, id, note] = tokens;
-  if (root !== "troupe" || events !== "events" || kind === undefined || !KINDS.has(kind) || id === undefined) return undefined;
+  if (root !== "troupe" || events !== "events" || kind === undefined || !ACTOR_KINDS.has(kind) || id === undefined) return undefined;
   const k = kind as ActorKind;
   if (note !== undefined) {
     const e = storedEvent(k, { seq: 0, time: new Date(at), data, headers, subject });
@@ -249,7 +250,7 @@ export const followActor = async (
     if (buffered !== undefined) buffered.push(e);
     else deliver(e);
   };
-  const subs = [nats.nc.subscribe(recordSubjectOf(kind, id), { callback: heard }), nats.nc.subscribe(eventSubject(kind, id, "*"), { callback: heard })];
+  const subs = [nats.nc.subscribe(recordSubject(kind, id), { callback: heard }), nats.nc.subscribe(eventSubject(kind, id, "*"), { callback: heard })];
   let replayed = 0;
   try {
     await nats.nc.flush();
@@ -267,5 +268,3 @@ export const followActor = async (
   for (const e of early) deliver(e);
   return { replayed, close: () => subs.forEach((s) => s.unsubscribe()) };
 };
-
-const recordSubjectOf = (kind: ActorKind, id: string) => `troupe.events.${kind}.${id}`;

@@ -8,6 +8,7 @@ import { createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsC
 import { Data } from "effect";
 import type { PermissionDenied } from "../errors.js";
 import { permissionDenied } from "./permissions.js";
+import { withRetryFor } from "./retry.js";
 
 export interface PubAck {
   readonly stream: string;
@@ -191,3 +192,15 @@ export class AckedPublisher {
     this.pending.clear();
   }
 }
+
+/**
+ * An acknowledged write tried again through a passing unavailability (an election, a restart)
+ * for the connection's `submitRetryFor`: a work message, or what a record's write implies (an
+ * index entry, a step notice). Message ids keep a write that landed twice once.
+ */
+export const publishRetried = (
+  nats: { readonly nc: NatsConnection; readonly publisher: AckedPublisher; readonly submitRetryFor: number },
+  subject: string,
+  payload: Uint8Array,
+  expect: PublishExpectations,
+): Promise<PubAck> => withRetryFor(nats.nc, () => nats.publisher.publish(subject, payload, expect), isTransientPublishError, nats.submitRetryFor);

@@ -34,9 +34,9 @@ import { Fenced, Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
 import { asFailure, type NatsHandle } from "../nats/connection.js";
 import { compareAndSet, kvEntry } from "../nats/compare-and-set.js";
-import { isTransientPublishError } from "../nats/publisher.js";
+import { publishRetried } from "../nats/publisher.js";
 import { permissionDenied } from "../nats/permissions.js";
-import { retryNats, withRetryFor } from "../nats/retry.js";
+import { retryNats } from "../nats/retry.js";
 import { offload, payloadName } from "./payloads.js";
 import { traceSubmit, type SubmittedTask, type TraceCarrier } from "../trace.js";
 import { DEFAULT_PRIORITY, eventSubject, Headers, STEPS_ROOT, TASKS_BUCKET, TASKS_STREAM, taskIndexSubject, workOfTask, workSubject } from "../nats/topology.js";
@@ -247,7 +247,7 @@ export class TaskStore {
     // A retried publish is a no-op inside the duplicate window; it is retried for `submitRetryFor` (an election).
     const headers = trace === undefined ? { [Headers.revision]: String(revision) } : { ...trace, [Headers.revision]: String(revision) };
     const expect = { msgId, headers };
-    return withRetryFor(this.nats.nc, () => this.nats.publisher.publish(subject, payload, expect), isTransientPublishError, this.nats.submitRetryFor);
+    return publishRetried(this.nats, subject, payload, expect);
   }
 
   /**
@@ -321,8 +321,7 @@ export class TaskStore {
     if (!terminal && record.status !== "RETRYING") return true;
     if (this.nats.nc.isClosed()) return false;
     const expect = { msgId: `${record.id}:${revision}` };
-    const publish = (subject: string, payload: Uint8Array) =>
-      withRetryFor(this.nats.nc, () => this.nats.publisher.publish(subject, payload, expect), isTransientPublishError, this.nats.submitRetryFor);
+    const publish = (subject: string, payload: Uint8Array) => publishRetried(this.nats, subject, payload, expect);
     const writes = [publish(taskIndexSubject(record.status, record.queue, record.task), indexEntry(record.id, revision))];
     if (terminal && record.notify?.startsWith(STEPS_ROOT)) writes.push(publish(`${record.notify}.${record.id}`, encodeJson(record)));
     return Promise.all(writes).then(

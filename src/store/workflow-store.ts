@@ -18,8 +18,7 @@ import { decodeWith, encodeJson } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { compareAndSet } from "../nats/compare-and-set.js";
 import { kvSubject, OPEN_RUNS_BUCKET, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
-import { isTransientPublishError } from "../nats/publisher.js";
-import { withRetryFor } from "../nats/retry.js";
+import { publishRetried } from "../nats/publisher.js";
 import { traceStart, type TraceCarrier } from "../trace.js";
 import { cancelTask } from "./cancel.js";
 import type { TaskStore } from "./task-store.js";
@@ -81,12 +80,7 @@ export class WorkflowStore {
     if (record !== undefined) {
       // Acknowledged before the key goes: the open key is what tells reconciliation to do it again.
       const entry = encodeJson({ id, at: Date.now() });
-      await withRetryFor(
-        this.nats.nc,
-        () => this.nats.publisher.publish(workflowIndexSubject(record.status, record.workflow), entry, { msgId: `${id}:${record.status}` }),
-        isTransientPublishError,
-        this.nats.submitRetryFor,
-      );
+      await publishRetried(this.nats, workflowIndexSubject(record.status, record.workflow), entry, { msgId: `${id}:${record.status}` });
     }
     // A purge of the key's subject leaves no delete marker behind, one per run for ever.
     await this.nats.jsm.streams.purge(`KV_${OPEN_RUNS_BUCKET}`, { filter: kvSubject(OPEN_RUNS_BUCKET, id) });
