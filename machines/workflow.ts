@@ -62,7 +62,7 @@ const isStored = (value: unknown): value is Record<string, unknown> =>
  * string (inside a longer string a stored value cannot be interpolated here).
  */
 const lookup = (scope: Record<string, unknown>, path: string, whole = true): unknown => {
-  const parts = path.replace(/\[(\d+)\]/g, ".$1").split(".").filter(Boolean);
+  const parts = pathParts(path);
   let value: unknown = scope;
   for (let i = 0; i < parts.length; i++) {
     const part = parts[i]!;
@@ -101,8 +101,11 @@ const resolveTemplate = (template: unknown, scope: Record<string, unknown>): unk
   return template;
 };
 
+/** A reference's path as segments: `fetch.files[0].name` → `fetch`, `files`, `0`, `name`. */
+export const pathParts = (path: string): string[] => path.replace(/\[(\d+)\]/g, ".$1").split(".").filter(Boolean);
+
 /** Every `${path}` reference in a template, as written. */
-const referencePaths = (template: unknown): string[] => {
+export const referencePaths = (template: unknown): string[] => {
   const found: string[] = [];
   const walk = (t: unknown) => {
     if (typeof t === "string") for (const m of t.matchAll(REF)) found.push(m[1]!.trim());
@@ -114,9 +117,6 @@ const referencePaths = (template: unknown): string[] => {
 };
 
 const firstSegment = (path: string) => path.split(/[.[]/)[0]!;
-
-/** Every `${name...}` reference's first segment in a template. */
-export const referencedNames = (template: unknown): string[] => referencePaths(template).map(firstSegment);
 
 /**
  * The first `${input...}` reference in the steps' templates that the run's input does not

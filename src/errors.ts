@@ -67,7 +67,13 @@ export class WorkerNotFound extends Data.TaggedError("WorkerNotFound")<{ readonl
 export class TaskNotFound extends Data.TaggedError("TaskNotFound")<{ readonly message: string; readonly id: string }> {}
 
 /** A definition (`defineTask`, `defineWorkflow`, a worker's options) the SDK cannot accept; the message names the option. */
-export class InvalidDefinition extends Data.TaggedError("InvalidDefinition")<{ readonly message: string }> {}
+export class InvalidDefinition extends Data.TaggedError("InvalidDefinition")<{
+  readonly message: string;
+  /** The workflow step at fault, when one is. */
+  readonly step?: string;
+  /** The `${...}` reference at fault, when one is. */
+  readonly reference?: string;
+}> {}
 
 /** An option of a call (`submit`'s `delay`, a wait's `timeout`) the SDK cannot accept; the message names it. */
 export class InvalidOption extends Data.TaggedError("InvalidOption")<{ readonly message: string }> {}

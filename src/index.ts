@@ -26,7 +26,15 @@ export {
   type OutputOf,
   type DurationInput,
 } from "./task.js";
-export { defineWorkflow, type WorkflowDefinition, type WorkflowStep, type WorkflowOptions } from "./workflow.js";
+export {
+  defineWorkflow,
+  type StepInput,
+  type StepReference,
+  type WorkflowDefinition,
+  type WorkflowOptions,
+  type WorkflowStep,
+  type WorkflowSteps,
+} from "./workflow.js";
 export { defineProtocol, type ProtocolDefinition, type ProtocolOptions } from "./rpc/protocol.js";
 export type { RpcService, RpcOptions, GatewayOptions } from "./rpc/service.js";
 export type { OpenRpcDocument } from "./rpc/discover.js";

@@ -246,6 +246,10 @@ export const encodeInput = <I>(
   const encoded = Schema.encodeUnknownExit(task.input)(input);
   const checked = Exit.isSuccess(encoded) ? Schema.decodeUnknownExit(task.input)(encoded.value) : encoded;
   if (Exit.isSuccess(checked) && Exit.isSuccess(encoded)) return Effect.succeed(encoded.value);
+  if (input === undefined) {
+    // Left out (a JavaScript caller, a cast): say so, not what the schema expected.
+    return Effect.fail(new InvalidInput({ task: task.name, path: [], message: `input of ${kind} "${task.name}" is missing: give one its input schema accepts` }));
+  }
   return Effect.fail(invalidInput(task.name, Exit.isFailure(checked) ? Cause.squash(checked.cause) : undefined, kind));
 };
 

@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, expectTypeOf, it, vi } from "vitest";
 import {
   defineTask,
   defineWorkflow,
@@ -9,6 +9,7 @@ import {
   type WorkflowRecord,
 } from "../../src/index.js";
 import { connectionOf, workflowFromDocument } from "../../src/internals.js";
+import type { WorkflowInputOf, WorkflowOutputsOf } from "../../src/workflow.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { untilAborted } from "../helpers/handlers.js";
 import { recordWhere } from "../helpers/records.js";
@@ -277,10 +278,138 @@ describe("workflows", () => {
     };
     expect(attempt({ a: { task: "t", after: ["zz"], input: {} } })).toContain('step "a" runs after unknown step "zz"');
     expect(attempt({ a: { task: "t", after: ["b"], input: {} }, b: { task: "t", after: ["a"], input: {} } })).toMatch(/cycle: (a → b → a|b → a → b)/);
-    expect(attempt({ a: { task: "t", input: {} }, b: { task: "t", input: { x: "${a.out}" } } })).toContain('step "b" references ${a...} but "a" is not one of its ancestors');
+    expect(attempt({ a: { task: "t", input: {} }, b: { task: "t", input: { x: "${a.out}" } } })).toContain('step "b" references ${a.out} but "a" is not one of its ancestors');
     expect(attempt({ a: { task: "t", input: { x: "${nobody}" } } })).toContain('neither "input" nor a step');
     expect(attempt({})).toContain("no steps");
     expect(() => workflowFromDocument({ name: "doc", steps: { a: { input: {} } } })).toThrow(/needs a `task`/);
+  });
+});
+
+describe("typed steps", () => {
+  const Input = Schema.Struct({ url: Schema.String, size: Schema.Struct({ width: Schema.Number }) });
+  const definitionError = (define: () => unknown) => {
+    try {
+      define();
+    } catch (e) {
+      expect(e).toBeInstanceOf(InvalidDefinition);
+      return e as InvalidDefinition;
+    }
+    throw new Error("defined without an error");
+  };
+
+  it("checks a step's literal input against its task's input type when compiled", () => {
+    // Each `@ts-expect-error` below fails the type check (`tsc`) if the line compiles.
+    const wrongType = () =>
+      defineWorkflow({
+        name: "typed.wrong-type",
+        input: Input,
+        steps: {
+          // @ts-expect-error `url` is a string: 5 is not one, nor a reference
+          fetch: { task: download, input: { url: 5 } },
+        },
+      });
+    const misspelt = () =>
+      defineWorkflow({
+        name: "typed.misspelt",
+        input: Input,
+        steps: {
+          fetch: { task: download, input: { url: "${input.url}" } },
+          // @ts-expect-error `widht` is no field of resize's input
+          small: { task: resize, after: ["fetch"], input: { path: "${fetch.path}", widht: 128 } },
+        },
+      });
+    const unknownAfter = () =>
+      defineWorkflow({
+        name: "typed.after",
+        input: Input,
+        steps: {
+          fetch: { task: download, input: { url: "${input.url}" } },
+          // @ts-expect-error `after` names steps of this workflow
+          small: { task: resize, after: ["fetchh"], input: { path: "${fetch.path}", width: 128 } },
+        },
+      });
+    // Types are not checked at run time: the first two define (their workers would refuse the input).
+    expect(wrongType().steps.fetch?.input).toEqual({ url: 5 });
+    expect(misspelt().steps.small?.input).toEqual({ path: "${fetch.path}", widht: 128 });
+    expect(definitionError(unknownAfter).message).toContain('step "small" runs after unknown step "fetchh"');
+
+    // A field takes its value or a `${...}` reference, at any depth; a step naming its task by string takes anything.
+    const ok = defineWorkflow({
+      name: "typed.ok",
+      input: Input,
+      steps: {
+        fetch: { task: download, input: { url: "${input.url}" } },
+        small: { task: resize, after: ["fetch"], input: { path: "s3://b/${fetch.path}", width: "${input.size.width}" } },
+        report: { task: summarize, after: ["small"], input: { files: ["${small.path}", "/tmp/x"], source: { any: 1 } } },
+        named: { task: "images.named", input: { whatever: [1] } },
+      },
+    });
+    expectTypeOf<WorkflowOutputsOf<typeof ok>["small"]>().toEqualTypeOf<{ readonly path: string }>();
+    expectTypeOf<WorkflowOutputsOf<typeof ok>["named"]>().toBeUnknown();
+    expect(Object.keys(ok.steps)).toEqual(["fetch", "small", "report", "named"]);
+    expectTypeOf<WorkflowInputOf<typeof ok>>().toEqualTypeOf<{ readonly url: string; readonly size: { readonly width: number } }>();
+  });
+
+  it("refuses a ${...} reference to an unknown step or input field when defined, naming the step and the reference", () => {
+    const unknownStep = definitionError(() =>
+      defineWorkflow({
+        name: "refs.step",
+        input: Input,
+        steps: {
+          fetch: { task: download, input: { url: "${input.url}" } },
+          small: { task: resize, after: ["fetch"], input: { path: "${fecth.path}", width: 128 } },
+        },
+      }),
+    );
+    expect(unknownStep).toMatchObject({ step: "small", reference: "${fecth.path}" });
+    expect(unknownStep.message).toBe('workflow "refs.step": step "small" references ${fecth.path}, which is neither "input" nor a step');
+
+    const unknownField = definitionError(() =>
+      defineWorkflow({ name: "refs.input", input: Input, steps: { fetch: { task: download, input: { url: "${input.urll}" } } } }),
+    );
+    expect(unknownField).toMatchObject({ step: "fetch", reference: "${input.urll}" });
+    expect(unknownField.message).toBe('workflow "refs.input": step "fetch" references ${input.urll}, but the input schema has no field "urll"');
+
+    const nested = definitionError(() =>
+      defineWorkflow({
+        name: "refs.nested",
+        input: Input,
+        steps: { fetch: { task: download, input: { url: "x" } }, small: { task: resize, input: { path: "p", width: "${input.size.height}" } } },
+      }),
+    );
+    expect(nested).toMatchObject({ step: "small", reference: "${input.size.height}" });
+    expect(nested.message).toContain('has no field "size.height"');
+
+    // When the schema cannot say (any input, a record), the reference is checked when a run starts.
+    for (const input of [Schema.Unknown, Schema.Record(Schema.String, Schema.String)]) {
+      expect(defineWorkflow({ name: "refs.open", input, steps: { fetch: { task: download, input: { url: "${input.urll}" } } } }).steps.fetch).toBeDefined();
+    }
+  });
+
+  it("checks a document's ${input...} references against its declared input when loaded", () => {
+    const doc = (input: unknown) => ({ name: "doc.refs", input, steps: { a: { task: "math.add", input: { a: "${input.y}", b: 1 } } } });
+    const error = definitionError(() => workflowFromDocument(doc({ x: "number" })));
+    expect(error).toMatchObject({ step: "a", reference: "${input.y}" });
+    expect(error.message).toContain('the input schema has no field "y"');
+    expect(workflowFromDocument(doc({ x: "number", y: "number?" })).steps.a).toBeDefined();
+    expect(workflowFromDocument(doc(undefined)).steps.a).toBeDefined(); // no declaration: checked at start
+  });
+
+  it("says in one line that a workflow's input was left out: when defined, and when started (or a task submitted)", async () => {
+    const missing = definitionError(() =>
+      // @ts-expect-error without `input`, `name` must be the error message (a one-line compile error)
+      defineWorkflow({ name: "no.input", steps: { fetch: { task: download, input: { url: "x" } } } }),
+    );
+    expect(missing.message).toBe('workflow "no.input": `input` is missing: give the Schema of the run\'s input (Schema.Struct({}) for none)');
+
+    const troupe = await connect(server());
+    // @ts-expect-error the input is a required argument
+    const error = await troupe.start(thumbnails).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InvalidInput);
+    expect((error as InvalidInput).message).toBe('input of workflow "images.thumbnails" is missing: give one its input schema accepts');
+    // @ts-expect-error the same for a task
+    const submitted = await troupe.submit(download).catch((e: unknown) => e);
+    expect(submitted).toMatchObject({ _tag: "InvalidInput", message: 'input of task "images.download" is missing: give one its input schema accepts' });
   });
 });
 
