@@ -2,7 +2,8 @@
  * Diagrams for the inspector: a machine definition as a laid-out statechart, a workflow's
  * steps as a laid-out DAG. Both are computed with elkjs (layered, left to right) on the
  * server and sent to the page as plain JSON in absolute pixel coordinates; the page only
- * draws them.
+ * draws them. A statechart runs top to bottom (a narrow column: fitted to a page's width its
+ * text stays readable); a workflow's steps left to right.
  */
 import ElkBundled from "elkjs/lib/elk.bundled.js";
 import type { ELK, ElkExtendedEdge, ElkLabel, ElkNode, ElkPoint } from "elkjs/lib/elk-api.js";
@@ -71,6 +72,8 @@ export interface DiagramEdge {
   actions?: string[];
   /** `"EXECUTED [succeeded] / complete"`. */
   label: string;
+  /** What the chart writes by the arrow, `"EXECUTED [succeeded]"` (the actions are in `label`). */
+  caption: string;
   /** Polyline, absolute, from the source's boundary to the target's. */
   points: Point[];
   labelX: number;
@@ -248,6 +251,9 @@ const detailLines = (node: StateNodeLike, internal: ReadonlyArray<string>) => {
   return lines;
 };
 
+/** An arrow's caption: its event and guard; the actions stay in its title (they made the chart twice as wide). */
+const captionOf = (t: Pick<MachineTransition, "event" | "guard">) => t.event + (t.guard ? ` [${t.guard}]` : "");
+
 const labelFor = (text: string): ElkLabel => ({ text, width: smallWidth(text) + 6, height: SMALL_LINE + 2 });
 
 const commonAncestor = (a: string, b: string): string => {
@@ -267,7 +273,9 @@ const containerOf = (source: string, target: string): string =>
 
 const layeredOptions = {
   "elk.algorithm": "layered",
-  "elk.direction": "RIGHT",
+  // Top to bottom: the states' chain (queued, running, retrying, ended, lost) is long, and a
+  // row of it fitted to a page's width would shrink its text past reading.
+  "elk.direction": "DOWN",
   "elk.hierarchyHandling": "INCLUDE_CHILDREN",
   "elk.edgeRouting": "ORTHOGONAL",
   "elk.layered.spacing.nodeNodeBetweenLayers": "40",
@@ -280,7 +288,7 @@ const layeredOptions = {
   "elk.layered.edgeLabels.sideSelection": "ALWAYS_UP",
   "elk.layered.nodePlacement.strategy": "NETWORK_SIMPLEX",
   "elk.layered.considerModelOrder.strategy": "NODES_AND_EDGES",
-  // States in the order the machine declares them, left to right: a transition back (a retry) points back.
+  // States in the order the machine declares them, top to bottom: a transition back (a retry) points up.
   "elk.layered.cycleBreaking.strategy": "MODEL_ORDER",
 } as const;
 
@@ -372,7 +380,7 @@ export const machineDiagram = async (machine: AnyStateMachine): Promise<Diagram>
     const id = `e${i}`;
     edgeMeta.set(id, t);
     const container = byId.get(nodeId(containerOf(t.source, t.target)))!;
-    (container.edges ??= []).push({ id, sources: [nodeId(t.source)], targets: [nodeId(t.target)], labels: [labelFor(t.label)] });
+    (container.edges ??= []).push({ id, sources: [nodeId(t.source)], targets: [nodeId(t.target)], labels: [labelFor(captionOf(t))] });
   });
 
   const laid = await engine().layout(graph);
@@ -419,6 +427,7 @@ export const machineDiagram = async (machine: AnyStateMachine): Promise<Diagram>
       ...(t.guard ? { guard: t.guard } : {}),
       ...(t.actions.length > 0 ? { actions: t.actions } : {}),
       label: t.label,
+      caption: captionOf(t),
       points: polyline(edge, offset),
       labelX: round((label?.x ?? 0) + offset.x),
       labelY: round((label?.y ?? 0) + offset.y),

@@ -3,11 +3,18 @@
  * dependencies. It draws what the server sends (src/inspect/server.ts):
  *
  * - the selected actor's statechart (a laid-out `Diagram`) as inline SVG, its current state
- *   path lit at every level (`aria-current="true"`, class `lit`, `data-state` on each state);
+ *   path lit at every level (`aria-current="true"`, class `lit`, `data-state` on each state),
+ *   opened fitted to its column's width, zoomed with the wheel (or `+`, `-`), panned by
+ *   dragging, **Fit** to return; **Hide** folds it away;
  * - a workflow's steps (a laid-out `Dag`) with each step's live status, task, attempt,
  *   duration and why it waits; a step opens its task;
- * - the actor's history (heartbeats folded); selecting an event shows the machine and the
- *   record as they were then, "Live" returns to the present;
+ * - beside the chart on a wide window, the actor's history (heartbeats folded; selecting an
+ *   event shows the machine and the record as they were then, "Live" returns to the
+ *   present), a task's or a worker's handler logs (TROUPE_LOGS) in a tab, and its record, an
+ *   error's stack as text;
+ * - with no actor open, the queues: what waits, runs and failed per task type and queue, the
+ *   last minute's rates and the workers serving each (as `troupe stats`);
+ * - in the header, how many tasks and workflow runs were seen, and how many workers live;
  * - every actor seen (kind, name, status, age), filtered by kind, status and name or id,
  *   workflows with their steps under them;
  * - deep links: `#<kind>:<id>` opens an actor, `#<kind>:<id>@<seq>` one event of its history;
@@ -36,6 +43,7 @@ export const PAGE = String.raw`<!doctype html>
   #conn { font-size: 12px; padding: 2px 8px; border-radius: 10px; background: #57606a; }
   #conn.on { background: var(--ok); }
   #counts { margin-left: auto; font-size: 12px; color: #d0d7de; }
+  header.top a { color: #fff; font-size: 13px; }
   aside { border-right: 1px solid var(--line); background: var(--panel); display: flex; flex-direction: column; min-height: 0; }
   .filters { display: grid; grid-template-columns: 1fr 1fr; gap: 6px 8px; padding: 10px 12px; border-bottom: 1px solid var(--line); }
   .filters label { font-size: 11px; color: var(--muted); display: flex; flex-direction: column; gap: 2px; }
@@ -87,10 +95,36 @@ export const PAGE = String.raw`<!doctype html>
   .split { display: grid; grid-template-columns: minmax(0, 1.2fr) minmax(0, 1fr); gap: 14px; }
   svg { display: block; max-width: 100%; height: auto; }
   .card > h2 { display: flex; align-items: center; gap: 8px; }
-  .card > h2 .tools { margin-left: auto; font-weight: 400; }
+  .card > h2 .tools { margin-left: auto; font-weight: 400; display: flex; gap: 4px; }
   .card > h2 button { font-size: 12px; padding: 1px 8px; }
-  #machine svg.chart { max-width: none; }
-  #machine.fit svg.chart { max-width: 100%; }
+  .card.collapsed > .body { display: none; }
+  .card.collapsed > h2 { border-bottom: 0; }
+  .card.collapsed .zoom { display: none; }
+  .columns { display: grid; grid-template-columns: minmax(0, 1.3fr) minmax(360px, 1fr); gap: 14px; align-items: start; }
+  .columns > .side { position: sticky; top: 0; min-width: 0; }
+  #machine { padding: 0; overflow: hidden; position: relative; cursor: grab; touch-action: none; }
+  #machine.dragging { cursor: grabbing; }
+  #machine:focus-visible { outline: 2px solid var(--accent); outline-offset: -2px; }
+  #machine svg.chart { max-width: none; height: auto; }
+  .tabs { display: flex; gap: 2px; }
+  .tabs button { border: 0; background: none; color: var(--muted); font-weight: 600; border-radius: 4px; }
+  .tabs button[aria-selected=true] { color: var(--fg); background: var(--accent-soft); }
+  #logs { max-height: 420px; overflow: auto; font: 12px/1.45 ui-monospace, SFMono-Regular, Menlo, monospace; }
+  #logs .log-line { display: grid; grid-template-columns: auto auto 1fr; gap: 0 8px; padding: 3px 8px; border-bottom: 1px solid #eef0f2; }
+  #logs .log-line .time { color: var(--muted); white-space: nowrap; }
+  #logs .log-line .level { font-weight: 600; }
+  #logs .log-line .msg { overflow-wrap: anywhere; }
+  #logs .log-line .fields { grid-column: 3; color: var(--muted); overflow-wrap: anywhere; }
+  #logs .lv-error .level, #logs .lv-fatal .level { color: var(--bad); } #logs .lv-warn .level { color: var(--warn); }
+  #logs .empty, #logs .more { padding: 8px; color: var(--muted); font-family: system-ui, sans-serif; }
+  #queues-card { max-width: 1100px; margin-top: 18px; }
+  #queues { font-size: 13px; }
+  #queues th { text-align: right; font-size: 11px; color: var(--muted); font-weight: 600; padding: 4px 8px; border-bottom: 1px solid var(--line); }
+  #queues th:first-child, #queues td:first-child { text-align: left; }
+  #queues td { text-align: right; padding: 4px 8px; border-bottom: 1px solid #eef0f2; font-variant-numeric: tabular-nums; }
+  #queues tr.queue td { font-weight: 600; background: var(--soft); }
+  #queues tr.type td:first-child { padding-left: 22px; color: var(--muted); }
+  #queues td.bad:not([data-n="0"]) { color: var(--bad); }
   svg text { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; }
   .state > rect { fill: #fff; stroke: #8c959f; stroke-width: 1.2; }
   .state.compound > rect.box { fill: #fafbfc; }
@@ -146,6 +180,7 @@ export const PAGE = String.raw`<!doctype html>
   .history-body { max-height: 420px; padding: 0 !important; }
   pre#record { margin: 0; font: 12px/1.45 ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre-wrap; overflow-wrap: anywhere; max-height: 420px; overflow: auto; }
   .error-box { margin: 0 0 8px; padding: 6px 8px; background: #ffebe9; border-radius: 6px; color: #82071e; font-size: 12px; overflow-wrap: anywhere; }
+  .error-box pre.stack { margin: 6px 0 0; font: 11px/1.45 ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre-wrap; overflow-wrap: anywhere; max-height: 240px; overflow: auto; color: #6e1020; }
   dialog { border: 1px solid var(--line); border-radius: 10px; padding: 18px 20px; max-width: 440px; box-shadow: 0 8px 24px rgba(140,149,159,.3); }
   dialog::backdrop { background: rgba(31,35,40,.35); }
   dialog h3 { margin: 0 0 8px; font-size: 16px; }
@@ -153,12 +188,14 @@ export const PAGE = String.raw`<!doctype html>
   dialog .buttons { display: flex; justify-content: flex-end; gap: 8px; }
   [hidden] { display: none !important; }
   @media (max-width: 900px) { body { grid-template-columns: 1fr; grid-template-rows: auto 40vh 1fr; } header.top { grid-column: 1; } .split { grid-template-columns: 1fr; } }
+  @media (max-width: 1300px) { .columns { grid-template-columns: 1fr; } .columns > .side { position: static; } }
 </style>
 </head>
 <body>
 <header class="top">
   <h1>Troupe inspector</h1>
   <span id="conn" role="status">connecting…</span>
+  <a href="#" id="home-link">Queues</a>
   <span id="counts"></span>
 </header>
 <aside aria-label="Actors">
@@ -193,6 +230,11 @@ export const PAGE = String.raw`<!doctype html>
     <p>Tasks, workflow runs and workers appear on the left as they change. Open one by link:
       <code>#task:&lt;id&gt;</code>, <code>#workflow:&lt;id&gt;</code>, <code>#worker:&lt;id&gt;</code>;
       one event of its history: <code>#task:&lt;id&gt;@&lt;seq&gt;</code>.</p>
+    <section class="card" id="queues-card"><h2>Queues <span class="tools" id="queues-at"></span></h2><div class="body">
+      <table id="queues" aria-label="Queues"><thead><tr><th scope="col">Queue / task</th><th scope="col">Waiting</th><th scope="col">Running</th><th scope="col">Failed</th>
+        <th scope="col">Completed</th><th scope="col">Done/min</th><th scope="col">Failed/min</th><th scope="col">Workers</th></tr></thead><tbody></tbody></table>
+      <p class="line" id="queues-note">Failed and completed: within the index's retention; running: delivered, not yet settled; rates: over the last minute.</p>
+    </div></section>
   </div>
   <div id="actor" hidden>
     <div class="head">
@@ -207,12 +249,24 @@ export const PAGE = String.raw`<!doctype html>
       <span id="when"></span>
     </div>
     <section class="card" id="graph-card" hidden><h2>Steps</h2><div class="body" id="graph"></div></section>
-    <section class="card"><h2><span id="machine-title">Statechart</span><span class="tools"><button id="fit" type="button" aria-pressed="false" aria-controls="machine">Fit to width</button></span></h2><div class="body" id="machine"></div></section>
-    <div class="split">
-      <section class="card"><h2>History</h2><div class="body history-body">
-        <table id="history"><thead><tr><th scope="col">Time</th><th scope="col">Event</th><th scope="col">State</th><th scope="col">Detail</th></tr></thead><tbody></tbody></table>
-      </div></section>
-      <section class="card"><h2 id="record-title">Record</h2><div class="body"><div id="record-error"></div><pre id="record"></pre></div></section>
+    <div class="columns">
+      <section class="card" id="chart-card"><h2><span id="machine-title">Statechart</span><span class="tools">
+        <button class="zoom" id="zoom-out" type="button" aria-label="Zoom out" aria-controls="machine">−</button>
+        <button class="zoom" id="zoom-in" type="button" aria-label="Zoom in" aria-controls="machine">+</button>
+        <button class="zoom" id="fit" type="button" aria-controls="machine" title="Fit the whole chart to the width">Fit</button>
+        <button id="chart-toggle" type="button" aria-expanded="true" aria-controls="machine">Hide</button></span></h2>
+        <div class="body" id="machine" tabindex="0" aria-label="Statechart: wheel or + and - zoom, drag or arrows pan, 0 fits"></div></section>
+      <div class="side">
+        <section class="card"><h2><span class="tabs" role="tablist">
+          <button type="button" role="tab" id="tab-history" aria-controls="history-panel" aria-selected="true">History</button>
+          <button type="button" role="tab" id="tab-logs" aria-controls="logs-panel" aria-selected="false">Logs</button></span></h2>
+          <div class="body history-body" id="history-panel" role="tabpanel" aria-labelledby="tab-history">
+            <table id="history"><thead><tr><th scope="col">Time</th><th scope="col">Event</th><th scope="col">State</th><th scope="col">Detail</th></tr></thead><tbody></tbody></table>
+          </div>
+          <div class="body" id="logs-panel" role="tabpanel" aria-labelledby="tab-logs" hidden><div id="logs" aria-live="polite"></div></div>
+        </section>
+        <section class="card"><h2 id="record-title">Record</h2><div class="body"><div id="record-error"></div><pre id="record"></pre></div></section>
+      </div>
     </div>
   </div>
 </main>
@@ -256,7 +310,8 @@ const app = {
   machines: {},
   actors: new Map(),   // "kind:id" -> { kind, id, name, status, state, created, at, seq, record, parent }
   stepOf: new Map(),   // task id -> { run, step }, from workflow records
-  view: null,          // { kind, id, seq, body, graph, event, error }
+  view: null,          // { kind, id, seq, body, graph, event, error, logs }
+  tab: "history",      // the side's tab: "history" or "logs"
   token: 0,
 };
 const KINDS = ["task", "workflow", "worker"];
@@ -408,7 +463,9 @@ const renderList = () => {
     for (const r of list.querySelectorAll(".row")) if (r.getAttribute("href") === focusKey) r.focus();
   }
   const count = (k) => { const n = [...app.actors.values()].filter((a) => a.kind === k).length; return n + " " + k + (n === 1 ? "" : "s"); };
-  $("#counts").textContent = count("task") + " · " + count("workflow") + " · " + count("worker");
+  // Workers: the live ones (a stopped or lost worker stays in the list, not in the count).
+  const live = [...app.actors.values()].filter((a) => a.kind === "worker" && a.status !== "stopped" && a.status !== "lost").length;
+  $("#counts").textContent = count("task") + " · " + count("workflow") + " · " + live + " live worker" + (live === 1 ? "" : "s");
 };
 let listTimer = 0;
 const scheduleList = () => {
@@ -442,6 +499,7 @@ const drawMachine = (diagram, path, kind) => {
     width: diagram.width + 2 * MARGIN, height: diagram.height + 2 * MARGIN + (diagram.internal ? 16 : 0),
     viewBox: "0 0 " + (diagram.width + 2 * MARGIN) + " " + (diagram.height + 2 * MARGIN + (diagram.internal ? 16 : 0)),
     role: "group", "aria-label": "The " + kind + " machine" + (lit.size ? ", in " + path : ""), class: "chart",
+    "data-width": diagram.width + 2 * MARGIN, "data-height": diagram.height + 2 * MARGIN + (diagram.internal ? 16 : 0),
   }, arrowDefs("arrow-" + kind));
   const root = s("g", { transform: "translate(" + MARGIN + "," + MARGIN + ")" });
   svg.append(root);
@@ -490,7 +548,7 @@ const drawMachine = (diagram, path, kind) => {
     if (pts.length >= 2) g.append(s("polyline", { points: pointsOf(pts), "marker-end": "url(#arrow-" + kind + (next ? "-lit" : "") + ")" }));
     if (e.label && e.labelWidth) {
       g.append(s("rect", { class: "label-bg", x: e.labelX, y: e.labelY, width: e.labelWidth, height: e.labelHeight, rx: 3 }),
-        s("text", { x: e.labelX + 3, y: e.labelY + e.labelHeight - 4 }, e.label));
+        s("text", { x: e.labelX + 3, y: e.labelY + e.labelHeight - 4 }, e.caption || e.label));
     }
     root.append(g);
   }
@@ -666,7 +724,7 @@ const renderView = () => {
   const v = app.view;
   $("#welcome").hidden = v !== null;
   $("#actor").hidden = v === null;
-  if (v === null) return;
+  if (v === null) { loadQueues(); return; }
   const body = v.body;
   const known = app.actors.get(v.kind + ":" + v.id);
   const record = body ? body.record : known && known.record;
@@ -701,29 +759,187 @@ const renderView = () => {
   const path = past ? pathOf(v.kind, past) : body ? (body.state || statusOf(v.kind, body.record, undefined)) : known && (known.state || known.status);
   $("#machine-title").textContent = "Statechart — " + (path || "?") + (past ? " (then)" : "");
   const machine = $("#machine");
-  const keep = machine.scrollLeft;
   machine.replaceChildren(drawMachine(app.machines[v.kind], path, v.kind));
-  if (v.scrolledTo !== path) {
-    v.scrolledTo = path;
-    showLit(machine);
-  } else machine.scrollLeft = keep;
+  // Another actor opens fitted; the same one keeps the user's zoom and pan as it changes.
+  const key = v.kind + ":" + v.id;
+  if (view.key !== key || view.fitted) { view.key = key; fitView(machine); } else applyView(machine);
   if (body) renderHistory();
+  renderTabs();
   const shown = past ? past.record : record;
   $("#record-title").textContent = past ? "Record at event #" + past.seq : "Record (now)";
-  $("#record-error").replaceChildren(shown && shown.error ? h("div", { class: "error-box" }, (shown.error._tag || "Error") + ": " + (shown.error.message || "")) : "");
-  $("#record").textContent = shown === undefined ? "" : JSON.stringify(shown, null, 2);
+  const err = shown && typeof shown.error === "object" ? shown.error : undefined;
+  // A stack is text with its line breaks, not a JSON string.
+  $("#record-error").replaceChildren(err ? h("div", { class: "error-box" }, h("div", { class: "error-title" }, (err._tag || "Error") + ": " + (err.message || "")),
+    typeof err.stack === "string" && err.stack ? h("pre", { class: "stack", "aria-label": "Stack" }, err.stack) : null) : "");
+  const plain = err && typeof err.stack === "string" ? Object.assign({}, shown, { error: Object.assign({}, err, { stack: "(shown above)" }) }) : shown;
+  $("#record").textContent = shown === undefined ? "" : JSON.stringify(plain, null, 2);
 };
 
-/** Scrolls a wide statechart so that its innermost lit state is in view. */
-const showLit = (box) => {
-  if (box.classList.contains("fit")) return;
-  // The outermost lit state when it fits, else the innermost, in the middle.
-  const lit = [...box.querySelectorAll("g.state.lit > rect.box")];
-  const width = (r) => Number(r.getAttribute("width"));
-  const target = lit.length && width(lit[0]) <= box.clientWidth - 2 * MARGIN ? lit[0] : lit[lit.length - 1];
-  if (!target) { box.scrollLeft = 0; return; }
-  const x = Number(target.getAttribute("x")) + MARGIN;
-  box.scrollLeft = Math.max(0, x + width(target) / 2 - box.clientWidth / 2);
+// ---- Tabs: history, logs ----
+const LEVELS = { 10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal" };
+const hasLogs = (kind) => kind === "task" || kind === "worker";
+const renderTabs = () => {
+  const v = app.view;
+  if (!v) return;
+  if (!hasLogs(v.kind) && app.tab === "logs") app.tab = "history";
+  $("#tab-logs").hidden = !hasLogs(v.kind);
+  for (const [tab, panel] of [["history", "#history-panel"], ["logs", "#logs-panel"]]) {
+    $("#tab-" + tab).setAttribute("aria-selected", String(app.tab === tab));
+    $(panel).hidden = app.tab !== tab;
+  }
+  if (app.tab === "logs") renderLogs();
+};
+const logRow = (entry) => {
+  const line = entry.line || {};
+  const level = LEVELS[line.level] || String(line.level || "");
+  const skip = new Set(["level", "time", "msg", "pid", "hostname", "taskId", "workerId", "task", "attempt", "queue"]);
+  const fields = Object.keys(line).filter((k) => !skip.has(k));
+  const rest = fields.length ? JSON.stringify(Object.fromEntries(fields.map((k) => [k, line[k]]))) : "";
+  return h("div", { class: "log-line lv-" + level, "data-seq": entry.seq, "data-level": level },
+    h("span", { class: "time", title: entry.at }, fmtTime(typeof line.time === "number" ? new Date(line.time).toISOString() : entry.at)),
+    h("span", { class: "level" }, level),
+    h("span", { class: "msg" }, typeof line.msg === "string" ? line.msg : ""),
+    rest || taskOf(line) ? h("span", { class: "fields" }, taskOf(line) + rest) : null);
+};
+/** On a worker's tab, the task a line is of. */
+const taskOf = (line) => (app.view && app.view.kind === "worker" && typeof line.taskId === "string" ? "task " + line.taskId + " " : "");
+const renderLogs = () => {
+  const v = app.view;
+  const box = $("#logs");
+  if (!v.logs) { box.replaceChildren(h("div", { class: "empty" }, v.logsError || "Loading the logs…")); return; }
+  const rows = v.logs.lines.map(logRow);
+  box.replaceChildren(...(rows.length ? rows : [h("div", { class: "empty" }, "No log lines kept for this " + v.kind + ". A handler logs with ctx.log.")]),
+    ...(v.logs.more ? [h("div", { class: "more" }, "The first " + rows.length + " lines; troupe logs --" + v.kind + " " + v.id + " prints them all.")] : []));
+};
+const loadLogs = async () => {
+  const v = app.view;
+  if (!v || !hasLogs(v.kind) || app.tab !== "logs") return;
+  try {
+    const logs = await getJson("/api/logs?" + v.kind + "=" + encodeURIComponent(v.id));
+    if (app.view === v) { v.logs = logs; v.logsError = undefined; }
+  } catch (err) {
+    if (app.view === v) v.logsError = "Cannot read the logs: " + err.message;
+  }
+  if (app.view === v && app.tab === "logs") renderLogs();
+};
+
+// ---- The queues (no actor open) ----
+const renderQueues = (stats) => {
+  const tbody = $("#queues tbody");
+  const types = (stats && stats.types) || [];
+  const byQueue = new Map();
+  for (const t of types) { if (!byQueue.has(t.queue)) byQueue.set(t.queue, []); byQueue.get(t.queue).push(t); }
+  const cols = ["waiting", "running", "failed", "completed"];
+  const rate = (n) => (typeof n !== "number" ? "–" : n >= 10 || Number.isInteger(n) ? String(Math.round(n)) : n.toFixed(1));
+  const cells = (c) => [...cols.map((k) => h("td", { "data-col": k, "data-n": c[k], class: k === "failed" ? "bad" : "" }, String(c[k]))),
+    h("td", { "data-col": "done-rate" }, rate(c.perMinute && c.perMinute.completed)), h("td", { "data-col": "failed-rate" }, rate(c.perMinute && c.perMinute.failed)),
+    h("td", { "data-col": "workers" }, String(c.workers))];
+  const rows = [];
+  for (const [queue, list] of byQueue) {
+    const sum = { workers: 0, perMinute: { completed: 0, failed: 0 } };
+    for (const k of cols) sum[k] = list.reduce((n, t) => n + t[k], 0);
+    for (const t of list) { sum.perMinute.completed += (t.perMinute || {}).completed || 0; sum.perMinute.failed += (t.perMinute || {}).failed || 0; }
+    // A queue's workers: those serving any of its types is not a sum; the most of any one type is a floor.
+    sum.workers = Math.max(0, ...list.map((t) => t.workers));
+    rows.push(h("tr", { class: "queue", "data-queue": queue }, h("td", {}, queue), ...cells(sum)));
+    for (const t of list) rows.push(h("tr", { class: "type", "data-queue": queue, "data-task": t.task }, h("td", {}, t.task), ...cells(t)));
+  }
+  tbody.replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 8 }, "No task has waited, run or ended yet."))]));
+  $("#queues-at").textContent = stats && stats.at ? "at " + fmtTime(stats.at) + " · " + (stats.liveWorkers || 0) + " live worker" + (stats.liveWorkers === 1 ? "" : "s") : "";
+};
+let queuesTimer = 0;
+const loadQueues = async () => {
+  clearTimeout(queuesTimer);
+  if (app.view !== null) return;
+  try {
+    const stats = await getJson("/api/queues");
+    if (app.view === null) { renderQueues(stats); $("#queues-card").setAttribute("data-loaded", "true"); }
+  } catch (err) {
+    $("#queues-at").textContent = "cannot read the queues: " + err.message;
+  }
+  if (app.view === null) queuesTimer = setTimeout(loadQueues, 5000);
+};
+
+
+// ---- The chart's view: fitted to its box's width, zoomed and panned by the user ----
+// scale: screen pixels per diagram pixel; x, y: the diagram point at the box's top-left corner.
+const view = { key: "", scale: 1, x: 0, y: 0, fitted: true };
+const chartSvg = (box) => box.querySelector("svg.chart");
+const applyView = (box) => {
+  const svg = chartSvg(box);
+  if (!svg) return;
+  const w = box.clientWidth, hgt = box.clientHeight;
+  svg.setAttribute("width", w);
+  svg.setAttribute("height", hgt);
+  svg.setAttribute("viewBox", view.x + " " + view.y + " " + w / view.scale + " " + hgt / view.scale);
+  box.setAttribute("data-scale", view.scale.toFixed(3));
+};
+/** The whole chart in the box's width (never larger than drawn); the box as tall as the chart is then. */
+const fitView = (box) => {
+  const svg = chartSvg(box);
+  if (!svg || box.clientWidth === 0) return;
+  const w = Number(svg.getAttribute("data-width")), hgt = Number(svg.getAttribute("data-height"));
+  view.scale = Math.min(1, box.clientWidth / w);
+  view.x = 0; view.y = 0; view.fitted = true;
+  box.style.height = Math.ceil(hgt * view.scale) + "px";
+  applyView(box);
+};
+/** Zooms by factor keeping the diagram point under (px, py), box coordinates, in place. */
+const zoomAt = (box, factor, px, py) => {
+  const next = Math.min(4, Math.max(0.1, view.scale * factor));
+  const dx = view.x + px / view.scale, dy = view.y + py / view.scale;
+  view.scale = next; view.x = dx - px / next; view.y = dy - py / next; view.fitted = false;
+  applyView(box);
+};
+const panBy = (box, sx, sy) => {
+  view.x -= sx / view.scale; view.y -= sy / view.scale; view.fitted = false;
+  applyView(box);
+};
+const chartControls = (box) => {
+  box.addEventListener("wheel", (ev) => {
+    if (!chartSvg(box)) return;
+    ev.preventDefault();
+    const r = box.getBoundingClientRect();
+    const delta = ev.deltaMode === 1 ? ev.deltaY * 16 : ev.deltaY;
+    zoomAt(box, Math.exp(-delta * 0.0015), ev.clientX - r.left, ev.clientY - r.top);
+  }, { passive: false });
+  let drag = null;
+  box.addEventListener("pointerdown", (ev) => {
+    if (ev.button !== 0 || !chartSvg(box)) return;
+    drag = { x: ev.clientX, y: ev.clientY };
+    box.setPointerCapture(ev.pointerId);
+    box.classList.add("dragging");
+  });
+  box.addEventListener("pointermove", (ev) => {
+    if (!drag) return;
+    panBy(box, ev.clientX - drag.x, ev.clientY - drag.y);
+    drag = { x: ev.clientX, y: ev.clientY };
+  });
+  const end = () => { drag = null; box.classList.remove("dragging"); };
+  box.addEventListener("pointerup", end);
+  box.addEventListener("pointercancel", end);
+  box.addEventListener("keydown", (ev) => {
+    const mid = () => [box.clientWidth / 2, box.clientHeight / 2];
+    const keys = { "+": () => zoomAt(box, 1.25, ...mid()), "=": () => zoomAt(box, 1.25, ...mid()), "-": () => zoomAt(box, 0.8, ...mid()), "0": () => fitView(box),
+      ArrowLeft: () => panBy(box, 60, 0), ArrowRight: () => panBy(box, -60, 0), ArrowUp: () => panBy(box, 0, 60), ArrowDown: () => panBy(box, 0, -60) };
+    if (keys[ev.key]) { ev.preventDefault(); keys[ev.key](); }
+  });
+  $("#zoom-in").addEventListener("click", () => zoomAt(box, 1.25, box.clientWidth / 2, box.clientHeight / 2));
+  $("#zoom-out").addEventListener("click", () => zoomAt(box, 0.8, box.clientWidth / 2, box.clientHeight / 2));
+  $("#fit").addEventListener("click", () => fitView(box));
+  const toggle = $("#chart-toggle");
+  const show = (open) => {
+    $("#chart-card").classList.toggle("collapsed", !open);
+    toggle.setAttribute("aria-expanded", String(open));
+    toggle.textContent = open ? "Hide" : "Show";
+    try { localStorage.setItem("troupe.chart", open ? "shown" : "hidden"); } catch {}
+    if (open) fitView(box);
+  };
+  toggle.addEventListener("click", () => show(toggle.getAttribute("aria-expanded") !== "true"));
+  let hidden = false;
+  try { hidden = localStorage.getItem("troupe.chart") === "hidden"; } catch {}
+  if (hidden) show(false);
+  window.addEventListener("resize", () => { if (view.fitted) fitView(box); else applyView(box); });
 };
 const getJson = async (url) => {
   const res = await fetch(url);
@@ -774,7 +990,7 @@ const scheduleRefresh = (delay) => {
     if (refreshing) { again = true; return; }
     refreshing = true;
     try {
-      if (app.view) { await load(); renderView(); }
+      if (app.view) { await load(); renderView(); await loadLogs(); }
     } finally {
       refreshing = false;
       if (again) { again = false; scheduleRefresh(100); }
@@ -808,6 +1024,7 @@ const route = async () => {
   }
   renderView();
   renderList();
+  loadLogs();
 };
 
 const isMine = (e) => {
@@ -830,12 +1047,8 @@ const setConnected = (on) => {
 const start = async () => {
   for (const id of ["#filter-kind", "#filter-status"]) $(id).addEventListener("change", renderList);
   $("#filter-text").addEventListener("input", renderList);
-  $("#fit").addEventListener("click", () => {
-    const box = $("#machine"), fit = !box.classList.contains("fit");
-    box.classList.toggle("fit", fit);
-    $("#fit").setAttribute("aria-pressed", String(fit));
-    if (!fit) showLit(box);
-  });
+  chartControls($("#machine"));
+  for (const tab of ["history", "logs"]) $("#tab-" + tab).addEventListener("click", () => { app.tab = tab; renderTabs(); loadLogs(); });
   $("#live").addEventListener("click", () => { if (app.view) location.hash = app.view.kind + ":" + app.view.id; });
   window.addEventListener("hashchange", () => { route(); });
   setInterval(() => {

@@ -12,6 +12,9 @@
  * - `/events`                        every transition, live (server-sent events, from the buckets' republished
  *                                    writes, the notes and the work's bells, heard while a page listens)
  * - `/api/config`                    whether this inspector acts (`{ actions }`)
+ * - `/api/logs?task=ID|worker=ID`    a task's or a worker's handler log lines (TROUPE_LOGS), oldest first, at most 500
+ * - `/api/queues`                    per task type and queue: waiting, running, failed, completed, the last
+ *                                    minute's rates and the live workers (`troupe stats`' numbers)
  *
  * With `actions` (the CLI's `troupe inspect` and `troupe dev`: the same SDK calls as the CLI),
  * each a POST with the header `X-Troupe-Action: 1`, which no cross-site form can send:
@@ -31,7 +34,8 @@ import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
 import { PauseEntry, WorkerInfo, WorkflowRecord, type StepStatus, type TaskRecord } from "../../machines/records.js";
 import { decodeJson, decodeWith, readBucket } from "../nats/codec.js";
-import { BELLS_SUBJECTS, EVENTS_STREAM, STEPS_ROOT, TASKS_STREAM, TASKS_SUBJECTS, type ActorKind } from "../nats/topology.js";
+import { BELLS_SUBJECTS, EVENTS_STREAM, LOGS_STREAM, logSubject, STEPS_ROOT, TASKS_STREAM, TASKS_SUBJECTS, type ActorKind } from "../nats/topology.js";
+import { RateWindow, readStats, type TroupeStats } from "../sdk/stats.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { ACTOR_KINDS, fromJs, liveEvent, queuedFrom, readEventAt, readHistory, readRange, recordStream, storedEvent, type HistoryEvent } from "../nats/history.js";
 import { machineDiagram, workflowDiagram, type Dag, type Diagram } from "./diagram.js";
@@ -245,6 +249,68 @@ const graphOf = async (nats: NatsHandle, id: string, layout: (steps: ReadonlyArr
   return { id: run.id, workflow: run.workflow, status: run.status, dag: await layout(names.map((name) => ({ name, after: run.definition.steps[name]!.after }))), steps };
 };
 
+/** The most log lines a logs tab shows, and how long reading them may take. */
+const LOG_LINES = 500;
+const LOG_READ_MS = 5_000;
+
+/** One handler log line: its stream sequence, when it was stored, and the pino object. */
+export interface LogEntry {
+  readonly seq: number;
+  readonly at: string;
+  readonly line: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * A task's or a worker's log lines, oldest first, read by subject
+ * (`troupe.logs.<worker>.<task>`) one message at a time: no consumer is made. At most
+ * `LOG_LINES` within `LOG_READ_MS`; `more` says lines were left unread.
+ */
+const readLogLines = async (nats: NatsHandle, filter: { readonly task?: string; readonly worker?: string }): Promise<{ lines: LogEntry[]; more: boolean }> => {
+  const subject = logSubject(filter.worker ?? "*", filter.task ?? "*");
+  const { state } = await nats.jsm.streams.info(LOGS_STREAM);
+  const lines: LogEntry[] = [];
+  const until = Date.now() + LOG_READ_MS;
+  for (let seq = state.first_seq; state.messages > 0 && seq <= state.last_seq; ) {
+    if (lines.length === LOG_LINES || Date.now() > until) return { lines, more: true };
+    const m = await nats.jsm.streams.getMessage(LOGS_STREAM, { seq, next_by_subj: subject } as unknown as { seq: number });
+    if (m === null) break;
+    seq = m.seq + 1;
+    const decoded = decodeJson(m.data);
+    const line = decoded.ok && typeof decoded.value === "object" && decoded.value !== null ? (decoded.value as Record<string, unknown>) : { msg: new TextDecoder().decode(m.data) };
+    lines.push({ seq: m.seq, at: m.time.toISOString(), line });
+  }
+  return { lines, more: false };
+};
+
+/**
+ * The queues' numbers as `troupe stats` gives them, the rates over the last minute's reads: the
+ * first read (or one after two idle minutes) counts the last minute's endings, later ones read
+ * no index entry (`RateWindow`).
+ */
+const queueStats = (nats: NatsHandle) => {
+  let window: { rates: RateWindow; at: number } | undefined;
+  let reading: Promise<unknown> = Promise.resolve();
+  const workers = async () =>
+    (await readBucket(nats.workers, WorkerInfo, "worker registry entry")).map((e) => e.value).filter((w) => w.state !== "stopped" && w.state !== "lost");
+  const read = async (): Promise<TroupeStats> => {
+    const now = Date.now();
+    if (window === undefined || window.at < now - 120_000) {
+      const first = await readStats(nats, workers, { timeout: 10_000 });
+      window = { rates: new RateWindow(first, now), at: now };
+      return first;
+    }
+    const stats = window.rates.add(await readStats(nats, workers, { rates: false }), now);
+    window.at = now;
+    return stats;
+  };
+  // One read at a time: two pages asking at once share the window in order.
+  return (): Promise<TroupeStats> => {
+    const next = reading.then(read, read);
+    reading = next.catch(() => undefined);
+    return next;
+  };
+};
+
 /** A page's unsent events past which it is dropped. */
 const MAX_UNSENT = 4 * 1024 * 1024;
 
@@ -321,6 +387,7 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
   const machines = () =>
     (diagrams ??= Promise.all([machineDiagram(taskMachine), machineDiagram(workflowMachine), machineDiagram(workerMachine)]).then(([task, workflow, worker]) => ({ task, workflow, worker })));
   const actions = options.actions;
+  const queues = queueStats(nats);
 
   /** A page's button: the action's SDK call, or why not. */
   const act = async (req: IncomingMessage, res: ServerResponse, id: string, call: ((id: string) => Promise<unknown>) | undefined) => {
@@ -368,6 +435,16 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
     if (path === "/favicon.ico") return void res.writeHead(204).end();
     if (path === "/api/config") return json(res, 200, { actions: actions !== undefined });
     if (path === "/api/machines") return json(res, 200, await machines());
+    if (path === "/api/queues") {
+      const { workers, ...stats } = await queues();
+      return json(res, 200, { ...stats, liveWorkers: workers.length });
+    }
+    if (path === "/api/logs") {
+      const task = url.searchParams.get("task") ?? undefined;
+      const worker = url.searchParams.get("worker") ?? undefined;
+      if ((task === undefined) === (worker === undefined) || !ID.test(task ?? worker ?? "")) return json(res, 400, { error: "logs of one task (?task=ID) or one worker (?worker=ID)" });
+      return json(res, 200, await readLogLines(nats, task === undefined ? { worker: worker! } : { task }));
+    }
     if (path === "/api/recent") {
       const limit = Math.min(Math.max(Number(url.searchParams.get("limit") ?? 300) || 300, 1), 5_000);
       return json(res, 200, await recent(nats, limit));

@@ -129,6 +129,56 @@ export const readStats = async (nats: NatsHandle, workers: () => Promise<WorkerI
   return { at: new Date().toISOString(), types, totals, workers: live };
 };
 
+/** One read's ended counts: by `<queue>\0<task>`, and `""` for the totals. */
+interface Sample {
+  readonly at: number;
+  readonly counts: ReadonlyMap<string, Rates>;
+}
+
+const keyOf = (t: TaskTypeStats) => `${t.queue}\0${t.task}`;
+
+const sampleOf = (stats: TroupeStats, at: number, minus?: (key: string) => Rates | undefined): Sample => {
+  const counts = new Map<string, Rates>();
+  const put = (key: string, c: TypeCounts) => {
+    const m = minus?.(key);
+    counts.set(key, { completed: c.completed - (m?.completed ?? 0), failed: c.failed - (m?.failed ?? 0) });
+  };
+  for (const t of stats.types) put(keyOf(t), t);
+  put("", stats.totals);
+  return { at, counts };
+};
+
+/**
+ * The last minute's rates of repeated reads (`troupe stats --watch`, the inspector's queues),
+ * from the ended counts' deltas: seeded by a first read with rates, a later read needs none
+ * (`rates: false` reads no index entry).
+ */
+export class RateWindow {
+  private readonly samples: Sample[];
+
+  /** `first` read with rates at `at` (epoch ms): the counts a minute before it are its counts less its rates. */
+  constructor(first: TroupeStats, at: number) {
+    const rates = new Map(first.types.map((t) => [keyOf(t), t.perMinute]));
+    this.samples = [sampleOf(first, at - MINUTE_MS, (key) => (key === "" ? first.totals.perMinute : rates.get(key))), sampleOf(first, at)];
+  }
+
+  /** A later read, with its rates per minute over the samples of the last minute (retention removing entries never makes one negative). */
+  add(stats: TroupeStats, at: number): TroupeStats {
+    this.samples.push(sampleOf(stats, at));
+    while (this.samples.length > 2 && this.samples[1]!.at <= at - MINUTE_MS) this.samples.shift();
+    const first = this.samples[0]!;
+    const last = this.samples[this.samples.length - 1]!;
+    const span = Math.max(1, last.at - first.at);
+    const rate = (key: string): Rates => {
+      const a = first.counts.get(key);
+      const b = last.counts.get(key);
+      const per = (x: number | undefined, y: number | undefined) => Math.max(0, Math.round(((y ?? 0) - (x ?? 0)) * (MINUTE_MS / span) * 10) / 10);
+      return { completed: per(a?.completed, b?.completed), failed: per(a?.failed, b?.failed) };
+    };
+    return { ...stats, types: stats.types.map((t) => ({ ...t, perMinute: rate(keyOf(t)) })), totals: { ...stats.totals, perMinute: rate("") } };
+  }
+}
+
 /**
  * The task index entries stored since `since` (epoch ms), counted by subject: an ordered
  * consumer from that time, headers only (the entries' bodies are never sent).

@@ -6,7 +6,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Page } from "playwright-core";
-import { defineTask, defineWorkflow, Schema, type Troupe } from "../../src/index.js";
+import { pino } from "pino";
+import { defineTask, defineWorkflow, Schema, Troupe } from "../../src/index.js";
 import { connectionOf, startInspector, type Inspector } from "../../src/internals.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { recordWhere } from "../helpers/records.js";
@@ -14,7 +15,7 @@ import { openPage, screenshot, useBrowser } from "../helpers/browser.js";
 
 const server = useNatsServer();
 const browser = useBrowser();
-const { connect, closeAll } = clients();
+const { closeAll } = clients();
 
 /** Handlers of `inspect.hold` wait here until the test releases them (or the attempt is cancelled). */
 const gates = new Map<string, () => void>();
@@ -37,6 +38,18 @@ const boom = defineTask({
     throw new Error(`cannot parse ${s}`);
   },
 });
+/** Writes a log line through `ctx.log` (TROUPE_LOGS), then returns. */
+const chatty = defineTask({
+  name: "inspect.chatty",
+  input: Schema.Struct({ s: Schema.String }),
+  output: Schema.String,
+  handler: async ({ s }, { log }) => {
+    log.info({ detail: s }, `handler says ${s}`);
+    return s;
+  },
+});
+/** No worker serves it: its work waits on its queue. */
+const nobody = defineTask({ name: "inspect.nobody", queue: "overview", input: Schema.Struct({ s: Schema.String }), output: Schema.String, handler: async ({ s }) => s });
 /** `parse` fails, so `store` is skipped; `notify` runs beside it; no worker serves `archive`'s task, so it waits. */
 const pipeline = defineWorkflow({
   name: "inspect.pipeline",
@@ -54,8 +67,9 @@ const pipeline = defineWorkflow({
 let troupe: Troupe;
 let inspector: Inspector;
 beforeAll(async () => {
-  troupe = await connect(server());
-  await troupe.worker({ tasks: [hold, echo, boom], concurrency: 4 });
+  // Handlers log at the worker's level: info here (the worker's own lines go nowhere).
+  troupe = await Troupe.connect({ servers: server().url, logger: pino({ level: "info" }, pino.destination("/dev/null")) });
+  await troupe.worker({ tasks: [hold, echo, boom, chatty], concurrency: 4 });
   await troupe.coordinator();
   const t = troupe;
   // What `troupe inspect` gives the page: the SDK's calls.
@@ -71,6 +85,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const release of gates.values()) release();
   await inspector?.close();
+  await troupe?.close();
   await closeAll();
 }, 60_000);
 
@@ -122,7 +137,7 @@ describe("inspector in a browser", () => {
       expect(times.length).toBe(2);
       for (const t of times) expect(t).toMatch(/^\d\d:\d\d:\d\d\.\d{3}$/);
       expect(await page.locator(`#history tr[data-seq="${started.seq}"] td.state`).textContent()).toBe("RUNNING.executing");
-      await screenshot(page, "inspector-task", "docs/images/inspector-task.png");
+      await screenshot(page, "inspector-task-running");
 
       // Time travel: the queued event lights QUEUED and shows the record as it was then.
       await page.locator(`#history tr[data-seq="${queued.seq}"]`).click();
@@ -211,6 +226,12 @@ describe("inspector in a browser", () => {
       expect(hashOf(page)).toBe(`#task:${wf.id}-parse`);
       expect(await page.locator("#subtitle").textContent()).toContain(`step parse of workflow ${wf.id}`);
       expect(await page.locator("#record-error").textContent()).toContain("cannot parse doc");
+      // The error's stack is text in a <pre>, its lines broken, not an escaped JSON string.
+      const stack = (await page.locator("#record-error pre.stack").textContent()) ?? "";
+      expect(stack).toContain("Error: cannot parse doc\n    at ");
+      expect(stack).not.toContain("\\n");
+      expect(await page.evaluate(`getComputedStyle(document.querySelector("#record-error pre.stack")).whiteSpace`)).toBe("pre-wrap");
+      expect(await page.locator("#record").textContent()).toContain('"stack": "(shown above)"');
       await screenshot(page, "inspector-step-failed");
       expect(errors()).toEqual([]);
     } finally {
@@ -278,6 +299,149 @@ describe("inspector in a browser", () => {
       expect(hashOf(page)).toMatch(/^#task:.+-parse$/);
       expect(errors()).toEqual([]);
     } finally {
+      await close();
+    }
+  }, 120_000);
+  it("opens a task's statechart fitted to its column with every label whole and readable; wheel zooms, a drag pans, Fit returns; the history beside it; the chart folds away", async () => {
+    const run = await running("chart");
+    const { page, errors, close } = await open(`#task:${run.id}`);
+    try {
+      await page.locator(lit("RUNNING.executing")).waitFor();
+      const box = page.locator("#machine");
+      /** Every state name and arrow caption, and whether its box is whole inside the chart's box and the window. */
+      const labels = () =>
+        page.evaluate(`(() => {
+          const frame = document.querySelector("#machine").getBoundingClientRect();
+          return [...document.querySelectorAll("#machine .state text.name, #machine .edge text")].map((t) => {
+            const r = t.getBoundingClientRect();
+            const whole = r.left >= frame.left - 0.5 && r.right <= frame.right + 0.5 && r.top >= frame.top - 0.5 && r.bottom <= frame.bottom + 0.5;
+            return { text: t.textContent, whole, inWindow: r.left >= 0 && r.right <= window.innerWidth };
+          });
+        })()`) as Promise<Array<{ text: string; whole: boolean; inWindow: boolean }>>;
+      const opened = await labels();
+      expect(opened.length).toBeGreaterThan(30);
+      expect(opened.filter((l) => !l.whole || !l.inWindow)).toEqual([]);
+      // Readable: drawn at 80% of its size or more (an 11px caption at least 8.8px).
+      const scale = Number(await box.getAttribute("data-scale"));
+      expect(scale).toBeGreaterThanOrEqual(0.8);
+      expect(opened.map((l) => l.text)).toContain("START");
+      expect(opened.find((l) => l.text === "EXECUTED [succeeded]")).toBeDefined();
+
+      // The history is beside the chart, in the window without scrolling.
+      const chart = (await page.locator("#chart-card").boundingBox())!;
+      const history = (await page.locator("#history-panel").boundingBox())!;
+      expect(history.x).toBeGreaterThanOrEqual(chart.x + chart.width);
+      expect(history.y).toBeLessThan(960);
+      await screenshot(page, "inspector-task", "docs/images/inspector-task.png");
+
+      // The wheel zooms in around the pointer; a drag pans; Fit returns to the whole chart.
+      const frame = (await box.boundingBox())!;
+      await page.mouse.move(frame.x + frame.width / 2, frame.y + 200);
+      await page.mouse.wheel(0, -400);
+      await expect.poll(async () => Number(await box.getAttribute("data-scale"))).toBeGreaterThan(scale * 1.5);
+      const viewBox = async () => ((await page.locator("#machine svg.chart").getAttribute("viewBox")) ?? "").split(" ").map(Number);
+      const before = await viewBox();
+      await page.mouse.down();
+      await page.mouse.move(frame.x + frame.width / 2 - 150, frame.y + 120, { steps: 5 });
+      await page.mouse.up();
+      const after = await viewBox();
+      expect(after[0]!).toBeGreaterThan(before[0]!);
+      expect(after[1]!).toBeGreaterThan(before[1]!);
+      expect((await labels()).some((l) => !l.whole)).toBe(true);
+      // A live change keeps the user's view.
+      await page.locator("#zoom-in").click();
+      const zoomed = Number(await box.getAttribute("data-scale"));
+      await page.locator("#fit").click();
+      expect(Number(await box.getAttribute("data-scale"))).toBeCloseTo(scale, 3);
+      expect(zoomed).toBeGreaterThan(scale);
+      expect((await labels()).filter((l) => !l.whole)).toEqual([]);
+
+      // The chart folds away, and comes back fitted.
+      await page.locator("#chart-toggle").click();
+      await expect.poll(() => box.isVisible()).toBe(false);
+      expect(await page.locator("#chart-toggle").getAttribute("aria-expanded")).toBe("false");
+      await page.locator("#chart-toggle").click();
+      await expect.poll(() => box.isVisible()).toBe(true);
+      expect((await labels()).filter((l) => !l.whole)).toEqual([]);
+      expect(errors()).toEqual([]);
+    } finally {
+      gates.get("chart")?.();
+      await close();
+    }
+  }, 120_000);
+
+  it("lists a handler's log lines in its task's Logs tab and its worker's", async () => {
+    const run = await troupe.submit(chatty, { s: "hello-logs" });
+    expect(await run.result()).toBe("hello-logs");
+    const { workerId } = (await troupe.get(run.id))!;
+    // The line is stored once TROUPE_LOGS has it.
+    const logs = async () => ((await (await fetch(`${inspector.url}/api/logs?task=${run.id}`)).json()) as { lines: unknown[] }).lines.length;
+    await expect.poll(logs, { timeout: 30_000 }).toBe(1);
+    const { page, errors, close } = await open(`#task:${run.id}`);
+    try {
+      await page.locator(lit("COMPLETED")).waitFor();
+      await page.locator("#tab-logs").click();
+      const line = page.locator("#logs .log-line", { hasText: "handler says hello-logs" });
+      await line.waitFor();
+      expect(await line.locator(".level").textContent()).toBe("info");
+      expect(await line.textContent()).toContain('"detail":"hello-logs"');
+      expect(await page.locator("#history-panel").isVisible()).toBe(false);
+      expect(await page.locator("#logs").textContent()).not.toContain("null");
+      await screenshot(page, "inspector-task-logs");
+
+      // The worker's tab has it too, named by its task.
+      await page.evaluate(`location.hash = "#worker:${workerId}"`);
+      await page.locator(`#logs .log-line`, { hasText: "handler says hello-logs" }).waitFor();
+      expect(await page.locator(`#logs .log-line`, { hasText: "handler says hello-logs" }).textContent()).toContain(`task ${run.id}`);
+
+      expect(errors()).toEqual([]);
+    } finally {
+      await close();
+    }
+    // Bad input: one clear error.
+    const bad = await fetch(`${inspector.url}/api/logs?task=a.b`);
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: string }).error).toContain("one task");
+  }, 120_000);
+
+  it("shows per queue what waits, runs and failed, and the rates, as troupe stats counts them; the header counts live workers only", async () => {
+    // Work no worker serves waits on its own queue; one task runs; failures come from inspect.boom.
+    for (const s of ["a", "b", "c"]) await troupe.submit(nobody, { s });
+    const held = await running("overview");
+    // A failure ended before the counts are compared (so they cannot move under the test).
+    await expect((await troupe.submit(boom, { s: "x" })).result()).rejects.toThrow("cannot parse x");
+
+    // A second worker, stopped: the header does not count it.
+    const extra = await troupe.worker({ tasks: [echo], concurrency: 1 });
+    await extra.stop();
+    await expect.poll(async () => (await troupe.workers()).some((w) => w.id === extra.id)).toBe(false);
+
+    const { page, errors, close } = await open("");
+    try {
+      await page.locator("#queues-card[data-loaded=true]").waitFor();
+      const cell = (queue: string, task: string, col: string) => page.locator(`#queues tr.type[data-queue="${queue}"][data-task="${task}"] td[data-col="${col}"]`).textContent();
+      expect(await cell("overview", "inspect.nobody", "waiting")).toBe("3");
+      expect(await page.locator(`#queues tr.queue[data-queue="overview"] td[data-col="waiting"]`).textContent()).toBe("3");
+      // The page's numbers are troupe stats' (read again every 5 s: an index entry may land between two reads).
+      const agrees = async (task: string, col: "running" | "failed") => {
+        const shown = await cell("default", task, col);
+        const counted = (await troupe.stats({ rates: false })).types.find((t) => t.task === task)!;
+        return shown === String(counted[col]) && counted[col] > 0;
+      };
+      await expect.poll(() => agrees("inspect.hold", "running"), { timeout: 20_000 }).toBe(true);
+      await expect.poll(() => agrees("inspect.boom", "failed"), { timeout: 20_000 }).toBe(true);
+      expect(await cell("default", "inspect.boom", "failed-rate")).toMatch(/^\d+(\.\d)?$/);
+      expect(await cell("default", "inspect.hold", "workers")).toBe("1");
+
+      // The header: the live workers, not the stopped one the list still shows.
+      const live = (await troupe.workers()).length;
+      await page.locator(`#list .row[data-kind="worker"][data-id="${extra.id}"][data-status="stopped"]`).waitFor();
+      expect(await page.locator("#counts").textContent()).toContain(`${live} live worker${live === 1 ? "" : "s"}`);
+      await screenshot(page, "inspector-queues", "docs/images/inspector-queues.png");
+      expect(errors()).toEqual([]);
+    } finally {
+      gates.get("overview")?.();
+      await held.result();
       await close();
     }
   }, 120_000);
