@@ -33,8 +33,9 @@ import { taskMachine } from "../../machines/task.js";
 import { workflowMachine } from "../../machines/workflow.js";
 import { workerMachine } from "../../machines/worker.js";
 import { PauseEntry, WorkerInfo, WorkflowRecord, type StepStatus, type TaskRecord } from "../../machines/records.js";
-import { decodeJson, decodeWith, readBucket } from "../nats/codec.js";
-import { BELLS_SUBJECTS, EVENTS_STREAM, LOGS_STREAM, logSubject, STEPS_ROOT, TASKS_STREAM, TASKS_SUBJECTS, type ActorKind } from "../nats/topology.js";
+import { decodeJson, decodeWith } from "../nats/codec.js";
+import { readBucket } from "../nats/bucket.js";
+import { BELLS_SUBJECTS, EVENTS_STREAM, LOGS_STREAM, logSubject, PAUSES_BUCKET, STEPS_ROOT, TASKS_STREAM, TASKS_SUBJECTS, WORKERS_BUCKET, type ActorKind } from "../nats/topology.js";
 import { RateWindow, readStats, type TroupeStats } from "../sdk/stats.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { ACTOR_KINDS, fromJs, liveEvent, queuedFrom, readEventAt, readHistory, readRange, recordStream, storedEvent, type HistoryEvent } from "../nats/history.js";
@@ -214,7 +215,7 @@ const graphOf = async (nats: NatsHandle, id: string, layout: (steps: ReadonlyArr
   );
   const waiting = names.some((n) => tasks.get(n)?.status === "QUEUED");
   const [workers, pauses] = waiting
-    ? await Promise.all([readBucket(nats.workers, WorkerInfo, "worker registry entry"), readBucket(nats.pauses, PauseEntry, "pause entry")])
+    ? await Promise.all([readBucket(nats.jsm, WORKERS_BUCKET, nats.workers, WorkerInfo, "worker registry entry"), readBucket(nats.jsm, PAUSES_BUCKET, nats.pauses, PauseEntry, "pause entry")])
     : [[], []];
   const live = workers.map((w) => w.value).filter((w) => w.state !== "stopped" && w.state !== "lost");
   const steps = names.map((name): WorkflowStepView => {
@@ -291,7 +292,7 @@ const queueStats = (nats: NatsHandle) => {
   let window: { rates: RateWindow; at: number } | undefined;
   let reading: Promise<unknown> = Promise.resolve();
   const workers = async () =>
-    (await readBucket(nats.workers, WorkerInfo, "worker registry entry")).map((e) => e.value).filter((w) => w.state !== "stopped" && w.state !== "lost");
+    (await readBucket(nats.jsm, WORKERS_BUCKET, nats.workers, WorkerInfo, "worker registry entry")).map((e) => e.value).filter((w) => w.state !== "stopped" && w.state !== "lost");
   const read = async (): Promise<TroupeStats> => {
     const now = Date.now();
     if (window === undefined || window.at < now - 120_000) {

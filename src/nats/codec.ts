@@ -42,20 +42,3 @@ export const decodeValueWith = <T>(schema: Schema.Decoder<T, never>, value: unkn
   const reason = (Cause.squash(exit.cause) as Error).message ?? "";
   return { ok: false, error: new Serialization({ message: `not a ${what}: ${reason.split("\n").slice(0, 4).join(" ").slice(0, 400)}` }) };
 };
-
-/** What `readBucket` reads from: a KV bucket's keys and their last entries. */
-interface ReadableBucket {
-  keys(): Promise<AsyncIterable<string>>;
-  get(key: string): Promise<{ readonly operation: string; readonly value: Uint8Array } | null>;
-}
-
-/** Every live entry of a bucket, decoded with `schema`; one that is gone or does not decode is left out. */
-export const readBucket = async <T>(kv: ReadableBucket, schema: Schema.Decoder<T, never>, what: string): Promise<Array<{ key: string; value: T }>> => {
-  const found: Array<{ key: string; value: T }> = [];
-  for await (const key of await kv.keys()) {
-    const entry = await kv.get(key).catch(() => null);
-    const decoded = entry?.operation === "PUT" ? decodeWith(schema, entry.value, what) : undefined;
-    if (decoded?.ok) found.push({ key, value: decoded.value });
-  }
-  return found;
-};

@@ -167,21 +167,26 @@ export const readEventAt = async (nats: NatsHandle, kind: ActorKind, id: string,
 /**
  * The stored messages of `stream` on `filter` with sequences in [from, to], oldest first, at
  * most `max`, each as `map` makes it: read until the range (or the stream) is exhausted, not
- * until a fetch's expiry, which a loaded server can reach first.
+ * until a fetch's expiry, which a loaded server can reach first. Its ordered consumer is
+ * deleted once read (the server would keep it five minutes).
  */
 export const readRange = async <T>(nats: NatsHandle, stream: string, filter: string, from: number, to: number, max: number, map: (m: JsMsg) => T): Promise<T[]> => {
   const consumer = await nats.js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from });
-  if ((await consumer.info()).num_pending === 0) return [];
   const out: T[] = [];
-  const messages = await consumer.consume({ max_messages: Math.min(max, 1_000) });
   try {
-    for await (const m of messages) {
-      if (m.seq > to) break;
-      out.push(map(m));
-      if (m.info.pending === 0 || m.seq === to || out.length >= max) break;
+    if ((await consumer.info()).num_pending === 0) return [];
+    const messages = await consumer.consume({ max_messages: Math.min(max, 1_000) });
+    try {
+      for await (const m of messages) {
+        if (m.seq > to) break;
+        out.push(map(m));
+        if (m.info.pending === 0 || m.seq === to || out.length >= max) break;
+      }
+    } finally {
+      await messages.close().catch(() => undefined);
     }
   } finally {
-    await messages.close().catch(() => undefined);
+    await consumer.delete().catch(() => undefined);
   }
   return out;
 };

@@ -40,15 +40,20 @@ const readAll = async function* (nc: NatsConnection, stream: string, filter: str
     filter_subjects: filter,
     deliver_policy: lastPerSubject ? DeliverPolicy.LastPerSubject : DeliverPolicy.All,
   });
-  if ((await consumer.info()).num_pending === 0) return;
-  const messages = await consumer.consume({ max_messages: 512 });
   try {
-    for await (const m of messages) {
-      yield m;
-      if (m.info.pending === 0) break;
+    if ((await consumer.info()).num_pending === 0) return;
+    const messages = await consumer.consume({ max_messages: 512 });
+    try {
+      for await (const m of messages) {
+        yield m;
+        if (m.info.pending === 0) break;
+      }
+    } finally {
+      await messages.close().catch(() => undefined);
     }
   } finally {
-    await messages.close().catch(() => undefined);
+    // Not left to the server's five-minute inactivity threshold.
+    await consumer.delete().catch(() => undefined);
   }
 };
 

@@ -107,6 +107,8 @@ export const rolePermissions = (role: Role): RolePermissions => {
           ...[TASKS_BUCKET, WORKFLOWS_BUCKET, OPEN_RUNS_BUCKET, PAUSES_BUCKET, SCHEDULES_BUCKET].map(kv),
           ...PAYLOADS,
           purge(kvStream(OPEN_RUNS_BUCKET)),
+          // A task it cancels has its waiting work message removed.
+          api(`STREAM.MSG.DELETE.${TASKS_STREAM}`),
           "troupe.tasks.>",
           "troupe.index.>",
           "troupe.control.>",

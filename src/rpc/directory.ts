@@ -7,7 +7,10 @@
  */
 import { Schema } from "effect";
 import type { KV } from "@nats-io/kv";
-import { encodeJson, decodeWith, readBucket } from "../nats/codec.js";
+import type { JetStreamManager } from "@nats-io/jetstream";
+import { encodeJson, decodeWith } from "../nats/codec.js";
+import { readBucket } from "../nats/bucket.js";
+import { METHODS_BUCKET } from "../nats/topology.js";
 import type { TaskDefinition } from "../task.js";
 import { protocolOf } from "./protocol.js";
 
@@ -74,4 +77,5 @@ export const findMethod = async (kv: KV, method: string): Promise<MethodEntry | 
 };
 
 /** Every method advertised. */
-export const listMethods = async (kv: KV): Promise<MethodEntry[]> => (await readBucket(kv, MethodEntry, "method entry")).map((e) => e.value);
+export const listMethods = async (jsm: JetStreamManager, kv: KV): Promise<MethodEntry[]> =>
+  (await readBucket(jsm, METHODS_BUCKET, kv, MethodEntry, "method entry")).map((e) => e.value);

@@ -170,7 +170,7 @@ export class RpcService {
 
   /** The methods, as `rpc.discover` answers. */
   async discover(): Promise<OpenRpcDocument> {
-    const entries = await listMethods(this.nats.methods);
+    const entries = await listMethods(this.nats.jsm, this.nats.methods);
     const advertised = new Set(entries.map((e) => e.method));
     const known = [...this.definitions.values()].filter((t) => !advertised.has(t.name)).map((t) => methodEntry(t));
     return openRpcDocument([...entries, ...known]);

@@ -8,14 +8,20 @@
  * store's unique enqueue: a tick fired twice (two leaders for a moment, a leader that died
  * between firing and recording the tick) is still one task. After firing, the leader
  * records the schedule's `lastTick` (compare-and-set on the schedule's entry).
+ *
+ * The leader looks four times a second, so it never lists the bucket (a listing is a consumer
+ * the server keeps for minutes): from its first lead on it follows `troupe-schedules` with one
+ * watch (`BucketWatch`, one consumer), and reads the schedules from memory.
  */
 import { Cron } from "croner";
 import type { Logger } from "pino";
 import { nuid } from "@nats-io/transport-node";
 import { ScheduleEntry } from "../../machines/records.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
+import { BucketWatch, type BucketEntry } from "../nats/bucket.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { LeaderLease } from "../nats/leader.js";
+import { SCHEDULES_BUCKET } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 
 /** How often a scheduler looks: the leader for due ticks, the others for a free lease. */
@@ -25,6 +31,8 @@ export const LEASE_KEY = "scheduler";
 const MAX_CATCH_UP = 1_000;
 /** A tick later than this is missed: `catchUp` decides whether it still runs. */
 export const MISSED_AFTER_MS = 5_000;
+/** How long a leader waits for the schedules when it opens its watch: the pass fails after it (tried again next pass). */
+const SCHEDULES_READ_MS = 10_000;
 
 /** The ticks of `entry` in (`after`, `now`], oldest first, at most `max`. */
 export const dueTicks = (entry: ScheduleEntry, after: number, now: number, max = MAX_CATCH_UP): number[] => {
@@ -80,6 +88,8 @@ export class Scheduler {
   /** The pass running now, if any: passes never overlap. */
   private running: Promise<void> | undefined;
   private stopped = false;
+  /** The schedules, followed from the first pass that leads until `stop()`. */
+  private watch: BucketWatch | undefined;
 
   private constructor(
     private readonly nats: NatsHandle,
@@ -112,23 +122,39 @@ export class Scheduler {
       .finally(() => (this.running = undefined));
   }
 
+  /** The watch on the schedules, opened (or opened again, once its consumer gave up) and read in full. */
+  private async schedules(): Promise<BucketWatch | undefined> {
+    if (this.watch?.following !== true) {
+      await this.watch?.stop();
+      this.watch = await BucketWatch.open(this.nats.js, SCHEDULES_BUCKET);
+      // Stopped meanwhile: `stop()` did not see this watch.
+      if (this.stopped) {
+        await this.watch.stop();
+        return undefined;
+      }
+    }
+    await this.watch.loaded(SCHEDULES_READ_MS);
+    return this.watch;
+  }
+
   private async fireDue(): Promise<void> {
+    const watch = await this.schedules();
+    if (watch === undefined) return;
     const now = Date.now();
-    for await (const key of await this.nats.schedules.keys()) {
+    for (const entry of [...watch.entries.values()]) {
       // A long pass keeps its lease (renewed at most once a second) and stops once it is lost.
       if (!(await this.lease.hold()) || this.stopped) return;
       try {
-        await this.fire(key, now);
+        await this.fire(watch, entry, now);
       } catch (err) {
-        this.log.warn({ err, schedule: key }, "schedule not fired this pass; tried again on the next");
+        this.log.warn({ err, schedule: entry.key }, "schedule not fired this pass; tried again on the next");
       }
     }
   }
 
   /** Fire the due ticks of one schedule and record its last tick. */
-  private async fire(key: string, now: number): Promise<void> {
-    const stored = await this.nats.schedules.get(key).catch(() => null);
-    if (stored === null || stored.operation !== "PUT") return;
+  private async fire(watch: BucketWatch, stored: BucketEntry, now: number): Promise<void> {
+    const key = stored.key;
     const decoded = decodeWith(ScheduleEntry, stored.value, "schedule");
     if (!decoded.ok) {
       this.log.warn({ schedule: key, reason: decoded.error.message }, "unreadable schedule skipped");
@@ -145,8 +171,10 @@ export class Scheduler {
     const skipped = due.length - ticks.length;
     if (skipped > 0) this.log.info({ schedule: entry.id, skipped, catchUp: entry.catchUp }, "missed ticks not run");
     // The last tick considered, fired or skipped; a schedule changed meanwhile is read again next pass.
-    const next = { ...entry, lastTick: due[due.length - 1] };
-    await this.nats.schedules.update(key, encodeJson(next), stored.revision).catch(() => undefined);
+    const next = encodeJson({ ...entry, lastTick: due[due.length - 1] });
+    const revision = await this.nats.schedules.update(key, next, stored.revision).catch(() => undefined);
+    // Known at once: the next pass (before the watch brings the write back) does not fire these ticks again.
+    if (revision !== undefined) watch.noted(key, next, revision);
   }
 
   /** Stop; a leader gives its lease up, so another takes over at once rather than after its age limit. */
@@ -154,6 +182,7 @@ export class Scheduler {
     this.stopped = true;
     clearInterval(this.timer);
     await this.running;
+    await this.watch?.stop();
     if (!this.nats.nc.isClosed()) await this.lease.release();
   }
 }

@@ -27,7 +27,8 @@ export async function* readLogs(nats: NatsHandle, filter: LogFilter = {}): Async
   const subject = `troupe.logs.${token(filter.worker)}.${token(filter.task)}`;
   const consumer = await nats.js.consumers.get(LOGS_STREAM, { filter_subjects: subject });
   let left = filter.follow ? Number.POSITIVE_INFINITY : (await consumer.info(true)).num_pending;
-  if (left === 0) return;
+  // Its ordered consumer goes with the read (the server would keep it five minutes).
+  if (left === 0) return void (await consumer.delete().catch(() => undefined));
   const messages = await consumer.consume();
   let timer: NodeJS.Timeout | undefined;
   let expired = false;
@@ -53,5 +54,6 @@ export async function* readLogs(nats: NatsHandle, filter: LogFilter = {}): Async
   } finally {
     clearTimeout(timer);
     await messages.close();
+    await consumer.delete().catch(() => undefined);
   }
 }

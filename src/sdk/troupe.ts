@@ -14,9 +14,23 @@ import { LEASE_KEY, nextTick, Scheduler } from "../schedule/scheduler.js";
 import { PauseEntry, ScheduleEntry, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
 import { InvalidInput, InvalidOption, NatsFailure, TaskNotFound, WorkerNotFound, WorkflowNotFound } from "../errors.js";
 import { durationOption, type DurationInput } from "../duration.js";
-import { decodeWith, readBucket } from "../nats/codec.js";
+import { decodeWith } from "../nats/codec.js";
+import { readBucket } from "../nats/bucket.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
-import { controlSubject, isPriority, recordSubject, KEY, isValidQueueName, isValidTaskName, notifySubject, pauseKey, STEPS_ROOT } from "../nats/topology.js";
+import {
+  controlSubject,
+  isPriority,
+  recordSubject,
+  KEY,
+  isValidQueueName,
+  isValidTaskName,
+  notifySubject,
+  pauseKey,
+  PAUSES_BUCKET,
+  SCHEDULES_BUCKET,
+  STEPS_ROOT,
+  WORKERS_BUCKET,
+} from "../nats/topology.js";
 import { encodeJson } from "../nats/codec.js";
 import { TaskRecord as TaskRecordSchema } from "../../machines/records.js";
 import { readLogs, type LogFilter, type LogLine } from "./logs.js";
@@ -395,7 +409,7 @@ export class Troupe {
 
   /** The live workers (their registry entries), optionally only those that serve `task`. */
   async workers(task?: Pick<TaskDefinition, "name" | "queue">): Promise<WorkerInfo[]> {
-    return (await readBucket(this.nats.workers, WorkerInfo, "worker registry entry"))
+    return (await readBucket(this.nats.jsm, WORKERS_BUCKET, this.nats.workers, WorkerInfo, "worker registry entry"))
       .map((e) => e.value)
       .filter((w) => w.state !== "stopped" && (task === undefined || w.tasks.some((t) => t.name === task.name && t.queue === task.queue)));
   }
@@ -472,7 +486,7 @@ export class Troupe {
 
   /** The pauses in effect. */
   async paused(): Promise<PauseEntry[]> {
-    return (await readBucket(this.nats.pauses, PauseEntry, "pause entry")).map((e) => e.value);
+    return (await readBucket(this.nats.jsm, PAUSES_BUCKET, this.nats.pauses, PauseEntry, "pause entry")).map((e) => e.value);
   }
 
   /**
@@ -528,7 +542,7 @@ export class Troupe {
   /** Every schedule, with its next tick. */
   async schedules(): Promise<Array<ScheduleEntry & { readonly nextTick?: string }>> {
     const now = Date.now();
-    return (await readBucket(this.nats.schedules, ScheduleEntry, "schedule")).map(({ value }) => {
+    return (await readBucket(this.nats.jsm, SCHEDULES_BUCKET, this.nats.schedules, ScheduleEntry, "schedule")).map(({ value }) => {
       const next = nextTick(value, Math.max(now, value.lastTick ?? 0));
       return { ...value, ...(next === undefined ? {} : { nextTick: new Date(next).toISOString() }) };
     });

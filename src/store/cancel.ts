@@ -2,7 +2,9 @@
  * Cancelling a task: a queued or retrying one becomes CANCELLED through the store and never
  * starts; a running one is cancelled by the worker holding its lease (it interrupts the
  * handler and writes CANCELLED itself), or, when that worker does not answer, through the
- * store over its revision, which fences it; a finished one is left as it is.
+ * store over its revision, which fences it; a finished one is left as it is. A task cancelled
+ * through the store has its work message removed too: a queued one no worker served would
+ * otherwise wait in `TROUPE_TASKS`, counted as waiting, until retention.
  */
 import { Effect, Schema } from "effect";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -52,6 +54,7 @@ export const cancelTask = async (nc: NatsConnection, store: TaskStore, id: strin
       Effect.result(store.apply(id, { type: "CANCEL", reason, at: Date.now() }, { from: current })),
     );
     if (written._tag === "Success" && written.success !== undefined) {
+      await store.dropWork(id, written.success.revision).catch(() => 0);
       return { id, status: "CANCELLED", cancelled: true, message: `task ${id} cancelled` };
     }
     if (written._tag === "Failure" && written.failure._tag !== "Fenced") throw written.failure;

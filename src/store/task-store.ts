@@ -71,6 +71,9 @@ export interface NewTask extends SubmittedTask {
   readonly unique?: boolean;
 }
 
+/** Work messages of one task removed at most by `dropWork` (one waits, unless a publish was repeated). */
+const DROP_WORK_MAX = 4;
+
 /** Room kept under the server's payload limit for headers and the record's own growth. */
 const PAYLOAD_MARGIN = 8_192;
 
@@ -118,6 +121,25 @@ export class TaskStore {
     });
     const decoded = work === null ? undefined : decodeWith(TaskRecordSchema, work.data, "task record");
     return decoded?.ok && decoded.value.id === id ? decoded.value : undefined;
+  }
+
+  /**
+   * Remove the work messages of a task that will not run them (cancelled through the store), so
+   * that what waits is counted right: each published at a revision before `before` (a work
+   * message carries the revision it was published at), newest first; one published since (a
+   * retry's) stays, and so does any behind it. Best effort, bounded: what is left is removed by
+   * retention, and a delivery of it finds the task ended. Resolves how many were removed.
+   */
+  async dropWork(id: string, before: number): Promise<number> {
+    let dropped = 0;
+    for (let i = 0; i < DROP_WORK_MAX; i++) {
+      const work = await this.nats.jsm.streams.getMessage(TASKS_STREAM, { last_by_subj: workOfTask(id) }).catch(() => null);
+      const revision = Number(work?.header?.get(Headers.revision) ?? Number.NaN);
+      if (work === null || !(revision < before)) break;
+      if (!(await this.nats.jsm.streams.deleteMessage(TASKS_STREAM, work.seq, false).catch(() => false))) break;
+      dropped++;
+    }
+    return dropped;
   }
 
   /**

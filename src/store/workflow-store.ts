@@ -15,6 +15,7 @@ import { advance, isWorkflowTerminal, stepTaskId, type WorkflowEvent } from "../
 import { WorkflowRecord as WorkflowRecordSchema, type WorkflowRecord } from "../../machines/records.js";
 import { Internal, NatsFailure, Serialization } from "../errors.js";
 import { decodeWith, encodeJson } from "../nats/codec.js";
+import { bucketKeys } from "../nats/bucket.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { compareAndSet } from "../nats/compare-and-set.js";
 import { kvSubject, OPEN_RUNS_BUCKET, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
@@ -60,9 +61,9 @@ export class WorkflowStore {
 
   /** The ids of the runs not finished yet (`troupe-open-runs`): what reconciliation reads, not every run kept. */
   async openIds(): Promise<string[]> {
-    const ids: string[] = [];
-    for await (const id of await this.nats.openRuns.keys()) ids.push(id);
-    return ids;
+    // From the bucket's stream info, not a listing (a consumer the server keeps for minutes):
+    // a closed run's key is purged, with no delete marker left to list.
+    return bucketKeys(this.nats.jsm, OPEN_RUNS_BUCKET);
   }
 
   /** How long ago the run's open key was written (ms; 0 when there is none). */

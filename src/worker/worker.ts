@@ -6,11 +6,11 @@ import { availableParallelism, hostname } from "node:os";
 import { nuid } from "@nats-io/transport-node";
 import { workerMachine, type WorkerContext, type WorkerEvent } from "../../machines/worker.js";
 import { PauseEntry, type ExecutorInfo, type WorkerInfo } from "../../machines/records.js";
-import { KvWatchInclude } from "@nats-io/kv";
 import { pino, type Logger } from "pino";
 import { InvalidDefinition, InvalidOption, NatsFailure } from "../errors.js";
 import { Schema } from "effect";
-import { decodeWith, encodeJson, readBucket } from "../nats/codec.js";
+import { decodeWith, encodeJson } from "../nats/codec.js";
+import { BucketWatch } from "../nats/bucket.js";
 import { ensureTaskConsumer, WORKERS_TTL, type NatsHandle } from "../nats/connection.js";
 import {
   consumerName,
@@ -19,6 +19,7 @@ import {
   DEFAULT_PRIORITY,
   kvSubject,
   WORKERS_BUCKET,
+  PAUSES_BUCKET,
   Headers,
   statePath,
   logSubject,
@@ -58,6 +59,8 @@ const UNBOUNDED_OUTPUT = Number.MAX_SAFE_INTEGER;
 
 /** How long a worker that gave up on NATS waits for its consumers to close before it exits. */
 const LOST_CLEANUP_MS = 2_000;
+/** How long a starting worker waits for the pauses in effect (`troupe-pauses`) before it gives up starting. */
+const PAUSES_READ_MS = 10_000;
 
 /** The worker machine's transitions, learned once per process and replayed by every worker. */
 const plans = new TransitionPlans<WorkerSnapshot, WorkerEvent>(workerMachine, { concurrency: 1, heartbeatMs: 1 });
@@ -177,7 +180,7 @@ export class Worker {
       deregister: () => void nats.workers.delete(id).catch(() => undefined),
       pullNow: () => this.loop.resume(),
       stopPulling: () => {
-        this.pauseWatch?.stop();
+        this.pauseWatchStopped = this.pauseWatch?.stop();
         for (const sub of this.prioritySubs.splice(0)) sub.unsubscribe();
         this.loopStopped = this.loop.stop();
       },
@@ -473,26 +476,25 @@ export class Worker {
 
   /** Pauses in effect, by key (`<queue>` or `<queue>.<type>`), from `troupe-pauses`. */
   private readonly pauses = new Map<string, PauseEntry>();
-  private pauseWatch: { stop(): void } | undefined;
+  private pauseWatch: BucketWatch | undefined;
+  private pauseWatchStopped: Promise<void> | undefined;
 
   /**
    * Follow `troupe-pauses`: the pull loop starts none of the paused work (within the watch's
    * delivery, milliseconds), and is told again on every change.
    */
   private async watchPauses(): Promise<void> {
-    // Updates from now on, then what is there already: no pause falls between the two.
-    const watch = await this.nats.pauses.watch({ include: KvWatchInclude.UpdatesOnly });
-    this.pauseWatch = watch;
-    for (const { key, value } of await readBucket(this.nats.pauses, PauseEntry, "pause entry")) this.pauses.set(key, value);
+    // One consumer for the worker's life: the pauses there now, then every change.
+    let loaded = false;
+    this.pauseWatch = await BucketWatch.open(this.nats.js, PAUSES_BUCKET, (key, entry) => {
+      const decoded = entry === undefined ? undefined : decodeWith(PauseEntry, entry.value, "pause entry");
+      if (decoded?.ok) this.pauses.set(key, decoded.value);
+      else this.pauses.delete(key);
+      if (loaded) this.applyPauses();
+    });
+    await this.pauseWatch.loaded(PAUSES_READ_MS);
+    loaded = true;
     this.applyPauses();
-    void (async () => {
-      for await (const e of watch) {
-        const decoded = e.operation === "PUT" ? decodeWith(PauseEntry, e.value, "pause entry") : undefined;
-        if (decoded?.ok) this.pauses.set(e.key, decoded.value);
-        else this.pauses.delete(e.key);
-        this.applyPauses();
-      }
-    })().catch(() => undefined);
   }
 
   private applyPauses(): void {
@@ -649,7 +651,7 @@ export class Worker {
 
   /** A start that failed half-way: release what it had started. */
   async abandon(): Promise<void> {
-    this.pauseWatch?.stop();
+    await this.pauseWatch?.stop();
     for (const sub of this.prioritySubs.splice(0)) sub.unsubscribe();
     clearInterval(this.renewTimer);
     await this.loop.stop().catch(() => undefined);
@@ -672,6 +674,7 @@ export class Worker {
         .catch((err: unknown) => this.log.error({ err }, `worker stop: ${what} failed`));
     const released = (async () => {
       await step("the pull loop", () => this.loopStopped);
+      await step("the pauses' watch", () => this.pauseWatchStopped);
       await step("the running tasks", () => Promise.all(this.inFlight));
       await step("the executors", () => this.pool?.stop());
       await step("the micro service", () => this.service?.stop());

@@ -1,7 +1,8 @@
 /** Stats and metrics against a real server: `troupe.stats()`, `/metrics` of workers and coordinators, `troupe stats --json`. */
 import { afterEach, describe, expect, it } from "vitest";
 import { register as globalRegistry } from "prom-client";
-import { defineTask, defineWorkflow, InvalidDefinition, InvalidOption, NonRetryableError, Schema, type TroupeStats } from "../../src/index.js";
+import { defineTask, defineWorkflow, InvalidDefinition, InvalidOption, NonRetryableError, Schema, type TaskRun, type TroupeStats } from "../../src/index.js";
+import { connectionOf, Topology } from "../../src/internals.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { killCliChildren, runCli } from "../helpers/cli.js";
 
@@ -84,6 +85,34 @@ describe("troupe.stats()", () => {
     expect(after.workers.map((w) => w.id)).toEqual([worker.id]);
     // Without rates, no entry is read and `perMinute` is absent.
     expect(typeOf(await troupe.stats({ rates: false }), "stats.work")?.perMinute).toBeUndefined();
+  });
+
+  it("does not count a cancelled task that no worker served as waiting: its work message is removed", async () => {
+    const troupe = await connect(server());
+    const task = work("stats.cancelled");
+    const [kept, cancelled, unique] = await Promise.all([
+      troupe.submit(task, { fail: false }),
+      troupe.submit(task, { fail: false }),
+      // A unique task: its record exists before its work message.
+      troupe.submit(task, { fail: false }, { idempotencyKey: "stats-cancelled-unique" }),
+    ]);
+    expect(typeOf(await troupe.stats(), "stats.cancelled")).toMatchObject({ waiting: 3 });
+
+    expect(await cancelled.cancel("not wanted")).toMatchObject({ cancelled: true, status: "CANCELLED" });
+    expect(await unique.cancel("not wanted")).toMatchObject({ cancelled: true, status: "CANCELLED" });
+    const stats = await troupe.stats();
+    expect(typeOf(stats, "stats.cancelled")).toMatchObject({ waiting: 1, running: 0, cancelled: 2 });
+    const jsm = connectionOf(troupe).jsm;
+    const waiting = Object.keys((await jsm.streams.info(Topology.TASKS_STREAM, { subjects_filter: "troupe.tasks.default.*.stats.cancelled" })).state.subjects ?? {});
+    expect(waiting).toEqual([Topology.workSubject("default", "stats.cancelled", kept.id)]);
+
+    // Run again, it waits again; a worker then runs it and the one left.
+    const again = (await troupe.retry(cancelled.id)) as TaskRun<boolean>;
+    expect(typeOf(await troupe.stats(), "stats.cancelled")).toMatchObject({ waiting: 2 });
+    await troupe.worker({ tasks: [task] });
+    expect(await kept.result({ timeout: 30_000 })).toBe(true);
+    expect(await again.result({ timeout: 30_000 })).toBe(true);
+    expect((await troupe.get(unique.id))?.status).toBe("CANCELLED");
   });
 });
 

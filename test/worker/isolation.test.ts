@@ -2,8 +2,7 @@
  * Isolated execution against a real server and real threads and processes: hard deadlines,
  * memory limits, cancellation, spreading over executors, progress and logs through NATS.
  */
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { pino } from "pino";
@@ -11,21 +10,25 @@ import { OutOfMemory, Timeout, Troupe } from "../../src/index.js";
 import { hog, spin, spinLong, steps, waits, where } from "../fixtures/pool-tasks.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { recordWhere } from "../helpers/records.js";
+import { tempDirs } from "../helpers/temp.js";
 
 const MODULE = "test/fixtures/pool-tasks.ts";
 const server = useNatsServer();
 const { connect, closeAll } = clients();
 const opened: Troupe[] = [];
+const temp = tempDirs();
 afterEach(async () => {
   await Promise.all(opened.splice(0).map((t) => t.close()));
   await closeAll();
+  // The marks' folders go too: nothing of a test is left in the system's temp folder.
+  expect(await temp.removeAll()).toEqual([]);
 });
 
 describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
   it("a synchronous loop past its deadline ends Timeout within the grace period; nothing of it runs on; the worker goes on", async () => {
     const troupe = await connect(server());
     const worker = await troupe.worker({ module: MODULE, isolation, executors: 1, gracePeriod: 200 });
-    const mark = join(mkdtempSync(join(tmpdir(), "troupe-spin-")), "mark");
+    const mark = join(temp.make("troupe-spin-"), "mark");
     const run = await troupe.submit(spin, { ms: 5_000, mark });
     const error = await run.result({ timeout: 20_000 }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(Timeout);
@@ -66,7 +69,7 @@ describe.each(["thread", "process"] as const)("isolation: %s", (isolation) => {
   it("a cancelled CPU-bound handler stops: its executor is terminated after the grace period and nothing of it runs on", async () => {
     const troupe = await connect(server());
     const worker = await troupe.worker({ module: MODULE, isolation, executors: 1, gracePeriod: 200 });
-    const mark = join(mkdtempSync(join(tmpdir(), "troupe-cancel-")), "mark");
+    const mark = join(temp.make("troupe-cancel-"), "mark");
     const run = await troupe.submit(spinLong, { ms: 5_000, mark });
     const running = await recordWhere(troupe, run.id, (r) => r.status === "RUNNING");
     const result = await run.cancel("stop spinning");
