@@ -189,9 +189,11 @@ const countSince = async (nats: NatsHandle, since: number, timeoutMs: number): P
   const consumer = await nats.js.consumers
     .get(INDEX_STREAM, { filter_subjects: TASK_INDEX, deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(since).toISOString(), headers_only: true })
     .catch((e: unknown) => Promise.reject(failed(e)));
-  let left = await consumer.info(true).then((info) => info.num_pending, (e: unknown) => Promise.reject(failed(e)));
-  if (left === 0) return counts;
-  const messages = await consumer.consume().catch((e: unknown) => Promise.reject(failed(e)));
+  // Its ordered consumer goes with the read (the server would keep it five minutes).
+  const gone = () => consumer.delete().then(() => undefined, () => undefined);
+  let left = await consumer.info(true).then((info) => info.num_pending, (e: unknown) => gone().then(() => Promise.reject(failed(e))));
+  if (left === 0) return gone().then(() => counts);
+  const messages = await consumer.consume().catch((e: unknown) => gone().then(() => Promise.reject(failed(e))));
   let expired = false;
   const timer = setTimeout(() => {
     expired = true;
@@ -207,5 +209,6 @@ const countSince = async (nats: NatsHandle, since: number, timeoutMs: number): P
   } finally {
     clearTimeout(timer);
     await messages.close().catch(() => undefined);
+    await gone();
   }
 };
