@@ -50,6 +50,7 @@ export {
   OutOfMemory,
   ResultTimeout,
   Serialization,
+  StoreLocked,
   TaskNotFound,
   Timeout,
   TopologyConflict,

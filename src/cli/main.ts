@@ -224,10 +224,12 @@ const withClient = async (flags: Flags, use: (troupe: Troupe) => Promise<void>):
   }
 };
 
+/** SIGINT, SIGTERM, or SIGHUP (a closed terminal): each stops a long-running verb. */
 const waitForSignal = () =>
   new Promise<NodeJS.Signals>((res) => {
     process.once("SIGINT", () => res("SIGINT"));
     process.once("SIGTERM", () => res("SIGTERM"));
+    process.once("SIGHUP", () => res("SIGHUP"));
   });
 
 /** The inspector's buttons: the CLI's own calls (`troupe retry`, `troupe cancel`, `troupe stop`). */
@@ -408,36 +410,42 @@ const devPort = (): Promise<number | undefined> =>
 const dev = async (flags: Flags) => {
   const asked = flags.port === undefined ? undefined : int(flags.port, "port", 4222);
   const port = asked ?? (await devPort());
+  // A store another `troupe dev` (or `Troupe.dev()`) serves is refused: StoreLocked names its server.
   const server = await NatsServer.start({
     storeDir: flags.store ?? ".troupe/nats",
     syncAlways: true,
     ...(port === undefined ? {} : { port }),
   });
-  // The embedded default also runs a coordinator, so workflows advance with no other process.
-  // The configuration's retention and layout, on the embedded server (no credentials, no TLS, one replica).
-  const { retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger } = connection(flags);
-  // Its own store: one an earlier version left is carried over.
-  const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger, migrate: true });
-  const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
-  const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
-  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: inspectorActions(troupe) });
-  await mkdir(dirname(DEV_URL_FILE), { recursive: true });
-  await writeFile(DEV_URL_FILE, `${server.url}\n`);
-  process.stdout.write(
-    `troupe dev: nats-server with JetStream at ${server.url} (store ${server.storeDir})\n` +
-      (port === undefined ? `  port 4222 is taken (another NATS server?): export NATS_URL=${server.url} in other shells\n` : "") +
-      `  other troupe commands in this directory find it through ${DEV_URL_FILE}\n` +
-      `  troupe worker ./tasks.js        # in another terminal\n` +
-      `  nats --server ${server.url} stream ls\n` +
-      `A coordinator runs here too; the inspector is at ${inspector.url}\n` +
-      (coordinator.metricsPort === undefined ? "" : `  its Prometheus metrics: http://127.0.0.1:${coordinator.metricsPort}/metrics\n`) +
-      `Ctrl-C stops it all.\n`,
-  );
-  await waitForSignal();
-  await rm(DEV_URL_FILE, { force: true });
-  await inspector.close();
-  await troupe.close();
-  await server.stop();
+  // Stopped however this ends: a signal, or a failure to start what runs on it (the server also dies with this process).
+  const stops: Array<() => Promise<unknown>> = [() => server.stop()];
+  try {
+    // The embedded default also runs a coordinator, so workflows advance with no other process.
+    // The configuration's retention and layout, on the embedded server (no credentials, no TLS, one replica).
+    const { retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger } = connection(flags);
+    // Its own store: one an earlier version left is carried over.
+    const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger, migrate: true });
+    stops.unshift(() => troupe.close());
+    const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
+    const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
+    const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: inspectorActions(troupe) });
+    stops.unshift(() => inspector.close());
+    await mkdir(dirname(DEV_URL_FILE), { recursive: true });
+    await writeFile(DEV_URL_FILE, `${server.url}\n`);
+    stops.unshift(() => rm(DEV_URL_FILE, { force: true }));
+    process.stdout.write(
+      `troupe dev: nats-server with JetStream at ${server.url} (store ${server.storeDir})\n` +
+        (port === undefined ? `  port 4222 is taken (another NATS server?): export NATS_URL=${server.url} in other shells\n` : "") +
+        `  other troupe commands in this directory find it through ${DEV_URL_FILE}\n` +
+        `  troupe worker ./tasks.js        # in another terminal\n` +
+        `  nats --server ${server.url} stream ls\n` +
+        `A coordinator runs here too; the inspector is at ${inspector.url}\n` +
+        (coordinator.metricsPort === undefined ? "" : `  its Prometheus metrics: http://127.0.0.1:${coordinator.metricsPort}/metrics\n`) +
+        `Ctrl-C stops it all (so does closing the terminal).\n`,
+    );
+    await waitForSignal();
+  } finally {
+    for (const stop of stops) await stop().catch((e: unknown) => process.stderr.write(`troupe dev: while stopping: ${(e as Error).message}\n`));
+  }
 };
 
 const worker = async (flags: Flags, positionals: string[]) => {
