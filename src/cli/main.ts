@@ -294,7 +294,11 @@ const warnUnserved = async (troupe: Troupe, verb: string, tasks: ReadonlyArray<{
     const key = `${task.queue}\0${task.name}`;
     if (seen.has(key)) continue;
     seen.add(key);
-    if ((await troupe.workers(task)).length === 0) {
+    // The work is submitted: a registry that cannot be listed (in its bound) is a warning too, not a failure.
+    const serving = await troupe.workers(task).catch((e: unknown) => e as Error);
+    if (serving instanceof Error) {
+      process.stderr.write(`troupe ${verb}: warning: cannot tell whether a live worker serves task "${task.name}": ${serving.message}\n`);
+    } else if (serving.length === 0) {
       process.stderr.write(`troupe ${verb}: warning: no live worker serves task "${task.name}" (queue "${task.queue}"); it waits queued until one starts\n`);
     }
   }

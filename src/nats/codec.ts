@@ -1,6 +1,6 @@
 /** The one wire codec: JSON bytes, decoded with a Schema into a Result, never trusted. */
 import { Cause, Exit, Schema } from "effect";
-import { Serialization } from "../errors.js";
+import { NatsFailure, Serialization } from "../errors.js";
 
 const decoder = new TextDecoder();
 
@@ -45,17 +45,54 @@ export const decodeValueWith = <T>(schema: Schema.Decoder<T, never>, value: unkn
 
 /** What `readBucket` reads from: a KV bucket's keys and their last entries. */
 interface ReadableBucket {
-  keys(): Promise<AsyncIterable<string>>;
+  keys(): Promise<AsyncIterable<string> & { stop?: () => void }>;
   get(key: string): Promise<{ readonly operation: string; readonly value: Uint8Array } | null>;
 }
 
-/** Every live entry of a bucket, decoded with `schema`; one that is gone or does not decode is left out. */
-export const readBucket = async <T>(kv: ReadableBucket, schema: Schema.Decoder<T, never>, what: string): Promise<Array<{ key: string; value: T }>> => {
+/** How long listing a bucket may take (`readBucket`): a listing that does not end is an error, not a hang. */
+export const LISTING_TIMEOUT_MS = 10_000;
+
+/**
+ * Every live entry of a bucket, decoded with `schema`; one that is gone or does not decode is
+ * left out. Rejects with `NatsFailure` when the listing takes over `timeoutMs` (its consumer is
+ * stopped), or when the bucket cannot be listed.
+ */
+export const readBucket = async <T>(
+  kv: ReadableBucket,
+  schema: Schema.Decoder<T, never>,
+  what: string,
+  timeoutMs = LISTING_TIMEOUT_MS,
+): Promise<Array<{ key: string; value: T }>> => {
   const found: Array<{ key: string; value: T }> = [];
-  for await (const key of await kv.keys()) {
-    const entry = await kv.get(key).catch(() => null);
-    const decoded = entry?.operation === "PUT" ? decodeWith(schema, entry.value, what) : undefined;
-    if (decoded?.ok) found.push({ key, value: decoded.value });
+  let keys: { stop?: () => void } | undefined;
+  let timedOut = false;
+  const listing = (async () => {
+    const iterator = await kv.keys();
+    keys = iterator;
+    if (timedOut) iterator.stop?.();
+    for await (const key of iterator) {
+      if (timedOut) break;
+      const entry = await kv.get(key).catch(() => null);
+      const decoded = entry?.operation === "PUT" ? decodeWith(schema, entry.value, what) : undefined;
+      if (decoded?.ok) found.push({ key, value: decoded.value });
+    }
+  })();
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      timedOut = true;
+      keys?.stop?.();
+      reject(new NatsFailure({ message: `listing every ${what} did not end within ${timeoutMs / 1000} s (is the server overloaded, or its store shared with another server?)` }));
+    }, timeoutMs);
+  });
+  listing.catch(() => undefined);
+  try {
+    await Promise.race([listing, expired]);
+  } catch (e) {
+    if (e instanceof NatsFailure) throw e;
+    throw new NatsFailure({ message: `cannot list every ${what}: ${(e as Error).message}`, cause: e });
+  } finally {
+    clearTimeout(timer);
   }
   return found;
 };
