@@ -25,7 +25,7 @@ import { ProgressBar } from "./progress.js";
 import { serveStately } from "../inspect/stately.js";
 import { startInspector, type InspectorActions } from "../inspect/server.js";
 import { showStats } from "./stats.js";
-import { cliConfig, DEV_URL_FILE, formatConfig } from "./config.js";
+import { cliConfig, DEV_URL_FILE, fallbackNotice, formatConfig } from "./config.js";
 import type { TroupeConfig } from "../config.js";
 import { rootLogger } from "../log.js";
 import { permissionDenied } from "../nats/permissions.js";
@@ -207,11 +207,15 @@ const int = (value: string | undefined, name: string, fallback: number): number 
 const configOf = (flags: Flags, module?: string): TroupeConfig =>
   cliConfig(flags, { ...(module === undefined ? {} : { module }), flagError: (message) => new UsageError(message) });
 
-/** The client's options, from the configuration; its logger at `log.level`. */
-const connection = (flags: Flags, config: TroupeConfig = configOf(flags)): TroupeOptions => ({
-  ...config.connection,
-  logger: rootLogger(config.logLevel),
-});
+/** The verb being run, for the lines that name it. */
+let currentVerb = "";
+
+/** The client's options, from the configuration; its logger at `log.level`. Says so on stderr when it falls back to the default server. */
+const connection = (flags: Flags, config: TroupeConfig = configOf(flags), notice = true): TroupeOptions => {
+  const fallback = notice ? fallbackNotice(config) : undefined;
+  if (fallback !== undefined) process.stderr.write(`troupe ${currentVerb}: ${fallback}\n`);
+  return { ...config.connection, logger: rootLogger(config.logLevel) };
+};
 
 /** A short-lived client for one command, closed however the command ends. */
 const withClient = async (flags: Flags, use: (troupe: Troupe) => Promise<void>): Promise<void> => {
@@ -425,7 +429,7 @@ const dev = async (flags: Flags) => {
   try {
     // The embedded default also runs a coordinator, so workflows advance with no other process.
     // The configuration's retention and layout, on the embedded server (no credentials, no TLS, one replica).
-    const { retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger } = connection(flags);
+    const { retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger } = connection(flags, configOf(flags), false);
     // Its own store: one an earlier version left is carried over.
     const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger, migrate: true });
     stops.unshift(() => troupe.close());
@@ -805,6 +809,7 @@ export const main = async (argv: string[]): Promise<void> => {
   }
   const { values: flags, positionals } = parsed;
   const [verb, ...rest] = positionals;
+  currentVerb = verb ?? "";
   try {
     if (flags.help || verb === undefined || verb === "help") {
       process.stdout.write(verb === undefined || verb === "help" ? USAGE : verbUsage(verb));
@@ -852,7 +857,7 @@ export const main = async (argv: string[]): Promise<void> => {
         return await workflow(flags, rest);
       case "setup":
         process.exitCode = await runSetup(
-          configOf(flags).connection,
+          connection(flags),
           flags.check === true,
           (line) => process.stdout.write(`${line}\n`),
           flags.migrate === true,
