@@ -102,3 +102,14 @@ export class PermissionDenied extends Data.TaggedError("PermissionDenied")<{
   readonly operation: "publish" | "subscription";
   readonly subject: string;
 }> {}
+
+/**
+ * A store folder already served by a running local nats-server (`Troupe.dev`, `troupe dev`):
+ * `url` and `pid` name it. `Troupe.dev` connects to it instead; `troupe dev` refuses.
+ */
+export class StoreLocked extends Data.TaggedError("StoreLocked")<{
+  readonly message: string;
+  readonly storeDir: string;
+  readonly url: string;
+  readonly pid: number;
+}> {}

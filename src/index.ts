@@ -58,6 +58,7 @@ export {
   OutOfMemory,
   ResultTimeout,
   Serialization,
+  StoreLocked,
   TaskNotFound,
   Timeout,
   TopologyConflict,

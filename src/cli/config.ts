@@ -88,6 +88,21 @@ export const cliConfig = (flags: Readonly<Record<string, unknown>>, options: Cli
   });
 };
 
+/**
+ * When nothing names a server (no flag, variable, config file, or `troupe dev` in this folder),
+ * the line that says the command falls back to the default one, and what it may create there.
+ */
+export const fallbackNotice = (config: TroupeConfig): string | undefined => {
+  const source = (key: ConfigKey) => config.values.find((v) => v.key === key);
+  const servers = source("connection.servers");
+  if (servers === undefined || servers.source !== "default") return undefined;
+  const create = config.connection.layout !== "verify";
+  return (
+    `no NATS server given (--server, NATS_URL, connection.servers of a config file, or a \`troupe dev\` in this folder); ` +
+    `using ${servers.shown}${create ? ", creating the Troupe layout there if it is missing (layout mode create)" : ""}`
+  );
+};
+
 /** `troupe config`: every key, its value (secrets masked) and where it came from; `json`: as one JSON object. */
 export const formatConfig = (config: TroupeConfig, json: boolean): string => {
   if (json) {

@@ -25,7 +25,7 @@ import { ProgressBar } from "./progress.js";
 import { serveStately } from "../inspect/stately.js";
 import { startInspector, type InspectorActions } from "../inspect/server.js";
 import { showStats } from "./stats.js";
-import { cliConfig, DEV_URL_FILE, formatConfig } from "./config.js";
+import { cliConfig, DEV_URL_FILE, fallbackNotice, formatConfig } from "./config.js";
 import type { TroupeConfig } from "../config.js";
 import { rootLogger } from "../log.js";
 import { permissionDenied } from "../nats/permissions.js";
@@ -207,11 +207,15 @@ const int = (value: string | undefined, name: string, fallback: number): number 
 const configOf = (flags: Flags, module?: string): TroupeConfig =>
   cliConfig(flags, { ...(module === undefined ? {} : { module }), flagError: (message) => new UsageError(message) });
 
-/** The client's options, from the configuration; its logger at `log.level`. */
-const connection = (flags: Flags, config: TroupeConfig = configOf(flags)): TroupeOptions => ({
-  ...config.connection,
-  logger: rootLogger(config.logLevel),
-});
+/** The verb being run, for the lines that name it. */
+let currentVerb = "";
+
+/** The client's options, from the configuration; its logger at `log.level`. Says so on stderr when it falls back to the default server. */
+const connection = (flags: Flags, config: TroupeConfig = configOf(flags), notice = true): TroupeOptions => {
+  const fallback = notice ? fallbackNotice(config) : undefined;
+  if (fallback !== undefined) process.stderr.write(`troupe ${currentVerb}: ${fallback}\n`);
+  return { ...config.connection, logger: rootLogger(config.logLevel) };
+};
 
 /** A short-lived client for one command, closed however the command ends. */
 const withClient = async (flags: Flags, use: (troupe: Troupe) => Promise<void>): Promise<void> => {
@@ -224,10 +228,12 @@ const withClient = async (flags: Flags, use: (troupe: Troupe) => Promise<void>):
   }
 };
 
+/** SIGINT, SIGTERM, or SIGHUP (a closed terminal): each stops a long-running verb. */
 const waitForSignal = () =>
   new Promise<NodeJS.Signals>((res) => {
     process.once("SIGINT", () => res("SIGINT"));
     process.once("SIGTERM", () => res("SIGTERM"));
+    process.once("SIGHUP", () => res("SIGHUP"));
   });
 
 /** The inspector's buttons: the CLI's own calls (`troupe retry`, `troupe cancel`, `troupe stop`). */
@@ -292,7 +298,11 @@ const warnUnserved = async (troupe: Troupe, verb: string, tasks: ReadonlyArray<{
     const key = `${task.queue}\0${task.name}`;
     if (seen.has(key)) continue;
     seen.add(key);
-    if ((await troupe.workers(task)).length === 0) {
+    // The work is submitted: a registry that cannot be listed (in its bound) is a warning too, not a failure.
+    const serving = await troupe.workers(task).catch((e: unknown) => e as Error);
+    if (serving instanceof Error) {
+      process.stderr.write(`troupe ${verb}: warning: cannot tell whether a live worker serves task "${task.name}": ${serving.message}\n`);
+    } else if (serving.length === 0) {
       process.stderr.write(`troupe ${verb}: warning: no live worker serves task "${task.name}" (queue "${task.queue}"); it waits queued until one starts\n`);
     }
   }
@@ -408,36 +418,42 @@ const devPort = (): Promise<number | undefined> =>
 const dev = async (flags: Flags) => {
   const asked = flags.port === undefined ? undefined : int(flags.port, "port", 4222);
   const port = asked ?? (await devPort());
+  // A store another `troupe dev` (or `Troupe.dev()`) serves is refused: StoreLocked names its server.
   const server = await NatsServer.start({
     storeDir: flags.store ?? ".troupe/nats",
     syncAlways: true,
     ...(port === undefined ? {} : { port }),
   });
-  // The embedded default also runs a coordinator, so workflows advance with no other process.
-  // The configuration's retention and layout, on the embedded server (no credentials, no TLS, one replica).
-  const { retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger } = connection(flags);
-  // Its own store: one an earlier version left is carried over.
-  const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger, migrate: true });
-  const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
-  const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
-  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: inspectorActions(troupe) });
-  await mkdir(dirname(DEV_URL_FILE), { recursive: true });
-  await writeFile(DEV_URL_FILE, `${server.url}\n`);
-  process.stdout.write(
-    `troupe dev: nats-server with JetStream at ${server.url} (store ${server.storeDir})\n` +
-      (port === undefined ? `  port 4222 is taken (another NATS server?): export NATS_URL=${server.url} in other shells\n` : "") +
-      `  other troupe commands in this directory find it through ${DEV_URL_FILE}\n` +
-      `  troupe worker ./tasks.js        # in another terminal\n` +
-      `  nats --server ${server.url} stream ls\n` +
-      `A coordinator runs here too; the inspector is at ${inspector.url}\n` +
-      (coordinator.metricsPort === undefined ? "" : `  its Prometheus metrics: http://127.0.0.1:${coordinator.metricsPort}/metrics\n`) +
-      `Ctrl-C stops it all.\n`,
-  );
-  await waitForSignal();
-  await rm(DEV_URL_FILE, { force: true });
-  await inspector.close();
-  await troupe.close();
-  await server.stop();
+  // Stopped however this ends: a signal, or a failure to start what runs on it (the server also dies with this process).
+  const stops: Array<() => Promise<unknown>> = [() => server.stop()];
+  try {
+    // The embedded default also runs a coordinator, so workflows advance with no other process.
+    // The configuration's retention and layout, on the embedded server (no credentials, no TLS, one replica).
+    const { retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger } = connection(flags, configOf(flags), false);
+    // Its own store: one an earlier version left is carried over.
+    const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger, migrate: true });
+    stops.unshift(() => troupe.close());
+    const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
+    const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
+    const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: inspectorActions(troupe) });
+    stops.unshift(() => inspector.close());
+    await mkdir(dirname(DEV_URL_FILE), { recursive: true });
+    await writeFile(DEV_URL_FILE, `${server.url}\n`);
+    stops.unshift(() => rm(DEV_URL_FILE, { force: true }));
+    process.stdout.write(
+      `troupe dev: nats-server with JetStream at ${server.url} (store ${server.storeDir})\n` +
+        (port === undefined ? `  port 4222 is taken (another NATS server?): export NATS_URL=${server.url} in other shells\n` : "") +
+        `  other troupe commands in this directory find it through ${DEV_URL_FILE}\n` +
+        `  troupe worker ./tasks.js        # in another terminal\n` +
+        `  nats --server ${server.url} stream ls\n` +
+        `A coordinator runs here too; the inspector is at ${inspector.url}\n` +
+        (coordinator.metricsPort === undefined ? "" : `  its Prometheus metrics: http://127.0.0.1:${coordinator.metricsPort}/metrics\n`) +
+        `Ctrl-C stops it all (so does closing the terminal).\n`,
+    );
+    await waitForSignal();
+  } finally {
+    for (const stop of stops) await stop().catch((e: unknown) => process.stderr.write(`troupe dev: while stopping: ${(e as Error).message}\n`));
+  }
 };
 
 const worker = async (flags: Flags, positionals: string[]) => {
@@ -793,6 +809,7 @@ export const main = async (argv: string[]): Promise<void> => {
   }
   const { values: flags, positionals } = parsed;
   const [verb, ...rest] = positionals;
+  currentVerb = verb ?? "";
   try {
     if (flags.help || verb === undefined || verb === "help") {
       process.stdout.write(verb === undefined || verb === "help" ? USAGE : verbUsage(verb));
@@ -840,7 +857,7 @@ export const main = async (argv: string[]): Promise<void> => {
         return await workflow(flags, rest);
       case "setup":
         process.exitCode = await runSetup(
-          configOf(flags).connection,
+          connection(flags),
           flags.check === true,
           (line) => process.stdout.write(`${line}\n`),
           flags.migrate === true,

@@ -4,6 +4,11 @@
  *
  * Free ports come from the server itself (`-1`), read back from its ports file; the
  * first port is then pinned so a restart comes back where clients look for it.
+ *
+ * The server dies with the process that started it, however that process ends (a throw, a
+ * signal, SIGKILL): a watchdog (`sh`, a few hundred bytes of memory) holds a pipe from this
+ * process and stops the server when the pipe closes. Its store folder is locked while it runs
+ * (./store-lock.ts): a second start on the same store throws `StoreLocked`, naming the server.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -11,6 +16,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { NatsServerNotFound } from "../errors.js";
+import { LOCK_FILE, StoreLock } from "./store-lock.js";
 
 export interface NatsServerOptions {
   /** Store directory; a fresh temp dir (removed on stop) when unset. */
@@ -49,8 +55,39 @@ export const natsServerVersion = (binary: string): [number, number, number] => {
   return m ? [Number(m[1]), Number(m[2]), Number(m[3])] : [0, 0, 0];
 };
 
+/**
+ * The watchdog of server `$1`: it waits for the end of its stdin (a pipe from the process that
+ * started the server, closed by the kernel when that process dies), then stops the server
+ * (SIGTERM, SIGKILL after 5 s), gives up the store's lock `$3` if it is still this server's (it
+ * names the temp folder `$2`), and removes that folder. A terminal's SIGHUP or Ctrl-C does not
+ * stop the watchdog itself.
+ */
+const WATCHDOG = [
+  "trap '' HUP INT",
+  "while read -r _; do :; done",
+  'kill -CONT "$1" 2>/dev/null; kill -TERM "$1" 2>/dev/null || exit 0',
+  "i=0",
+  'while kill -0 "$1" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done',
+  'kill -KILL "$1" 2>/dev/null',
+  'if grep -qF "$2" "$3" 2>/dev/null; then rm -f "$3"; fi',
+  'rm -rf "$2"',
+].join("\n");
+
+/** Stop `pid` when this process ends, however it ends; kill the returned process once `pid` has exited. */
+const watchdog = (pid: number, dir: string, lockFile: string): ChildProcess | undefined => {
+  if (process.platform === "win32") return undefined;
+  const guard = spawn("/bin/sh", ["-c", WATCHDOG, "troupe-nats-watchdog", String(pid), dir, lockFile], { stdio: ["pipe", "ignore", "ignore"] });
+  guard.on("error", () => undefined);
+  guard.stdin?.on("error", () => undefined);
+  // Neither keeps this process alive: the pipe only has to close when it ends.
+  guard.unref();
+  (guard.stdin as { unref?: () => void } | null)?.unref?.();
+  return guard;
+};
+
 export class NatsServer {
   private child: ChildProcess | undefined;
+  private lock: StoreLock | undefined;
   private exited: Promise<void> = Promise.resolve();
   /** The monitoring endpoint's base URL, when `monitoring` was asked for. */
   monitoringUrl: string | undefined;
@@ -78,7 +115,13 @@ export class NatsServer {
     const storeDir = options.storeDir === undefined ? join(dir, "store") : resolve(options.storeDir);
     await mkdir(storeDir, { recursive: true });
     const server = new NatsServer(binary, dir, storeDir, options.storeDir === undefined, options, options.port ?? -1);
-    await server.launch();
+    try {
+      server.lock = await StoreLock.acquire(storeDir);
+      await server.launch();
+    } catch (e) {
+      await server.stop();
+      throw e;
+    }
     return server;
   }
 
@@ -102,6 +145,8 @@ export class NatsServer {
     );
     const child = spawn(this.binary, ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
     this.child = child;
+    const guard = child.pid === undefined ? undefined : watchdog(child.pid, this.dir, join(this.storeDir, LOCK_FILE));
+    child.once("exit", () => guard?.kill("SIGKILL"));
     let stderr = "";
     child.stderr?.on("data", (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-4000);
@@ -121,6 +166,7 @@ export class NatsServer {
         if (url !== undefined && (!this.options.monitoring || ports?.monitoring?.[0] !== undefined)) {
           this.monitoringUrl = ports?.monitoring?.[0];
           this.port = Number(new URL(url).port);
+          if (child.pid !== undefined) await this.lock?.update({ pid: child.pid, url: this.url, conf });
           return;
         }
       }
@@ -162,6 +208,8 @@ export class NatsServer {
       await this.exited;
       clearTimeout(timer);
     }
+    await this.lock?.release();
+    this.lock = undefined;
     await rm(this.dir, { recursive: true, force: true });
     if (this.ownsStore) await rm(this.storeDir, { recursive: true, force: true });
   }

@@ -33,10 +33,14 @@ interface ReadableBucket {
   get(key: string): Promise<{ readonly operation: string; readonly value: Uint8Array } | null>;
 }
 
+/** How long listing a bucket may take (`readBucket`): a listing that does not end is an error, not a hang. */
+export const LISTING_TIMEOUT_MS = 10_000;
+
 /**
  * Every live entry of `bucket` (its handle `kv`), decoded with `schema`; one that is gone or
  * does not decode is left out. No consumer: its keys from the stream's info, each entry read
- * directly.
+ * directly. A read that fails is a `NatsFailure` (never taken for a missing entry), and so is
+ * a listing that takes over `timeoutMs`.
  */
 export const readBucket = async <T>(
   jsm: JetStreamManager,
@@ -44,15 +48,34 @@ export const readBucket = async <T>(
   kv: ReadableBucket,
   schema: Schema.Decoder<T, never>,
   what: string,
+  timeoutMs = LISTING_TIMEOUT_MS,
 ): Promise<Array<{ key: string; value: T }>> => {
-  const keys = await bucketKeys(jsm, bucket);
-  const entries = await Promise.all(keys.map(async (key) => ({ key, entry: await kv.get(key).catch(() => null) })));
-  const found: Array<{ key: string; value: T }> = [];
-  for (const { key, entry } of entries) {
-    const decoded = entry?.operation === "PUT" ? decodeWith(schema, entry.value, what) : undefined;
-    if (decoded?.ok) found.push({ key, value: decoded.value });
+  const listing = (async () => {
+    const keys = await bucketKeys(jsm, bucket);
+    const entries = await Promise.all(keys.map(async (key) => ({ key, entry: await kv.get(key) })));
+    const found: Array<{ key: string; value: T }> = [];
+    for (const { key, entry } of entries) {
+      const decoded = entry?.operation === "PUT" ? decodeWith(schema, entry.value, what) : undefined;
+      if (decoded?.ok) found.push({ key, value: decoded.value });
+    }
+    return found;
+  })();
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new NatsFailure({ message: `listing every ${what} did not end within ${timeoutMs / 1000} s (is the server overloaded, or its store shared with another server?)` })),
+      timeoutMs,
+    );
+  });
+  listing.catch(() => undefined);
+  try {
+    return await Promise.race([listing, expired]);
+  } catch (e) {
+    if (e instanceof NatsFailure) throw e;
+    throw new NatsFailure({ message: `cannot list every ${what}: ${(e as Error).message}`, cause: e });
+  } finally {
+    clearTimeout(timer);
   }
-  return found;
 };
 
 /** A live entry of a followed bucket: its value and revision (the stream sequence of its write). */

@@ -1,6 +1,6 @@
 /** The one wire codec: JSON bytes, decoded with a Schema into a Result, never trusted. */
 import { Cause, Exit, Schema } from "effect";
-import { Serialization } from "../errors.js";
+import { NatsFailure, Serialization } from "../errors.js";
 
 const decoder = new TextDecoder();
 

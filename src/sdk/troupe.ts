@@ -12,7 +12,7 @@ import { unresolvedInput } from "../../machines/workflow.js";
 import { Cron } from "croner";
 import { LEASE_KEY, nextTick, Scheduler } from "../schedule/scheduler.js";
 import { PauseEntry, ScheduleEntry, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
-import { InvalidInput, InvalidOption, NatsFailure, TaskNotFound, WorkerNotFound, WorkflowNotFound } from "../errors.js";
+import { InvalidInput, InvalidOption, NatsFailure, StoreLocked, TaskNotFound, WorkerNotFound, WorkflowNotFound } from "../errors.js";
 import { durationOption, type DurationInput } from "../duration.js";
 import { decodeWith } from "../nats/codec.js";
 import { readBucket } from "../nats/bucket.js";
@@ -190,7 +190,8 @@ export class Troupe {
   private constructor(
     private readonly nats: NatsHandle,
     readonly log: Logger,
-    private readonly server: NatsServer | undefined,
+    /** The embedded server (`dev`): this client's own, or one it found serving the store (left running). */
+    private readonly server: Pick<NatsServer, "url" | "stop"> | undefined,
     private readonly retention: RetentionPolicy,
   ) {
     handles.set(this, nats);
@@ -213,15 +214,37 @@ export class Troupe {
     }
   }
 
-  /** Start an embedded `nats-server -js` (store under `.troupe/`) and connect to it; `close()` stops it. */
+  /**
+   * Start an embedded `nats-server -js` (store under `.troupe/`) and connect to it; `close()`
+   * stops it, and it dies with this process however the process ends. When a server already
+   * runs on that store (another `Troupe.dev()`, `troupe dev`), connects to it instead, and
+   * `close()` leaves it running; when that server does not answer, rejects with `StoreLocked`.
+   */
   static async dev(options: DevOptions = {}): Promise<Troupe> {
     const retention = checkedOptions(options);
-    const server = await NatsServer.start({
-      storeDir: options.storeDir ?? ".troupe/nats",
-      syncAlways: true,
-      ...(options.binary === undefined ? {} : { binary: options.binary }),
-      ...(options.port === undefined ? {} : { port: options.port }),
-    });
+    let server: NatsServer;
+    try {
+      server = await NatsServer.start({
+        storeDir: options.storeDir ?? ".troupe/nats",
+        syncAlways: true,
+        ...(options.binary === undefined ? {} : { binary: options.binary }),
+        ...(options.port === undefined ? {} : { port: options.port }),
+      });
+    } catch (e) {
+      if (!(e instanceof StoreLocked)) throw e;
+      // Its store is served already: that server, as it is (its owner created and migrated the layout).
+      const nc = await connectNats({ ...options, servers: e.url }).catch(() => {
+        throw new StoreLocked({ storeDir: e.storeDir, url: e.url, pid: e.pid, message: `${e.message}, which does not answer` });
+      });
+      const log = options.logger ?? rootLogger();
+      log.info({ url: e.url, pid: e.pid, storeDir: e.storeDir }, "Troupe.dev: a nats-server already serves this store; using it");
+      try {
+        return new Troupe(await openNats(nc, { ...options, layout: "create" }), log, { url: e.url, stop: async () => undefined }, retention);
+      } catch (opening) {
+        await nc.close();
+        throw opening;
+      }
+    }
     try {
       const nc = await connectNats({ ...options, servers: server.url });
       // Its own server: dev always creates the layout, and carries an earlier version's store over.

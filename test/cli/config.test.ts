@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { InvalidOption, loadConfig, Troupe, type ConfigKey, type TroupeConfig } from "../../src/index.js";
 import { untypedTask } from "../../src/task.js";
+import { fallbackNotice } from "../../src/cli/config.js";
 import { killCliChildren, runCli, spawnCli, waitForOutput } from "../helpers/cli.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 
@@ -224,6 +225,26 @@ describe("troupe config and the verbs", () => {
     expect(variable.stderr).toBe('troupe get: InvalidOption: TROUPE_REPLICAS: layout.replicas must be a positive integer, got "zero"\n');
     expect(flag.code).toBe(2);
     expect(flag.stderr).toContain('troupe config: flag --concurrency: worker.concurrency must be a positive integer, got "0"');
+  }, 120_000);
+
+  it("a verb that falls back to the default server says so on stderr, and what layout mode it creates in", async () => {
+    const dir = await project({ "empty/.keep": "" });
+    const cwd = join(dir, "empty");
+    const quiet = loadConfig({ cwd, env: {} });
+    expect(fallbackNotice(quiet)).toBe(
+      "no NATS server given (--server, NATS_URL, connection.servers of a config file, or a `troupe dev` in this folder); using nats://127.0.0.1:4222, creating the Troupe layout there if it is missing (layout mode create)",
+    );
+    expect(fallbackNotice(loadConfig({ cwd, env: { NATS_URL: server().url } }))).toBeUndefined();
+    const unset = { NATS_URL: undefined, TROUPE_SERVERS: undefined, TROUPE_CONFIG: undefined };
+    // Layout mode verify, so that whatever listens on the default port is only read.
+    const [fellBack, named] = await Promise.all([
+      runCli(["get", "some-id", "--connect-timeout", "1s"], { ...unset, TROUPE_LAYOUT: "verify" }, { cwd }),
+      runCli(["get", "some-id"], { ...unset, NATS_URL: server().url }, { cwd }),
+    ]);
+    expect(fellBack.stderr.split("\n")[0]).toBe(
+      "troupe get: no NATS server given (--server, NATS_URL, connection.servers of a config file, or a `troupe dev` in this folder); using nats://127.0.0.1:4222",
+    );
+    expect(named.stderr).toBe("no task some-id\n");
   }, 120_000);
 
   it("a worker started from a config file alone (servers, module, concurrency, log level) serves tasks", async () => {

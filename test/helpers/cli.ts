@@ -41,6 +41,18 @@ export const spawnCli = (args: string[], env: CliEnv = {}, options: CliOptions =
   return child;
 };
 
+/** A TypeScript program (a fixture) in a child process, `node --import tsx <file> ...args`. */
+export const spawnScript = (file: string, args: string[], options: CliOptions = {}): ChildProcess => {
+  const child = spawn(process.execPath, ["--import", tsx, resolve(root, file), ...args], {
+    cwd: options.cwd ?? root,
+    env: { ...process.env, TROUPE_LOG_LEVEL: "warn" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.add(child);
+  child.on("exit", () => running.delete(child));
+  return child;
+};
+
 /** SIGKILL every CLI child still running (those of `runCli` too), e.g. in afterEach. */
 export const killCliChildren = (): void => {
   for (const child of running) child.kill("SIGKILL");

@@ -10,19 +10,24 @@ export interface Proxy {
   readonly url: string;
   /** Drop every connection and refuse new ones. */
   cut(): Promise<void>;
-  /** From now on, messages delivered to the client on a subject `drop` says yes to are lost (`undefined`: none). */
-  dropping(drop: ((subject: string) => boolean) | undefined): void;
+  /**
+   * From now on, messages delivered to the client that `drop` says yes to are lost
+   * (`undefined`: none); it is given the subject and the frame's payload, headers included.
+   */
+  dropping(drop: Drop | undefined): void;
   /** How many messages were dropped so far. */
   readonly dropped: number;
 }
 
 const CRLF = Buffer.from("\r\n");
 
+type Drop = (subject: string, payload: Buffer) => boolean;
+
 /** The server → client direction, frame by frame: `MSG`/`HMSG` frames a predicate drops are left out. */
 class Deliveries extends Transform {
   private pending: Buffer = Buffer.alloc(0);
 
-  constructor(private readonly state: { drop: ((subject: string) => boolean) | undefined; dropped: number }) {
+  constructor(private readonly state: { drop: Drop | undefined; dropped: number }) {
     super();
   }
 
@@ -41,7 +46,7 @@ class Deliveries extends Transform {
       const frame = eol + 2 + size;
       if (this.pending.length < frame) break;
       const subject = size > 0 ? line.split(" ")[1]! : "";
-      if (size > 0 && this.state.drop?.(subject)) this.state.dropped++;
+      if (size > 0 && this.state.drop?.(subject, this.pending.subarray(eol + 2, frame - 2))) this.state.dropped++;
       else out.push(this.pending.subarray(0, frame));
       this.pending = this.pending.subarray(frame);
     }
@@ -51,7 +56,7 @@ class Deliveries extends Transform {
 
 export const startProxy = async (target: { host: string; port: number }): Promise<Proxy> => {
   const sockets = new Set<Socket>();
-  const state: { drop: ((subject: string) => boolean) | undefined; dropped: number } = { drop: undefined, dropped: 0 };
+  const state: { drop: Drop | undefined; dropped: number } = { drop: undefined, dropped: 0 };
   const server = createServer((client) => {
     const upstream = connect(target.port, target.host);
     for (const s of [client, upstream]) {
