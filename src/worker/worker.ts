@@ -39,7 +39,7 @@ import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
 import { durationOption, type DurationInput } from "../duration.js";
-import { loadTasks, moduleUrl } from "../tasks-module.js";
+import { loadTasks, resolveModule } from "../tasks-module.js";
 import { ExecutorPool, type Isolation } from "../pool/pool.js";
 import { runDelivery, type DeliveryDeps, type LimiterHandle } from "./delivery.js";
 import { Limiter } from "../limits/limiter.js";
@@ -291,7 +291,13 @@ export class Worker {
     if (isolation !== undefined && concurrency > executors) {
       throw invalid(`concurrency (${concurrency}) cannot exceed executors (${executors}): each executor runs one handler at a time`);
     }
-    const module = options.module === undefined ? undefined : moduleUrl(options.module);
+    // The module as this process resolves it (`./tasks.js` is `tasks.ts` under tsx): its executors load that file.
+    let module: string | undefined;
+    try {
+      module = options.module === undefined ? undefined : resolveModule(options.module);
+    } catch (e) {
+      throw invalid(e instanceof Error ? e.message : String(e));
+    }
     const tasks = module === undefined ? (options.tasks ?? []) : await loadTasks(module).catch((e: unknown) => {
       throw invalid(`cannot load ${module}: ${e instanceof Error ? e.message : String(e)}`);
     });
