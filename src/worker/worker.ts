@@ -3,6 +3,7 @@
  * keeps its registry entry in `troupe-workers` fresh, and stops gracefully.
  */
 import { availableParallelism, hostname } from "node:os";
+import { inspect, type InspectOptionsStylized } from "node:util";
 import { nuid } from "@nats-io/transport-node";
 import { workerMachine, type WorkerContext, type WorkerEvent } from "../../machines/worker.js";
 import { PauseEntry, type ExecutorInfo, type WorkerInfo } from "../../machines/records.js";
@@ -39,6 +40,7 @@ import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
 import { durationOption, type DurationInput } from "../duration.js";
+import { inspectHandle } from "../handle-inspect.js";
 import { loadTasks, resolveModule } from "../tasks-module.js";
 import { ExecutorPool, type Isolation } from "../pool/pool.js";
 import { runDelivery, type DeliveryDeps, type LimiterHandle } from "./delivery.js";
@@ -552,6 +554,19 @@ export class Worker {
       });
       this.prioritySubs.push(sub);
     }
+  }
+
+  /** `Worker { id: 'w-…', state: 'ready', tasks: [ 'add' ], running: 0 }` (and its `isolation`): what `console.log(worker)` prints. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized, inspectFn: typeof inspect): string {
+    const s = this.actor.snapshot;
+    const fields = {
+      id: this.id,
+      state: stateName(s.value),
+      tasks: [...this.definitions.keys()],
+      running: s.context.running,
+      ...(this.pool === undefined ? {} : { isolation: this.pool.options.isolation }),
+    };
+    return inspectHandle("Worker", fields, depth, options, inspectFn);
   }
 
   get stats(): WorkerStats {
