@@ -44,6 +44,8 @@ export interface PoolOptions {
   /** Where executors' own stdout and stderr lines go, prefixed `[t1] `; the process's streams by default. */
   readonly stdout?: (line: string) => void;
   readonly stderr?: (line: string) => void;
+  /** An executor was replaced, or its replacement is ready: what `info()` shows changed (the registry entry is written again). */
+  readonly onChange?: () => void;
 }
 
 /** What a run reports while it goes: its heartbeats and progress. */
@@ -431,8 +433,12 @@ export class ExecutorPool {
       if (this.stopping) return;
       const fresh = this.spawn(slot);
       this.slots[slot] = fresh;
+      this.options.onChange?.();
       fresh.ready.then(
-        () => this.release(fresh),
+        () => {
+          this.release(fresh);
+          this.options.onChange?.();
+        },
         (error: unknown) => {
           if (this.stopping) return;
           this.options.log.error({ err: error, executor: fresh.name }, "replacement executor failed to start; trying again");
@@ -445,14 +451,17 @@ export class ExecutorPool {
     };
     // One that died before it was ready (its module fails to load now) is tried again after a pause, not in a loop.
     if (executor.started) start();
-    else setTimeout(start, RESPAWN_PAUSE_MS).unref();
+    else {
+      setTimeout(start, RESPAWN_PAUSE_MS).unref();
+      this.options.onChange?.();
+    }
   }
 
-  /** The executors, for the registry and `troupe workers`. */
+  /** The executors, for the registry and `troupe workers`: a slot whose executor died and is not replaced yet shows pid 0. */
   info(): ExecutorInfo[] {
     return this.slots.map((e, slot) => ({
       id: e.name,
-      pid: e.pid,
+      pid: e.alive ? e.pid : 0,
       ...(e.call === undefined ? {} : { taskId: e.call.record.id }),
       ran: e.ran,
       replaced: this.replacements[slot] ?? 0,

@@ -326,6 +326,7 @@ export class Worker {
     ).flat();
     const id = options.id ?? `w-${nuid.next()}`;
     const workerLog = log.child({ workerId: id });
+    let started: Worker | undefined;
     const pool =
       isolation === undefined || module === undefined
         ? undefined
@@ -343,6 +344,8 @@ export class Worker {
               process.stdout.write(line.endsWith("\n") ? line : `${line}\n`);
               publishLog(nats, id, taskId, line);
             },
+            // A replaced executor: the registry shows its successor's pid now, not at the next beat.
+            onChange: () => started?.executorsChanged(),
           });
     const worker = new Worker(
       id,
@@ -358,6 +361,7 @@ export class Worker {
       disconnectTimeout,
       options.exitOnDisconnect ?? true,
     );
+    started = worker;
     try {
       await worker.begin(metrics, rpc === undefined || submitter === undefined ? undefined : { submitter, ...rpc });
     } catch (e) {
@@ -511,6 +515,11 @@ export class Worker {
     if (paused.length > 0) this.log.info({ paused }, "paused work is not started");
     else this.log.debug("no work paused");
     if (this.service !== undefined) void this.writeRegistry();
+  }
+
+  /** Its pool's executors changed (one replaced, or its successor ready): the registry entry is written again, while the worker is registered. */
+  private executorsChanged(): void {
+    if (this.service !== undefined && stateName(this.actor.snapshot.value) !== "stopped") void this.writeRegistry();
   }
 
   /** The pauses that apply to this worker's tasks. */
