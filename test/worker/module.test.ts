@@ -85,7 +85,7 @@ const runProgram = (args: string[]) =>
   new Promise<{ code: number | null; lines: Array<Record<string, unknown>>; stderr: string }>((resolve) => {
     const child = spawn(process.execPath, args, {
       cwd: project,
-      env: { ...process.env, NATS_URL: server().url, TROUPE_LOG_LEVEL: "error" },
+      env: { ...process.env, NATS_URL: server().url, TROUPE_LOG_LEVEL: "error", TSX_DISABLE_CACHE: "1" },
       stdio: ["ignore", "pipe", "pipe"],
     });
     let stdout = "";
