@@ -22,6 +22,7 @@ import type { Logger } from "pino";
 import type { Execution } from "../../machines/task.js";
 import type { ExecutorInfo, TaskFailure, TaskRecord } from "../../machines/records.js";
 import { InvalidDefinition } from "../errors.js";
+import { typeScriptFlags, typeScriptRuntime } from "../tasks-module.js";
 import type { TraceCarrier } from "../trace.js";
 import type { ExecutorInit, FromExecutor, ToExecutor } from "./protocol.js";
 
@@ -43,6 +44,8 @@ export interface PoolOptions {
   /** Where executors' own stdout and stderr lines go, prefixed `[t1] `; the process's streams by default. */
   readonly stdout?: (line: string) => void;
   readonly stderr?: (line: string) => void;
+  /** An executor was replaced, or its replacement is ready: what `info()` shows changed (the registry entry is written again). */
+  readonly onChange?: () => void;
 }
 
 /** What a run reports while it goes: its heartbeats and progress. */
@@ -70,7 +73,64 @@ const here = import.meta.url;
 /** Run from TypeScript sources (the tests): executors load through tsx, which is a dev dependency. */
 const fromSource = here.endsWith(".ts");
 const entry = new URL(fromSource ? "./executor.ts" : "./executor.js", here);
-const isTypeScript = (url: string) => /\.[cm]?ts$/.test(new URL(url).pathname);
+const isTypeScript = (url: string) => /\.[cm]?tsx?$/.test(new URL(url).pathname);
+
+/** `import.meta.resolve` of a package, or nothing when it is not installed. */
+const resolvable = (specifier: string): string | undefined => {
+  try {
+    return import.meta.resolve(specifier);
+  } catch {
+    return undefined;
+  }
+};
+
+/** Flags of this process that an executor must not repeat (a debugger's port, a watcher, a script), the ones taking a value apart. */
+const NOT_INHERITED = /^(--inspect|--debug|--watch|--test|--eval$|-e$|--print$|-p$|--input-type|--max-old-space-size)/;
+const TAKES_VALUE = /^(--inspect-port|--debug-port|--watch-path|--test-[a-z-]+|--eval|-e|--print|-p|--input-type)$/;
+
+/** This process's `node` flags that its executor processes start with too (its loaders, `--conditions`, ...), as `fork` would pass them. */
+const inheritedFlags = (): string[] => {
+  const kept: string[] = [];
+  const flags = process.execArgv;
+  for (let i = 0; i < flags.length; i++) {
+    const flag = flags[i]!;
+    if (!NOT_INHERITED.test(flag)) kept.push(flag);
+    else if (TAKES_VALUE.test(flag)) i++;
+  }
+  return kept;
+};
+
+/** How executors start: a process's `node` flags, and for a thread that must load TypeScript, tsx's API. */
+interface Launch {
+  readonly execArgv: ReadonlyArray<string>;
+  readonly tsxApi: string | undefined;
+}
+
+/**
+ * Executors run the module the way this process does: a process starts with this process's
+ * loaders (tsx's, when it runs under tsx); a thread, which Node's loader hooks do not reach,
+ * imports the executor through tsx's API when the module is TypeScript. A TypeScript module
+ * that no executor could load is an `InvalidDefinition` saying what to pass.
+ */
+const launch = (options: PoolOptions): Launch => {
+  const memory = options.memoryLimitMb === undefined ? [] : [`--max-old-space-size=${options.memoryLimitMb}`];
+  const inherited = inheritedFlags();
+  if (!fromSource && !isTypeScript(options.module)) return { execArgv: [...inherited, ...memory], tsxApi: undefined };
+  const cannot = (what: string) =>
+    new InvalidDefinition({
+      message: `worker: executors cannot load the TypeScript module ${options.module}: ${what}; or give the path of the compiled .js module`,
+    });
+  if (options.isolation === "thread") {
+    const tsxApi = resolvable("tsx/esm/api");
+    if (tsxApi !== undefined) return { execArgv: [], tsxApi };
+    if ((process.features as { typescript?: unknown }).typescript) return { execArgv: [], tsxApi: undefined };
+    throw cannot('a thread loads TypeScript through tsx: install it (`npm install --save-dev tsx`), or use isolation: "process"');
+  }
+  if (typeScriptFlags(inherited) || typeScriptRuntime()) return { execArgv: [...inherited, ...memory], tsxApi: undefined };
+  const tsx = resolvable("tsx");
+  if (tsx !== undefined) return { execArgv: [...inherited, "--import", tsx, ...memory], tsxApi: undefined };
+  throw cannot("run the program under a TypeScript loader (`npx tsx main.ts`, or `node --import tsx main.js`) and its executors start with it");
+};
 
 /** One thread or process of the pool. */
 class Executor {
@@ -91,6 +151,7 @@ class Executor {
     readonly name: string,
     private readonly pool: ExecutorPool,
     options: PoolOptions,
+    start: Launch,
   ) {
     const init: ExecutorInit = {
       module: options.module,
@@ -99,7 +160,6 @@ class Executor {
       logLevel: options.log.level,
       maxPayload: options.maxPayload,
     };
-    const tsx = fromSource || isTypeScript(options.module);
     let ready!: () => void;
     let failed!: (error: Error) => void;
     this.ready = new Promise<void>((resolve, reject) => ((ready = resolve), (failed = reject)));
@@ -126,12 +186,13 @@ class Executor {
       const common = { workerData: init, stdout: true, stderr: true, ...(resourceLimits === undefined ? {} : { resourceLimits }) };
       // tsx's hooks do not reach a worker thread through execArgv: the thread imports the
       // entry through tsx's API instead.
-      this.thread = tsx
-        ? new Thread(
-            `import(${JSON.stringify(import.meta.resolve("tsx/esm/api"))}).then((tsx) => tsx.tsImport(${JSON.stringify(entry.href)}, ${JSON.stringify(entry.href)}));`,
-            { ...common, eval: true },
-          )
-        : new Thread(entry, common);
+      this.thread =
+        start.tsxApi !== undefined
+          ? new Thread(
+              `import(${JSON.stringify(start.tsxApi)}).then((tsx) => tsx.tsImport(${JSON.stringify(entry.href)}, ${JSON.stringify(entry.href)}));`,
+              { ...common, eval: true },
+            )
+          : new Thread(entry, common);
       this.thread.on("message", onMessage);
       this.thread.on("error", (error: Error & { code?: string }) => {
         if (error.code === "ERR_WORKER_OUT_OF_MEMORY") this.outOfMemory = true;
@@ -141,9 +202,8 @@ class Executor {
       this.pipe(this.thread.stdout, options.stdout);
       this.pipe(this.thread.stderr, options.stderr, true);
     } else {
-      const execArgv = [...(tsx ? ["--import", import.meta.resolve("tsx")] : []), ...(memory === undefined ? [] : [`--max-old-space-size=${memory}`])];
       this.child = fork(fileURLToPath(entry), [], {
-        execArgv,
+        execArgv: [...start.execArgv],
         env: { ...process.env, TROUPE_EXECUTOR: JSON.stringify(init) },
         serialization: "advanced",
         stdio: ["ignore", "pipe", "pipe", "ipc"],
@@ -260,15 +320,21 @@ export class ExecutorPool {
   /** Executors replaced so far, by slot. */
   private readonly replacements: number[];
 
+  private readonly launch: Launch;
+
   private constructor(readonly options: PoolOptions) {
+    this.launch = launch(options);
     this.replacements = Array.from({ length: options.executors }, () => 0);
   }
 
-  /** Start every executor and wait until each has loaded the module; a module that cannot load is an `InvalidDefinition`. */
+  /**
+   * Start every executor and wait until each has loaded the module: a module they cannot load
+   * rejects with an `InvalidDefinition`, and no executor is left running.
+   */
   static async start(options: PoolOptions): Promise<ExecutorPool> {
     const pool = new ExecutorPool(options);
-    for (let slot = 0; slot < options.executors; slot++) pool.slots.push(pool.spawn(slot));
     try {
+      for (let slot = 0; slot < options.executors; slot++) pool.slots.push(pool.spawn(slot));
       await Promise.all(pool.slots.map((e) => e.ready));
     } catch (e) {
       await pool.stop();
@@ -280,7 +346,7 @@ export class ExecutorPool {
 
   private spawn(slot: number): Executor {
     const prefix = this.options.isolation === "thread" ? "t" : "p";
-    return new Executor(`${prefix}${slot + 1}`, this, this.options);
+    return new Executor(`${prefix}${slot + 1}`, this, this.options, this.launch);
   }
 
   /**
@@ -367,8 +433,12 @@ export class ExecutorPool {
       if (this.stopping) return;
       const fresh = this.spawn(slot);
       this.slots[slot] = fresh;
+      this.options.onChange?.();
       fresh.ready.then(
-        () => this.release(fresh),
+        () => {
+          this.release(fresh);
+          this.options.onChange?.();
+        },
         (error: unknown) => {
           if (this.stopping) return;
           this.options.log.error({ err: error, executor: fresh.name }, "replacement executor failed to start; trying again");
@@ -381,14 +451,17 @@ export class ExecutorPool {
     };
     // One that died before it was ready (its module fails to load now) is tried again after a pause, not in a loop.
     if (executor.started) start();
-    else setTimeout(start, RESPAWN_PAUSE_MS).unref();
+    else {
+      setTimeout(start, RESPAWN_PAUSE_MS).unref();
+      this.options.onChange?.();
+    }
   }
 
-  /** The executors, for the registry and `troupe workers`. */
+  /** The executors, for the registry and `troupe workers`: a slot whose executor died and is not replaced yet shows pid 0. */
   info(): ExecutorInfo[] {
     return this.slots.map((e, slot) => ({
       id: e.name,
-      pid: e.pid,
+      pid: e.alive ? e.pid : 0,
       ...(e.call === undefined ? {} : { taskId: e.call.record.id }),
       ran: e.ran,
       replaced: this.replacements[slot] ?? 0,

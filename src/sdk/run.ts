@@ -1,4 +1,5 @@
 /** The handle `submit` returns: the task's id, its typed result, its state record. */
+import { inspect, type InspectOptionsStylized } from "node:util";
 import { Cause, Exit } from "effect";
 import type { TaskRecord } from "../../machines/records.js";
 import { InvalidOption, TaskNotFound } from "../errors.js";
@@ -8,6 +9,7 @@ import type { CancelResult } from "../store/cancel.js";
 import { decodeOutput, type TaskDefinition } from "../task.js";
 import { withTimeout } from "./results.js";
 import { isPayloadRef } from "../store/payloads.js";
+import { inspectHandle } from "../handle-inspect.js";
 
 /** How long to wait at most; a wait past it rejects with `ResultTimeout` (the task goes on). */
 export interface WaitOptions {
@@ -87,6 +89,11 @@ export class TaskRun<O> {
     start: () => Promise<TaskRecord>,
   ) {
     this.wait = new SharedWait(start, () => client.releaseWait(id), id, "task");
+  }
+
+  /** `TaskRun { id: '…', task: 'noop', queue: 'default' }`: what `console.log(run)` prints. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized, inspectFn: typeof inspect): string {
+    return inspectHandle("TaskRun", { id: this.id, task: this.task.name, queue: this.task.queue }, depth, options, inspectFn);
   }
 
   /**

@@ -5,6 +5,7 @@
  * is `Results`'.
  */
 import { createHash } from "node:crypto";
+import { inspect, type InspectOptionsStylized } from "node:util";
 import { Cause, Effect, Exit, Schema, Struct } from "effect";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
@@ -14,6 +15,7 @@ import { LEASE_KEY, nextTick, Scheduler } from "../schedule/scheduler.js";
 import { PauseEntry, ScheduleEntry, WorkerInfo, type TaskRecord, type WorkflowRecord } from "../../machines/records.js";
 import { InvalidInput, InvalidOption, NatsFailure, StoreLocked, TaskNotFound, WorkerNotFound, WorkflowNotFound } from "../errors.js";
 import { durationOption, type DurationInput } from "../duration.js";
+import { inspectHandle } from "../handle-inspect.js";
 import { decodeWith } from "../nats/codec.js";
 import { readBucket } from "../nats/bucket.js";
 import { connectNats, openNats, type ConnectOptions, type NatsHandle } from "../nats/connection.js";
@@ -253,6 +255,13 @@ export class Troupe {
       await server.stop();
       throw e;
     }
+  }
+
+  /** `Troupe { url: 'nats://…', workers: 1 }` (the workers it runs, not stopped; `closed: true` once closed): what `console.log(troupe)` prints. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized, inspectFn: typeof inspect): string {
+    const workers = [...this.workerSet].filter((w) => w.stats.state !== "stopped").length;
+    const fields = { url: this.url, workers, ...(this.closed ? { closed: true } : {}) };
+    return inspectHandle("Troupe", fields, depth, options, inspectFn);
   }
 
   /** The NATS URL this client uses (the embedded server's under `dev`). */
@@ -622,12 +631,12 @@ export class Troupe {
       throw new NatsFailure({ message: `cannot start workflow ${workflow.name}: ${(e as Error).message}`, cause: e });
     }
     // Its wait starts on the first ask: it reads the run once, after listening.
-    return new WorkflowRun(this, id, () => this.results.run(id), workflow.tasks);
+    return new WorkflowRun(this, id, () => this.results.run(id), workflow.tasks, workflow.name);
   }
 
   /** A handle on an existing workflow run; with its definition, step outputs are decoded. */
   workflowRun<W extends WorkflowDefinition>(workflow: W | undefined, id: string): WorkflowRun<WorkflowOutputsOf<W>> {
-    return new WorkflowRun(this, id, () => this.results.run(id), workflow?.tasks);
+    return new WorkflowRun(this, id, () => this.results.run(id), workflow?.tasks, workflow?.name);
   }
 
   /** The run's record, or `undefined`. */

@@ -1,9 +1,11 @@
 /** The handle `troupe.start` returns: the run's id, its outputs (decoded), its record. */
+import { inspect, type InspectOptionsStylized } from "node:util";
 import { Cause, Exit } from "effect";
 import type { WorkflowRecord } from "../../machines/records.js";
 import { WorkflowFailed, WorkflowNotFound } from "../errors.js";
 import { decodeOutput, type TaskDefinition } from "../task.js";
 import { isPayloadRef } from "../store/payloads.js";
+import { inspectHandle } from "../handle-inspect.js";
 import { SharedWait, waitTimeout, type WaitOptions } from "./run.js";
 
 /** What cancelling a run did. */
@@ -36,8 +38,15 @@ export class WorkflowRun<O> {
     start: () => Promise<WorkflowRecord>,
     /** The task definitions of the steps that named one: their outputs are decoded with its schema. */
     private readonly tasks: Readonly<Record<string, TaskDefinition>> = {},
+    /** The workflow's name, when the handle was made with its definition. */
+    readonly workflow?: string,
   ) {
     this.wait = new SharedWait(start, () => client.releaseWait(id), id, "workflow run");
+  }
+
+  /** `WorkflowRun { id: '…', workflow: 'etl' }`: what `console.log(run)` prints. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized, inspectFn: typeof inspect): string {
+    return inspectHandle("WorkflowRun", { id: this.id, ...(this.workflow === undefined ? {} : { workflow: this.workflow }) }, depth, options, inspectFn);
   }
 
   /**

@@ -3,6 +3,7 @@
  * keeps its registry entry in `troupe-workers` fresh, and stops gracefully.
  */
 import { availableParallelism, hostname } from "node:os";
+import { inspect, type InspectOptionsStylized } from "node:util";
 import { nuid } from "@nats-io/transport-node";
 import { workerMachine, type WorkerContext, type WorkerEvent } from "../../machines/worker.js";
 import { PauseEntry, type ExecutorInfo, type WorkerInfo } from "../../machines/records.js";
@@ -40,7 +41,8 @@ import { liveFiberClock, type FiberClock } from "../actor/fiber-clock.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { TaskDefinition } from "../task.js";
 import { durationOption, type DurationInput } from "../duration.js";
-import { loadTasks, moduleUrl } from "../tasks-module.js";
+import { inspectHandle } from "../handle-inspect.js";
+import { loadTasks, resolveModule } from "../tasks-module.js";
 import { ExecutorPool, type Isolation } from "../pool/pool.js";
 import { runDelivery, type DeliveryDeps, type LimiterHandle } from "./delivery.js";
 import { Limiter } from "../limits/limiter.js";
@@ -294,7 +296,13 @@ export class Worker {
     if (isolation !== undefined && concurrency > executors) {
       throw invalid(`concurrency (${concurrency}) cannot exceed executors (${executors}): each executor runs one handler at a time`);
     }
-    const module = options.module === undefined ? undefined : moduleUrl(options.module);
+    // The module as this process resolves it (`./tasks.js` is `tasks.ts` under tsx): its executors load that file.
+    let module: string | undefined;
+    try {
+      module = options.module === undefined ? undefined : resolveModule(options.module);
+    } catch (e) {
+      throw invalid(e instanceof Error ? e.message : String(e));
+    }
     const tasks = module === undefined ? (options.tasks ?? []) : await loadTasks(module).catch((e: unknown) => {
       throw invalid(`cannot load ${module}: ${e instanceof Error ? e.message : String(e)}`);
     });
@@ -321,6 +329,7 @@ export class Worker {
     ).flat();
     const id = options.id ?? `w-${nuid.next()}`;
     const workerLog = log.child({ workerId: id });
+    let started: Worker | undefined;
     const pool =
       isolation === undefined || module === undefined
         ? undefined
@@ -338,6 +347,8 @@ export class Worker {
               process.stdout.write(line.endsWith("\n") ? line : `${line}\n`);
               publishLog(nats, id, taskId, line);
             },
+            // A replaced executor: the registry shows its successor's pid now, not at the next beat.
+            onChange: () => started?.executorsChanged(),
           });
     const worker = new Worker(
       id,
@@ -353,6 +364,7 @@ export class Worker {
       disconnectTimeout,
       options.exitOnDisconnect ?? true,
     );
+    started = worker;
     try {
       await worker.begin(metrics, rpc === undefined || submitter === undefined ? undefined : { submitter, ...rpc });
     } catch (e) {
@@ -507,6 +519,11 @@ export class Worker {
     if (this.service !== undefined) void this.writeRegistry();
   }
 
+  /** Its pool's executors changed (one replaced, or its successor ready): the registry entry is written again, while the worker is registered. */
+  private executorsChanged(): void {
+    if (this.service !== undefined && stateName(this.actor.snapshot.value) !== "stopped") void this.writeRegistry();
+  }
+
   /** The pauses that apply to this worker's tasks. */
   private pausedHere(): string[] {
     const here = new Set<string>();
@@ -548,6 +565,19 @@ export class Worker {
       });
       this.prioritySubs.push(sub);
     }
+  }
+
+  /** `Worker { id: 'w-…', state: 'ready', tasks: [ 'add' ], running: 0 }` (and its `isolation`): what `console.log(worker)` prints. */
+  [inspect.custom](depth: number, options: InspectOptionsStylized, inspectFn: typeof inspect): string {
+    const s = this.actor.snapshot;
+    const fields = {
+      id: this.id,
+      state: stateName(s.value),
+      tasks: [...this.definitions.keys()],
+      running: s.context.running,
+      ...(this.pool === undefined ? {} : { isolation: this.pool.options.isolation }),
+    };
+    return inspectHandle("Worker", fields, depth, options, inspectFn);
   }
 
   get stats(): WorkerStats {

@@ -142,4 +142,29 @@ describe("isolation: pools", () => {
     expect(pids.size).toBe(2);
     expect(pids.has(process.pid)).toBe(false);
   });
+
+  it("a killed executor's successor is in troupe.workers() at once, not at the next heartbeat; the killed pid is gone", async () => {
+    const troupe = await connect(server());
+    const worker = await troupe.worker({ module: MODULE, isolation: "process", executors: 1 });
+    const entry = async () => (await troupe.workers()).find((w) => w.id === worker.id);
+    const first = await entry();
+    const killed = first?.executors?.[0]?.pid ?? 0;
+    expect(killed).toBeGreaterThan(0);
+    // Right after a heartbeat (every 10 s) is written: the next one is 10 s away.
+    const beatBound = Date.now() + 20_000;
+    while ((await entry())?.heartbeatAt === first?.heartbeatAt && Date.now() < beatBound) await new Promise((r) => setTimeout(r, 50));
+    process.kill(killed, "SIGKILL");
+    const killedAt = Date.now();
+    let shown = await entry();
+    while (shown?.executors?.[0]?.pid === killed && Date.now() - killedAt < 5_000) {
+      await new Promise((r) => setTimeout(r, 50));
+      shown = await entry();
+    }
+    expect(shown?.executors?.[0]?.pid).not.toBe(killed);
+    expect(shown?.executors?.[0]?.replaced).toBe(1);
+    // The successor runs the next task, under the pid the registry shows.
+    const ran = await (await troupe.submit(where, {})).result({ timeout: 20_000 });
+    expect(ran.pid).not.toBe(killed);
+    expect((await entry())?.executors?.map((e) => e.pid)).toEqual([ran.pid]);
+  });
 });
