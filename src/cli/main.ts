@@ -8,7 +8,6 @@ import { realpathSync } from "node:fs";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { pino } from "pino";
 import { NatsServer } from "../dev/nats-server.js";
 import { runDemo } from "../dev/demo.js";
 import { untypedTask } from "../task.js";
@@ -215,8 +214,8 @@ const connection = (flags: Flags, config: TroupeConfig = configOf(flags)): Troup
 
 /** A short-lived client for one command, closed however the command ends. */
 const withClient = async (flags: Flags, use: (troupe: Troupe) => Promise<void>): Promise<void> => {
-  // Errors only: what a verb has to say goes to stderr as plain lines, not JSON logs.
-  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "error" }) });
+  // Errors only (on stderr): what a verb has to say goes to stdout, or to stderr as plain lines, not JSON logs.
+  const troupe = await Troupe.connect({ ...connection(flags), logger: rootLogger("error") });
   try {
     await use(troupe);
   } finally {

@@ -22,6 +22,7 @@ import type { Logger } from "pino";
 import type { Execution } from "../../machines/task.js";
 import type { ExecutorInfo, TaskFailure, TaskRecord } from "../../machines/records.js";
 import { InvalidDefinition } from "../errors.js";
+import { handlerLogLevel } from "../log.js";
 import type { TraceCarrier } from "../trace.js";
 import type { ExecutorInit, FromExecutor, ToExecutor } from "./protocol.js";
 
@@ -96,7 +97,7 @@ class Executor {
       module: options.module,
       executor: name,
       workerId: options.workerId,
-      logLevel: options.log.level,
+      logLevel: handlerLogLevel(options.log),
       maxPayload: options.maxPayload,
     };
     const tsx = fromSource || isTypeScript(options.module);

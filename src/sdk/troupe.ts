@@ -23,7 +23,7 @@ import { readLogs, type LogFilter, type LogLine } from "./logs.js";
 import { readStats, type StatsOptions, type TroupeStats } from "./stats.js";
 import type { ProgressEvents } from "./run.js";
 import { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
-import { rootLogger } from "../log.js";
+import { rootLogger, type LogLevel } from "../log.js";
 import { cancelTask, type CancelResult } from "../store/cancel.js";
 import { TaskStore } from "../store/task-store.js";
 import { resolvePayload, resolveRecord } from "../store/payloads.js";
@@ -44,8 +44,14 @@ import { watchPermissions } from "../nats/permissions.js";
 export type { CancelResult } from "../store/cancel.js";
 
 export interface TroupeOptions extends ConnectOptions {
-  /** A pino logger; one at `TROUPE_LOG_LEVEL` (default `info`) when unset. */
+  /** A pino logger; when unset, one at `logLevel` writing JSON lines to stderr. */
   readonly logger?: Logger;
+  /**
+   * The level of the logger Troupe makes when `logger` is unset: `TROUPE_LOG_LEVEL`, else
+   * `warn` (a retry, a cancel, a redelivery are `info` or `debug`). Handlers' `ctx.log`
+   * lines at `info` and above reach TROUPE_LOGS whatever it is.
+   */
+  readonly logLevel?: LogLevel;
 }
 
 export interface DevOptions extends TroupeOptions, Pick<NatsServerOptions, "binary" | "port"> {
@@ -190,9 +196,10 @@ export class Troupe {
   /** Connect to a NATS server (or cluster) and make sure the Troupe layout exists. */
   static async connect(options: TroupeOptions = {}): Promise<Troupe> {
     const retention = checkedOptions(options);
+    const log = options.logger ?? rootLogger(options.logLevel);
     const nc = await connectNats(options);
     try {
-      return new Troupe(await openNats(nc, options), options.logger ?? rootLogger(), undefined, retention);
+      return new Troupe(await openNats(nc, options), log, undefined, retention);
     } catch (e) {
       await nc.close();
       throw e;
@@ -202,6 +209,7 @@ export class Troupe {
   /** Start an embedded `nats-server -js` (store under `.troupe/`) and connect to it; `close()` stops it. */
   static async dev(options: DevOptions = {}): Promise<Troupe> {
     const retention = checkedOptions(options);
+    const log = options.logger ?? rootLogger(options.logLevel);
     const server = await NatsServer.start({
       storeDir: options.storeDir ?? ".troupe/nats",
       syncAlways: true,
@@ -211,7 +219,7 @@ export class Troupe {
     try {
       const nc = await connectNats({ ...options, servers: server.url });
       // Its own server: dev always creates the layout, and carries an earlier version's store over.
-      return new Troupe(await openNats(nc, { ...options, layout: "create", migrate: true }), options.logger ?? rootLogger(), server, retention);
+      return new Troupe(await openNats(nc, { ...options, layout: "create", migrate: true }), log, server, retention);
     } catch (e) {
       await server.stop();
       throw e;

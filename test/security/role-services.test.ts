@@ -66,7 +66,7 @@ const children: ChildProcess[] = [];
 const roleFile = (role: Role) => join(dir, `${role}.json`);
 const roleOptions = async (role: Role) => ({ servers: server.url, ...(JSON.parse(await readFile(roleFile(role), "utf8")) as object) });
 const asRole = async (role: Role, level = "silent"): Promise<Troupe> => {
-  // Handlers' log lines reach TROUPE_LOGS only at the logger's level: the worker's is "info", into nothing.
+  // The worker's own lines go into nothing; handlers' lines at "info" and above reach TROUPE_LOGS whatever its level.
   const t = await Troupe.connect({ ...(await roleOptions(role)), logger: pino({ level }, new Writable({ write: (_c, _e, done) => done() })) });
   open.push(t);
   return t;
