@@ -223,7 +223,7 @@ describe("troupe config and the verbs", () => {
     expect(variable.code).toBe(1);
     expect(variable.stderr).toBe('troupe get: InvalidOption: TROUPE_REPLICAS: layout.replicas must be a positive integer, got "zero"\n');
     expect(flag.code).toBe(2);
-    expect(flag.stderr).toContain('troupe config: flag --concurrency: worker.concurrency must be a positive integer, got "0"');
+    expect(flag.stderr).toContain('troupe config: UsageError: flag --concurrency: worker.concurrency must be a positive integer, got "0"');
   }, 120_000);
 
   it("a worker started from a config file alone (servers, module, concurrency, log level) serves tasks", async () => {
