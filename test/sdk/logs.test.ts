@@ -2,7 +2,8 @@
  * Troupe inside someone's program keeps quiet: at the default level a run of 100 tasks, some
  * retried and one cancelled while queued, writes nothing to the program's stdout but what it
  * prints, and no log line at all; at `info` its lines go to stderr, a retry without its stack
- * and the cancel as a cancel, not a lost lease.
+ * and the cancel as a cancel, not a lost lease. A handler's `ctx.log.info` line reaches
+ * TROUPE_LOGS at either level.
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -40,6 +41,7 @@ const flaky = defineTask({
   retry: { attempts: 3, backoff: "fixed", delay: 20 },
   handler: async ({ n }, ctx) => {
     if (n % 3 === 0 && ctx.attempt === 1) throw new Error("flaky " + n);
+    if (n === 1) ctx.log.info({ n }, "working");
     await new Promise((r) => setTimeout(r, 5));
     return n;
   },
@@ -63,9 +65,15 @@ for (;;) {
   await new Promise((r) => setTimeout(r, 50));
 }
 const retried = (await Promise.all(runs.map((r) => r.get()))).filter((r) => r.attempt > 1).length;
+// A handler's info line reaches TROUPE_LOGS whatever the level.
+let logged;
+for await (const line of troupe.logs({ task: runs[1].id, follow: true, timeout: 20_000 })) {
+  logged = line.msg;
+  break;
+}
 await worker.stop();
 await troupe.close();
-process.stdout.write("RESULT " + JSON.stringify({ sum: outputs.reduce((a, b) => a + b, 0), retried, cancel: cancel.cancelled, id: cancelled.id }) + "\\n");
+process.stdout.write("RESULT " + JSON.stringify({ sum: outputs.reduce((a, b) => a + b, 0), retried, cancel: cancel.cancelled, id: cancelled.id, logged }) + "\\n");
 `;
 
 interface Ended {
@@ -112,7 +120,7 @@ const result = (ended: Ended) => {
   expect(ended.stdout).toMatch(/^RESULT \{.*\}\n$/);
   const out = JSON.parse(ended.stdout.slice("RESULT ".length)) as { sum: number; retried: number; cancel: boolean; id: string };
   // 0..98; 0, 3, ..., 96 were retried.
-  expect(out).toMatchObject({ sum: (98 * 99) / 2, retried: 33, cancel: true });
+  expect(out).toMatchObject({ sum: (98 * 99) / 2, retried: 33, cancel: true, logged: "working" });
   return out;
 };
 
