@@ -4,6 +4,7 @@
  */
 export { Schema } from "effect";
 export { Troupe, type TroupeOptions, type DevOptions, type SubmitOptions, type CancelResult, type WorkerInfo, type WorkerStatus, type PauseTarget, type ScheduleOptions } from "./sdk/troupe.js";
+export type { LogLevel } from "./log.js";
 export { TaskRun, type WaitOptions, type TaskProgress } from "./sdk/run.js";
 export type { LogFilter, LogLine } from "./sdk/logs.js";
 export type { RetryFilter, RetryResult } from "./sdk/troupe.js";

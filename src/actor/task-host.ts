@@ -260,7 +260,8 @@ export class TaskHost {
     const bindings = { taskId: id, task: definition.name, attempt: stored.record.attempt + 1 };
     const log = () => (child ??= deps.taskLog?.(bindings) ?? deps.log.child(bindings));
     if (stored.record.status === "RUNNING") {
-      log().warn({ lostWorker: stored.record.workerId }, "previous attempt lost its worker (WorkerLost); running again");
+      // A redelivery: expected after a worker dies (maxDeliveries bounds it), so not a warning.
+      log().info({ lostWorker: stored.record.workerId }, "previous attempt lost its worker (WorkerLost); running again");
     }
     const attempt = new Attempt(this, definition, lease, log, stored, trace);
     this.attempts.set(id, attempt);

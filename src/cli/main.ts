@@ -8,7 +8,6 @@ import { realpathSync } from "node:fs";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { pino } from "pino";
 import { NatsServer } from "../dev/nats-server.js";
 import { runDemo } from "../dev/demo.js";
 import { untypedTask } from "../task.js";
@@ -29,6 +28,7 @@ import { cliConfig, DEV_URL_FILE, fallbackNotice, formatConfig } from "./config.
 import type { TroupeConfig } from "../config.js";
 import { rootLogger } from "../log.js";
 import { permissionDenied } from "../nats/permissions.js";
+import { TaskNotFound, WorkflowNotFound } from "../errors.js";
 import { runAuthInit, runSetup } from "./setup.js";
 
 const USAGE = `troupe — tasks and workflows as actors on NATS JetStream
@@ -55,7 +55,7 @@ Usage:
                                              pause a task type (or with only --queue, a whole queue):
                                              workers start none of it until resumed; with neither,
                                              list what is paused
-  troupe resume [<task>] [--queue Q]         resume it (exit 1 if it was not paused)
+  troupe resume [<task>] [--queue Q]         resume it (exit 1, NotPaused, if it was not paused)
   troupe logs [--task ID] [--worker ID] [--follow]
                                              handlers' log lines (pino JSON) from TROUPE_LOGS
   troupe submit <task> '<json>' [--wait [--timeout T]] [--queue Q] [--module FILE] [--priority 1-5] [--key K]
@@ -65,7 +65,8 @@ Usage:
   troupe get <id>                            print a task's state record (JSON)
   troupe ls [--status S] [--task NAME] [--queue Q] [--since T|TIME] [--limit N] [--cursor C] [--json]
                                              tasks newest first (finished ones by when they ended), a
-                                             page at a time; --since 1h or an ISO time
+                                             page at a time (the last line: the command for the next,
+                                             with the same filters); --since 1h or an ISO time
   troupe retry <id> [--wait [--timeout T]]   run a FAILED or CANCELLED task again (same id, history kept)
   troupe retry --status FAILED|CANCELLED [--task NAME] [--queue Q] [--since T] [--limit N]
                                              retry every task the filter lists
@@ -85,7 +86,7 @@ Usage:
                                              create or replace a schedule: one task per tick,
                                              id <id>-<tick ms>
   troupe schedule ls                         schedules, their next tick, and the leading scheduler
-  troupe schedule rm <id>                    remove one (exit 1 if there was none)
+  troupe schedule rm <id>                    remove one (exit 1, ScheduleNotFound, if there was none)
   troupe inspect [--ui-port N]               the inspector: actors live, their machines and histories
   troupe inspect --stately <kind>:<id> [--ui-port N]
                                              one actor in Stately's inspector (docs/stately.md)
@@ -111,6 +112,8 @@ Usage:
                                              troupe.config.json|yaml|yml), each value's source
 
   T is milliseconds or a duration such as 30s or "30 seconds"; a wait past it exits 1, the work goes on.
+  An error is one line on stderr, "troupe <verb>: <_tag>: <message>", exit 1; a mistake in the
+  command line is a UsageError, with a hint, exit 2.
 
 Connection (every verb but dev and demo):
   --server URL       NATS server(s), comma-separated (default: $NATS_URL, then the URL
@@ -183,8 +186,20 @@ const options = {
 
 type Flags = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>["values"];
 
-/** A CLI mistake: printed alone with a hint, exit code 2. */
-class UsageError extends Error {}
+/** A CLI mistake: printed as `troupe <verb>: UsageError: <message>` with a hint, exit code 2. */
+class UsageError extends Error {
+  readonly _tag = "UsageError";
+}
+
+/** A failure only the CLI names (the SDK answers `false`): printed as `troupe <verb>: <tag>: <message>`, exit code 1. */
+class CliFailure extends Error {
+  constructor(
+    readonly _tag: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 const durationFlag = (value: string | undefined, name: string): number | undefined => {
   if (value === undefined) return undefined;
@@ -219,8 +234,8 @@ const connection = (flags: Flags, config: TroupeConfig = configOf(flags), notice
 
 /** A short-lived client for one command, closed however the command ends. */
 const withClient = async (flags: Flags, use: (troupe: Troupe) => Promise<void>): Promise<void> => {
-  // Errors only: what a verb has to say goes to stderr as plain lines, not JSON logs.
-  const troupe = await Troupe.connect({ ...connection(flags), logger: pino({ level: "error" }) });
+  // Errors only (on stderr): what a verb has to say goes to stdout, or to stderr as plain lines, not JSON logs.
+  const troupe = await Troupe.connect({ ...connection(flags), logger: rootLogger("error") });
   try {
     await use(troupe);
   } finally {
@@ -245,9 +260,10 @@ const inspectorActions = (troupe: Troupe): InspectorActions => ({
 });
 
 const inspect = async (flags: Flags) => {
+  const port = int(flags["ui-port"], "ui-port", 0);
   const troupe = await Troupe.connect(connection(flags));
   if (flags.stately !== undefined) {
-    const stately = await serveStately(troupe, flags.stately, { port: int(flags["ui-port"], "ui-port", 0) }).catch(async (e: unknown) => {
+    const stately = await serveStately(troupe, flags.stately, { port }).catch(async (e: unknown) => {
       await troupe.close();
       throw e;
     });
@@ -257,7 +273,10 @@ const inspect = async (flags: Flags) => {
     await troupe.close();
     return;
   }
-  const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: inspectorActions(troupe) });
+  const inspector = await startInspector(connectionOf(troupe), { port, actions: inspectorActions(troupe) }).catch(async (e: unknown) => {
+    await troupe.close();
+    throw e;
+  });
   process.stdout.write(`troupe inspect: ${inspector.url}\n`);
   await waitForSignal();
   await inspector.close();
@@ -328,7 +347,7 @@ const workflowDocument = async (file: string): Promise<WorkflowDefinition> => {
 const workflow = async (flags: Flags, positionals: string[]) => {
   const [sub, arg] = positionals;
   if (sub === "run") {
-    if (arg === undefined) throw new UsageError("troupe workflow run needs a workflow file (JSON or YAML)");
+    if (arg === undefined) throw new UsageError("needs a workflow file (JSON or YAML)");
     const definition = await workflowDocument(arg);
     let input: unknown = {};
     try {
@@ -351,20 +370,16 @@ const workflow = async (flags: Flags, positionals: string[]) => {
     return;
   }
   if (sub === "get") {
-    if (arg === undefined) throw new UsageError("troupe workflow get needs a run id");
+    if (arg === undefined) throw new UsageError("needs a run id");
     await withClient(flags, async (troupe) => {
       const record = await troupe.getWorkflow(arg);
-      if (record === undefined) {
-        process.stderr.write(`no workflow run ${arg}\n`);
-        process.exitCode = 1;
-        return;
-      }
+      if (record === undefined) throw new WorkflowNotFound({ id: arg, message: `no workflow run ${arg}` });
       process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
     });
     return;
   }
   if (sub === "cancel") {
-    if (arg === undefined) throw new UsageError("troupe workflow cancel needs a run id");
+    if (arg === undefined) throw new UsageError("needs a run id");
     await withClient(flags, async (troupe) => {
       const result = await troupe.cancelWorkflow(arg, flags.reason);
       process.stdout.write(`${result.message}\n`);
@@ -372,7 +387,7 @@ const workflow = async (flags: Flags, positionals: string[]) => {
     });
     return;
   }
-  throw new UsageError(`troupe workflow ${sub ?? ""}: use run, get or cancel`);
+  throw new UsageError(sub === undefined ? "use run, get or cancel" : `use run, get or cancel, not "${sub}"`);
 };
 
 /** Each step's state, live, with a progress bar; resolves with the terminal record (or `ResultTimeout`). */
@@ -416,7 +431,10 @@ const devPort = (): Promise<number | undefined> =>
   });
 
 const dev = async (flags: Flags) => {
+  // Every flag checked before anything starts.
   const asked = flags.port === undefined ? undefined : int(flags.port, "port", 4222);
+  const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
+  const uiPort = int(flags["ui-port"], "ui-port", 0);
   const port = asked ?? (await devPort());
   // A store another `troupe dev` (or `Troupe.dev()`) serves is refused: StoreLocked names its server.
   const server = await NatsServer.start({
@@ -433,9 +451,8 @@ const dev = async (flags: Flags) => {
     // Its own store: one an earlier version left is carried over.
     const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger, migrate: true });
     stops.unshift(() => troupe.close());
-    const metricsPort = flags["metrics-port"] === undefined ? undefined : int(flags["metrics-port"], "metrics-port", 0);
     const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
-    const inspector = await startInspector(connectionOf(troupe), { port: int(flags["ui-port"], "ui-port", 0), actions: inspectorActions(troupe) });
+    const inspector = await startInspector(connectionOf(troupe), { port: uiPort, actions: inspectorActions(troupe) });
     stops.unshift(() => inspector.close());
     await mkdir(dirname(DEV_URL_FILE), { recursive: true });
     await writeFile(DEV_URL_FILE, `${server.url}\n`);
@@ -458,11 +475,15 @@ const dev = async (flags: Flags) => {
 
 const worker = async (flags: Flags, positionals: string[]) => {
   const [first, id] = positionals;
-  if ((first === "stop" || first === "shutdown") && positionals.length === 2 && id !== undefined) return controlWorker(flags, first, id);
+  if (first === "stop" || first === "shutdown") {
+    if (id === undefined) throw new UsageError("needs a worker id (troupe workers lists them)");
+    if (positionals.length > 2) throw new UsageError(`takes one worker id, got ${positionals.length - 1}`);
+    return controlWorker(flags, first, id);
+  }
   if (flags.threads !== undefined && flags.processes !== undefined) throw new UsageError("give --threads or --processes, not both");
   const config = configOf(flags, first);
   const { module, ...options } = config.worker;
-  if (module === undefined) throw new UsageError("troupe worker needs a module that exports tasks (an argument, worker.module in the config file or TROUPE_MODULE)");
+  if (module === undefined) throw new UsageError("needs a module that exports tasks (an argument, worker.module in the config file or TROUPE_MODULE)");
   const tasks = await loadTasks(module);
   if (tasks.length === 0) throw new UsageError(`${String(module)} exports no task definitions (defineTask)`);
   const troupe = await Troupe.connect(connection(flags, config));
@@ -541,16 +562,15 @@ const schedule = async (flags: Flags, positionals: string[]) => {
     return;
   }
   if (sub === "rm") {
-    if (id === undefined) throw new UsageError("troupe schedule rm needs a schedule id");
+    if (id === undefined) throw new UsageError("needs a schedule id");
     await withClient(flags, async (troupe) => {
-      const removed = await troupe.unschedule(id);
-      process.stdout.write(removed ? `schedule ${id} removed\n` : `no schedule ${id}\n`);
-      if (!removed) process.exitCode = 1;
+      if (!(await troupe.unschedule(id))) throw new CliFailure("ScheduleNotFound", `no schedule ${id}`);
+      process.stdout.write(`schedule ${id} removed\n`);
     });
     return;
   }
   if (sub === "add") {
-    if (id === undefined || task === undefined) throw new UsageError("troupe schedule add needs an id and a task name");
+    if (id === undefined || task === undefined) throw new UsageError("needs an id and a task name");
     let input: unknown;
     try {
       input = JSON.parse(json ?? "{}");
@@ -575,14 +595,14 @@ const schedule = async (flags: Flags, positionals: string[]) => {
     });
     return;
   }
-  throw new UsageError(`troupe schedule ${sub ?? ""}: use add, ls or rm`);
+  throw new UsageError(sub === undefined ? "use add, ls or rm" : `use add, ls or rm, not "${sub}"`);
 };
 
 /** `troupe pause` / `troupe resume`: a task type (by name, on --queue or `default`) or, with only --queue, a queue. */
 const pauseOrResume = async (flags: Flags, positionals: string[], verb: "pause" | "resume") => {
   const [task] = positionals;
   if (task === undefined && flags.queue === undefined) {
-    if (verb === "resume") throw new UsageError("troupe resume needs a task name or --queue");
+    if (verb === "resume") throw new UsageError("needs a task name or --queue");
     await withClient(flags, async (troupe) => {
       const list = await troupe.paused();
       if (list.length === 0) process.stdout.write("nothing is paused\n");
@@ -600,9 +620,8 @@ const pauseOrResume = async (flags: Flags, positionals: string[], verb: "pause" 
       process.stdout.write(`paused ${what}: workers start none of it until \`troupe resume\`\n`);
       return;
     }
-    const resumed = await troupe.resume(target);
-    process.stdout.write(resumed ? `resumed ${what}\n` : `${what} was not paused\n`);
-    if (!resumed) process.exitCode = 1;
+    if (!(await troupe.resume(target))) throw new CliFailure("NotPaused", `${what} was not paused`);
+    process.stdout.write(`resumed ${what}\n`);
   });
 };
 
@@ -630,7 +649,7 @@ const logs = async (flags: Flags) => {
 
 const submit = async (flags: Flags, positionals: string[]) => {
   const [name, json] = positionals;
-  if (name === undefined) throw new UsageError("troupe submit needs a task name");
+  if (name === undefined) throw new UsageError("needs a task name");
   let input: unknown;
   try {
     input = JSON.parse(json ?? "{}");
@@ -664,14 +683,10 @@ const submit = async (flags: Flags, positionals: string[]) => {
 
 const get = async (flags: Flags, positionals: string[]) => {
   const id = positionals[0];
-  if (id === undefined) throw new UsageError("troupe get needs a task id");
+  if (id === undefined) throw new UsageError("needs a task id");
   await withClient(flags, async (troupe) => {
     const record = await troupe.get(id);
-    if (record === undefined) {
-      process.stderr.write(`no task ${id}\n`);
-      process.exitCode = 1;
-      return;
-    }
+    if (record === undefined) throw new TaskNotFound({ id, message: `no task ${id}` });
     process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
   });
 };
@@ -710,9 +725,26 @@ const ls = async (flags: Flags) => {
     }
     const rows = page.tasks.map((t) => [t.id, t.status, t.task, t.queue, String(t.attempt), t.finishedAt ?? t.startedAt ?? t.createdAt, t.error === undefined ? "" : `${t.error._tag}: ${t.error.message}`.slice(0, 60)]);
     printTable(["ID", "STATUS", "TASK", "QUEUE", "ATTEMPT", "AT", "ERROR"], rows);
-    if (page.cursor !== undefined) process.stdout.write(`more: troupe ls --cursor ${page.cursor}\n`);
+    if (page.cursor !== undefined) process.stdout.write(`more: ${nextPage(flags, since, page.cursor)}\n`);
   });
 };
+
+/** The command for the next page: every filter of this one (`--since` as the time it stood for), and the cursor. */
+const nextPage = (flags: Flags, since: number | undefined, cursor: string): string => {
+  const args = [
+    ...(flags.status === undefined ? [] : ["--status", flags.status.toUpperCase()]),
+    ...(flags.task === undefined ? [] : ["--task", flags.task]),
+    ...(flags.queue === undefined ? [] : ["--queue", flags.queue]),
+    ...(since === undefined ? [] : ["--since", new Date(since).toISOString()]),
+    ...(flags.limit === undefined ? [] : ["--limit", flags.limit]),
+    "--cursor",
+    cursor,
+  ];
+  return ["troupe", "ls", ...args.map(shellWord)].join(" ");
+};
+
+/** A word as a POSIX shell reads it back: as it is when plain, else single-quoted. */
+const shellWord = (word: string): string => (/^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`);
 
 /** Rows under a header, each column as wide as its widest cell. */
 const printTable = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) => {
@@ -734,9 +766,9 @@ const retry = async (flags: Flags, positionals: string[]) => {
       }
       return;
     }
-    if (flags.status === undefined && flags.task === undefined) throw new UsageError("troupe retry needs a task id, or --status FAILED|CANCELLED and/or --task to retry many");
+    if (flags.status === undefined && flags.task === undefined) throw new UsageError("needs a task id, or --status FAILED|CANCELLED and/or --task to retry many");
     const status = statusFlag(flags.status) ?? "FAILED";
-    if (status !== "FAILED" && status !== "CANCELLED") throw new UsageError("troupe retry --status takes FAILED or CANCELLED");
+    if (status !== "FAILED" && status !== "CANCELLED") throw new UsageError("--status takes FAILED or CANCELLED");
     const since = sinceFlag(flags.since);
     const limit = flags.limit === undefined ? undefined : int(flags.limit, "limit", 0);
     const result = await troupe.retry({
@@ -752,14 +784,10 @@ const retry = async (flags: Flags, positionals: string[]) => {
 
 const history = async (flags: Flags, positionals: string[]) => {
   const id = positionals[0];
-  if (id === undefined) throw new UsageError("troupe history needs a task id");
+  if (id === undefined) throw new UsageError("needs a task id");
   await withClient(flags, async (troupe) => {
     const events = await troupe.history(id);
-    if (events.length === 0) {
-      process.stderr.write(`no events of task ${id} (none, or past TROUPE_EVENTS' age limit)\n`);
-      process.exitCode = 1;
-      return;
-    }
+    if (events.length === 0) throw new TaskNotFound({ id, message: `no events of task ${id} (none, or past TROUPE_EVENTS' age limit)` });
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(events, null, 2)}\n`);
       return;
@@ -774,7 +802,7 @@ const history = async (flags: Flags, positionals: string[]) => {
 
 const cancel = async (flags: Flags, positionals: string[]) => {
   const id = positionals[0];
-  if (id === undefined) throw new UsageError("troupe cancel needs a task id");
+  if (id === undefined) throw new UsageError("needs a task id");
   await withClient(flags, async (troupe) => {
     const result = await troupe.cancel(id, flags.reason);
     process.stdout.write(`${result.message}\n`);
@@ -798,18 +826,51 @@ const verbUsage = (verb: string): string => {
   return `Usage:\n${own.join("\n")}\n\n${connection}`;
 };
 
+/** The verbs whose first argument is a subcommand, named with it in errors (`troupe workflow run: ...`). */
+const SUBCOMMANDS: Readonly<Record<string, ReadonlyArray<string>>> = {
+  workflow: ["run", "get", "cancel"],
+  schedule: ["add", "ls", "rm"],
+  worker: ["stop", "shutdown"],
+  auth: ["init"],
+};
+
+/** What an error line names: `troupe`, the verb, or the verb and its subcommand. */
+const commandOf = (verb: string | undefined, sub: string | undefined): string =>
+  verb === undefined ? "troupe" : sub !== undefined && SUBCOMMANDS[verb]?.includes(sub) ? `troupe ${verb} ${sub}` : `troupe ${verb}`;
+
+/**
+ * Every error, on stderr, as one line: `troupe <verb>: <_tag>: <message>` (a multi-line
+ * message joined into one). A usage mistake (exit 2) adds a hint line; any other failure exits 1.
+ */
+const reportError = (command: string, e: unknown): void => {
+  const err = permissionDenied(e) ?? e; // a refused permission, as one line naming the subject
+  const tag = (err as { _tag?: unknown })._tag;
+  const name = typeof tag === "string" ? tag : err instanceof Error ? err.name : "Error";
+  const text = err instanceof Error || (typeof err === "object" && err !== null && "message" in err) ? String((err as { message: unknown }).message) : String(err);
+  const message = text
+    .split("\n")
+    .map((line) => line.trim())
+    .filter((line) => line !== "")
+    .join(" ");
+  const usage = err instanceof UsageError;
+  process.stderr.write(`${command}: ${name}: ${message}\n${usage ? "Run `troupe --help` for usage.\n" : ""}`);
+  process.exitCode = usage ? 2 : 1;
+};
+
 export const main = async (argv: string[]): Promise<void> => {
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (e) {
-    process.stderr.write(`troupe: ${(e as Error).message}\nRun \`troupe --help\` for usage.\n`);
-    process.exitCode = 2;
+    // Not parsed: the verb is the first word, when the command line starts with one.
+    const first = argv[0] !== undefined && !argv[0].startsWith("-") ? argv[0] : undefined;
+    reportError(commandOf(first, argv[1]), new UsageError((e as Error).message));
     return;
   }
   const { values: flags, positionals } = parsed;
   const [verb, ...rest] = positionals;
   currentVerb = verb ?? "";
+  const command = commandOf(verb, rest[0]);
   try {
     if (flags.help || verb === undefined || verb === "help") {
       process.stdout.write(verb === undefined || verb === "help" ? USAGE : verbUsage(verb));
@@ -865,7 +926,7 @@ export const main = async (argv: string[]): Promise<void> => {
         );
         return;
       case "auth":
-        if (rest[0] !== "init" || rest[1] === undefined) throw new UsageError("use troupe auth init <dir>");
+        if (rest[0] !== "init" || rest[1] === undefined) throw new UsageError(rest[0] === "init" ? "needs a directory" : "use troupe auth init <dir>");
         return await runAuthInit(rest[1], flags["queue-worker"] ?? [], (line) => process.stdout.write(`${line}\n`));
       case "config":
         process.stdout.write(formatConfig(configOf(flags), flags.json === true));
@@ -874,15 +935,7 @@ export const main = async (argv: string[]): Promise<void> => {
         throw new UsageError(`unknown command "${verb}"`);
     }
   } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`troupe ${verb}: ${e.message}\nRun \`troupe --help\` for usage.\n`);
-      process.exitCode = 2;
-      return;
-    }
-    const err = permissionDenied(e) ?? e; // a refused permission, as one line naming the subject
-    const tag = (err as { _tag?: string })._tag;
-    process.stderr.write(`troupe ${verb}: ${tag ? `${tag}: ` : ""}${(err as Error).message ?? String(err)}\n`);
-    process.exitCode = 1;
+    reportError(command, e);
   }
 };
 

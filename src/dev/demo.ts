@@ -4,7 +4,6 @@
  * and the `nats` CLI commands that show the same state.
  */
 import { Effect } from "effect";
-import { pino } from "pino";
 import { defineTask, Schema, Troupe, type TaskRecord } from "../index.js";
 import { ProgressBar } from "../cli/progress.js";
 import { consumerName, TASKS_BUCKET, TASKS_STREAM, WORKERS_BUCKET } from "../nats/topology.js";
@@ -40,10 +39,8 @@ export const runDemo = async (options: DemoOptions = {}): Promise<void> => {
   const n = options.tasks ?? 2_000;
   const out = (line = "") => process.stdout.write(`${line}\n`);
   out("Troupe demo: starting an embedded nats-server with JetStream…");
-  const troupe = await Troupe.dev({
-    logger: pino({ level: process.env.TROUPE_LOG_LEVEL ?? "warn" }),
-    ...(options.storeDir === undefined ? {} : { storeDir: options.storeDir }),
-  });
+  // Its logs: the default logger's, warnings only, on stderr (TROUPE_LOG_LEVEL for more).
+  const troupe = await Troupe.dev(options.storeDir === undefined ? {} : { storeDir: options.storeDir });
   try {
     out(`NATS is at ${troupe.url}`);
     const worker = await troupe.worker({ tasks: [add, slugify], concurrency: options.concurrency ?? 32 });

@@ -23,6 +23,7 @@ import type { Execution } from "../../machines/task.js";
 import type { ExecutorInfo, TaskFailure, TaskRecord } from "../../machines/records.js";
 import { InvalidDefinition } from "../errors.js";
 import { typeScriptFlags, typeScriptRuntime } from "../tasks-module.js";
+import { handlerLogLevel } from "../log.js";
 import type { TraceCarrier } from "../trace.js";
 import type { ExecutorInit, FromExecutor, ToExecutor } from "./protocol.js";
 
@@ -157,7 +158,7 @@ class Executor {
       module: options.module,
       executor: name,
       workerId: options.workerId,
-      logLevel: options.log.level,
+      logLevel: handlerLogLevel(options.log),
       maxPayload: options.maxPayload,
     };
     let ready!: () => void;

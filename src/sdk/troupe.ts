@@ -39,7 +39,7 @@ import { readLogs, type LogFilter, type LogLine } from "./logs.js";
 import { readStats, type StatsOptions, type TroupeStats } from "./stats.js";
 import type { ProgressEvents } from "./run.js";
 import { NatsServer, type NatsServerOptions } from "../dev/nats-server.js";
-import { rootLogger } from "../log.js";
+import { rootLogger, type LogLevel } from "../log.js";
 import { cancelTask, type CancelResult } from "../store/cancel.js";
 import { TaskStore } from "../store/task-store.js";
 import { resolvePayload, resolveRecord } from "../store/payloads.js";
@@ -60,8 +60,14 @@ import { watchPermissions } from "../nats/permissions.js";
 export type { CancelResult } from "../store/cancel.js";
 
 export interface TroupeOptions extends ConnectOptions {
-  /** A pino logger; one at `TROUPE_LOG_LEVEL` (default `info`) when unset. */
+  /** A pino logger; when unset, one at `logLevel` writing JSON lines to stderr. */
   readonly logger?: Logger;
+  /**
+   * The level of the logger Troupe makes when `logger` is unset: `TROUPE_LOG_LEVEL`, else
+   * `warn` (a retry, a cancel, a redelivery are `info` or `debug`). Handlers' `ctx.log`
+   * lines at `info` and above reach TROUPE_LOGS whatever it is.
+   */
+  readonly logLevel?: LogLevel;
 }
 
 export interface DevOptions extends TroupeOptions, Pick<NatsServerOptions, "binary" | "port"> {
@@ -207,9 +213,10 @@ export class Troupe {
   /** Connect to a NATS server (or cluster) and make sure the Troupe layout exists. */
   static async connect(options: TroupeOptions = {}): Promise<Troupe> {
     const retention = checkedOptions(options);
+    const log = options.logger ?? rootLogger(options.logLevel);
     const nc = await connectNats(options);
     try {
-      return new Troupe(await openNats(nc, options), options.logger ?? rootLogger(), undefined, retention);
+      return new Troupe(await openNats(nc, options), log, undefined, retention);
     } catch (e) {
       await nc.close();
       throw e;
@@ -224,6 +231,7 @@ export class Troupe {
    */
   static async dev(options: DevOptions = {}): Promise<Troupe> {
     const retention = checkedOptions(options);
+    const log = options.logger ?? rootLogger(options.logLevel);
     let server: NatsServer;
     try {
       server = await NatsServer.start({
@@ -238,7 +246,6 @@ export class Troupe {
       const nc = await connectNats({ ...options, servers: e.url }).catch(() => {
         throw new StoreLocked({ storeDir: e.storeDir, url: e.url, pid: e.pid, message: `${e.message}, which does not answer` });
       });
-      const log = options.logger ?? rootLogger();
       log.info({ url: e.url, pid: e.pid, storeDir: e.storeDir }, "Troupe.dev: a nats-server already serves this store; using it");
       try {
         return new Troupe(await openNats(nc, { ...options, layout: "create" }), log, { url: e.url, stop: async () => undefined }, retention);
@@ -250,7 +257,7 @@ export class Troupe {
     try {
       const nc = await connectNats({ ...options, servers: server.url });
       // Its own server: dev always creates the layout, and carries an earlier version's store over.
-      return new Troupe(await openNats(nc, { ...options, layout: "create", migrate: true }), options.logger ?? rootLogger(), server, retention);
+      return new Troupe(await openNats(nc, { ...options, layout: "create", migrate: true }), log, server, retention);
     } catch (e) {
       await server.stop();
       throw e;

@@ -86,7 +86,7 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
   }
   if (host.has(id)) {
     // A redelivery while this worker still runs the task (its lease lapsed): keep the one running.
-    log.warn({ taskId: id }, "duplicate delivery of a running task ignored");
+    log.info({ taskId: id }, "duplicate delivery of a running task ignored");
     return "skipped";
   }
   const limiter = deps.limiters?.get(definition.name);
@@ -141,7 +141,7 @@ const limited = async (stored: Stored, definition: TaskDefinition, handle: Limit
   }
   if (deps.host.has(record.id)) {
     // Another delivery of the task started while this one waited for its limiter: it holds the slot.
-    deps.log.warn({ taskId: record.id }, "duplicate delivery of a running task ignored");
+    deps.log.info({ taskId: record.id }, "duplicate delivery of a running task ignored");
     return "skipped";
   }
   handle.held.add(record.id);
@@ -167,7 +167,7 @@ const handledElsewhere = async ({ record, revision }: Stored, lease: Lease, deps
     return true;
   }
   if (record.status === "RUNNING" && record.message !== undefined && record.message !== lease.info.streamSequence) {
-    deps.log.warn({ taskId: record.id, message: lease.info.streamSequence, claimedBy: record.message }, "duplicate work message acknowledged");
+    deps.log.info({ taskId: record.id, message: lease.info.streamSequence, claimedBy: record.message }, "duplicate work message acknowledged");
     lease.ack();
     return true;
   }
@@ -199,18 +199,28 @@ const settle = async ({ snapshot, stopped }: AttemptOutcome, lease: Lease, deps:
     return "interrupted";
   }
   if (snapshot.hasTag("lost")) {
-    log().warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
     // Settled meanwhile (a cancel, another worker), or held by another message's attempt:
     // acknowledged; otherwise left to redelivery.
     const read = await Effect.runPromise(Effect.result(deps.store.read(record.id)));
-    if (read._tag === "Success" && read.success !== undefined) await handledElsewhere(read.success, lease, deps);
+    const now = read._tag === "Success" ? read.success : undefined;
+    if (now?.record.status === "CANCELLED") {
+      // A cancel wrote over this attempt's revision (of a queued task before it started, or of
+      // a running one whose worker did not answer): an expected end, not a lost lease.
+      log().info({ reason: now.record.error?.message }, "task cancelled; this attempt's outcome is discarded");
+      await handledElsewhere(now, lease, deps);
+      return "cancelled";
+    }
+    log().warn({ reason: snapshot.context.lostReason }, "attempt lost its lease; its outcome is discarded");
+    if (now !== undefined) await handledElsewhere(now, lease, deps);
     return "lost";
   }
   const saved = { record, revision: snapshot.context.revision };
   switch (record.status) {
     case "RETRYING": {
       const delay = Math.max(0, Date.parse(record.retryAt ?? "") - deps.now());
-      log().info({ error: record.error, retryAt: record.retryAt }, "attempt failed; retry scheduled");
+      // The error's tag and message: its stack is in the record (`troupe get`).
+      const error = record.error === undefined ? undefined : { _tag: record.error._tag, message: record.error.message };
+      log().info({ error, retryAt: record.retryAt }, "attempt failed; retry scheduled");
       // Its RETRYING index entry (what `stats` counts as retried); the retry goes ahead either way.
       await deps.store.derive(saved);
       lease.nak(delay);

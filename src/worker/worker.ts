@@ -8,6 +8,7 @@ import { nuid } from "@nats-io/transport-node";
 import { workerMachine, type WorkerContext, type WorkerEvent } from "../../machines/worker.js";
 import { PauseEntry, type ExecutorInfo, type WorkerInfo } from "../../machines/records.js";
 import { pino, type Logger } from "pino";
+import { destinationOf, handlerLogLevel, lineLevel } from "../log.js";
 import { InvalidDefinition, InvalidOption, NatsFailure } from "../errors.js";
 import { Schema } from "effect";
 import { decodeWith, encodeJson } from "../nats/codec.js";
@@ -330,6 +331,7 @@ export class Worker {
     const id = options.id ?? `w-${nuid.next()}`;
     const workerLog = log.child({ workerId: id });
     let started: Worker | undefined;
+    const executorLines = localLines(workerLog);
     const pool =
       isolation === undefined || module === undefined
         ? undefined
@@ -342,9 +344,9 @@ export class Worker {
             workerId: id,
             log: workerLog,
             maxPayload: UNBOUNDED_OUTPUT,
-            // An executor's line: to this process's stdout (the pool's one place) and to NATS.
+            // An executor's line: where this worker's lines go (at its level), and to NATS.
             onLog: (taskId, line) => {
-              process.stdout.write(line.endsWith("\n") ? line : `${line}\n`);
+              executorLines(line);
               publishLog(nats, id, taskId, line);
             },
             // A replaced executor: the registry shows its successor's pid now, not at the next beat.
@@ -768,20 +770,29 @@ const waitingSources = async (nats: NatsHandle, t: TaskDefinition): Promise<Arra
 };
 
 /**
- * A logger for one attempt: each line is written to `log`'s own destination and given to
- * `publish`, with the attempt's ids bound.
+ * A logger for one attempt: each line at `log`'s level is written to `log`'s own destination,
+ * and each at `info` or above (or `log`'s level, when lower) is given to `publish`, with the
+ * attempt's ids bound.
  */
 const teeLogger = (log: Logger, bindings: Record<string, unknown>, publish: (line: string) => void): Logger => {
-  const destination = (log as unknown as Record<symbol, { write(line: string): void } | undefined>)[pino.symbols.streamSym];
+  const local = localLines(log);
   return pino(
-    { level: log.level, base: { ...(log as unknown as { bindings(): Record<string, unknown> }).bindings(), ...bindings } },
+    { level: handlerLogLevel(log), base: { ...(log as unknown as { bindings(): Record<string, unknown> }).bindings(), ...bindings } },
     {
       write: (line: string) => {
-        destination?.write(line);
+        local(line);
         publish(line);
       },
     },
   );
+};
+
+/** Writes a pino line to `log`'s destination when it is at `log`'s level. */
+const localLines = (log: Logger): ((line: string) => void) => {
+  const destination = destinationOf(log);
+  return (line) => {
+    if (lineLevel(line) >= log.levelVal) destination?.write(line.endsWith("\n") ? line : `${line}\n`);
+  };
 };
 
 /** A handler's log line to `troupe.logs.<workerId>.<taskId>` (TROUPE_LOGS). */
@@ -790,6 +801,6 @@ const publishLog = (nats: NatsHandle, workerId: string, taskId: string, line: st
   try {
     nats.nc.publish(logSubject(workerId, taskId), line.endsWith("\n") ? line.slice(0, -1) : line);
   } catch {
-    // A connection closing: the line is on stdout.
+    // A connection closing: the line is dropped (its worker's own log keeps it at its level).
   }
 };

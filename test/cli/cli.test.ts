@@ -91,7 +91,7 @@ describe("troupe CLI", () => {
     expect(notJson.stderr).toContain("not JSON");
     const missing = await runCli(["get", "no-such-id"], env);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toContain("no task no-such-id");
+    expect(missing.stderr).toBe("troupe get: TaskNotFound: no task no-such-id\n");
     const unknown = await runCli(["frobnicate"]);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('unknown command "frobnicate"');
@@ -118,7 +118,7 @@ describe("troupe CLI", () => {
     expect(result.code).toBe(1);
     const lines = result.stderr.trim().split("\n");
     expect(lines[0]).toMatch(/^troupe workflow run: warning: no live worker serves task "test\.no-worker\.step"/);
-    expect(lines.at(-1)).toMatch(/^troupe workflow: ResultTimeout: .*2000 ms/);
+    expect(lines.at(-1)).toMatch(/^troupe workflow run: ResultTimeout: .*2000 ms/);
   }, 60_000);
 
   it("workflow run checks the input against the document's declaration and its ${input...} references, before anything is written", async () => {
@@ -129,11 +129,11 @@ describe("troupe CLI", () => {
     ]);
     expect(typed.code).toBe(1);
     expect(typed.stdout).toBe("");
-    expect(typed.stderr).toMatch(/^troupe workflow: InvalidInput: /);
+    expect(typed.stderr).toMatch(/^troupe workflow run: InvalidInput: /);
     expect(typed.stderr).toContain('["x"]');
     expect(missing.code).toBe(1);
     expect(missing.stdout).toBe("");
-    expect(missing.stderr).toMatch(/^troupe workflow: InvalidInput: /);
+    expect(missing.stderr).toMatch(/^troupe workflow run: InvalidInput: /);
     expect(missing.stderr).toContain("${input.y}");
     // No warning about unserved steps: nothing was started.
     expect(typed.stderr + missing.stderr).not.toContain("warning");
@@ -145,6 +145,7 @@ describe("troupe CLI", () => {
       runCli(["workflow", "run", "test/fixtures/tasks.ts"], env),
       runCli(["submit", "math.add", "{}", "--module", "test/fixtures/tasks.ts", "--queue", "x"], env),
       runCli(["--frobnicate"], env),
+      runCli(["submit"], env),
     ]);
     for (const mistake of mistakes) {
       expect(mistake.code).toBe(2);
@@ -152,12 +153,14 @@ describe("troupe CLI", () => {
       expect(mistake.stderr).not.toContain("Usage:");
       const lines = mistake.stderr.trimEnd().split("\n");
       expect(lines).toHaveLength(2);
-      expect(lines[0]).toMatch(/^troupe( \w+)?: /);
+      expect(lines[0]).toMatch(/^troupe( \w+)*: UsageError: /);
       expect(lines[1]).toBe("Run `troupe --help` for usage.");
     }
     expect(mistakes[0]!.stderr).toContain("not valid JSON");
     expect(mistakes[1]!.stderr).toContain('--queue "x"');
     expect(mistakes[2]!.stderr).toContain("--frobnicate");
+    // The verb once, then the tag: the message does not name the verb again.
+    expect(mistakes[3]!.stderr.split("\n")[0]).toBe("troupe submit: UsageError: needs a task name");
   }, 60_000);
 
   it("workflow cancel, twice: cancelled and exit 0, then one line saying it already ended and exit 1, as cancel does", async () => {

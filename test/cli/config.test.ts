@@ -224,7 +224,7 @@ describe("troupe config and the verbs", () => {
     expect(variable.code).toBe(1);
     expect(variable.stderr).toBe('troupe get: InvalidOption: TROUPE_REPLICAS: layout.replicas must be a positive integer, got "zero"\n');
     expect(flag.code).toBe(2);
-    expect(flag.stderr).toContain('troupe config: flag --concurrency: worker.concurrency must be a positive integer, got "0"');
+    expect(flag.stderr).toContain('troupe config: UsageError: flag --concurrency: worker.concurrency must be a positive integer, got "0"');
   }, 120_000);
 
   it("a verb that falls back to the default server says so on stderr, and what layout mode it creates in", async () => {

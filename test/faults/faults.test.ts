@@ -163,7 +163,7 @@ describe("faults", () => {
     await vi.waitFor(async () => expect(await eventCount(troupe, `troupe.events.worker.${w.id}.rejected`)).toBe(bodies.length * 2), {
       timeout: 20_000,
     });
-    // The log lines travel on the child's stdout, which may lag behind its NATS publishes.
+    // The log lines travel on the child's stderr, which may lag behind its NATS publishes.
     await vi.waitFor(() => expect(w.lines.filter((l) => l.msg === "malformed work message terminated")).toHaveLength(bodies.length * 2), {
       timeout: 20_000,
     });

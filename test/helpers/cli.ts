@@ -70,7 +70,7 @@ export const runCli = (args: string[], env: CliEnv = {}, options: CliOptions = {
     child.on("close", (code) => res({ code, stdout, stderr }));
   });
 
-/** Resolves with the first stdout line that matches. */
+/** Resolves with the first line of stdout or stderr that matches. */
 export const waitForOutput = (child: ChildProcess, pattern: RegExp, timeoutMs = 30_000): Promise<string> =>
   new Promise((res, rej) => {
     let seen = "";
@@ -90,7 +90,7 @@ export const waitForOutput = (child: ChildProcess, pattern: RegExp, timeoutMs = 
 export interface WorkerProcess {
   readonly child: ChildProcess;
   readonly id: string;
-  /** Every JSON log line so far. */
+  /** Every JSON log line so far (from its stderr). */
   readonly lines: Array<Record<string, unknown>>;
   /** Resolves with the first log line that matches. */
   readonly waitForLog: (predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number) => Promise<Record<string, unknown>>;
@@ -106,7 +106,10 @@ export const startWorkerProcess = async (url: string, module: string, concurrenc
   const lines: Array<Record<string, unknown>> = [];
   const waiters: Array<{ predicate: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }> = [];
   let buffer = "";
-  child.stdout?.on("data", (d: Buffer) => {
+  let stderr = "";
+  // Its log lines are on stderr (JSON, one a line), among whatever else it writes there.
+  child.stderr?.on("data", (d: Buffer) => {
+    stderr = `${stderr}${d.toString()}`.slice(-4_000);
     buffer += d.toString();
     const parts = buffer.split("\n");
     buffer = parts.pop() ?? "";
@@ -126,8 +129,6 @@ export const startWorkerProcess = async (url: string, module: string, concurrenc
       }
     }
   });
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => (stderr = `${stderr}${d.toString()}`.slice(-4_000)));
   const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
   const waitForLog = (predicate: (l: Record<string, unknown>) => boolean, timeoutMs = 30_000) =>
     new Promise<Record<string, unknown>>((res, rej) => {

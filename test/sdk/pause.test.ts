@@ -59,7 +59,8 @@ describe("pause", () => {
     expect(await run.result({ timeout: 10_000 })).toBe(7);
     const again = await runCli(["resume", "--queue", "batch"], env);
     expect(again.code).toBe(1);
-    expect(again.stdout).toContain("was not paused");
+    expect(again.stdout).toBe("");
+    expect(again.stderr).toBe("troupe resume: NotPaused: queue batch was not paused\n");
   });
 
   it("refuses a target that is not a queue or task name", async () => {
