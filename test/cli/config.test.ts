@@ -244,7 +244,7 @@ describe("troupe config and the verbs", () => {
     expect(fellBack.stderr.split("\n")[0]).toBe(
       "troupe get: no NATS server given (--server, NATS_URL, connection.servers of a config file, or a `troupe dev` in this folder); using nats://127.0.0.1:4222",
     );
-    expect(named.stderr).toBe("no task some-id\n");
+    expect(named.stderr).toBe("troupe get: TaskNotFound: no task some-id\n");
   }, 120_000);
 
   it("a worker started from a config file alone (servers, module, concurrency, log level) serves tasks", async () => {

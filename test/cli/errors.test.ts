@@ -44,7 +44,7 @@ const failure = (args: ReadonlyArray<string>, command: string, tag: string, says
 const CASES: ReadonlyArray<Case> = [
   usage(["dev", "--port", "x"], "troupe dev", "--port"),
   usage(["demo", "--tasks", "many"], "troupe demo", "--tasks"),
-  failure(["worker", "test/fixtures/no-such-tasks.ts"], "troupe worker", "Error", "no-such-tasks"),
+  failure(["worker", "test/fixtures/no-such-tasks.ts"], "troupe worker", "InvalidDefinition", "no-such-tasks"),
   usage(["worker", "--threads", "2", "--processes", "2"], "troupe worker", "--threads or --processes"),
   usage(["worker", "stop"], "troupe worker stop", "needs a worker id"),
   failure(["worker", "stop", "no-such-worker"], "troupe worker stop", "WorkerNotFound", "no-such-worker"),
@@ -75,7 +75,7 @@ const CASES: ReadonlyArray<Case> = [
   usage(["cancel"], "troupe cancel", "needs a task id"),
   failure(["cancel", "nope"], "troupe cancel", "TaskNotFound", "no task nope"),
   usage(["coordinator", "--metrics-port", "port"], "troupe coordinator", "--metrics-port"),
-  failure(["gateway", "--module", "test/fixtures/no-such-tasks.ts"], "troupe gateway", "Error", "no-such-tasks"),
+  failure(["gateway", "--module", "test/fixtures/no-such-tasks.ts"], "troupe gateway", "InvalidDefinition", "no-such-tasks"),
   usage(["inspect", "--ui-port", "x"], "troupe inspect", "--ui-port"),
   usage(["workflow"], "troupe workflow", "use run, get or cancel"),
   usage(["workflow", "run"], "troupe workflow run", "needs a workflow file"),

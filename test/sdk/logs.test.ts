@@ -55,7 +55,7 @@ for (let n = 0; n < 100; n++) runs.push(await troupe.submit(flaky, { n }));
 const cancelled = runs.pop();
 const cancel = await troupe.cancel(cancelled.id);
 const outputs = await Promise.all(runs.map((r) => r.result({ timeout: "60 seconds" })));
-// The cancelled task's work message reaches the worker too (its claim is fenced by the cancel): wait until it has.
+// The cancelled task's work message is deleted, or reached the worker before (its claim fenced by the cancel): wait until it is settled.
 const { jsm } = connectionOf(troupe);
 const deadline = Date.now() + 30_000;
 for (;;) {
@@ -141,7 +141,10 @@ describe("logs of a library inside a program", () => {
       expect(r.level).toBe(30);
       expect(r.error).toEqual({ _tag: "Execution", message: expect.stringMatching(/^flaky \d+$/) });
     }
-    expect(lines.filter((l) => l.taskId === id).map((l) => [l.level, l.msg])).toEqual([[30, "task cancelled; this attempt's outcome is discarded"]]);
+    // Cancelled while queued, its work message is deleted; a worker that took it before hears a cancel, not a lost lease.
+    const ofCancelled = lines.filter((l) => l.taskId === id).map((l) => [l.level, l.msg]);
+    expect(ofCancelled.length).toBeLessThanOrEqual(1);
+    for (const line of ofCancelled) expect(line).toEqual([30, "task cancelled; this attempt's outcome is discarded"]);
     expect(lines.filter((l) => typeof l.msg === "string" && l.msg.includes("lost its lease"))).toEqual([]);
     expect(lines.filter((l) => (l.level as number) >= 40)).toEqual([]);
   }, 120_000);
