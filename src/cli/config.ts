@@ -4,9 +4,28 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { loadConfig, type ConfigKey, type ConfigOverride, type TroupeConfig } from "../config.js";
+import { processAlive } from "../dev/store-lock.js";
 
-/** Where `troupe dev` writes its URL, for the other verbs of the same directory. */
+/**
+ * Where `troupe dev` writes its URL, for the other verbs of the same directory: the URL on the
+ * first line, `pid <n>` of the `troupe dev` that wrote it on the second.
+ */
 export const DEV_URL_FILE = ".troupe/url";
+
+/** What `troupe dev` writes to `DEV_URL_FILE`. */
+export const devUrlText = (url: string): string => `${url}\npid ${process.pid}\n`;
+
+/** `DEV_URL_FILE`'s URL, or why it is not used: the `troupe dev` that wrote it no longer runs (killed, its file left behind). */
+export const readDevUrl = (): { readonly url: string } | { readonly stale: string } | undefined => {
+  if (!existsSync(DEV_URL_FILE)) return undefined;
+  const [url = "", second = ""] = readFileSync(DEV_URL_FILE, "utf8").split("\n");
+  const pid = /^pid (\d+)$/.exec(second.trim())?.[1];
+  if (url.trim() === "") return undefined;
+  if (pid !== undefined && !processAlive(Number(pid))) {
+    return { stale: `${DEV_URL_FILE} names the server of a \`troupe dev\` (pid ${pid}) that no longer runs: not using it (start \`troupe dev\` again)` };
+  }
+  return { url: url.trim() };
+};
 
 /** The flags that set one key each. */
 const FLAG_KEYS: Readonly<Record<string, ConfigKey>> = {
@@ -77,9 +96,9 @@ export const cliConfig = (flags: Readonly<Record<string, unknown>>, options: Cli
     overrides.push({ key: "worker.isolation", text: isolation, source: `flag --${flag}` }, { key: "worker.executors", text, source: `flag --${flag}` });
   }
   if (options.module !== undefined) overrides.push({ key: "worker.module", text: options.module, source: "argument" });
-  const devUrl = existsSync(DEV_URL_FILE) ? readFileSync(DEV_URL_FILE, "utf8").trim() : "";
+  const dev = readDevUrl();
   const fallbacks: ConfigOverride[] = [{ key: "connection.name", text: "troupe-cli", source: "default" }];
-  if (devUrl !== "") fallbacks.push({ key: "connection.servers", text: devUrl, source: `file ${DEV_URL_FILE}` });
+  if (dev !== undefined && "url" in dev) fallbacks.push({ key: "connection.servers", text: dev.url, source: `file ${DEV_URL_FILE}` });
   return loadConfig({
     ...(typeof flags.config === "string" ? { file: flags.config, fileSource: "--config" } : {}),
     overrides,
@@ -97,7 +116,9 @@ export const fallbackNotice = (config: TroupeConfig): string | undefined => {
   const servers = source("connection.servers");
   if (servers === undefined || servers.source !== "default") return undefined;
   const create = config.connection.layout !== "verify";
+  const dev = readDevUrl();
   return (
+    (dev !== undefined && "stale" in dev ? `${dev.stale}; ` : "") +
     `no NATS server given (--server, NATS_URL, connection.servers of a config file, or a \`troupe dev\` in this folder); ` +
     `using ${servers.shown}${create ? ", creating the Troupe layout there if it is missing (layout mode create)" : ""}`
   );

@@ -24,7 +24,7 @@ import { ProgressBar } from "./progress.js";
 import { serveStately } from "../inspect/stately.js";
 import { startInspector, type InspectorActions } from "../inspect/server.js";
 import { showStats } from "./stats.js";
-import { cliConfig, DEV_URL_FILE, fallbackNotice, formatConfig } from "./config.js";
+import { cliConfig, DEV_URL_FILE, devUrlText, fallbackNotice, formatConfig } from "./config.js";
 import type { TroupeConfig } from "../config.js";
 import { rootLogger } from "../log.js";
 import { permissionDenied } from "../nats/permissions.js";
@@ -455,7 +455,7 @@ const dev = async (flags: Flags) => {
     const inspector = await startInspector(connectionOf(troupe), { port: uiPort, actions: inspectorActions(troupe) });
     stops.unshift(() => inspector.close());
     await mkdir(dirname(DEV_URL_FILE), { recursive: true });
-    await writeFile(DEV_URL_FILE, `${server.url}\n`);
+    await writeFile(DEV_URL_FILE, devUrlText(server.url));
     stops.unshift(() => rm(DEV_URL_FILE, { force: true }));
     process.stdout.write(
       `troupe dev: nats-server with JetStream at ${server.url} (store ${server.storeDir})\n` +

@@ -201,8 +201,9 @@ describe("troupe CLI", () => {
     const devExited = outcome(dev);
     try {
       const banner = await waitForOutput(dev, /^troupe dev: nats-server with JetStream at nats:/);
-      const url = (await readFile(urlFile, "utf8")).trim();
+      const [url = "", pid] = (await readFile(urlFile, "utf8")).split("\n");
       expect(banner).toContain(` at ${url} `);
+      expect(pid).toBe(`pid ${dev.pid}`);
 
       const [missing, submitted] = await Promise.all([
         runCli(["get", "no-such-id"], noUrl, { cwd: dir }),

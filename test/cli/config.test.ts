@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -245,6 +246,18 @@ describe("troupe config and the verbs", () => {
       "troupe get: no NATS server given (--server, NATS_URL, connection.servers of a config file, or a `troupe dev` in this folder); using nats://127.0.0.1:4222",
     );
     expect(named.stderr).toBe("troupe get: TaskNotFound: no task some-id\n");
+
+    // A `.troupe/url` whose `troupe dev` was killed (the file left behind) is not used, and the line says so.
+    const gone = spawn(process.execPath, ["-e", ""]);
+    const pid = gone.pid!;
+    await new Promise((r) => gone.on("close", r));
+    await mkdir(join(cwd, ".troupe"), { recursive: true });
+    await writeFile(join(cwd, ".troupe", "url"), `nats://127.0.0.1:1\npid ${pid}\n`);
+    const stale = await runCli(["get", "some-id", "--connect-timeout", "1s"], { ...unset, TROUPE_LAYOUT: "verify" }, { cwd });
+    expect(stale.stderr.split("\n")[0]).toBe(
+      `troupe get: .troupe/url names the server of a \`troupe dev\` (pid ${pid}) that no longer runs: not using it (start \`troupe dev\` again); ` +
+        "no NATS server given (--server, NATS_URL, connection.servers of a config file, or a `troupe dev` in this folder); using nats://127.0.0.1:4222",
+    );
   }, 120_000);
 
   it("a worker started from a config file alone (servers, module, concurrency, log level) serves tasks", async () => {
