@@ -17,7 +17,8 @@
  *   (removed by a sweep that died before its entry: its payloads are removed by name), has
  *   the entry deleted;
  * - anything else keeps its entry.
- * RETRYING entries count retries for `stats`: they go after the COMPLETED retention. Workers
+ * RETRYING entries count retries for `stats`: past the COMPLETED retention they go with their
+ * record (gone, or past its own status's retention), and stay while it stays. Workers
  * and coordinators sweep every minute while they hold the `retention` lease (one sweeper at a
  * time).
  */
@@ -66,8 +67,9 @@ export const RETENTION_LEASE = "retention";
 
 /**
  * Remove what is past its retention, now. `keepAlive` is called between batches (a sweeper
- * renews its lease there). RETRYING entries (what `stats` counts as retried) go with the
- * COMPLETED retention; the record each names is removed only by its own status's.
+ * renews its lease there). RETRYING entries (what `stats` counts as retried) are looked at
+ * past the COMPLETED retention, and go with their record: once it is removed (by its own
+ * status's retention, earlier in the same pass), or kept while it is.
  */
 export const sweep = async (nats: NatsHandle, policy: RetentionPolicy, now = Date.now(), keepAlive: () => Promise<unknown> = async () => undefined): Promise<SweepResult> => {
   let tasks = 0;
@@ -133,9 +135,14 @@ const removeTask = async (nats: NatsHandle, entry: IndexEntry, status: string, p
     if (status !== "RETRYING") await removePayloadsOf(nats, id);
     return "entry";
   }
-  // A retry's count (stats) goes with its age; the record is its own status entry's to remove.
-  if (status === "RETRYING") return "entry";
   const decoded = decodeWith(TaskRecordSchema, stored.value, "task record");
+  if (status === "RETRYING") {
+    // A retry's count (stats) is kept as long as its record: while the task lives on, and once
+    // it ended, until its own status's retention removes it (this pass runs after those).
+    if (!decoded.ok) return "entry";
+    const { status: ended, finishedAt } = decoded.value;
+    return TerminalStatuses.has(ended as never) && expired(ended, finishedAt, policy, now) ? "entry" : "kept";
+  }
   // Moved on since this entry (retried, ended again): its newer entry stands for it.
   if (decoded.ok && (decoded.value.status !== status || (entry.rev !== undefined && entry.rev !== stored.revision))) return "entry";
   if (decoded.ok && !expired(decoded.value.status, decoded.value.finishedAt, policy, now)) return "kept";

@@ -187,6 +187,38 @@ describe("retention", () => {
     expect(await troupe.get(running.id)).toMatchObject({ status: "CANCELLED" });
   });
 
+  it("a retry's index entry goes with its record: removed with a completed one, kept with a failed one still kept", { timeout: 120_000 }, async () => {
+    const troupe = await connect({ retention: { completed: 1, failed: "1 hour" } });
+    const nats = connectionOf(troupe);
+    const twice = defineTask({
+      name: "ops.twice",
+      input: Input,
+      output: Schema.Number,
+      retry: { attempts: 2, delay: 10 },
+      handler: async ({ n }, ctx) => {
+        if (ctx.attempt === 1) throw new Error("first try fails");
+        if (n === 2) throw new NonRetryableError("and so does the second");
+        return n;
+      },
+    });
+    await troupe.worker({ tasks: [twice] });
+    const done = await troupe.submit(twice, { n: 1 });
+    const failed = await troupe.submit(twice, { n: 2 });
+    expect(await done.result()).toBe(1);
+    await expect(failed.result()).rejects.toMatchObject({ _tag: "Execution" });
+    const retries = async () =>
+      Object.values((await nats.jsm.streams.info(Topology.INDEX_STREAM, { subjects_filter: "troupe.index.task.RETRYING.>" })).state.subjects ?? {}).reduce((a, b) => a + b, 0);
+    await until(async () => (await retries()) === 2, "both retries indexed");
+
+    await until(async () => (await troupe.sweep()) && (await troupe.get(done.id)) === undefined, "the completed record removed");
+    // The completed task's retry entry went with it; the failed one's stays with its record.
+    expect(await retries()).toBe(1);
+    expect(await troupe.get(failed.id)).toMatchObject({ status: "FAILED", attempt: 2 });
+    await troupe.sweep();
+    expect(await retries()).toBe(1);
+    expect((await troupe.stats()).totals.retried).toBe(1);
+  });
+
   it("removes finished workflow runs, and coordinators reconcile only open ones", { timeout: 120_000 }, async () => {
     const troupe = await connect({ retention: { completed: 1 } });
     const nats = connectionOf(troupe);
