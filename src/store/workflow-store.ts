@@ -62,8 +62,10 @@ export class WorkflowStore {
   /** The ids of the runs not finished yet (`troupe-open-runs`): what reconciliation reads, not every run kept. */
   async openIds(): Promise<string[]> {
     // From the bucket's stream info, not a listing (a consumer the server keeps for minutes):
-    // a closed run's key is purged, with no delete marker left to list.
-    return bucketKeys(this.nats.jsm, OPEN_RUNS_BUCKET);
+    // a closed run's key holds a delete marker until retention purges it, and is left out.
+    const keys = await bucketKeys(this.nats.jsm, OPEN_RUNS_BUCKET);
+    const open = await Promise.all(keys.map(async (id) => ((await this.nats.openRuns.get(id))?.operation === "PUT" ? id : undefined)));
+    return open.filter((id) => id !== undefined);
   }
 
   /** How long ago the run's open key was written (ms; 0 when there is none). */
@@ -83,8 +85,9 @@ export class WorkflowStore {
       const entry = encodeJson({ id, at: Date.now() });
       await publishRetried(this.nats, workflowIndexSubject(record.status, record.workflow), entry, { msgId: `${id}:${record.status}` });
     }
-    // A purge of the key's subject leaves no delete marker behind, one per run for ever.
-    await this.nats.jsm.streams.purge(`KV_${OPEN_RUNS_BUCKET}`, { filter: kvSubject(OPEN_RUNS_BUCKET, id) });
+    // A delete marker: only the retention identity purges (its sweep removes the markers).
+    const entry = await this.nats.openRuns.get(id);
+    if (entry?.operation === "PUT") await this.nats.openRuns.delete(id);
   }
 
   /** Create a run RUNNING with its first steps, and enqueue them. */
