@@ -55,7 +55,7 @@ import { RpcService, type GatewayOptions } from "../rpc/service.js";
 import { Results } from "./results.js";
 import { TaskRun } from "./run.js";
 import { WorkflowRun, type WorkflowCancelResult } from "./workflow-run.js";
-import { bestEffortRemoval, watchPermissions } from "../nats/permissions.js";
+import { bestEffortRemoval, permissionDenied, watchPermissions } from "../nats/permissions.js";
 
 export type { CancelResult } from "../store/cancel.js";
 
@@ -502,7 +502,8 @@ export class Troupe {
   async controlWorker(id: string, verb: "drain" | "shutdown", options: { readonly timeout?: number } = {}): Promise<{ readonly running: number }> {
     const body = verb === "drain" && options.timeout !== undefined ? encodeJson({ timeout: options.timeout }) : encodeJson({});
     const reply = await this.nats.nc.request(controlSubject(id, verb), body, { timeout: 5_000 }).catch((e: unknown) => {
-      throw new WorkerNotFound({ id, message: `no live worker ${id} answered (${(e as Error).message})` });
+      // A role that may not control (only the operator's may) is told so, not that no worker answered.
+      throw permissionDenied(e) ?? new WorkerNotFound({ id, message: `no live worker ${id} answered (${(e as Error).message})` });
     });
     const error = reply.headers?.get("Nats-Service-Error");
     if (error) throw new InvalidOption({ message: `worker ${id} refused the ${verb}: ${error}` });
