@@ -18,6 +18,7 @@ import { decodeWith, encodeJson } from "../nats/codec.js";
 import { bucketKeys } from "../nats/bucket.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { compareAndSet } from "../nats/compare-and-set.js";
+import { permissionDenied } from "../nats/permissions.js";
 import { kvSubject, OPEN_RUNS_BUCKET, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
 import { publishRetried } from "../nats/publisher.js";
 import { traceStart, type TraceCarrier } from "../trace.js";
@@ -79,13 +80,28 @@ export class WorkflowStore {
    * its open-runs key removed. Called after the terminal write, and again by reconciliation
    * for a run whose writer died in between (or a key whose run was never written).
    */
+  /** Whether this identity may purge an open-runs key (until the server first refuses it). */
+  private mayPurge = true;
+
   async closed(id: string, record: WorkflowRecord | undefined): Promise<void> {
     if (record !== undefined) {
       // Acknowledged before the key goes: the open key is what tells reconciliation to do it again.
       const entry = encodeJson({ id, at: Date.now() });
       await publishRetried(this.nats, workflowIndexSubject(record.status, record.workflow), entry, { msgId: `${id}:${record.status}` });
     }
-    // A delete marker: only the retention identity purges (its sweep removes the markers).
+    // A purge of the key's subject leaves no delete marker behind, one per run for ever. Under
+    // roles only the retention identity purges: a delete marker then, which its sweep removes.
+    if (this.mayPurge) {
+      const purged = await this.nats.jsm.streams.purge(`KV_${OPEN_RUNS_BUCKET}`, { filter: kvSubject(OPEN_RUNS_BUCKET, id) }).then(
+        () => true,
+        (e: unknown) => {
+          if (permissionDenied(e) === undefined) throw e;
+          this.mayPurge = false;
+          return false;
+        },
+      );
+      if (purged) return;
+    }
     const entry = await this.nats.openRuns.get(id);
     if (entry?.operation === "PUT") await this.nats.openRuns.delete(id);
   }
