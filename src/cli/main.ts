@@ -76,6 +76,8 @@ Usage:
   troupe stats [--watch] [--json]            per task type and queue: waiting, running, completed, failed
                                              (and rates per minute), workers; --watch redraws every 2s
   troupe scheduler                           fire schedules only (any number of them; one leads)
+  troupe retention                           remove what is past its retention every minute (run it
+                                             with the retention identity of troupe auth init)
   troupe gateway [--module FILE] [--timeout T]
                                              serve JSON-RPC 2.0 on troupe.rpc (NATS micro service
                                              troupe-rpc) with no tasks: each call submits a task and
@@ -545,6 +547,16 @@ const scheduler = async (flags: Flags) => {
   await troupe.close();
 };
 
+/** `troupe retention`: the retention sweeper until a signal (the one role of `troupe auth init` that may purge). */
+const retention = async (flags: Flags) => {
+  const troupe = await Troupe.connect(connection(flags));
+  troupe.startRetention();
+  troupe.log.info("retention sweeper started");
+  const signal = await waitForSignal();
+  troupe.log.info({ signal }, "stopping retention sweeper");
+  await troupe.close();
+};
+
 /** `troupe schedule add|ls|rm`. */
 const schedule = async (flags: Flags, positionals: string[]) => {
   const [sub, id, task, json] = positionals;
@@ -891,6 +903,8 @@ export const main = async (argv: string[]): Promise<void> => {
         return await logs(flags);
       case "scheduler":
         return await scheduler(flags);
+      case "retention":
+        return await retention(flags);
       case "schedule":
         return await schedule(flags, rest);
       case "pause":

@@ -23,6 +23,13 @@ export const permissionDenied = (e: unknown): PermissionDenied | undefined => {
 };
 
 /**
+ * Removals tried as a best effort by roles that may not remove (a cancelled task's waiting
+ * work message, a reaped task's, an object written again, the sweeper's probe): refused, they
+ * are left to the retention identity's sweep, and not reported.
+ */
+export const bestEffortRemoval = (subject: string): boolean => subject.startsWith("$JS.API.STREAM.MSG.DELETE.") || subject.startsWith("$JS.API.STREAM.PURGE.");
+
+/**
  * Refusals nothing waits for (a plain publish, a subscription) reach only the connection's
  * status: each is handed to `report` as `PermissionDenied`. Ends when the connection closes.
  */

@@ -38,7 +38,7 @@ import {
 } from "./topology.js";
 import { InvalidOption } from "../errors.js";
 
-export const ROLES = ["admin", "client", "worker", "coordinator", "inspector", "gateway"] as const;
+export const ROLES = ["admin", "client", "operator", "worker", "coordinator", "inspector", "gateway", "retention"] as const;
 export type Role = (typeof ROLES)[number];
 
 export interface RolePermissions {
@@ -48,15 +48,28 @@ export interface RolePermissions {
   readonly deny: ReadonlyArray<string>;
   /** Subscriptions refused (messages on these subjects never delivered) even when an allow pattern matches. */
   readonly subscribeDeny?: ReadonlyArray<string>;
+  /**
+   * Whether it answers requests (`allow_responses`): it may publish once to the reply subject
+   * of each request it received. Only workers (their control endpoints, JSON-RPC) and the
+   * gateway (JSON-RPC) answer; a role without it cannot forge a reply.
+   */
+  readonly allowResponses: boolean;
 }
 
 const api = (s: string) => `$JS.API.${s}`;
 const kv = (bucket: string) => `$KV.${bucket}.>`;
+const kvKey = (bucket: string, key: string) => `$KV.${bucket}.${key}`;
 const purge = (stream: string) => api(`STREAM.PURGE.${stream}`);
 const kvStream = (bucket: string) => `KV_${bucket}`;
 
 /** Streams anyone with a role may read through short-lived (ordered) consumers: records, histories, logs, payloads. */
 const READ_STREAMS = [EVENTS_STREAM, LOGS_STREAM, INDEX_STREAM, PAYLOADS_STREAM, ...LAYOUT_BUCKETS.map((b) => kvStream(b.name))];
+
+/** Only the retention identity removes messages: a purge's body (its filter) is not a subject a permission can limit. */
+const REMOVALS = [api("STREAM.PURGE.>"), api("STREAM.MSG.DELETE.>")];
+
+/** The one subject JSON-RPC is served on, in its queue group: only workers and the gateway subscribe to it. */
+const RPC = "troupe.rpc";
 
 /** What every role but the admin may do: look the layout up, read records and histories, get replies. */
 const READ: RolePermissions = {
@@ -77,89 +90,121 @@ const READ: RolePermissions = {
   // Layout management is the admin's alone: no role creates, changes or deletes a stream.
   // Records' writes are heard on `troupe.events.<kind>.<id>` from the server alone (RePublish).
   deny: [RECORD_SUBJECTS, api("STREAM.CREATE.>"), api("STREAM.UPDATE.>"), api("STREAM.DELETE.>"), api(`CONSUMER.DELETE.${TASKS_STREAM}.>`), api(`CONSUMER.DELETE.${STEPS_STREAM}.>`), api(`CONSUMER.DELETE.${ADVISORIES_STREAM}.>`)],
+  allowResponses: false,
 };
 
-/** Retention (run by workers and coordinators) removes finished records, their payloads, index entries and a cancelled task's waiting work. */
-const RETENTION = [...[kvStream(TASKS_BUCKET), kvStream(WORKFLOWS_BUCKET), kvStream(OPEN_RUNS_BUCKET), INDEX_STREAM, PAYLOADS_STREAM, TASKS_STREAM].map(purge), api(`STREAM.MSG.DELETE.${INDEX_STREAM}`)];
-
-const PAYLOADS = [`$O.${PAYLOADS_BUCKET}.>`, purge(PAYLOADS_STREAM)];
+/** Large payloads: written (chunks and their meta), never purged (an overwrite or delete of an object purges its old chunks: retention's). */
+const PAYLOADS = [`$O.${PAYLOADS_BUCKET}.>`];
 
 const withRead = (extra: Partial<RolePermissions>): RolePermissions => ({
   publish: [...READ.publish, ...(extra.publish ?? [])],
   subscribe: [...READ.subscribe, ...(extra.subscribe ?? [])],
-  deny: [...READ.deny, ...(extra.deny ?? [])],
+  // No role but the admin and the retention identity purges or deletes a message.
+  deny: [...READ.deny, ...REMOVALS, ...(extra.deny ?? [])],
+  subscribeDeny: extra.subscribeDeny ?? [],
+  allowResponses: extra.allowResponses ?? false,
 });
+
+/** What a client publishes to submit tasks and start workflows, and to read (its stats requests included). */
+const SUBMIT = [
+  ...[TASKS_BUCKET, WORKFLOWS_BUCKET, OPEN_RUNS_BUCKET].map(kv),
+  ...PAYLOADS,
+  "troupe.tasks.>",
+  "troupe.index.>",
+  // Workers' stats (`troupe workers`, `ls` running tasks): a request a worker answers; not drain, shutdown or cancel.
+  "troupe.control.*.stats",
+  RPC,
+  "$SRV.>",
+];
 
 /** Each role's permissions. */
 export const rolePermissions = (role: Role): RolePermissions => {
   switch (role) {
     case "admin":
-      return { publish: [">"], subscribe: [">"], deny: [] };
-    case "gateway": {
-      // A client that also serves JSON-RPC (`troupe gateway`): each request is a task it submits.
-      const client = rolePermissions("client");
-      return { ...client, subscribe: [...client.subscribe, "troupe.rpc", "$SRV.>"] };
-    }
+      return { publish: [">"], subscribe: [">"], deny: [], allowResponses: true };
     case "client":
-      // Submit, wait, cancel, retry, schedule, pause; workflows started from a client.
+      // Submit and read: tasks, workflow runs, results, histories, logs, stats.
+      return withRead({ publish: SUBMIT, subscribe: ["troupe.events.>", "troupe.logs.>"], subscribeDeny: [RPC] });
+    case "operator":
+      // A client that also controls: cancel, retry, drain, shutdown, pause, schedules.
       return withRead({
-        publish: [
-          ...[TASKS_BUCKET, WORKFLOWS_BUCKET, OPEN_RUNS_BUCKET, PAUSES_BUCKET, SCHEDULES_BUCKET].map(kv),
-          ...PAYLOADS,
-          purge(kvStream(OPEN_RUNS_BUCKET)),
-          // A task it cancels has its waiting work message removed.
-          api(`STREAM.MSG.DELETE.${TASKS_STREAM}`),
-          "troupe.tasks.>",
-          "troupe.index.>",
-          "troupe.control.>",
-          "troupe.rpc",
-          "$SRV.>",
-        ],
+        publish: [...SUBMIT, ...[PAUSES_BUCKET, SCHEDULES_BUCKET].map(kv), "troupe.control.>"],
         subscribe: ["troupe.events.>", "troupe.logs.>"],
+        subscribeDeny: [RPC],
       });
+    case "gateway":
+      // A client that also serves JSON-RPC (`troupe gateway`): each request is a task it submits.
+      return withRead({ publish: SUBMIT, subscribe: ["troupe.events.>", "troupe.logs.>", RPC, "$SRV.>"], allowResponses: true });
     case "worker":
       // Its task types' consumers are its own to create and tune (ensureTaskConsumer); no stream is.
+      // Records of the tasks it runs, its heartbeat, rate limits, the methods it serves; no
+      // workflow, schedule, pause or lease, and no other worker's control.
       return withRead({
         publish: [
-          ...[TASKS_BUCKET, WORKERS_BUCKET, WORKFLOWS_BUCKET, OPEN_RUNS_BUCKET, LIMITS_BUCKET, METHODS_BUCKET, LEASES_BUCKET].map(kv),
+          ...[TASKS_BUCKET, WORKERS_BUCKET, LIMITS_BUCKET, METHODS_BUCKET].map(kv),
           ...PAYLOADS,
-          ...RETENTION,
           api(`CONSUMER.CREATE.${TASKS_STREAM}.>`),
           api(`CONSUMER.DURABLE.CREATE.${TASKS_STREAM}.*`),
           api(`CONSUMER.MSG.NEXT.${TASKS_STREAM}.*`),
           api(`CONSUMER.MSG.NEXT.${ADVISORIES_STREAM}.${REAPER_CONSUMER}`),
-          api(`STREAM.MSG.DELETE.${TASKS_STREAM}`),
           `$JS.ACK.${TASKS_STREAM}.>`,
           `$JS.ACK.${ADVISORIES_STREAM}.${REAPER_CONSUMER}.>`,
-          "troupe.>",
+          "troupe.tasks.>",
+          "troupe.index.>",
+          "troupe.steps.>",
+          "troupe.logs.>",
+          // Its notes (an attempt fenced, a message rejected); records' subjects are the server's.
+          "troupe.events.*.*.*",
           "$SRV.>",
         ],
         subscribe: ["troupe.>", "$SRV.>"],
+        allowResponses: true,
       });
     case "coordinator":
-      // Workflow runs (steps are tasks it submits), schedules under a lease, retention.
+      // Workflow runs (steps are tasks it submits), schedules under a lease, the reaper; it
+      // cancels a cancelled run's steps, and controls nothing else.
       return withRead({
         publish: [
-          ...[TASKS_BUCKET, WORKFLOWS_BUCKET, OPEN_RUNS_BUCKET, SCHEDULES_BUCKET, LEASES_BUCKET, LIMITS_BUCKET, PAUSES_BUCKET].map(kv),
+          ...[TASKS_BUCKET, WORKFLOWS_BUCKET, OPEN_RUNS_BUCKET, SCHEDULES_BUCKET, LIMITS_BUCKET].map(kv),
+          kvKey(LEASES_BUCKET, "scheduler"),
+          kvKey(LEASES_BUCKET, "reconcile"),
           ...PAYLOADS,
-          ...RETENTION,
           api(`CONSUMER.MSG.NEXT.${STEPS_STREAM}.${COORDINATOR_CONSUMER}`),
           `$JS.ACK.${STEPS_STREAM}.${COORDINATOR_CONSUMER}.>`,
           // It fails tasks whose deliveries ran out (the reaper), as full workers do.
           api(`CONSUMER.MSG.NEXT.${ADVISORIES_STREAM}.${REAPER_CONSUMER}`),
           `$JS.ACK.${ADVISORIES_STREAM}.${REAPER_CONSUMER}.>`,
-          api(`STREAM.MSG.DELETE.${TASKS_STREAM}`),
           "troupe.tasks.>",
           "troupe.index.>",
           "troupe.steps.>",
-          "troupe.control.>",
+          "troupe.control.*.cancel",
+          "troupe.control.*.stats",
           "$SRV.>",
         ],
-        subscribe: ["troupe.>", "$SRV.>"],
+        subscribe: ["troupe.>"],
+        subscribeDeny: [RPC],
       });
     case "inspector":
       // Reads only, and asks workers for their stats.
-      return withRead({ publish: ["troupe.control.*.stats", "$SRV.>"], subscribe: ["troupe.>", "$SRV.>"] });
+      return withRead({ publish: ["troupe.control.*.stats", "$SRV.>"], subscribe: ["troupe.>"], subscribeDeny: [RPC] });
+    case "retention":
+      // The sweeper alone (`troupe retention`): removes finished records, their payloads, index
+      // entries and a cancelled task's waiting work, under its lease.
+      return {
+        publish: [
+          ...READ.publish,
+          ...[kvStream(TASKS_BUCKET), kvStream(WORKFLOWS_BUCKET), kvStream(OPEN_RUNS_BUCKET), INDEX_STREAM, PAYLOADS_STREAM, TASKS_STREAM].map(purge),
+          api(`STREAM.MSG.DELETE.${INDEX_STREAM}`),
+          api(`STREAM.MSG.DELETE.${TASKS_STREAM}`),
+          kvKey(LEASES_BUCKET, "retention"),
+          // A removed object's meta is marked deleted.
+          `$O.${PAYLOADS_BUCKET}.M.>`,
+        ],
+        subscribe: READ.subscribe,
+        deny: READ.deny,
+        subscribeDeny: [RPC],
+        allowResponses: false,
+      };
   }
 };
 
@@ -199,7 +244,11 @@ export const inboxPrefix = (identity: Identity) => `_INBOX_${identity.name}`;
 
 const drop = (items: ReadonlyArray<string>, gone: ReadonlyArray<string>) => items.filter((i) => !gone.includes(i));
 
-/** A scoped worker's permissions: the worker role's, with the work stream narrowed to its queue's types. */
+/**
+ * A scoped worker's permissions: the worker role's, with the work stream narrowed to its
+ * queue's types, its rate limits and RPC directory entries to its types', and no JSON-RPC
+ * serving (a member of the `troupe-rpc` group answers for every queue's methods).
+ */
 const scopedWorker = (base: RolePermissions, { queue, types }: WorkerScope): RolePermissions => {
   const consumers = types.flatMap((type) => PRIORITIES.map((priority) => consumerName(queue, type, priority)));
   return {
@@ -208,15 +257,15 @@ const scopedWorker = (base: RolePermissions, { queue, types }: WorkerScope): Rol
         api(`CONSUMER.CREATE.${TASKS_STREAM}.>`),
         api(`CONSUMER.DURABLE.CREATE.${TASKS_STREAM}.*`),
         api(`CONSUMER.MSG.NEXT.${TASKS_STREAM}.*`),
-        api(`STREAM.MSG.DELETE.${TASKS_STREAM}`),
         `$JS.ACK.${TASKS_STREAM}.>`,
         // MAX_DELIVERIES of every queue are reaped by full workers: reaping reads the message.
         api(`CONSUMER.MSG.NEXT.${ADVISORIES_STREAM}.${REAPER_CONSUMER}`),
         `$JS.ACK.${ADVISORIES_STREAM}.${REAPER_CONSUMER}.>`,
-        // Retention purges whole streams' subjects of every queue: left to full workers and coordinators.
-        ...RETENTION,
-        // Not other queues' work subjects, nor other workers' control subjects.
-        "troupe.>",
+        // Not other queues' work subjects, index entries, limits or methods.
+        "troupe.tasks.>",
+        "troupe.index.>",
+        kv(LIMITS_BUCKET),
+        kv(METHODS_BUCKET),
       ]),
       // Its own consumers only, by name, each over this queue's work (the filter is the last
       // part of a create subject): no other queue's consumer can be made or remade.
@@ -225,14 +274,13 @@ const scopedWorker = (base: RolePermissions, { queue, types }: WorkerScope): Rol
       ...consumers.map((c) => `$JS.ACK.${TASKS_STREAM}.${c}.>`),
       `${TASKS_ROOT}${queue}.>`,
       `troupe.index.task.*.${queue}.>`,
-      // Its notes (an attempt fenced, a message rejected); records' subjects are the server's.
-      "troupe.events.*.*.*",
-      "troupe.logs.>",
-      "troupe.steps.>",
+      ...types.map((type) => kvKey(LIMITS_BUCKET, `${queue}.${type}`)),
+      ...types.map((type) => kvKey(METHODS_BUCKET, type)),
     ],
-    subscribe: [...drop(base.subscribe, ["troupe.>"]), "troupe.control.>", "troupe.rpc", "troupe.events.>", `${BELLS_ROOT}${queue}.>`],
+    subscribe: [...drop(base.subscribe, ["troupe.>"]), "troupe.control.>", "troupe.events.>", `${BELLS_ROOT}${queue}.>`],
     deny: [...base.deny, api(`DIRECT.GET.${TASKS_STREAM}`), api(`DIRECT.GET.${TASKS_STREAM}.>`), api(`STREAM.MSG.GET.${TASKS_STREAM}`)],
-    subscribeDeny: base.subscribeDeny ?? [],
+    subscribeDeny: [...(base.subscribeDeny ?? []), RPC],
+    allowResponses: true,
   };
 };
 
@@ -278,8 +326,8 @@ export const authConf = (users: ReadonlyArray<{ readonly identity: Identity; rea
       `      permissions: {`,
       `        publish: { allow: ${quoted(p.publish)}${deny} }`,
       `        subscribe: { allow: ${quoted(p.subscribe)}${subscribeDeny} }`,
-      // Workers and gateways answer requests (micro services, JSON-RPC) on the requesters' inboxes.
-      ...(identity.role === "admin" ? [] : [`        allow_responses: true`]),
+      // Only the identities that answer requests (workers' control endpoints, JSON-RPC) may reply.
+      ...(identity.role === "admin" || !p.allowResponses ? [] : [`        allow_responses: true`]),
       `      }`,
       `    }`,
     ].join("\n");

@@ -55,7 +55,7 @@ import { RpcService, type GatewayOptions } from "../rpc/service.js";
 import { Results } from "./results.js";
 import { TaskRun } from "./run.js";
 import { WorkflowRun, type WorkflowCancelResult } from "./workflow-run.js";
-import { watchPermissions } from "../nats/permissions.js";
+import { bestEffortRemoval, permissionDenied, watchPermissions } from "../nats/permissions.js";
 
 export type { CancelResult } from "../store/cancel.js";
 
@@ -204,7 +204,9 @@ export class Troupe {
   ) {
     handles.set(this, nats);
     // A refused publish or subscription: one warning naming the subject (a refused request also rejects, as PermissionDenied).
-    watchPermissions(nats.nc, (denied) => log.warn({ operation: denied.operation, subject: denied.subject }, denied.message));
+    watchPermissions(nats.nc, (denied) => {
+      if (!bestEffortRemoval(denied.subject)) log.warn({ operation: denied.operation, subject: denied.subject }, denied.message);
+    });
     this.tasks = new TaskStore(nats);
     this.workflows = new WorkflowStore(nats, this.tasks);
     this.results = new Results(nats, this.tasks, this.workflows, notifySubject(nuid.next()));
@@ -395,6 +397,16 @@ export class Troupe {
     return sweep(this.nats, this.retention);
   }
 
+  /**
+   * Remove what is past its retention every minute from now until `close()`, one sweeper at
+   * a time across processes (a lease): what `troupe retention` runs under the `retention`
+   * identity, the only role of `troupe auth init` that may purge. Workers and coordinators
+   * start one too; under a role that may not purge it does nothing.
+   */
+  startRetention(): void {
+    this.sweeper ??= new RetentionSweeper(this.nats, this.retention, this.log);
+  }
+
   /** A handle on an existing task, to await its result from any client. */
   run<T extends TaskDefinition>(task: T, id: string): TaskRun<OutputOf<T>> {
     return new TaskRun<OutputOf<T>>(this, id, task, () => this.results.task(id));
@@ -490,7 +502,8 @@ export class Troupe {
   async controlWorker(id: string, verb: "drain" | "shutdown", options: { readonly timeout?: number } = {}): Promise<{ readonly running: number }> {
     const body = verb === "drain" && options.timeout !== undefined ? encodeJson({ timeout: options.timeout }) : encodeJson({});
     const reply = await this.nats.nc.request(controlSubject(id, verb), body, { timeout: 5_000 }).catch((e: unknown) => {
-      throw new WorkerNotFound({ id, message: `no live worker ${id} answered (${(e as Error).message})` });
+      // A role that may not control (only the operator's may) is told so, not that no worker answered.
+      throw permissionDenied(e) ?? new WorkerNotFound({ id, message: `no live worker ${id} answered (${(e as Error).message})` });
     });
     const error = reply.headers?.get("Nats-Service-Error");
     if (error) throw new InvalidOption({ message: `worker ${id} refused the ${verb}: ${error}` });

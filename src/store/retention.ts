@@ -18,9 +18,11 @@
  *   the entry deleted;
  * - anything else keeps its entry.
  * RETRYING entries count retries for `stats`: past the COMPLETED retention they go with their
- * record (gone, or past its own status's retention), and stay while it stays. Workers
- * and coordinators sweep every minute while they hold the `retention` lease (one sweeper at a
- * time).
+ * record (gone, or past its own status's retention), and stay while it stays. A sweep also
+ * purges the delete markers closed runs leave in `troupe-open-runs`. Sweepers run every
+ * minute while they hold the `retention` lease (one at a time): workers and coordinators when
+ * their identity may purge (no roles), else `troupe retention` under the `retention` identity,
+ * the only role that may purge or delete messages.
  */
 import type { Logger } from "pino";
 import { nuid } from "@nats-io/transport-node";
@@ -31,7 +33,8 @@ import { decodeWith } from "../nats/codec.js";
 import type { NatsHandle, RetentionOptions } from "../nats/connection.js";
 import { LeaderLease } from "../nats/leader.js";
 import { permissionDenied } from "../nats/permissions.js";
-import { INDEX_STREAM, kvSubject, parseTaskIndexSubject, TASKS_BUCKET, TASKS_STREAM, WORKFLOWS_BUCKET, workOfTask } from "../nats/topology.js";
+import { bucketKeys } from "../nats/bucket.js";
+import { INDEX_STREAM, kvSubject, OPEN_RUNS_BUCKET, parseTaskIndexSubject, TASKS_BUCKET, TASKS_STREAM, WORKFLOWS_BUCKET, workOfTask } from "../nats/topology.js";
 import { removePayloads, removePayloadsOf } from "./payloads.js";
 
 /** Retention by finished status, in ms. */
@@ -79,7 +82,20 @@ export const sweep = async (nats: NatsHandle, policy: RetentionPolicy, now = Dat
     tasks += await sweepIndex(nats, `troupe.index.task.${status}.>`, cutoff, (entry, s) => removeTask(nats, entry, s, policy, now), keepAlive);
     if (status !== "RETRYING") workflows += await sweepIndex(nats, `troupe.index.workflow.${status}.>`, cutoff, (entry, s) => removeRun(nats, entry, s, policy, now), keepAlive);
   }
+  await purgeClosedRuns(nats);
   return { tasks, workflows };
+};
+
+/**
+ * The delete markers closed runs leave in `troupe-open-runs` (no other role may purge),
+ * purged: each up to its own revision, so that a key written again meanwhile stays.
+ */
+const purgeClosedRuns = async (nats: NatsHandle): Promise<void> => {
+  for (const id of await bucketKeys(nats.jsm, OPEN_RUNS_BUCKET)) {
+    const entry = await nats.openRuns.get(id);
+    if (entry === null || entry.operation === "PUT") continue;
+    await nats.jsm.streams.purge(`KV_${OPEN_RUNS_BUCKET}`, { filter: kvSubject(OPEN_RUNS_BUCKET, id), seq: entry.revision + 1 });
+  }
 };
 
 /** What a sweep did with one index entry's record. */
@@ -190,8 +206,9 @@ export class RetentionSweeper {
   private allowed: Promise<boolean> | undefined;
 
   /**
-   * Whether this identity may purge (a purge of nothing, once): a worker limited to a queue
-   * may not, and leaves retention to full workers and coordinators.
+   * Whether this identity may purge (a purge of nothing, once): with `troupe auth init`'s
+   * roles only the `retention` identity may (`troupe retention`); without roles, any worker
+   * or coordinator.
    */
   private mayPurge(): Promise<boolean> {
     return (this.allowed ??= this.nats.jsm.streams.purge(INDEX_STREAM, { filter: "troupe.index.none.troupe-probe" }).then(
@@ -201,7 +218,7 @@ export class RetentionSweeper {
           this.allowed = undefined; // not an answer about rights: asked again next time
           return true;
         }
-        this.log.info("this identity may not remove finished records: retention is applied by full workers and coordinators");
+        this.log.info("this identity may not remove finished records: retention is applied by the retention identity (troupe retention)");
         return false;
       },
     ));

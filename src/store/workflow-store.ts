@@ -18,6 +18,7 @@ import { decodeWith, encodeJson } from "../nats/codec.js";
 import { bucketKeys } from "../nats/bucket.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { compareAndSet } from "../nats/compare-and-set.js";
+import { permissionDenied } from "../nats/permissions.js";
 import { kvSubject, OPEN_RUNS_BUCKET, stepsSubject, workflowIndexSubject, WORKFLOWS_BUCKET } from "../nats/topology.js";
 import { publishRetried } from "../nats/publisher.js";
 import { traceStart, type TraceCarrier } from "../trace.js";
@@ -62,8 +63,10 @@ export class WorkflowStore {
   /** The ids of the runs not finished yet (`troupe-open-runs`): what reconciliation reads, not every run kept. */
   async openIds(): Promise<string[]> {
     // From the bucket's stream info, not a listing (a consumer the server keeps for minutes):
-    // a closed run's key is purged, with no delete marker left to list.
-    return bucketKeys(this.nats.jsm, OPEN_RUNS_BUCKET);
+    // a closed run's key holds a delete marker until retention purges it, and is left out.
+    const keys = await bucketKeys(this.nats.jsm, OPEN_RUNS_BUCKET);
+    const open = await Promise.all(keys.map(async (id) => ((await this.nats.openRuns.get(id))?.operation === "PUT" ? id : undefined)));
+    return open.filter((id) => id !== undefined);
   }
 
   /** How long ago the run's open key was written (ms; 0 when there is none). */
@@ -77,14 +80,30 @@ export class WorkflowStore {
    * its open-runs key removed. Called after the terminal write, and again by reconciliation
    * for a run whose writer died in between (or a key whose run was never written).
    */
+  /** Whether this identity may purge an open-runs key (until the server first refuses it). */
+  private mayPurge = true;
+
   async closed(id: string, record: WorkflowRecord | undefined): Promise<void> {
     if (record !== undefined) {
       // Acknowledged before the key goes: the open key is what tells reconciliation to do it again.
       const entry = encodeJson({ id, at: Date.now() });
       await publishRetried(this.nats, workflowIndexSubject(record.status, record.workflow), entry, { msgId: `${id}:${record.status}` });
     }
-    // A purge of the key's subject leaves no delete marker behind, one per run for ever.
-    await this.nats.jsm.streams.purge(`KV_${OPEN_RUNS_BUCKET}`, { filter: kvSubject(OPEN_RUNS_BUCKET, id) });
+    // A purge of the key's subject leaves no delete marker behind, one per run for ever. Under
+    // roles only the retention identity purges: a delete marker then, which its sweep removes.
+    if (this.mayPurge) {
+      const purged = await this.nats.jsm.streams.purge(`KV_${OPEN_RUNS_BUCKET}`, { filter: kvSubject(OPEN_RUNS_BUCKET, id) }).then(
+        () => true,
+        (e: unknown) => {
+          if (permissionDenied(e) === undefined) throw e;
+          this.mayPurge = false;
+          return false;
+        },
+      );
+      if (purged) return;
+    }
+    const entry = await this.nats.openRuns.get(id);
+    if (entry?.operation === "PUT") await this.nats.openRuns.delete(id);
   }
 
   /** Create a run RUNNING with its first steps, and enqueue them. */

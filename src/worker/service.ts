@@ -34,6 +34,16 @@ export interface ServiceIdentity {
   readonly metadata: Record<string, string>;
 }
 
+/**
+ * Whether `msg` came to `subject` through a JetStream push consumer rather than from a
+ * requester: a consumer's deliveries keep the stored message's own subject (and a `$JS.ACK`
+ * reply), whatever deliver subject its creator chose. nats-server lets anyone who may create a
+ * consumer pick that deliver subject without checking it may publish there, so a role allowed
+ * to read could otherwise aim a consumer at `troupe.control.<worker>.shutdown`. Such a message
+ * is dropped unanswered. Every endpoint subject is literal, so a request's subject equals it.
+ */
+export const relayed = (subject: string, msg: Pick<Msg, "subject" | "reply">): boolean => msg.subject !== subject || (msg.reply ?? "").startsWith("$JS.ACK.");
+
 export class MicroService {
   private readonly subs: Subscription[] = [];
   private readonly endpoints: EndpointState[];
@@ -51,14 +61,14 @@ export class MicroService {
     const { name, id } = this.identity;
     for (const verb of ["PING", "INFO", "STATS"] as const) {
       for (const subject of [`$SRV.${verb}`, `$SRV.${verb}.${name}`, `$SRV.${verb}.${name}.${id}`]) {
-        this.subs.push(this.nc.subscribe(subject, { callback: (e, msg) => (e === null ? void msg.respond(encodeJson(this.discovery(verb))) : undefined) }));
+        this.subs.push(this.nc.subscribe(subject, { callback: (e, msg) => (e === null && !relayed(subject, msg) ? void msg.respond(encodeJson(this.discovery(verb))) : undefined) }));
       }
     }
     for (const endpoint of this.endpoints) {
       this.subs.push(
         this.nc.subscribe(endpoint.subject, {
           ...(endpoint.queue === undefined ? {} : { queue: endpoint.queue }),
-          callback: (e, msg) => (e === null ? void this.serve(endpoint, msg) : undefined),
+          callback: (e, msg) => (e === null && !relayed(endpoint.subject, msg) ? void this.serve(endpoint, msg) : undefined),
         }),
       );
     }

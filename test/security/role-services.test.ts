@@ -194,12 +194,12 @@ describe("each verb and service under its role", () => {
     expect((await client.schedules()).map((s) => s.id)).not.toContain("nope");
   }, 120_000);
 
-  it("the client role retries, cancels, pauses and resumes", async () => {
+  it("the operator role retries, cancels, pauses and resumes", async () => {
     flakyState.allow = true;
     const [retry, cancel, pause] = await Promise.all([
-      cli(["retry", failed.id, "--wait", "--timeout", "60s"], "client"),
-      cli(["cancel", running.id, "--reason", "enough"], "client"),
-      cli(["pause", later.name, "--reason", "maintenance"], "client"),
+      cli(["retry", failed.id, "--wait", "--timeout", "60s"], "operator"),
+      cli(["cancel", running.id, "--reason", "enough"], "operator"),
+      cli(["pause", later.name, "--reason", "maintenance"], "operator"),
     ]);
     expect(retry.code, retry.stderr).toBe(0);
     expect(retry.stdout).toContain(`task ${failed.id} queued again`);
@@ -213,16 +213,16 @@ describe("each verb and service under its role", () => {
     await until(async () => ((await client.workerStats()).some((w) => (w.paused ?? []).some((p) => p.includes(later.name))) ? true : undefined), "the worker to see the pause");
     const waiting = await client.submit(later, {});
     expect((await client.get(waiting.id))?.status).toBe("QUEUED");
-    const [listed, resume] = await Promise.all([cli(["pause"], "client"), cli(["resume", later.name], "client")]);
+    const [listed, resume] = await Promise.all([cli(["pause"], "client"), cli(["resume", later.name], "operator")]);
     expect(listed.code, listed.stderr).toBe(0);
     expect(resume.code, resume.stderr).toBe(0);
     expect(resume.stdout).toContain(`resumed ${later.name}`);
     expect(await waiting.result({ timeout: 60_000 })).toBe("later");
   }, 180_000);
 
-  it("troupe scheduler (coordinator role) fires a schedule the client role added", async () => {
+  it("troupe scheduler (coordinator role) fires a schedule the operator role added", async () => {
     const scheduler = spawnAs(["scheduler"], "coordinator");
-    const add = await cli(["schedule", "add", "every-second", shout.name, '{"text":"tick"}', "--every", "1s"], "client");
+    const add = await cli(["schedule", "add", "every-second", shout.name, '{"text":"tick"}', "--every", "1s"], "operator");
     expect(add.code, add.stderr).toBe(0);
     const fired = await until(async () => {
       const page = await client.list({ task: shout.name, status: "COMPLETED", limit: 50 });
@@ -230,7 +230,7 @@ describe("each verb and service under its role", () => {
     }, "a task of the schedule to complete", 90_000);
     expect(fired.output).toBe("TICK!");
     const ls = await cli(["schedule", "ls"], "inspector");
-    const rm = await cli(["schedule", "rm", "every-second"], "client");
+    const rm = await cli(["schedule", "rm", "every-second"], "operator");
     expect(ls.code, ls.stderr).toBe(0);
     expect(ls.stdout).toMatch(/^leading scheduler: (?!none)\S+/);
     expect(ls.stdout).toContain("every-second");
