@@ -160,7 +160,8 @@ const inspected = async (troupe: Troupe): Promise<() => Promise<void>> => {
   const inspector = await startInspector(connectionOf(troupe));
   let events = 0;
   const opened = new Promise<ClientRequest>((resolve, reject) => {
-    const req = httpGet(`${inspector.url}/events`, (res) => {
+    // As a page would, with this start's token.
+    const req = httpGet(`${inspector.url}/events`, { headers: { authorization: `Bearer ${inspector.token}` } }, (res) => {
       res.on("data", (d: Buffer) => {
         const text = d.toString();
         events += text.split("\ndata: ").length - 1;

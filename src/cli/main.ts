@@ -36,7 +36,8 @@ const USAGE = `troupe — tasks and workflows as actors on NATS JetStream
 Usage:
   troupe dev [--store DIR] [--port N] [--ui-port N] [--metrics-port N]
                                              an embedded nats-server -js (port 4222 when free), a
-                                             coordinator and the inspector; writes its URL to .troupe/url
+                                             coordinator and the inspector (with its actions: a local
+                                             dev tool); writes its URL to .troupe/url
   troupe demo [--tasks N]                    run the demo on its own embedded server
   troupe worker [<module>] [--concurrency N] [--threads N | --processes N] [--memory-limit MB]
                 [--grace T] [--stop-timeout T] [--disconnect-timeout T] [--metrics-port N]
@@ -89,9 +90,12 @@ Usage:
                                              id <id>-<tick ms>
   troupe schedule ls                         schedules, their next tick, and the leading scheduler
   troupe schedule rm <id>                    remove one (exit 1, ScheduleNotFound, if there was none)
-  troupe inspect [--ui-port N]               the inspector: actors live, their machines and histories
+  troupe inspect [--ui-port N] [--actions]   the inspector: actors live, their machines and histories,
+                                             on 127.0.0.1; prints its address with this start's token;
+                                             --actions: its retry, cancel and drain buttons
   troupe inspect --stately <kind>:<id> [--ui-port N]
-                                             one actor in Stately's inspector (docs/stately.md)
+                                             one actor in Stately's inspector (docs/stately.md), on
+                                             127.0.0.1 with a token
   troupe workflow run <file> [--input '<json>'] [--watch [--timeout T]]
                                              start a workflow from a JSON or YAML file
   troupe workflow get <id>                   print a workflow run's record (JSON)
@@ -175,6 +179,7 @@ const options = {
   input: { type: "string" },
   "ui-port": { type: "string" },
   stately: { type: "string" },
+  actions: { type: "boolean" },
   watch: { type: "boolean" },
   timeout: { type: "string" },
   status: { type: "string" },
@@ -269,17 +274,19 @@ const inspect = async (flags: Flags) => {
       await troupe.close();
       throw e;
     });
-    process.stdout.write(`troupe inspect: ${stately.url} (${flags.stately} in Stately's inspector)\n`);
+    process.stdout.write(`troupe inspect: ${stately.link} (${flags.stately} in Stately's inspector)\n`);
     await waitForSignal();
     await stately.close();
     await troupe.close();
     return;
   }
-  const inspector = await startInspector(connectionOf(troupe), { port, actions: inspectorActions(troupe) }).catch(async (e: unknown) => {
+  // Read-only unless asked: the buttons act with this process's credential.
+  const actions = flags.actions === true ? inspectorActions(troupe) : undefined;
+  const inspector = await startInspector(connectionOf(troupe), { port, logger: troupe.log, ...(actions === undefined ? {} : { actions }) }).catch(async (e: unknown) => {
     await troupe.close();
     throw e;
   });
-  process.stdout.write(`troupe inspect: ${inspector.url}\n`);
+  process.stdout.write(`troupe inspect: ${inspector.link}${actions === undefined ? "" : " (with actions: retry, cancel, drain)"}\n`);
   await waitForSignal();
   await inspector.close();
   await troupe.close();
@@ -454,7 +461,8 @@ const dev = async (flags: Flags) => {
     const troupe = await Troupe.connect({ servers: server.url, retention, payloadThreshold, eventsMaxAge, logsMaxAge, logsMaxBytes, logger, migrate: true });
     stops.unshift(() => troupe.close());
     const coordinator = await troupe.coordinator(metricsPort === undefined ? {} : { metrics: { port: metricsPort } });
-    const inspector = await startInspector(connectionOf(troupe), { port: uiPort, actions: inspectorActions(troupe) });
+    // The local dev tool acts: its embedded server has no credentials, so any process here could do the same.
+    const inspector = await startInspector(connectionOf(troupe), { port: uiPort, logger: troupe.log, actions: inspectorActions(troupe) });
     stops.unshift(() => inspector.close());
     await mkdir(dirname(DEV_URL_FILE), { recursive: true });
     await writeFile(DEV_URL_FILE, devUrlText(server.url));
@@ -465,7 +473,7 @@ const dev = async (flags: Flags) => {
         `  other troupe commands in this directory find it through ${DEV_URL_FILE}\n` +
         `  troupe worker ./tasks.js        # in another terminal\n` +
         `  nats --server ${server.url} stream ls\n` +
-        `A coordinator runs here too; the inspector is at ${inspector.url}\n` +
+        `A coordinator runs here too; the inspector is at ${inspector.link}\n` +
         (coordinator.metricsPort === undefined ? "" : `  its Prometheus metrics: http://127.0.0.1:${coordinator.metricsPort}/metrics\n`) +
         `Ctrl-C stops it all (so does closing the terminal).\n`,
     );

@@ -20,6 +20,10 @@
  * - deep links: `#<kind>:<id>` opens an actor, `#<kind>:<id>@<seq>` one event of its history;
  * - cancel, retry and drain, each confirmed in a dialog, when the inspector allows actions.
  *
+ * It is opened by the address with the token (`/?token=…`); the server keeps the token in a
+ * cookie and the script drops it from the address bar. The server's CSP allows this one inline
+ * script and style (by hash), and requests to the page's own origin only.
+ *
  * Every text from the system goes in through `textContent` or attributes, never as markup.
  * The string is `String.raw`: the script's backslashes reach the browser as written (it
  * must hold no backtick and no dollar-brace).
@@ -282,6 +286,8 @@ export const PAGE = String.raw`<!doctype html>
 </dialog>
 <script>
 "use strict";
+// The token came in the address (the server keeps it in a cookie): out of the address bar and the history.
+if (location.search !== "") history.replaceState(null, "", location.pathname + location.hash);
 const SVG_NS = "http://www.w3.org/2000/svg";
 const $ = (sel) => document.querySelector(sel);
 

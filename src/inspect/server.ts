@@ -16,10 +16,18 @@
  * - `/api/queues`                    per task type and queue: waiting, running, failed, completed, the last
  *                                    minute's rates and the live workers (`troupe stats`' numbers)
  *
- * With `actions` (the CLI's `troupe inspect` and `troupe dev`: the same SDK calls as the CLI),
- * each a POST with the header `X-Troupe-Action: 1`, which no cross-site form can send:
+ * With `actions` (given by `troupe inspect --actions` and by `troupe dev`: the same SDK calls as
+ * the CLI), each a POST with the header `X-Troupe-Action: 1`, which no cross-site form can send:
  * `/api/tasks/:id/retry`, `/api/tasks/:id/cancel`, `/api/workflows/:id/cancel`,
- * `/api/workers/:id/drain`. Otherwise read-only: it subscribes and reads.
+ * `/api/workers/:id/drain`. Otherwise read-only: it subscribes and reads, and refuses every POST.
+ *
+ * Every request needs this start's token (src/inspect/guard.ts): the printed URL
+ * `http://127.0.0.1:<port>/?token=…` opens the page, which keeps it in an HttpOnly,
+ * SameSite=Strict cookie for its own requests; a program sends `Authorization: Bearer <token>`.
+ * `Host` must name this server and `Origin`, when given, be its own, whatever the address. No
+ * answer may be framed (`frame-ancestors 'none'`, `X-Frame-Options: DENY`), the page runs only
+ * its own script (a CSP with its hash), and a failure answers 500 with a generic message (the
+ * error goes to the log).
  *
  * Every event the API gives is `{ kind, id, event, seq, at, state?, record, workflow? }`: `seq`
  * the record's revision (0: a task's QUEUED state before any write), `at` when it was stored
@@ -27,6 +35,7 @@
  * step's task.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { Logger } from "pino";
 import type { AddressInfo } from "node:net";
 import type { MsgHdrs, Subscription } from "@nats-io/transport-node";
 import { taskMachine } from "../../machines/task.js";
@@ -40,10 +49,17 @@ import { RateWindow, readStats, type TroupeStats } from "../sdk/stats.js";
 import type { NatsHandle } from "../nats/connection.js";
 import { ACTOR_KINDS, fromJs, liveEvent, queuedFrom, readEventAt, readHistory, readRange, recordStream, storedEvent, type HistoryEvent } from "../nats/history.js";
 import { machineDiagram, workflowDiagram, type Dag, type Diagram } from "./diagram.js";
+import { guardHeaders, inlineBlocks, inlineHash, webGuard, type WebGuard } from "./guard.js";
 import { PAGE } from "./page.js";
+import { rootLogger } from "../log.js";
 
 export interface Inspector {
+  /** Where it listens, `http://127.0.0.1:<port>`: nothing answers there without the token. */
   readonly url: string;
+  /** This start's token (256 random bits): `Authorization: Bearer <token>`, or `?token=`. */
+  readonly token: string;
+  /** What to open in a browser: `url` with the token, `http://127.0.0.1:<port>/?token=…`. */
+  readonly link: string;
   readonly close: () => Promise<void>;
 }
 
@@ -57,9 +73,27 @@ export interface InspectorActions {
 
 export interface InspectorOptions {
   readonly port?: number;
+  /** The address to listen on: `127.0.0.1` by default. */
   readonly host?: string;
+  /** More names `Host` may give (with the port), e.g. the name a proxy or a tunnel uses. */
+  readonly hosts?: ReadonlyArray<string>;
+  /** The page's buttons; without them the inspector only reads. */
   readonly actions?: InspectorActions;
+  /** Where a failed request's error goes (the answer says only that it failed); a logger on stderr by default. */
+  readonly logger?: Logger;
 }
+
+/** The page's CSP: its own inline script and style (by hash), its own API, never framed. */
+const PAGE_POLICY = [
+  "default-src 'none'",
+  `script-src ${inlineBlocks(PAGE, "script").map(inlineHash).join(" ")}`,
+  `style-src ${inlineBlocks(PAGE, "style").map(inlineHash).join(" ")}`,
+  "img-src 'self' data:",
+  "connect-src 'self'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join("; ");
 
 type Kind = "task" | "workflow" | "worker";
 const KINDS = ACTOR_KINDS;
@@ -388,17 +422,23 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
   const machines = () =>
     (diagrams ??= Promise.all([machineDiagram(taskMachine), machineDiagram(workflowMachine), machineDiagram(workerMachine)]).then(([task, workflow, worker]) => ({ task, workflow, worker })));
   const actions = options.actions;
+  let logger = options.logger;
   const queues = queueStats(nats);
 
   /** A page's button: the action's SDK call, or why not. */
   const act = async (req: IncomingMessage, res: ServerResponse, id: string, call: ((id: string) => Promise<unknown>) | undefined) => {
     await readBody(req);
-    if (actions === undefined || call === undefined) return json(res, 405, { error: "this inspector does not act: start it with `troupe inspect`" });
+    if (actions === undefined || call === undefined) return json(res, 405, { error: "this inspector does not act: start it with `troupe inspect --actions`" });
     if (req.headers["x-troupe-action"] !== "1") return json(res, 403, { error: "actions need the header X-Troupe-Action: 1" });
     if (!ID.test(id)) return json(res, 400, { error: "not a Troupe id" });
     const done = await call(id).then(
       (result) => ({ ok: true as const, result }),
-      (e: unknown) => ({ ok: false as const, error: e instanceof Error ? e.message : String(e) }),
+      (e: unknown) => {
+        // Troupe's typed errors say what stopped the action; anything else only that it failed.
+        if (typeof e === "object" && e !== null && "_tag" in e && e instanceof Error) return { ok: false as const, error: e.message };
+        (logger ??= rootLogger()).error({ err: e, action: req.url }, "inspector action failed");
+        return { ok: false as const, error: "the action failed (the inspector's log says why)" };
+      },
     );
     return json(res, done.ok ? 200 : 409, done.ok ? { ok: true, id, result: done.result } : { error: done.error });
   };
@@ -406,12 +446,21 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? "/", "http://inspector");
     const path = url.pathname;
-    // A page elsewhere whose name was rebound to this address would be same-origin: on a
-    // loopback address, only the names of this address answer.
-    if (!hostAllowed(req.headers.host)) return json(res, 421, { error: "this inspector answers on its own address only" });
+    guardHeaders(res, path === "/" ? PAGE_POLICY : undefined);
+    const g = guard;
+    if (g === undefined) return json(res, 503, { error: "starting" });
+    // A page elsewhere whose name was rebound to this address would be same-origin: only the
+    // names of this address answer, and only this inspector's own page may call it.
+    if (!g.hostAllowed(req.headers.host)) return json(res, 421, { error: "this inspector answers on its own address only" });
+    if (!g.originAllowed(req.headers.origin)) return json(res, 403, { error: "this inspector answers its own page only" });
+    if (path === "/favicon.ico") return void res.writeHead(204).end();
+    if (!g.authorized(req, url)) {
+      await readBody(req);
+      if (path !== "/") return json(res, 401, { error: "this inspector needs its token: the address troupe inspect printed carries it" });
+      res.writeHead(401, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store" });
+      return void res.end("Open the address troupe inspect printed: it carries this start's token.\n");
+    }
     if (req.method === "POST") {
-      const origin = req.headers.origin;
-      if (origin !== undefined && !hostAllowed(URL.canParse(origin) ? new URL(origin).host : "")) return json(res, 403, { error: "actions come from this inspector's page only" });
       const action = /^\/api\/(tasks|workflows|workers)\/([^/]+)\/(retry|cancel|drain)$/.exec(path);
       if (action === null) return json(res, 404, { error: "not found" });
       const [, kind, id, verb] = action as unknown as [string, string, string, string];
@@ -428,12 +477,13 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
       if (actions !== undefined && call === undefined) return json(res, 404, { error: `no ${verb} for ${kind}` });
       return act(req, res, id, call);
     }
+    if (req.method !== "GET" && req.method !== "HEAD") return json(res, 405, { error: "only GET, and POST for actions" });
     if (path === "/") {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      // The token kept for the page's own requests (its script drops it from the address bar).
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store", "set-cookie": g.setCookie() });
       res.end(PAGE);
       return;
     }
-    if (path === "/favicon.ico") return void res.writeHead(204).end();
     if (path === "/api/config") return json(res, 200, { actions: actions !== undefined });
     if (path === "/api/machines") return json(res, 200, await machines());
     if (path === "/api/queues") {
@@ -488,22 +538,31 @@ export const startInspector = async (nats: NatsHandle, options: InspectorOptions
     json(res, 404, { error: "not found" });
   };
 
-  let port = 0;
+  let guard: WebGuard | undefined;
   const bound = options.host ?? "127.0.0.1";
-  const loopback = ["127.0.0.1", "localhost", "::1"].includes(bound);
-  const hostAllowed = (host: string | undefined): boolean =>
-    !loopback || (host !== undefined && [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`].includes(host.toLowerCase()));
 
   const server: Server = createServer((req, res) => {
     handle(req, res).catch((e: unknown) => {
-      if (!res.headersSent) json(res, 500, { error: e instanceof Error ? e.message : String(e) });
+      // The answer says only that it failed: an error's message may name what a caller should not see.
+      (logger ??= rootLogger()).error({ err: e, method: req.method, path: new URL(req.url ?? "/", "http://inspector").pathname }, "inspector request failed");
+      if (!res.headersSent) json(res, 500, { error: "the inspector failed to answer (its log says why)" });
       else res.end();
     });
   });
-  await new Promise<void>((resolve) => server.listen(options.port ?? 0, options.host ?? "127.0.0.1", resolve));
-  port = (server.address() as AddressInfo).port;
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 0, bound, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  guard = webGuard("inspector", bound, port, options.hosts);
+  const url = `http://${bound.includes(":") ? `[${bound}]` : bound}:${port}`;
   return {
-    url: `http://${options.host ?? "127.0.0.1"}:${port}`,
+    url,
+    token: guard.token,
+    link: `${url}/?token=${guard.token}`,
     close: async () => {
       await live.close();
       server.closeAllConnections();

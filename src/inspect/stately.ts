@@ -6,9 +6,11 @@
  *
  * `bridgeToStately` needs no part of `@statelyai/inspect`: the caller brings the inspector
  * (`createBrowserInspector`, `createWebSocketInspector`, `createSkyInspector`, `createInspector`);
- * `serveStately` (the CLI's) loads the package when called.
+ * `serveStately` (the CLI's) loads the package when called, and serves the page itself, on
+ * loopback and behind a token.
  */
-import { createServer as createNetServer, type AddressInfo } from "node:net";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
 import type { AnyStateMachine, StateValue } from "xstate";
 import { stateOf, taskMachine } from "../../machines/task.js";
 import { TaskStatuses } from "../../machines/records.js";
@@ -18,6 +20,7 @@ import { InvalidOption } from "../errors.js";
 import { followActor, type HistoryEvent } from "../nats/history.js";
 import type { ActorKind } from "../nats/topology.js";
 import { connectionOf, type Troupe } from "../sdk/troupe.js";
+import { guardHeaders, inlineHash, webGuard, type WebGuard } from "./guard.js";
 
 /** A snapshot as Stately's inspector takes it. */
 export interface StatelySnapshot {
@@ -197,50 +200,174 @@ export const parseStatelyTarget = (text: string): StatelyTarget => {
   return { kind: kind as ActorKind, id };
 };
 
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const probe = createNetServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as AddressInfo;
-      probe.close(() => resolve(port));
+/** Stately's inspector UI, which the bridge's page frames and feeds by `postMessage`. */
+export const STATELY_UI = "https://stately.ai/inspect";
+const STATELY_ORIGIN = new URL(STATELY_UI).origin;
+/** The most events the bridge keeps for a page that opens later (the actor's registration is kept besides). */
+const KEPT = 200;
+
+/**
+ * The bridge's page: Stately's UI in a frame, fed the events this server streams (`/events`,
+ * server-sent events, sent on once the UI says it is connected). Messages go to and are taken
+ * from Stately's origin only; the token leaves the address bar once the page is open.
+ */
+const BRIDGE_SCRIPT = `
+const frame = document.getElementById("inspector");
+const ORIGIN = ${JSON.stringify(STATELY_ORIGIN)};
+const waiting = [];
+let connected = false;
+history.replaceState(null, "", "/" + location.hash);
+const post = (data) => frame.contentWindow.postMessage(data, ORIGIN);
+addEventListener("message", (e) => {
+  if (e.origin !== ORIGIN || !e.data || e.data.type !== "@statelyai.connected") return;
+  connected = true;
+  for (const data of waiting.splice(0)) post(data);
+});
+const events = new EventSource("/events");
+events.onmessage = (m) => {
+  const data = JSON.parse(m.data);
+  if (connected) post(data); else waiting.push(data);
+};
+`;
+const BRIDGE_STYLE = "* { margin: 0; padding: 0; } html, body { height: 100%; } iframe { width: 100%; height: 100%; border: none; }";
+const BRIDGE_PAGE = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Stately inspector (Troupe)</title>
+<style>${BRIDGE_STYLE}</style>
+</head>
+<body>
+<iframe id="inspector" src="${STATELY_UI}" referrerpolicy="no-referrer"></iframe>
+<script>${BRIDGE_SCRIPT}</script>
+</body>
+</html>`;
+const BRIDGE_POLICY = [
+  "default-src 'none'",
+  `script-src ${inlineHash(BRIDGE_SCRIPT)}`,
+  `style-src ${inlineHash(BRIDGE_STYLE)}`,
+  `frame-src ${STATELY_ORIGIN}`,
+  "connect-src 'self'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join("; ");
+
+export interface StatelyServeOptions {
+  /** The port (a free one when 0 or unset). */
+  readonly port?: number;
+  /** The address to listen on: `127.0.0.1` by default. Another address serves the actor's records to whoever reaches it with the token. */
+  readonly host?: string;
+}
+
+export interface StatelyServer {
+  /** Where it listens, `http://127.0.0.1:<port>` (answers nothing without the token). */
+  readonly url: string;
+  /** This start's token (256 random bits). */
+  readonly token: string;
+  /** What to open in a browser: `url` with the token, `http://127.0.0.1:<port>/?token=…`. */
+  readonly link: string;
+  close(): Promise<void>;
+}
+
+const listen = (server: Server, port: number, host: string) =>
+  new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
     });
   });
 
 /**
- * Stately's inspector for one actor, served locally (`troupe inspect --stately`): the page
- * `@statelyai/inspect/server` serves (Stately's inspector UI in a frame) on `port` (a free one
- * when 0), fed over its WebSocket by a bridge; `actor` may be written `task:<id>`. `@statelyai/inspect` is loaded only here.
+ * Stately's inspector for one actor, served locally (`troupe inspect --stately`): a page on
+ * `host` (127.0.0.1) and `port` (a free one when 0) that frames Stately's inspector UI and feeds
+ * it, over server-sent events, what a bridge sends (the actor's history, then live); `actor`
+ * may be written `task:<id>`. Every request needs this start's token (`link` carries it) and
+ * must name this server in `Host` and, if it has one, in `Origin`; the page may not be framed.
+ * The last 200 events are kept for a page opened later. `@statelyai/inspect` is loaded only here.
  */
-export const serveStately = async (
-  troupe: Troupe,
-  actor: StatelyTarget | string,
-  options: { readonly port?: number } = {},
-): Promise<{ readonly url: string; close(): Promise<void> }> => {
+export const serveStately = async (troupe: Troupe, actor: StatelyTarget | string, options: StatelyServeOptions = {}): Promise<StatelyServer> => {
   const target = typeof actor === "string" ? parseStatelyTarget(actor) : actor;
   let inspect: typeof import("@statelyai/inspect");
-  let server: typeof import("@statelyai/inspect/server");
   try {
-    [inspect, server] = await Promise.all([import("@statelyai/inspect"), import("@statelyai/inspect/server")]);
+    inspect = await import("@statelyai/inspect");
   } catch {
     throw new InvalidOption({ message: "Stately's inspector needs the package @statelyai/inspect: npm install @statelyai/inspect" });
   }
-  const port = options.port === undefined || options.port === 0 ? await freePort() : options.port;
-  const page = server.createInspectorServer({ port, autoOpen: false });
-  const inspector = inspect.createWebSocketInspector({ url: `ws://localhost:${port}` });
+  const host = options.host ?? "127.0.0.1";
+  let guard: WebGuard | undefined;
+  // What was sent: the registration, then the last events, each with its number (a page that reconnects says the last it had).
+  let registration: { n: number; line: string } | undefined;
+  const kept: Array<{ n: number; line: string }> = [];
+  let sent = 0;
+  const pages = new Set<ServerResponse>();
+  const write = (res: ServerResponse, e: { n: number; line: string }) => res.write(`id: ${e.n}\ndata: ${e.line}\n\n`);
+  const inspector = inspect.createInspector({
+    send: (event) => {
+      const e = { n: ++sent, line: JSON.stringify(event) };
+      if (event.type === "@xstate.actor" && registration === undefined) registration = e;
+      else {
+        kept.push(e);
+        if (kept.length > KEPT) kept.shift();
+      }
+      for (const res of pages) write(res, e);
+    },
+  });
+
+  const handle = (req: IncomingMessage, res: ServerResponse) => {
+    const url = new URL(req.url ?? "/", "http://bridge");
+    guardHeaders(res, url.pathname === "/" ? BRIDGE_POLICY : undefined);
+    const refuse = (status: number, text: string) => {
+      res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store" });
+      res.end(`${text}\n`);
+    };
+    const g = guard;
+    if (g === undefined) return refuse(503, "starting");
+    if (!g.hostAllowed(req.headers.host)) return refuse(421, "this bridge answers on its own address only");
+    if (!g.originAllowed(req.headers.origin)) return refuse(403, "this bridge answers its own page only");
+    if (req.method !== "GET") return refuse(405, "only GET");
+    if (!g.authorized(req, url)) return refuse(401, "open the address troupe inspect --stately printed: it carries this start's token");
+    if (url.pathname === "/") {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store", "set-cookie": g.setCookie() });
+      return void res.end(BRIDGE_PAGE);
+    }
+    if (url.pathname === "/events") {
+      res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-store", connection: "keep-alive" });
+      const after = Number(req.headers["last-event-id"] ?? 0) || 0;
+      if (registration !== undefined && registration.n > after) write(res, registration);
+      for (const e of kept) if (e.n > after) write(res, e);
+      pages.add(res);
+      req.on("close", () => pages.delete(res));
+      return;
+    }
+    refuse(404, "not found");
+  };
+
+  const server = createServer(handle);
+  await listen(server, options.port ?? 0, host);
+  const port = (server.address() as AddressInfo).port;
+  guard = webGuard("stately", host, port);
+  const url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const stop = async () => {
+    for (const res of pages) res.end();
+    pages.clear();
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  };
   try {
     const bridge = await bridgeToStately(troupe, target, inspector);
     return {
-      url: `http://localhost:${port}`,
+      url,
+      token: guard.token,
+      link: `${url}/?token=${guard.token}`,
       close: async () => {
         await bridge.close();
-        inspector.stop();
-        page.stop();
+        await stop();
       },
     };
   } catch (e) {
-    inspector.stop();
-    page.stop();
+    await stop();
     throw e;
   }
 };

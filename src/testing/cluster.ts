@@ -26,7 +26,14 @@ export interface NatsClusterOptions {
   /** How long `start` waits for the cluster to elect a JetStream meta leader (ms); 30 s by default. */
   readonly readyTimeout?: number;
   /** Credentials of the helper's own connection, when `config` requires them (e.g. a role's file from `troupe auth init`). */
-  readonly auth?: { readonly user?: string; readonly pass?: string; readonly token?: string; readonly inboxPrefix?: string };
+  readonly auth?: {
+    readonly user?: string;
+    readonly pass?: string;
+    readonly token?: string;
+    readonly inboxPrefix?: string;
+    /** When `config` turns TLS on: the CA that signed the nodes' certificate. */
+    readonly tls?: { readonly caFile?: string };
+  };
 }
 
 /** A free loopback port: listen on 0, read it, close. */

@@ -94,7 +94,8 @@ const lit = (state: string) => `#machine [data-state="${state}"][aria-current="t
 /** Opens the inspector at `hash` and waits for it to have loaded. */
 const open = async (hash = "") => {
   const tab = await openPage(browser(), { width: 1600, height: 960 });
-  await tab.page.goto(`${inspector.url}/${hash}`);
+  // The address troupe inspect prints, with its token (kept in a cookie for the page's own requests).
+  await tab.page.goto(`${inspector.link}${hash}`);
   await tab.page.locator("body[data-ready=true]").waitFor();
   return tab;
 };
@@ -261,7 +262,7 @@ describe("inspector in a browser", () => {
       const [worker] = await troupe.workers();
       await page.evaluate(`location.hash = "#worker:${worker!.id}"`);
       await page.locator(`#machine [data-state="${worker!.state}"][aria-current="true"]`).waitFor();
-      const detail = (await (await fetch(`${inspector.url}/api/actors/worker/${worker!.id}`)).json()) as { events: Array<{ event: string }> };
+      const detail = (await (await fetch(`${inspector.url}/api/actors/worker/${worker!.id}`, { headers: { authorization: `Bearer ${inspector.token}` } })).json()) as { events: Array<{ event: string }> };
       const folded = detail.events.filter((e, i) => !(e.event === "heartbeat" && detail.events[i - 1]?.event === "heartbeat")).length;
       await expect.poll(() => page.locator("#history tbody tr[data-seq]").count()).toBeGreaterThanOrEqual(folded);
       const rows = await page.locator("#history tbody tr[data-seq]").evaluateAll((trs) => trs.map((tr) => tr.getAttribute("data-event")));
@@ -375,7 +376,7 @@ describe("inspector in a browser", () => {
     expect(await run.result()).toBe("hello-logs");
     const { workerId } = (await troupe.get(run.id))!;
     // The line is stored once TROUPE_LOGS has it.
-    const logs = async () => ((await (await fetch(`${inspector.url}/api/logs?task=${run.id}`)).json()) as { lines: unknown[] }).lines.length;
+    const logs = async () => ((await (await fetch(`${inspector.url}/api/logs?task=${run.id}`, { headers: { authorization: `Bearer ${inspector.token}` } })).json()) as { lines: unknown[] }).lines.length;
     await expect.poll(logs, { timeout: 30_000 }).toBe(1);
     const { page, errors, close } = await open(`#task:${run.id}`);
     try {
@@ -399,7 +400,7 @@ describe("inspector in a browser", () => {
       await close();
     }
     // Bad input: one clear error.
-    const bad = await fetch(`${inspector.url}/api/logs?task=a.b`);
+    const bad = await fetch(`${inspector.url}/api/logs?task=a.b`, { headers: { authorization: `Bearer ${inspector.token}` } });
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { error: string }).error).toContain("one task");
   }, 120_000);

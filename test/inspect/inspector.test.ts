@@ -8,6 +8,18 @@ import { clients, useNatsServer } from "../helpers/nats.js";
 const server = useNatsServer();
 const { connect, closeAll } = clients();
 const open: Inspector[] = [];
+/** Each inspector's token, by its address: the tests call it as a program does, with `Authorization: Bearer`. */
+const tokens = new Map<string, string>();
+const serving = (inspector: Inspector): Inspector => {
+  tokens.set(inspector.url, inspector.token);
+  open.push(inspector);
+  return inspector;
+};
+const auth = (url: string): Record<string, string> => {
+  const token = tokens.get(new URL(url).origin);
+  return token === undefined ? {} : { authorization: `Bearer ${token}` };
+};
+const authed = (url: string, init: RequestInit = {}) => fetch(url, { ...init, headers: { ...auth(url), ...(init.headers as Record<string, string> | undefined) } });
 afterEach(async () => {
   await Promise.all(open.splice(0).map((i) => i.close()));
   await closeAll();
@@ -21,7 +33,7 @@ const sse = (url: string, until: (event: { kind: string; id: string; event: stri
   const connected = new Promise<void>((r) => (onConnected = r));
   const done = new Promise<Array<{ kind: string; id: string; event: string }>>((resolve, reject) => {
     const seen: Array<{ kind: string; id: string; event: string }> = [];
-    const req = request(`${url}/events`, (res) => {
+    const req = request(`${url}/events`, { headers: auth(url) }, (res) => {
       let buffer = "";
       res.on("data", (d: Buffer) => {
         buffer += d.toString();
@@ -48,31 +60,30 @@ const sse = (url: string, until: (event: { kind: string; id: string; event: stri
 
 type Event = { kind: string; id: string; event: string; seq: number; at: string; state?: string; record: { status?: string } | null };
 
-const getJson = async <T>(url: string): Promise<T> => (await fetch(url)).json() as Promise<T>;
+const getJson = async <T>(url: string): Promise<T> => (await authed(url)).json() as Promise<T>;
 /** A GET with another Host header than the inspector's address. */
 const statusWithHost = (url: string, host: string) =>
   new Promise<number>((resolve, reject) => {
-    const req = request(url, { headers: { host } }, (res) => {
+    const req = request(url, { headers: { ...auth(url), host } }, (res) => {
       res.resume();
       resolve(res.statusCode ?? 0);
     });
     req.on("error", reject);
     req.end();
   });
-const post = (url: string, headers: Record<string, string> = { "X-Troupe-Action": "1" }) => fetch(url, { method: "POST", headers });
+const post = (url: string, headers: Record<string, string> = { "X-Troupe-Action": "1" }) => authed(url, { method: "POST", headers });
 
 describe("inspector", () => {
   it("serves the machines laid out, streams transitions live with the actor's state path, and shows an actor's record and history", async () => {
     const troupe = await connect(server());
-    const inspector = await startInspector(connectionOf(troupe));
-    open.push(inspector);
+    const inspector = serving(await startInspector(connectionOf(troupe)));
 
     const machines = await getJson<Record<string, { nodes: Array<{ path: string }>; edges: unknown[] }>>(`${inspector.url}/api/machines`);
     expect(machines.task!.nodes.map((n) => n.path)).toEqual(expect.arrayContaining(["QUEUED", "RUNNING", "RUNNING.executing", "RUNNING.failing", "RETRYING.waiting", "COMPLETED", "LOST"]));
     expect(machines.worker!.nodes.map((n) => n.path)).toContain("draining.finishing");
     expect(machines.workflow!.nodes.map((n) => n.path)).toContain("RUNNING");
     expect(machines.task!.edges.length).toBeGreaterThan(10);
-    expect(await (await fetch(inspector.url)).text()).toContain("Troupe inspector");
+    expect(await (await authed(inspector.url)).text()).toContain("Troupe inspector");
 
     await troupe.worker({ tasks: [echo] });
     let id = "";
@@ -95,12 +106,12 @@ describe("inspector", () => {
     const then = await getJson<{ event: Event }>(`${inspector.url}/api/actors/task/${id}/at/${started.seq}`);
     expect(then.event).toMatchObject({ event: "started", state: "RUNNING.executing", seq: started.seq, at: started.at, record: { status: "RUNNING" } });
     // Another actor's event is not this one's.
-    expect((await fetch(`${inspector.url}/api/actors/task/other/at/${started.seq}`)).status).toBe(404);
+    expect((await authed(`${inspector.url}/api/actors/task/other/at/${started.seq}`)).status).toBe(404);
 
     const recent = await getJson<Event[]>(`${inspector.url}/api/recent`);
     expect(recent.filter((e) => e.id === id).map((e) => e.event)).toEqual(["queued", "started", "completed"]);
-    expect((await fetch(`${inspector.url}/api/actors/task/nope`)).status).toBe(404);
-    expect((await fetch(`${inspector.url}/api/actors/planet/x`)).status).toBe(400);
+    expect((await authed(`${inspector.url}/api/actors/task/nope`)).status).toBe(404);
+    expect((await authed(`${inspector.url}/api/actors/planet/x`)).status).toBe(400);
     // A late attempt's loss (it was fenced after another attempt completed the task) is its own event, not the task's state.
     const h = headers();
     h.set(Topology.Headers.state, "LOST");
@@ -116,10 +127,11 @@ describe("inspector", () => {
 
   it("draws a workflow run's steps with their live status and says why a step waits; cancels through its SDK call", async () => {
     const troupe = await connect(server());
-    const inspector = await startInspector(connectionOf(troupe), {
-      actions: { retry: (id) => troupe.retry(id), cancel: (id) => troupe.cancel(id), cancelWorkflow: (id) => troupe.cancelWorkflow(id) },
-    });
-    open.push(inspector);
+    const inspector = serving(
+      await startInspector(connectionOf(troupe), {
+        actions: { retry: (id) => troupe.retry(id), cancel: (id) => troupe.cancel(id), cancelWorkflow: (id) => troupe.cancelWorkflow(id) },
+      }),
+    );
     const unserved = defineTask({ name: "inspector.unserved", input: Schema.Struct({ s: Schema.String }), output: Schema.String, handler: async ({ s }) => s });
     const flow = defineWorkflow({
       name: "inspector.flow",

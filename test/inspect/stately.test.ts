@@ -146,7 +146,7 @@ describe("bridgeToStately", () => {
     await eventually(async () => (await subscriptions()) === before);
   }, 60_000);
 
-  it("serves Stately's page for one actor (troupe inspect --stately), fed over its WebSocket", async () => {
+  it("serves Stately's page for one actor (troupe inspect --stately) on loopback with a token, fed by server-sent events", async () => {
     const echo = defineTask({ name: "stately.echo", input: Schema.String, output: Schema.String, handler: async (s) => s });
     const troupe = await connect(server());
     await troupe.worker({ tasks: [echo] });
@@ -155,22 +155,33 @@ describe("bridgeToStately", () => {
     await expect(serveStately(troupe, "task")).rejects.toMatchObject({ _tag: "InvalidOption" });
     const stately = await serveStately(troupe, `task:${run.id}`);
     try {
-      const page = await (await fetch(stately.url)).text();
-      expect(page).toContain("https://stately.ai/inspect");
-      // What the page's browser side reads: the server replays what the bridge sent to each new socket.
-      // ws ships without types here; the part used is declared.
-      const { WebSocket } = (await import("ws" as string)) as {
-        WebSocket: new (url: string) => { on(event: "message", f: (data: Buffer) => void): void; close(): void };
-      };
-      const socket = new WebSocket(stately.url.replace("http:", "ws:"));
+      expect(new URL(stately.url).hostname).toBe("127.0.0.1");
+      expect(stately.link).toBe(`${stately.url}/?token=${stately.token}`);
+      // The page frames Stately's UI, and keeps the token in a cookie for its own stream.
+      const page = await fetch(stately.link);
+      expect(page.status).toBe(200);
+      expect(await page.text()).toContain("https://stately.ai/inspect");
+      expect(page.headers.get("set-cookie")).toMatch(new RegExp(`^troupe-stately-\\d+=${stately.token}; Path=/; HttpOnly; SameSite=Strict$`));
+      // What the page's script reads: the registration, then each event and snapshot, history first.
+      const abort = new AbortController();
+      const stream = await fetch(`${stately.url}/events`, { headers: { authorization: `Bearer ${stately.token}` }, signal: abort.signal });
+      expect(stream.headers.get("content-type")).toBe("text/event-stream");
+      const reader = stream.body!.getReader();
       const received: Array<{ type: string; sessionId: string; event?: { type: string } }> = [];
-      await new Promise<void>((resolve) => {
-        socket.on("message", (data) => {
-          received.push(JSON.parse(data.toString()) as (typeof received)[number]);
-          if (received.filter((e) => e.type === "@xstate.snapshot").length === 3) resolve();
-        });
-      });
-      socket.close();
+      let text = "";
+      const deadline = Date.now() + 20_000;
+      while (received.filter((e) => e.type === "@xstate.snapshot").length < 3 && Date.now() < deadline) {
+        const chunk = await reader.read();
+        if (chunk.done) break;
+        text += new TextDecoder().decode(chunk.value);
+        const parts = text.split("\n\n");
+        text = parts.pop() ?? "";
+        for (const part of parts) {
+          const data = part.split("\n").find((l) => l.startsWith("data: "));
+          if (data !== undefined) received.push(JSON.parse(data.slice(6)) as (typeof received)[number]);
+        }
+      }
+      abort.abort();
       expect(received[0]).toMatchObject({ type: "@xstate.actor", name: "task", sessionId: `task:${run.id}` });
       expect(received.filter((e) => e.type === "@xstate.snapshot").map((e) => e.event?.type)).toEqual(["queued", "started", "completed"]);
     } finally {

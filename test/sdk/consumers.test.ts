@@ -72,7 +72,7 @@ describe("consumers on an idle system", () => {
       expect((await troupe.schedules()).map((s) => s.id)).toEqual(["hourly"]);
       expect(await troupe.paused()).toEqual([]);
       for await (const line of troupe.logs()) expect(line).toBeDefined();
-      expect((await fetch(`${inspector.url}/api/recent`)).status).toBe(200);
+      expect((await fetch(`${inspector.url}/api/recent`, { headers: { authorization: `Bearer ${inspector.token}` } })).status).toBe(200);
     }
     const after = await consumers(jsm);
 

@@ -256,10 +256,17 @@ describe("each verb and service under its role", () => {
     expect(await gateway.exited, gateway.out.stderr).toBe(0);
   }, 120_000);
 
-  it("troupe inspect (inspector role) serves /api/recent, /api/actors and /events; its retry action is refused", async () => {
-    const inspect = spawnAs(["inspect", "--ui-port", "0"], "inspector");
-    const url = /(http:\/\/\S+)/.exec(await waitForOutput(inspect.child, /^troupe inspect: http/, 60_000))?.[1];
-    expect(url).toBeDefined();
+  it("troupe inspect --actions (inspector role) serves /api/recent, /api/actors and /events with its token; its retry action is refused", async () => {
+    const inspect = spawnAs(["inspect", "--ui-port", "0", "--actions"], "inspector");
+    const printed = /(http:\/\/\S+)/.exec(await waitForOutput(inspect.child, /^troupe inspect: http/, 60_000))?.[1];
+    expect(printed).toBeDefined();
+    // The printed address carries this start's token; a program sends it as a bearer token.
+    const link = new URL(printed!);
+    const url = link.origin;
+    const token = link.searchParams.get("token");
+    expect(token).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect((await globalThis.fetch(`${url}/api/recent`)).status).toBe(401);
+    const fetch = (input: string, init: RequestInit = {}) => globalThis.fetch(input, { ...init, headers: { ...(init.headers as Record<string, string>), authorization: `Bearer ${token}` } });
     const recent = (await (await fetch(`${url}/api/recent`)).json()) as Array<{ kind: string; id: string; event: string }>;
     expect(recent).toContainEqual(expect.objectContaining({ kind: "task", id: done.id, event: "completed" }));
     const actor = await fetch(`${url}/api/actors/task/${done.id}`);
