@@ -231,7 +231,10 @@ describe("docker-compose.yml", () => {
         [t.worker.name, "worker"],
         [t.coordinator.name, "coordinator"],
         ["nats-box", "inspector"],
+        // The sweeper: the only identity that may purge or delete messages.
+        ["retention", "retention"],
       ]);
+      expect(JSON.stringify(services.retention?.command)).toMatch(/"retention","--auth","\/auth\/retention\.json"/);
       for (const [name, service] of Object.entries(services)) {
         // The two one-shots that make the secrets.
         if (name === t.authName || name === "certs") continue;
