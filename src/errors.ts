@@ -113,3 +113,9 @@ export class StoreLocked extends Data.TaggedError("StoreLocked")<{
   readonly url: string;
   readonly pid: number;
 }> {}
+
+/**
+ * `troupe auth init` on a folder that already holds some of the files it writes: a server may
+ * still hold their passwords, so nothing is replaced without `--force`. `files` names them.
+ */
+export class AuthFilesExist extends Data.TaggedError("AuthFilesExist")<{ readonly message: string; readonly files: ReadonlyArray<string> }> {}

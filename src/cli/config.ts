@@ -48,12 +48,13 @@ const FLAG_KEYS: Readonly<Record<string, ConfigKey>> = {
   "metrics-port": "metrics.port",
 };
 
-/** The keys a `--auth` file may hold, as `troupe auth init` writes them (`{ "user", "pass", "layout" }`). */
+/** The keys a `--auth` file may hold, as `troupe auth init` writes them (`{ "user", "pass", "layout" }`), or one process's `{ "nkey": "<seed file>", … }`. */
 const AUTH_KEYS: Readonly<Record<string, ConfigKey>> = {
   user: "connection.user",
   pass: "connection.pass",
   token: "connection.token",
   credentials: "connection.credentials",
+  nkey: "connection.nkey",
   layout: "layout.mode",
   inboxPrefix: "connection.inboxPrefix",
 };
@@ -94,6 +95,19 @@ export const cliConfig = (flags: Readonly<Record<string, unknown>>, options: Cli
     const text = flags[flag];
     if (typeof text !== "string") continue;
     overrides.push({ key: "worker.isolation", text: isolation, source: `flag --${flag}` }, { key: "worker.executors", text, source: `flag --${flag}` });
+  }
+  // --password-file FILE: the password off the command line (where `ps` shows it), its trailing newline dropped.
+  if (typeof flags["password-file"] === "string") {
+    const file = flags["password-file"];
+    if (typeof flags.password === "string") throw options.flagError("give one of --password and --password-file");
+    let text: string;
+    try {
+      text = readFileSync(file, "utf8").replace(/\r?\n$/, "");
+    } catch (e) {
+      throw options.flagError(`--password-file ${file}: ${(e as Error).message.split("\n")[0]}`);
+    }
+    if (text === "") throw options.flagError(`--password-file ${file}: the file is empty`);
+    overrides.push({ key: "connection.pass", text, source: "flag --password-file" });
   }
   if (options.module !== undefined) overrides.push({ key: "worker.module", text: options.module, source: "argument" });
   const dev = readDevUrl();

@@ -107,13 +107,15 @@ Usage:
                                              the configuration, one line each (exit 1 if any); --migrate
                                              carries a layout made by an earlier version over (its queued
                                              work and records; stop every Troupe process first)
-  troupe auth init <dir> [--queue-worker Q=T1,T2]...
+  troupe auth init <dir> [--queue-worker Q=T1,T2]... [--force]
                                              write <dir>/auth.conf (a nats-server authorization block to
                                              include: one user per role, least permissions) and
                                              <dir>/<role>.json for admin, client, worker, coordinator,
                                              inspector; each --queue-worker adds worker-<Q>.json, a
-                                             worker that may serve only those tasks of queue Q
-                                             (docs/security.md)
+                                             worker that may serve only those tasks of queue Q;
+                                             auth.conf holds bcrypt hashes, <dir> is made 0700, files
+                                             0600; files already there are refused (AuthFilesExist)
+                                             unless --force replaces them all (docs/security.md)
   troupe config [--json]                     the effective configuration (flags, TROUPE_* variables,
                                              troupe.config.json|yaml|yml), each value's source
 
@@ -124,7 +126,9 @@ Usage:
 Connection (every verb but dev and demo):
   --server URL       NATS server(s), comma-separated (default: $NATS_URL, then the URL
                      \`troupe dev\` wrote to .troupe/url, then nats://127.0.0.1:4222)
-  --user U --password P | --token T | --creds FILE | --nkey SEEDFILE
+  --user U --password-file FILE | --token T | --creds FILE | --nkey SEEDFILE
+                     (the password also from TROUPE_PASS; --password P still works but warns:
+                     any user of the machine sees it in \`ps\`)
   --tls-ca FILE --tls-cert FILE --tls-key FILE
                      TLS and credentials (docs/security.md); a refused credential or certificate
                      is one line, exit 1
@@ -140,6 +144,8 @@ const options = {
   server: { type: "string" },
   user: { type: "string" },
   password: { type: "string" },
+  "password-file": { type: "string" },
+  force: { type: "boolean" },
   token: { type: "string" },
   creds: { type: "string" },
   auth: { type: "string" },
@@ -891,6 +897,9 @@ export const main = async (argv: string[]): Promise<void> => {
   const [verb, ...rest] = positionals;
   currentVerb = verb ?? "";
   const command = commandOf(verb, rest[0]);
+  if (flags.password !== undefined) {
+    process.stderr.write(`${command}: warning: --password shows in \`ps\` to every user of this machine; use TROUPE_PASS or --password-file FILE\n`);
+  }
   try {
     if (flags.help || verb === undefined || verb === "help") {
       process.stdout.write(verb === undefined || verb === "help" ? USAGE : verbUsage(verb));
@@ -949,7 +958,7 @@ export const main = async (argv: string[]): Promise<void> => {
         return;
       case "auth":
         if (rest[0] !== "init" || rest[1] === undefined) throw new UsageError(rest[0] === "init" ? "needs a directory" : "use troupe auth init <dir>");
-        return await runAuthInit(rest[1], flags["queue-worker"] ?? [], (line) => process.stdout.write(`${line}\n`));
+        return await runAuthInit(rest[1], flags["queue-worker"] ?? [], (line) => process.stdout.write(`${line}\n`), flags.force === true);
       case "config":
         process.stdout.write(formatConfig(configOf(flags), flags.json === true));
         return;

@@ -22,10 +22,13 @@ export const runSetup = async (connection: ConnectOptions, check: boolean, out: 
   return report.drift.length === 0 ? 0 : 1;
 };
 
-/** Write `<dir>/auth.conf`, one `<dir>/<role>.json` per role and a `<dir>/worker-<queue>.json` per `--queue-worker`. */
-export const runAuthInit = async (dir: string, queueWorkers: ReadonlyArray<string>, out: (line: string) => void): Promise<void> => {
+/**
+ * Write `<dir>/auth.conf`, one `<dir>/<role>.json` per role and a `<dir>/worker-<queue>.json` per
+ * `--queue-worker`; files already there are `AuthFilesExist` unless `force`.
+ */
+export const runAuthInit = async (dir: string, queueWorkers: ReadonlyArray<string>, out: (line: string) => void, force = false): Promise<void> => {
   const scopes = queueWorkers.map(parseWorkerScope);
-  const { conf, files } = await writeAuth(dir, scopes);
+  const { conf, files } = await writeAuth(dir, scopes, { force });
   out(`wrote ${conf}: include it in the nats-server configuration (\`include "auth.conf"\`)`);
   for (const file of Object.values(files)) out(`wrote ${file}: --auth ${file}, or Troupe.connect({ servers, ...JSON.parse(file) })`);
 };

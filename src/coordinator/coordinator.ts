@@ -1,7 +1,8 @@
 /**
  * Workflow hosting. A coordinator consumes step completions from TROUPE_STEPS (a durable
- * consumer shared by every coordinator) and advances the runs through the workflow store,
- * a batch of completions at a time. Any number may run and any may die: the state is only
+ * consumer shared by every coordinator), settles each step from its task's record in the
+ * bucket (the notice only says which to read), and advances the runs through the workflow
+ * store, a batch of completions at a time. Any number may run and any may die: the state is only
  * in KV, step task ids are deterministic (a step is enqueued once), and a reconciliation
  * pass finishes whatever a dead coordinator (or client) left half-done.
  */
@@ -12,11 +13,10 @@ import { isTransientJetStream, withRetryFor } from "../nats/retry.js";
 import { nuid } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { isWorkflowTerminal, stepTaskId, type StepSettlement, type WorkflowEvent } from "../../machines/workflow.js";
-import { Schema } from "effect";
-import { TaskFailure, TaskStatus, TerminalStatuses } from "../../machines/records.js";
-import { decodeWith } from "../nats/codec.js";
+import { Effect } from "effect";
+import { TerminalStatuses, type TaskRecord } from "../../machines/records.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { COORDINATOR_CONSUMER, STEPS_STREAM } from "../nats/topology.js";
+import { COORDINATOR_CONSUMER, STEPS_STREAM, stepsSubject } from "../nats/topology.js";
 import { LeaderLease } from "../nats/leader.js";
 
 /** The lease a reconciliation pass holds: one coordinator reconciles at a time. */
@@ -36,14 +36,10 @@ export interface CoordinatorOptions {
   readonly metrics?: MetricsOptions;
 }
 
-/** What a coordinator reads of a step task's final record (its notice in TROUPE_STEPS). */
-const StepCompletion = Schema.Struct({
-  id: Schema.String,
-  status: TaskStatus,
-  output: Schema.optional(Schema.Unknown),
-  error: Schema.optional(TaskFailure),
-});
-type StepCompletion = typeof StepCompletion.Type;
+/** What settles a step: its task's record, from the bucket. */
+type StepCompletion = Pick<TaskRecord, "status" | "output" | "error">;
+/** Deliveries of a step completion whose task's record has not ended yet before it is left to reconciliation. */
+const UNSETTLED_LOOKS = 5;
 
 /** Consumes step completions and advances runs until `stop()`. */
 export class Coordinator {
@@ -118,19 +114,20 @@ export class Coordinator {
       await new Promise((r) => setImmediate(r)); // let a burst gather
       const batch = this.pending.splice(0);
       const byRun = new Map<string, Array<{ m: JsMsg; settled: StepSettlement }>>();
-      for (const m of batch) {
-        // troupe.steps.<runId>.<step>.<taskId>
-        const [, , runId, step] = m.subject.split(".");
-        const decoded = decodeWith(StepCompletion, m.data, "step completion");
-        // The run's step's own task only: its id says which run and step it is.
-        if (runId === undefined || step === undefined || !decoded.ok || !TerminalStatuses.has(decoded.value.status) || decoded.value.id !== stepTaskId(runId, step)) {
-          this.log.warn({ subject: m.subject }, "malformed step completion terminated");
+      const checked = await Promise.all(batch.map(async (m) => ({ m, verdict: await this.verify(m) })));
+      for (const { m, verdict } of checked) {
+        if ("again" in verdict) {
+          m.nak(verdict.again);
+          continue;
+        }
+        if ("refused" in verdict) {
+          this.log.warn({ subject: m.subject, reason: verdict.refused }, "step completion terminated");
           m.term();
           continue;
         }
-        const list = byRun.get(runId) ?? [];
-        list.push({ m, settled: settlement(step, decoded.value) });
-        byRun.set(runId, list);
+        const list = byRun.get(verdict.runId) ?? [];
+        list.push({ m, settled: settlement(verdict.step, verdict.record) });
+        byRun.set(verdict.runId, list);
       }
       await Promise.all(
         [...byRun].map(async ([runId, items]) => {
@@ -146,6 +143,24 @@ export class Coordinator {
         }),
       );
     }
+  }
+
+  /**
+   * A step completion (`troupe.steps.<runId>.<step>.<taskId>`) is a wake-up, not a result: what
+   * settles the step is its task's record as the bucket holds it, read here, whose id must be
+   * the run's step's task id and which must have ended. Anyone who may publish a notice (every
+   * worker) could otherwise settle any run's step with an output of their choosing. A record
+   * not ended yet (a replica behind) is looked at again a few times, then left to reconciliation.
+   */
+  private async verify(m: JsMsg): Promise<{ readonly runId: string; readonly step: string; readonly record: StepCompletion } | { readonly again: number } | { readonly refused: string }> {
+    const [, , runId, step, taskId, ...rest] = m.subject.split(".");
+    if (runId === undefined || step === undefined || rest.length > 0 || taskId !== stepTaskId(runId, step)) return { refused: "not the run's step's task" };
+    const read = await Effect.runPromise(Effect.result(this.tasks.read(taskId)));
+    if (read._tag === "Failure") return read.failure._tag === "NatsFailure" ? { again: 500 } : { refused: read.failure.message };
+    const record = read.success?.record;
+    if (record !== undefined && record.id === taskId && record.notify === stepsSubject(runId, step) && TerminalStatuses.has(record.status)) return { runId, step, record };
+    if (m.info.deliveryCount < UNSETTLED_LOOKS) return { again: 1_000 };
+    return { refused: record === undefined ? "its task has no record" : `its task's record is ${record.status}, not ended, or not this step's` };
   }
 
   /**

@@ -5,8 +5,9 @@
  * layout (streams, buckets, their settings); the others open it (layout "verify") and use it.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { chmod, lstat, mkdir, rm, writeFile } from "node:fs/promises";
+import { basename, join } from "node:path";
+import bcrypt from "bcryptjs";
 import { LAYOUT_BUCKETS, PAYLOADS_STREAM, layoutStreams } from "./layout.js";
 import {
   ADVISORIES_STREAM,
@@ -36,7 +37,7 @@ import {
   TASKS_ROOT,
   TASKS_SUBJECTS,
 } from "./topology.js";
-import { InvalidOption } from "../errors.js";
+import { AuthFilesExist, InvalidOption } from "../errors.js";
 
 export const ROLES = ["admin", "client", "operator", "worker", "coordinator", "inspector", "gateway", "retention"] as const;
 export type Role = (typeof ROLES)[number];
@@ -313,16 +314,26 @@ export const parseWorkerScope = (text: string): WorkerScope => {
   return { queue, types };
 };
 
-/** The nats-server `authorization { users: [...] }` block for these identities and passwords. */
-export const authConf = (users: ReadonlyArray<{ readonly identity: Identity; readonly pass: string }>): string => {
-  const blocks = users.map(({ identity, pass }) => {
+/**
+ * One user of auth.conf: an identity's name and `password` as the server stores it (a bcrypt
+ * hash, `$2b$…`, which nats-server compares a password with, so the file gives no one a
+ * password), or a user nkey (`U…`, the public key of one process's seed) with the identity's
+ * permissions: one process of a role, refused alone by removing its line.
+ */
+export type AuthUser = { readonly identity: Identity; readonly password: string } | { readonly identity: Identity; readonly nkey: string };
+
+/** The nats-server `authorization { users: [...] }` block for these users. */
+export const authConf = (users: ReadonlyArray<AuthUser>): string => {
+  const blocks = users.map((user) => {
+    const { identity } = user;
+    const login = "nkey" in user ? `nkey: ${JSON.stringify(user.nkey)}` : `user: ${JSON.stringify(identity.name)}, password: ${JSON.stringify(user.password)}`;
     const p = identityPermissions(identity);
     const deny = p.deny.length === 0 ? "" : `, deny: ${quoted(p.deny)}`;
     const subscribeDeny = (p.subscribeDeny ?? []).length === 0 ? "" : `, deny: ${quoted(p.subscribeDeny ?? [])}`;
     return [
-      `    # ${identity.role}${identity.scope === undefined ? "" : ` of queue ${identity.scope.queue} (${identity.scope.types.join(", ")})`}`,
+      `    # ${identity.role}${identity.scope === undefined ? "" : ` of queue ${identity.scope.queue} (${identity.scope.types.join(", ")})`}${"nkey" in user ? ` (${identity.name}, one process)` : ""}`,
       `    {`,
-      `      user: ${JSON.stringify(identity.name)}, password: ${JSON.stringify(pass)}`,
+      `      ${login}`,
       `      permissions: {`,
       `        publish: { allow: ${quoted(p.publish)}${deny} }`,
       `        subscribe: { allow: ${quoted(p.subscribe)}${subscribeDeny} }`,
@@ -332,7 +343,7 @@ export const authConf = (users: ReadonlyArray<{ readonly identity: Identity; rea
       `    }`,
     ].join("\n");
   });
-  return `# Troupe roles (troupe auth init): include this file in the nats-server configuration.\n# Layout streams: ${layoutStreams().map((s) => s.name).join(", ")}.\nauthorization {\n  users: [\n${blocks.join("\n")}\n  ]\n}\n`;
+  return `# Troupe roles (troupe auth init): include this file in the nats-server configuration.\n# Passwords are bcrypt hashes; each role's password is in its own <role>.json.\n# Layout streams: ${layoutStreams().map((s) => s.name).join(", ")}.\nauthorization {\n  users: [\n${blocks.join("\n")}\n  ]\n}\n`;
 };
 
 /** The connection options an identity's file holds: `Troupe.connect({ servers, ...JSON.parse(file) })` or `--auth FILE`. */
@@ -353,17 +364,49 @@ export interface AuthInitResult {
 /** The connection file's name of an identity: `<role>.json`, `worker-<queue>.json`. */
 export const identityFile = (identity: Identity) => identity.name.slice("troupe-".length);
 
-/** `troupe auth init <dir> [--worker <queue>=<types>]…`: fresh random passwords, `<dir>/auth.conf` and one `<dir>/<name>.json` each (mode 0600). */
-export const writeAuth = async (dir: string, scopes: ReadonlyArray<WorkerScope> = []): Promise<AuthInitResult> => {
-  await mkdir(dir, { recursive: true });
-  const users = identities(scopes).map((identity) => ({ identity, pass: randomBytes(24).toString("base64url") }));
+/**
+ * bcrypt's cost in auth.conf. The server pays it on every connection; the passwords are 192
+ * random bits, so the hash guards against reading them, not against guessing them.
+ */
+const BCRYPT_COST = 10;
+
+export interface WriteAuthOptions {
+  /** Replace the files an earlier `troupe auth init` left (their passwords stop working once the server reloads). */
+  readonly force?: boolean;
+}
+
+/**
+ * `troupe auth init <dir> [--worker <queue>=<types>]… [--force]`: fresh random passwords,
+ * `<dir>/auth.conf` (their bcrypt hashes) and one `<dir>/<name>.json` each (the password).
+ * The folder is made (or set to) mode 0700 and each file is created new, mode 0600 (`wx`: a
+ * file or a symbolic link in its place is never written through). A folder that already holds
+ * any of these files is refused with `AuthFilesExist`, unless `force`: then they are removed
+ * (a link, not what it points to) and written anew.
+ */
+export const writeAuth = async (dir: string, scopes: ReadonlyArray<WorkerScope> = [], options: WriteAuthOptions = {}): Promise<AuthInitResult> => {
+  const all = identities(scopes);
   const conf = join(dir, "auth.conf");
-  await writeFile(conf, authConf(users), { mode: 0o600 });
-  const files: Record<string, string> = {};
-  for (const { identity, pass } of users) {
-    const name = identityFile(identity);
-    files[name] = join(dir, `${name}.json`);
-    await writeFile(files[name], `${JSON.stringify(roleConnection(identity, pass), null, 2)}\n`, { mode: 0o600 });
+  const files: Record<string, string> = Object.fromEntries(all.map((identity) => [identityFile(identity), join(dir, `${identityFile(identity)}.json`)]));
+  const targets = [conf, ...Object.values(files)];
+  const present = (await Promise.all(targets.map(async (f) => ((await lstat(f).then(() => true, () => false)) ? [f] : [])))).flat();
+  if (present.length > 0 && options.force !== true) {
+    throw new AuthFilesExist({
+      message: `${dir} already holds ${present.map((f) => basename(f)).join(", ")} (a server may still use their passwords): nothing written; pass --force to replace them`,
+      files: present,
+    });
   }
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await chmod(dir, 0o700);
+  const users = await Promise.all(
+    all.map(async (identity) => {
+      const pass = randomBytes(24).toString("base64url");
+      return { identity, pass, password: await bcrypt.hash(pass, BCRYPT_COST) };
+    }),
+  );
+  // Removed only now that everything is ready: `rm` unlinks a symbolic link itself.
+  await Promise.all(present.map((f) => rm(f, { force: true })));
+  const write = (file: string, text: string) => writeFile(file, text, { mode: 0o600, flag: "wx" });
+  await write(conf, authConf(users));
+  for (const { identity, pass } of users) await write(files[identityFile(identity)]!, `${JSON.stringify(roleConnection(identity, pass), null, 2)}\n`);
   return { conf, files };
 };

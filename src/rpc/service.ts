@@ -59,6 +59,10 @@ export interface RpcRun {
 }
 
 const DEFAULT_TIMEOUT_MS = 60_000;
+/** The most requests one batch may hold: each is a task submitted and a wait held. */
+export const MAX_BATCH = 100;
+/** The longest `params._meta.timeout` a caller may ask for (or the service's own `timeout`, when longer): a wait holds a timer and a subscription. */
+export const MAX_META_TIMEOUT_MS = 10 * 60_000;
 /** A reply with no body: what a request that held only notifications gets once they are enqueued. */
 const EMPTY = new Uint8Array(0);
 
@@ -191,6 +195,9 @@ export class RpcService {
       return one === undefined ? EMPTY : encodeJson(one);
     }
     if (body.value.length === 0) return encodeJson(response(null, rpcError(RpcCode.InvalidRequest, "Invalid Request", { message: "an empty batch" })));
+    if (body.value.length > MAX_BATCH) {
+      return encodeJson(response(null, rpcError(RpcCode.InvalidRequest, "Invalid Request", { message: `a batch of ${body.value.length} requests; at most ${MAX_BATCH}`, max: MAX_BATCH })));
+    }
     const all = (await Promise.all(body.value.map((item) => this.call(item)))).filter((r): r is RpcResponse => r !== undefined);
     return all.length === 0 ? EMPTY : encodeJson(all);
   }
@@ -275,6 +282,8 @@ export class RpcService {
     const { timeout, ...submit } = meta.value;
     try {
       const timeoutMs = timeout === undefined ? this.timeoutMs : durationOption("_meta.timeout", timeout, (message) => new InvalidOption({ message }));
+      const max = Math.max(MAX_META_TIMEOUT_MS, this.timeoutMs);
+      if (timeoutMs > max) return invalidParams(["_meta", "timeout"], { _tag: "InvalidOption", message: `_meta.timeout ${timeoutMs} ms is over the most a call may wait, ${max} ms`, max });
       return { input, timeoutMs, submit };
     } catch (e) {
       return invalidParams(["_meta", "timeout"], errorData(e));

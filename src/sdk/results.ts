@@ -13,7 +13,9 @@
  * unheard) reads the record once. The republished write can still be lost (a server
  * restart, a reconnect), so every wait that lasts re-reads its record now and then (after
  * 5 s, then less and less often), and all of them after a reconnect. Closing the client ends
- * every wait with `NatsFailure`.
+ * every wait with `NatsFailure`. A wait settles only from a record: a write the bucket
+ * republished for the waited id (its stamped key and the record's id both that id) or one read
+ * from the bucket, never from a message a client could publish (`notify` is a mark, not a subject).
  */
 import type { Schema } from "effect";
 import type { Msg, Subscription } from "@nats-io/transport-node";
@@ -29,7 +31,7 @@ import { isWorkflowTerminal } from "../../machines/workflow.js";
 import { NatsFailure, ResultTimeout, TaskNotFound, WorkflowNotFound } from "../errors.js";
 import { decodeWith } from "../nats/codec.js";
 import type { NatsHandle } from "../nats/connection.js";
-import { recordSubject } from "../nats/topology.js";
+import { bucketOf, recordSubject } from "../nats/topology.js";
 import type { TaskStore } from "../store/task-store.js";
 import type { WorkflowStore } from "../store/workflow-store.js";
 
@@ -63,6 +65,14 @@ interface Waiter<R> {
  * it: both records start with their own) starts with C(OMPLETED|ANCELLED) or F(AILED), not
  * Q(UEUED), R(UNNING|ETRYING) or P(ENDING).
  */
+/**
+ * Whether a message on `troupe.events.<kind>.<id>` is the bucket's republished write of that
+ * very key: the server stamps the key it stored (`Nats-Subject`). Only the server may publish
+ * there (every role is denied it); this is the second check, and the record's own id the third.
+ */
+const fromBucket = (kind: "task" | "workflow", id: string, msg: Msg): boolean => msg.headers?.get(REPUBLISHED_KEY) === `$KV.${bucketOf(kind)}.${id}`;
+const REPUBLISHED_KEY = "Nats-Subject";
+
 const endedBytes = (data: Uint8Array): boolean => {
   const at = Buffer.from(data.buffer, data.byteOffset, data.byteLength).indexOf(STATUS);
   if (at < 0) return false;
@@ -166,13 +176,13 @@ export class Results {
     return waiter.promise;
   }
 
-  private subscribe<R>(kind: "task" | "workflow", id: string, schema: Schema.Decoder<R, never>, settle: (record: R) => void): Subscription {
+  private subscribe<R extends { readonly id: string }>(kind: "task" | "workflow", id: string, schema: Schema.Decoder<R, never>, settle: (record: R) => void): Subscription {
     return this.nats.nc.subscribe(recordSubject(kind, id), {
       callback: (_e, msg) => {
         // Only a write that ends it is decoded: a large run's every write would cost a copy for nothing.
-        if (!endedBytes(msg.data)) return;
+        if (!endedBytes(msg.data) || !fromBucket(kind, id, msg)) return;
         const decoded = decodeWith(schema, msg.data, `${kind} record`);
-        if (decoded.ok) settle(decoded.value);
+        if (decoded.ok && decoded.value.id === id) settle(decoded.value);
       },
     });
   }
@@ -212,7 +222,8 @@ export class Results {
   /** Any task's write: decoded only when it ends a wait, or ends a task of this client's that nobody waits for yet. */
   private heardWide(msg: Msg): void {
     const id = msg.subject.slice(TASK_EVENTS.length);
-    if (!endedBytes(msg.data)) return;
+    // A record's write only (`troupe.events.task.<id>`, from the bucket), not a note on `<id>.<note>`.
+    if (id.includes(".") || !endedBytes(msg.data) || !fromBucket("task", id, msg)) return;
     const waiting = this.tasks.has(id);
     if (!waiting && Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength).indexOf(this.ownMark) < 0) return;
     const decoded = decodeWith(TaskRecordSchema, msg.data, "task record");

@@ -120,7 +120,8 @@ export class TaskStore {
       throw asFailure(`cannot read task ${id}`)(e);
     });
     const decoded = work === null ? undefined : decodeWith(TaskRecordSchema, work.data, "task record");
-    return decoded?.ok && decoded.value.id === id ? decoded.value : undefined;
+    // A work message carries a QUEUED record: one that says otherwise was not published by a submit (anyone who may enqueue can publish there).
+    return decoded?.ok && decoded.value.id === id && decoded.value.status === "QUEUED" ? decoded.value : undefined;
   }
 
   /**

@@ -45,6 +45,8 @@ export const runDelivery = async (lease: Lease, deps: DeliveryDeps): Promise<Del
   if (definition === undefined || work === undefined || work.base !== taskSubject(definition.queue, definition.name) || work.id !== message.id) {
     return reject(lease, deps, `no handler for task "${message.task}" on ${lease.msg.subject}`);
   }
+  // Every submit, retry and migration enqueues the QUEUED record: one that says it ended is forged, never taken for the task's end.
+  if (message.status !== "QUEUED") return reject(lease, deps, `a work message carries a QUEUED record, not ${message.status}`);
 
   // The work message is the QUEUED record, with the revision it has in KV (0: not there
   // yet; -1: unknown, a message carried over by a migration). The first delivery of a known

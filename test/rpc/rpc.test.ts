@@ -125,6 +125,19 @@ describe("JSON-RPC on troupe.rpc", () => {
     expect(await call(nc, { jsonrpc: "2.0", id: 9, method: "math.add", params: "a string" })).toMatchObject({ id: 9, error: { code: -32600 } });
     expect(await call(nc, [])).toMatchObject({ id: null, error: { code: -32600 } });
 
+    // Bounds: a batch of more than 100 requests is refused whole (nothing of it submitted), and so is a wait longer than 10 minutes.
+    const tooMany = await call(nc, Array.from({ length: 101 }, (_, i) => request(100 + i, "math.add", { a: i, b: 0, _meta: { idempotencyKey: `too-many-${i}` } })));
+    expect(tooMany).toMatchObject({ jsonrpc: "2.0", id: null, error: { code: -32600, message: "Invalid Request", data: { max: 100 } } });
+    expect(await troupe.get(idempotentId(add, "too-many-0"))).toBeUndefined();
+    const longWait = await call(nc, request(11, "math.add", { a: 1, b: 2, _meta: { timeout: "11 minutes", idempotencyKey: "long-wait" } }));
+    expect(longWait).toMatchObject({ id: 11, error: { code: -32602, data: { path: ["_meta", "timeout"], max: 600_000 } } });
+    expect(await troupe.get(idempotentId(add, "long-wait"))).toBeUndefined();
+    // At the bounds, both are served.
+    const hundred = await call(nc, Array.from({ length: 100 }, (_, i) => request(200 + i, "math.add", { a: i, b: 1 })));
+    expect(hundred).toHaveLength(100);
+    expect(hundred[99]).toMatchObject({ id: 299, result: 100 });
+    expect(await call(nc, request(12, "math.add", { a: 1, b: 2, _meta: { timeout: "10 minutes" } }))).toMatchObject({ id: 12, result: 3 });
+
     expect(await call(nc, '{"jsonrpc":"2.0","id":10,"method"')).toMatchObject({ jsonrpc: "2.0", id: null, error: { code: -32700, message: "Parse error" } });
     expect(await call(nc, "")).toMatchObject({ id: null, error: { code: -32700 } });
   });

@@ -15,6 +15,7 @@ import { ROLES, type Role } from "../../src/nats/roles.js";
 import { setupLayout } from "../../src/nats/setup.js";
 import { consumerName, EVENTS_STREAM, TASKS_STREAM, taskSubject } from "../../src/nats/topology.js";
 import { AckPolicy } from "@nats-io/jetstream";
+import bcrypt from "bcryptjs";
 import { runCli } from "../helpers/cli.js";
 
 const shout = defineTask({
@@ -64,7 +65,10 @@ describe("roles (troupe auth init, troupe setup)", () => {
       const creds = JSON.parse(await readFile(roleFile(role), "utf8")) as { user: string; pass: string; layout?: string; inboxPrefix?: string };
       expect(creds.user).toBe(`troupe-${role}`);
       expect(creds.pass.length).toBeGreaterThanOrEqual(24);
-      expect(conf).toContain(`user: "${creds.user}", password: "${creds.pass}"`);
+      // The server holds the password's bcrypt hash only.
+      const hash = new RegExp(`user: "${creds.user}", password: "(\\$2b\\$10\\$[^"]+)"`).exec(conf)?.[1];
+      expect(hash !== undefined && bcrypt.compareSync(creds.pass, hash)).toBe(true);
+      expect(conf).not.toContain(creds.pass);
       expect(creds.layout).toBe(role === "admin" ? undefined : "verify");
       // Each identity has its own inbox: none can read another's replies or pulled work.
       expect(creds.inboxPrefix).toBe(role === "admin" ? undefined : `_INBOX_troupe-${role}`);

@@ -434,7 +434,10 @@ describe("coordinator recovery", () => {
     expect(after.steps.b?.status).toBe("RUNNING");
     await connectionOf(troupe).workflows.update(run.id, encodeJson(after), entry.revision);
     const taskA = `${run.id}-a`;
-    await connectionOf(troupe).js.publish(`troupe.steps.${run.id}.a.${taskA}`, encodeJson({ id: taskA, task: "images.download", status: "COMPLETED", attempt: 1, output: { path: "/tmp/a.png", bytes: 1 } }));
+    // a's task ended, as its worker would have written it; its notice (which only says what to read) is redelivered.
+    const queued = (await troupe.get(taskA))!;
+    await connectionOf(troupe).tasks.put(taskA, encodeJson({ ...queued, status: "COMPLETED", attempt: 1, output: { path: "/tmp/a.png", bytes: 1 } }));
+    await connectionOf(troupe).js.publish(`troupe.steps.${run.id}.a.${taskA}`, encodeJson({ id: taskA }));
     expect(await troupe.get(`${run.id}-b`)).toBeUndefined();
 
     await troupe.coordinator({ reconcileEvery: 0 }); // no reconciliation: only the redelivery can do it
