@@ -60,6 +60,7 @@ export {
   ResultTimeout,
   Serialization,
   StoreLocked,
+  AuthFilesExist,
   TaskNotFound,
   Timeout,
   TopologyConflict,
