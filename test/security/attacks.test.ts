@@ -159,6 +159,26 @@ describe("attacks with each role's credential", () => {
     expect((await client.get(record.id))?.status).toBe("COMPLETED");
   }, 180_000);
 
+  it("the retention identity sweeps for real: a record past its retention goes, with its index entry, while the worker's own sweeps are refused", async () => {
+    const done = await client.submit(shout, { text: "expires" });
+    expect(await done.result({ timeout: 30_000 })).toBe("EXPIRES!");
+    const indexed = async () =>
+      Object.keys((await connectionOf(client).jsm.streams.info(INDEX_STREAM, { subjects_filter: "troupe.index.task.COMPLETED.>" })).state.subjects ?? {}).length;
+    await until(async () => ((await indexed()) > 0 ? true : undefined), "the completed task indexed");
+    // A worker whose retention would remove it may not: its sweep is refused, the record stays.
+    const worker = await Troupe.connect({ servers: server.url, ...(JSON.parse(await readFile(roleFile("worker"), "utf8")) as object), retention: { completed: 1 }, logger: pino({ level: "silent" }) });
+    open.push(worker);
+    expect(permissionDenied(await worker.sweep().catch((e: unknown) => e))).toBeDefined();
+    expect((await client.get(done.id))?.status).toBe("COMPLETED");
+    // The retention identity, with the same policy, removes it.
+    const sweeper = await Troupe.connect({ servers: server.url, ...(JSON.parse(await readFile(roleFile("retention"), "utf8")) as object), retention: { completed: 1 }, logger: pino({ level: "silent" }) });
+    open.push(sweeper);
+    const swept = await sweeper.sweep();
+    expect(swept.tasks).toBeGreaterThanOrEqual(1);
+    expect(await client.get(done.id)).toBeUndefined();
+    expect(await indexed()).toBe(0);
+  }, 120_000);
+
   it("a queue worker may not write another queue's limits or directory entry, nor workflows, schedules, pauses or leases", async () => {
     const scoped = connectionOf(await asRole("worker-payments"));
     const attempts: Array<[string, Promise<unknown>]> = [
