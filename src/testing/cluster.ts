@@ -170,8 +170,14 @@ export class NatsCluster {
     });
   }
 
-  /** Wait until JetStream answers on every node, and every stream (and so every bucket) and every durable consumer has a leader and all its replicas current. */
-  async healthy(timeoutMs = 90_000): Promise<void> {
+  /**
+   * Wait until JetStream answers on every node, and every stream (and so every bucket) and every
+   * durable consumer has a leader and all its replicas current. With `consumers: "quorum"`, a
+   * durable consumer needs its leader and a majority of its replicas current (what it needs to
+   * go on): after two nodes of three come back, a consumer's last replica can take minutes on
+   * a loaded machine to report itself current (nats-server 2.9).
+   */
+  async healthy(timeoutMs = 90_000, options: { readonly consumers?: "all" | "quorum" } = {}): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     // A node back from a pause or a restart may still say "JetStream system temporarily unavailable".
     for (const url of this.urls) {
@@ -200,7 +206,10 @@ export class NatsCluster {
         for await (const c of (await this.manager()).consumers.list(name)) {
           if (c.config.durable_name === undefined) continue;
           const others = c.cluster?.replicas ?? [];
-          const current = this.names.includes(c.cluster?.leader ?? "") && others.length === Math.max(0, (c.config.num_replicas || replicas) - 1) && others.every((r) => r.current && r.offline !== true);
+          const size = c.config.num_replicas || replicas;
+          const upToDate = others.filter((r) => r.current && r.offline !== true).length;
+          const enough = options.consumers === "quorum" ? upToDate + 1 > size / 2 : others.length === Math.max(0, size - 1) && upToDate === others.length;
+          const current = this.names.includes(c.cluster?.leader ?? "") && enough;
           if (!current) return undefined;
         }
         return true;

@@ -275,7 +275,8 @@ describe("a 3-node cluster with replicas 3", () => {
     expect(took).toBeLessThan(20_000);
     await cluster.restart(1);
     await cluster.restart(2);
-    await cluster.healthy();
+    // What work needs to go on: every stream whole, every consumer with a leader and a majority.
+    await cluster.healthy(120_000, { consumers: "quorum" });
     // A worker started once the cluster is back, beside the two that lived through it (once,
     // on a loaded machine, a task submitted now was not run by those within 120 s).
     await (await connect({ servers: cluster.urls[0]! })).worker({ tasks: [task], concurrency: 2 });
@@ -285,5 +286,5 @@ describe("a 3-node cluster with replicas 3", () => {
       throw e;
     });
     expect(result).toBe(42);
-  }, 240_000);
+  }, 300_000);
 });
