@@ -10,6 +10,7 @@ import { loadTasks } from "../../src/tasks-module.js";
 import { killCliChildren, spawnCli, runCli, waitForOutput } from "../helpers/cli.js";
 import { clients, useNatsServer } from "../helpers/nats.js";
 import { recordWhere } from "../helpers/records.js";
+import { gates } from "../helpers/handlers.js";
 
 const server = useNatsServer();
 const sdk = clients();
@@ -44,19 +45,13 @@ const fail = defineTask({
 });
 
 /** Gates a test opens: a `demo.gate` task runs until its gate opens. */
-const gates = new Map<string, { open: () => void; opened: Promise<void> }>();
-const gate = (key: string) => {
-  let open!: () => void;
-  const opened = new Promise<void>((resolve) => (open = resolve));
-  gates.set(key, { open, opened });
-  return open;
-};
+const { gate, opened } = gates();
 const gated = defineTask({
   name: "demo.gate",
   input: Schema.Struct({ key: Schema.String }),
   output: Schema.String,
   handler: async ({ key }) => {
-    await gates.get(key)?.opened;
+    await opened(key);
     return `opened ${key}`;
   },
 });

@@ -16,22 +16,17 @@ import { encodeJson } from "../../src/nats/codec.js";
 import { COORDINATOR_CONSUMER, Headers, STEPS_STREAM, workSubject } from "../../src/nats/topology.js";
 import type { Role } from "../../src/nats/roles.js";
 import { runCli } from "../helpers/cli.js";
+import { gates } from "../helpers/handlers.js";
 
 /** Gates a test opens: a `trust.gate` task runs until its gate opens. */
-const gates = new Map<string, { open: () => void; opened: Promise<void> }>();
-const gate = (key: string) => {
-  let open!: () => void;
-  const opened = new Promise<void>((resolve) => (open = resolve));
-  gates.set(key, { open, opened });
-  return open;
-};
+const { gate, opened, openAll } = gates();
 const gatedTask = (name: string) =>
   defineTask({
     name,
     input: Schema.Struct({ key: Schema.String }),
     output: Schema.String,
     handler: async ({ key }) => {
-      await gates.get(key)?.opened;
+      await opened(key);
       return `true ${key}`;
     },
   });
@@ -85,7 +80,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  for (const g of gates.values()) g.open();
+  openAll();
   await Promise.all(open.splice(0).map((t) => t.close()));
   await server?.stop();
   await rm(dir, { recursive: true, force: true });
